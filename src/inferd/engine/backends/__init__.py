@@ -1,0 +1,1 @@
+"""Model backends. Only `llamacpp.py` imports llama_cpp."""

@@ -1,0 +1,71 @@
+"""The seam between the engine's core loop and a model runtime."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from inferd.engine.types import SamplingParams
+
+
+@dataclass(frozen=True, slots=True)
+class BackendInfo:
+    """Static facts about a loaded model and its runtime context."""
+
+    n_vocab: int
+    n_ctx: int  # the largest context one sequence may use (prompt + completion)
+    kv_cells: int  # KV cells shared by all sequences (unified cache)
+    max_seqs: int  # sequence slots that can run in one step
+    max_batch_tokens: int  # tokens per step (the step budget)
+    n_ctx_train: int
+    add_bos: bool
+    bos_token: str
+    eos_token: str
+    chat_template: str | None
+
+
+class Sampler(Protocol):
+    def sample(self, row: int) -> int:
+        """Sample (and accept) the next token from batch row `row` of the last decode."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Backend(Protocol):
+    """A model loaded into a runtime context with a shared KV cache.
+
+    Every method except the tokenizer ones is called from the engine's core thread only.
+    """
+
+    info: BackendInfo
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]: ...
+
+    def token_piece(self, token: int) -> bytes:
+        """The bytes a generated token contributes to the text (control tokens: none)."""
+        ...
+
+    def is_eog(self, token: int) -> bool: ...
+
+    def new_sampler(self, params: SamplingParams) -> Sampler: ...
+
+    def decode(
+        self,
+        tokens: Sequence[int],
+        positions: Sequence[int],
+        seq_ids: Sequence[int],
+        logits: Sequence[bool],
+    ) -> bool:
+        """Run one forward pass over a mixed batch. False: no KV space (nothing changed).
+
+        Raises BackendError on any other failure.
+        """
+        ...
+
+    def free_seq(self, seq_id: int) -> None:
+        """Forget every KV cell of sequence slot `seq_id`."""
+        ...
+
+    def close(self) -> None: ...

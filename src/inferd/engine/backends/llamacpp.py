@@ -1,0 +1,267 @@
+"""llama.cpp through llama-cpp-python's low-level ctypes API: the only module that imports it."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import random
+import threading
+from array import array
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import llama_cpp
+
+from inferd.engine.backends.base import BackendInfo
+from inferd.engine.types import SamplingParams
+from inferd.errors import BackendError
+
+log = logging.getLogger(__name__)
+
+_INIT_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True, slots=True)
+class LlamaCppOptions:
+    n_ctx: int = 4096  # per-sequence context window
+    kv_cells: int | None = None  # shared KV cells; default n_ctx * max_seqs capped (see below)
+    max_seqs: int = 16
+    n_batch: int = 256
+    n_threads: int | None = None
+    n_gpu_layers: int = 0
+    flash_attn: int = -1  # -1 auto, 0 off, 1 on
+    # llama.cpp's extra CPU buffer types (AMX / repacked weights). Off by default: on CPUs
+    # with AMX, llama-cpp-python 0.3.36 segfaults in ggml_backend_amx_mul_mat as soon as a
+    # batch holds more than one token (measured on this project's machines).
+    extra_buffers: bool = False
+    verbose: bool = False
+
+
+def default_kv_cells(n_ctx: int, max_seqs: int) -> int:
+    """Enough for every slot to hold a typical conversation, and one full window at least."""
+    return max(n_ctx, min(n_ctx * max_seqs, 1024 * max_seqs))
+
+
+class LlamaCppSampler:
+    """A llama.cpp sampler chain: penalties, logit bias, top-k/p, min-p, temperature, dist."""
+
+    __slots__ = ("_chain", "_ctx")
+
+    def __init__(self, chain: llama_cpp.llama_sampler_p, ctx: llama_cpp.llama_context_p):
+        self._chain = chain
+        self._ctx = ctx
+
+    def sample(self, row: int) -> int:
+        return int(llama_cpp.llama_sampler_sample(self._chain, self._ctx, row))
+
+    def close(self) -> None:
+        if self._chain:
+            llama_cpp.llama_sampler_free(self._chain)
+            self._chain = None
+
+
+class LlamaCppBackend:
+    """One model, one context with a unified KV cache shared by `max_seqs` sequences."""
+
+    def __init__(self, path: Path, options: LlamaCppOptions) -> None:
+        logging.getLogger("llama-cpp-python").setLevel(
+            logging.DEBUG if options.verbose else logging.ERROR
+        )
+        with _INIT_LOCK:
+            llama_cpp.llama_backend_init()
+        self._model = None
+        self._ctx = None
+        self._batch = None
+        if not path.is_file():
+            raise BackendError(f"model file not found: {path.name}")
+        mparams = llama_cpp.llama_model_default_params()
+        mparams.n_gpu_layers = options.n_gpu_layers
+        mparams.use_extra_bufts = options.extra_buffers
+        model = llama_cpp.llama_model_load_from_file(str(path).encode(), mparams)
+        if not model:
+            raise BackendError(f"failed to load model file {path.name}: not a valid GGUF model")
+        self._model = model
+        self._vocab = llama_cpp.llama_model_get_vocab(model)
+        n_ctx_train = int(llama_cpp.llama_model_n_ctx_train(model))
+        n_ctx = min(options.n_ctx, n_ctx_train) if n_ctx_train > 0 else options.n_ctx
+        kv_cells = max(options.kv_cells or default_kv_cells(n_ctx, options.max_seqs), n_ctx)
+        n_threads = options.n_threads or max(1, os.cpu_count() or 1)
+
+        cparams = llama_cpp.llama_context_default_params()
+        cparams.n_ctx = kv_cells
+        cparams.n_batch = options.n_batch
+        cparams.n_ubatch = options.n_batch
+        cparams.n_seq_max = options.max_seqs
+        cparams.n_threads = n_threads
+        cparams.n_threads_batch = n_threads
+        cparams.kv_unified = True
+        cparams.flash_attn_type = options.flash_attn
+        cparams.no_perf = True
+        ctx = llama_cpp.llama_init_from_model(model, cparams)
+        if not ctx:
+            self.close()
+            raise BackendError(f"failed to create a llama.cpp context for {path.name}")
+        self._ctx = ctx
+        self._mem = llama_cpp.llama_get_memory(ctx)
+        self._batch = llama_cpp.llama_batch_init(options.n_batch, 0, 1)
+        self._n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
+        self._eog = [t for t in range(self._n_vocab) if llama_cpp.llama_vocab_is_eog(self._vocab, t)]
+        self._eog_set = frozenset(self._eog)
+        self._ones = array("i", [1]) * options.n_batch
+        self._piece_buf = ctypes.create_string_buffer(256)
+        template = llama_cpp.llama_model_chat_template(model, None)
+        self.info = BackendInfo(
+            n_vocab=self._n_vocab,
+            n_ctx=n_ctx,
+            kv_cells=int(llama_cpp.llama_n_ctx(ctx)),
+            max_seqs=options.max_seqs,
+            max_batch_tokens=options.n_batch,
+            n_ctx_train=n_ctx_train,
+            add_bos=bool(llama_cpp.llama_vocab_get_add_bos(self._vocab)),
+            bos_token=self._special_text(llama_cpp.llama_vocab_bos(self._vocab)),
+            eos_token=self._special_text(llama_cpp.llama_vocab_eos(self._vocab)),
+            chat_template=template.decode("utf-8", "replace") if template else None,
+        )
+
+    # ---- metadata -------------------------------------------------------------------------
+
+    def metadata(self) -> dict[str, str]:
+        """Every GGUF metadata key/value as strings (arrays are summarised by llama.cpp)."""
+        out: dict[str, str] = {}
+        buf = ctypes.create_string_buffer(4096)
+        for i in range(int(llama_cpp.llama_model_meta_count(self._model))):
+            n = llama_cpp.llama_model_meta_key_by_index(self._model, i, buf, len(buf))
+            if n < 0:
+                continue
+            key = buf.value.decode("utf-8", "replace")
+            n = llama_cpp.llama_model_meta_val_str_by_index(self._model, i, buf, len(buf))
+            if n >= 0:
+                out[key] = buf.value.decode("utf-8", "replace")
+        return out
+
+    def model_size(self) -> int:
+        return int(llama_cpp.llama_model_size(self._model))
+
+    def n_params(self) -> int:
+        return int(llama_cpp.llama_model_n_params(self._model))
+
+    # ---- tokenizer ------------------------------------------------------------------------
+
+    def _special_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        n = llama_cpp.llama_token_to_piece(self._vocab, token, self._piece_buf, 256, 0, True)
+        return self._piece_buf.raw[: max(n, 0)].decode("utf-8", "replace")
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+        data = text.encode("utf-8", "surrogatepass")
+        cap = len(data) + 8
+        out = (llama_cpp.llama_token * cap)()
+        n = llama_cpp.llama_tokenize(self._vocab, data, len(data), out, cap, add_special, parse_special)
+        if n < 0:
+            cap = -n
+            out = (llama_cpp.llama_token * cap)()
+            n = llama_cpp.llama_tokenize(
+                self._vocab, data, len(data), out, cap, add_special, parse_special
+            )
+        if n < 0:
+            raise BackendError("tokenization failed")
+        return list(out[:n])
+
+    def token_piece(self, token: int) -> bytes:
+        buf = self._piece_buf
+        n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+        if n < 0:  # piece longer than the buffer: ask again with the size llama.cpp wants
+            big = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self._vocab, token, big, -n, 0, False)
+            return big.raw[:n]
+        return buf.raw[:n]
+
+    def is_eog(self, token: int) -> bool:
+        return token in self._eog_set
+
+    # ---- sampling -------------------------------------------------------------------------
+
+    def new_sampler(self, params: SamplingParams) -> LlamaCppSampler:
+        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        add = llama_cpp.llama_sampler_chain_add
+        if (
+            params.repetition_penalty != 1.0
+            or params.presence_penalty != 0.0
+            or params.frequency_penalty != 0.0
+        ):
+            add(
+                chain,
+                llama_cpp.llama_sampler_init_penalties(
+                    params.penalty_last_n,
+                    params.repetition_penalty,
+                    params.frequency_penalty,
+                    params.presence_penalty,
+                ),
+            )
+        bias = list(params.logit_bias)
+        if params.ignore_eos:
+            bias.extend((t, float("-inf")) for t in self._eog)
+        if bias:
+            arr = (llama_cpp.llama_logit_bias * len(bias))()
+            for i, (tok, b) in enumerate(bias):
+                arr[i].token = tok
+                arr[i].bias = b
+            add(chain, llama_cpp.llama_sampler_init_logit_bias(self._n_vocab, len(bias), arr))
+        if params.greedy:
+            add(chain, llama_cpp.llama_sampler_init_greedy())
+        else:
+            if params.top_k > 0:
+                add(chain, llama_cpp.llama_sampler_init_top_k(params.top_k))
+            if params.top_p < 1.0:
+                add(chain, llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
+            if params.min_p > 0.0:
+                add(chain, llama_cpp.llama_sampler_init_min_p(params.min_p, 1))
+            add(chain, llama_cpp.llama_sampler_init_temp(params.temperature))
+            seed = params.seed if params.seed is not None else random.getrandbits(32)
+            add(chain, llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+        return LlamaCppSampler(chain, self._ctx)
+
+    # ---- the step -------------------------------------------------------------------------
+
+    def decode(
+        self,
+        tokens: Sequence[int],
+        positions: Sequence[int],
+        seq_ids: Sequence[int],
+        logits: Sequence[bool],
+    ) -> bool:
+        n = len(tokens)
+        batch = self._batch
+        if batch is None or self._ctx is None:
+            raise BackendError("backend is closed")
+        ctypes.memmove(batch.token, array("i", tokens).tobytes(), 4 * n)
+        ctypes.memmove(batch.pos, array("i", positions).tobytes(), 4 * n)
+        ctypes.memmove(batch.n_seq_id, self._ones.tobytes()[: 4 * n], 4 * n)
+        ctypes.memmove(batch.logits, bytes(logits), n)
+        seq_id = batch.seq_id
+        for i, s in enumerate(seq_ids):
+            seq_id[i][0] = s
+        batch.n_tokens = n
+        rc = llama_cpp.llama_decode(self._ctx, batch)
+        if rc == 0:
+            return True
+        if rc == 1:  # no KV slot for this batch: nothing was applied
+            return False
+        raise BackendError(f"llama_decode failed with status {rc}")
+
+    def free_seq(self, seq_id: int) -> None:
+        llama_cpp.llama_memory_seq_rm(self._mem, seq_id, -1, -1)
+
+    def close(self) -> None:
+        if self._batch is not None:
+            llama_cpp.llama_batch_free(self._batch)
+            self._batch = None
+        if self._ctx:
+            llama_cpp.llama_free(self._ctx)
+            self._ctx = None
+        if self._model:
+            llama_cpp.llama_model_free(self._model)
+            self._model = None

@@ -1,0 +1,123 @@
+"""The asyncio side of the engine: submit requests, stream their outputs, abort them."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from inferd.engine.backends.base import Backend, BackendInfo
+from inferd.engine.core import EngineCore
+from inferd.engine.types import EngineStats, GenerateRequest, GenerationOutput
+from inferd.errors import EngineStopped
+
+# Tokenizing longer texts than this moves off the event loop.
+_INLINE_TOKENIZE_CHARS = 8192
+
+
+class EngineClient(Protocol):
+    """What the API layer sees of an engine."""
+
+    @property
+    def info(self) -> BackendInfo: ...
+
+    def generate(self, request: GenerateRequest) -> AsyncIterator[GenerationOutput]: ...
+
+    def abort(self, request_id: str) -> None: ...
+
+    def stats(self) -> EngineStats: ...
+
+    async def tokenize(
+        self, text: str, *, add_special: bool = True, parse_special: bool = True
+    ) -> list[int]: ...
+
+    def detokenize(self, tokens: list[int]) -> str: ...
+
+
+class AsyncEngine:
+    """Bridges asyncio to an `EngineCore` thread.
+
+    `generate` yields outputs as the core emits them; leaving the iteration early (client
+    gone, task cancelled) aborts the request so its sequence and KV cells are freed at the
+    next step boundary.
+    """
+
+    def __init__(self, backend: Backend, *, name: str = "model") -> None:
+        self._backend = backend
+        self._core = EngineCore(backend, self._on_outputs, name=name)
+        self._queues: dict[str, asyncio.Queue[GenerationOutput]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopped = False
+
+    @property
+    def info(self) -> BackendInfo:
+        return self._backend.info
+
+    @property
+    def backend(self) -> Backend:
+        return self._backend
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._core.start()
+
+    async def stop(self) -> None:
+        """Abort what is left, end the core thread and release the model."""
+        self._stopped = True
+        await asyncio.to_thread(self._core.stop)
+        self._backend.close()
+
+    def stats(self) -> EngineStats:
+        return self._core.stats()
+
+    async def tokenize(
+        self, text: str, *, add_special: bool = True, parse_special: bool = True
+    ) -> list[int]:
+        if len(text) <= _INLINE_TOKENIZE_CHARS:
+            return self._backend.tokenize(text, add_special=add_special, parse_special=parse_special)
+        return await asyncio.to_thread(
+            self._backend.tokenize, text, add_special=add_special, parse_special=parse_special
+        )
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return b"".join(self._backend.token_piece(t) for t in tokens).decode("utf-8", "replace")
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerationOutput]:
+        if self._stopped or self._loop is None:
+            raise EngineStopped("the engine is not running")
+        rid = request.request_id
+        q: asyncio.Queue[GenerationOutput] = asyncio.Queue()
+        self._queues[rid] = q
+        finished = False
+        try:
+            self._core.submit(request)
+            while True:
+                out = await q.get()
+                finished = out.finished
+                yield out
+                if finished:
+                    return
+        finally:
+            self._queues.pop(rid, None)
+            if not finished:
+                self._core.abort(rid)
+
+    def abort(self, request_id: str) -> None:
+        self._core.abort(request_id)
+
+    # ---- called from the core thread -------------------------------------------------------
+
+    def _on_outputs(self, outputs: list[GenerationOutput]) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            loop.call_soon_threadsafe(self._dispatch, outputs)
+        except RuntimeError:  # the event loop is closed: nobody is listening any more
+            pass
+
+    def _dispatch(self, outputs: list[GenerationOutput]) -> None:
+        for out in outputs:
+            q = self._queues.get(out.request_id)
+            if q is not None:
+                q.put_nowait(out)

@@ -1,0 +1,276 @@
+"""The core loop, on its own thread: schedule -> execute -> update -> emit, step after step."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from inferd.engine.backends.base import Backend
+from inferd.engine.detokenizer import Detokenizer
+from inferd.engine.scheduler import Scheduler, StepPlan
+from inferd.engine.sequence import Sequence
+from inferd.engine.types import (
+    EngineStats,
+    FinishReason,
+    GenerateRequest,
+    GenerationOutput,
+    Usage,
+)
+from inferd.errors import BackendError
+
+log = logging.getLogger(__name__)
+
+OutputSink = Callable[[list[GenerationOutput]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Add:
+    request: GenerateRequest
+
+
+@dataclass(frozen=True, slots=True)
+class _Abort:
+    request_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Stop:
+    pass
+
+
+class EngineCore:
+    """Runs one backend. Thread-safe entry points: submit, abort, stop, stats."""
+
+    def __init__(self, backend: Backend, sink: OutputSink, *, name: str = "model") -> None:
+        info = backend.info
+        self.backend = backend
+        self.name = name
+        self._sink = sink
+        self._inbox: queue.SimpleQueue[_Add | _Abort | _Stop] = queue.SimpleQueue()
+        self._sched = Scheduler(
+            max_seqs=info.max_seqs, kv_cells=info.kv_cells, max_batch_tokens=info.max_batch_tokens
+        )
+        self._seqs: dict[str, Sequence] = {}
+        self._thread = threading.Thread(target=self._run, name=f"inferd-core-{name}", daemon=True)
+        self._steps = 0
+        self._prompt_tokens = 0
+        self._generated_tokens = 0
+
+    # ---- thread-safe API -------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, request: GenerateRequest) -> None:
+        self._inbox.put(_Add(request))
+
+    def abort(self, request_id: str) -> None:
+        self._inbox.put(_Abort(request_id))
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Abort whatever is left and end the thread."""
+        if self._thread.is_alive():
+            self._inbox.put(_Stop())
+            self._thread.join(timeout)
+
+    def stats(self) -> EngineStats:
+        sched = self._sched
+        return EngineStats(
+            running=len(sched.running),
+            waiting=len(sched.waiting),
+            kv_cells_used=sched.kv_used,
+            kv_cells_total=sched.kv_cells,
+            steps=self._steps,
+            prompt_tokens_total=self._prompt_tokens,
+            generated_tokens_total=self._generated_tokens,
+            preemptions=sched.preemptions,
+        )
+
+    # ---- the loop ------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            try:
+                if not self._drain_inbox(block=not self._sched.has_work()):
+                    break
+                if self._sched.has_work():
+                    self._step()
+            except Exception:  # never let the thread die with requests hanging
+                log.exception("engine step failed")
+                self._fail_all("internal engine error")
+        self._fail_all(None)
+
+    def _drain_inbox(self, *, block: bool) -> bool:
+        """Apply pending submissions and aborts. False when asked to stop."""
+        outputs: list[GenerationOutput] = []
+        try:
+            msg = self._inbox.get(timeout=0.5) if block else self._inbox.get_nowait()
+            while True:
+                if isinstance(msg, _Stop):
+                    return False
+                if isinstance(msg, _Add):
+                    self._add(msg.request, outputs)
+                else:
+                    seq = self._seqs.get(msg.request_id)
+                    if seq is not None:
+                        outputs.append(self._finish(seq, FinishReason.ABORT, ""))
+                msg = self._inbox.get_nowait()
+        except queue.Empty:
+            pass
+        finally:
+            if outputs:
+                self._sink(outputs)
+        return True
+
+    def _add(self, req: GenerateRequest, outputs: list[GenerationOutput]) -> None:
+        info = self.backend.info
+        prompt = req.prompt_tokens
+        error = None
+        if not prompt:
+            error = "empty prompt"
+        elif len(prompt) >= info.n_ctx:
+            error = f"prompt of {len(prompt)} tokens does not fit the context of {info.n_ctx}"
+        elif any(t < 0 or t >= info.n_vocab for t in prompt):
+            error = "prompt contains token ids outside the vocabulary"
+        if error is not None or req.request_id in self._seqs:
+            outputs.append(
+                GenerationOutput(
+                    req.request_id,
+                    "",
+                    (),
+                    Usage(prompt_tokens=len(prompt)),
+                    FinishReason.ERROR,
+                    error=error or "duplicate request id",
+                )
+            )
+            return
+        sp = req.sampling
+        seq = Sequence(
+            request=req,
+            detokenizer=Detokenizer(self.backend.token_piece, sp.stop),
+            max_len=min(len(prompt) + sp.max_tokens, info.n_ctx),
+            tokens=list(prompt),
+            n_prompt=len(prompt),
+        )
+        self._seqs[req.request_id] = seq
+        self._sched.add(seq)
+
+    def _step(self) -> None:
+        plan = self._sched.schedule()
+        for seq, slot in plan.preempted:
+            self.backend.free_seq(slot)
+            log.debug("preempted %s (KV cache full)", seq.request_id)
+        if not plan.chunks:
+            if plan.preempted or not self._sched.running:
+                return
+            time.sleep(0.001)  # nothing fits right now; should not happen, but never spin hot
+            return
+        tokens: list[int] = []
+        positions: list[int] = []
+        seq_ids: list[int] = []
+        logits: list[bool] = []
+        sample_rows: list[tuple[Sequence, int]] = []
+        now = time.monotonic()
+        for c in plan.chunks:
+            seq = c.seq
+            if seq.first_scheduled is None:
+                seq.first_scheduled = now
+            n = c.end - c.start
+            tokens.extend(seq.tokens[c.start : c.end])
+            positions.extend(range(c.start, c.end))
+            seq_ids.extend([seq.slot] * n)
+            logits.extend([False] * n)
+            if c.samples:
+                logits[-1] = True
+                sample_rows.append((seq, len(tokens) - 1))
+        try:
+            ok = self.backend.decode(tokens, positions, seq_ids, logits)
+        except BackendError as exc:
+            log.error("decode failed: %s", exc)
+            self._fail_all(str(exc))
+            return
+        if not ok:
+            self._relieve_kv_pressure(plan)
+            return
+        self._steps += 1
+        self._sched.commit(plan)
+        self._prompt_tokens += sum(
+            max(0, min(c.end, c.seq.n_prompt) - c.start) for c in plan.chunks
+        )
+        outputs = [self._sample(seq, row) for seq, row in sample_rows]
+        if outputs:
+            self._sink(outputs)
+
+    def _sample(self, seq: Sequence, row: int) -> GenerationOutput:
+        if seq.sampler is None:
+            seq.sampler = self.backend.new_sampler(seq.request.sampling)
+        token = seq.sampler.sample(row)
+        now = time.monotonic()
+        if seq.first_token is None:
+            seq.first_token = now
+        seq.tokens.append(token)
+        self._generated_tokens += 1
+        sp = seq.request.sampling
+        if self.backend.is_eog(token) and not sp.ignore_eos:
+            return self._finish(seq, FinishReason.STOP, "", (token,))
+        text, stopped = seq.detokenizer.add(token)
+        if stopped:
+            return self._finish(seq, FinishReason.STOP, text, (token,), flush=False)
+        if len(seq.tokens) >= seq.max_len:
+            return self._finish(seq, FinishReason.LENGTH, text, (token,))
+        return GenerationOutput(seq.request_id, text, (token,), self._usage(seq))
+
+    def _finish(
+        self,
+        seq: Sequence,
+        reason: FinishReason,
+        text: str,
+        token_ids: tuple[int, ...] = (),
+        *,
+        flush: bool = True,
+        error: str | None = None,
+    ) -> GenerationOutput:
+        if flush and reason is not FinishReason.ABORT:
+            text += seq.detokenizer.flush()
+        slot = self._sched.remove(seq)
+        if slot >= 0:
+            self.backend.free_seq(slot)
+        if seq.sampler is not None:
+            seq.sampler.close()
+            seq.sampler = None
+        self._seqs.pop(seq.request_id, None)
+        seq.finish_reason = reason
+        return GenerationOutput(
+            seq.request_id,
+            text,
+            token_ids,
+            self._usage(seq),
+            reason,
+            error=error,
+            queue_time=(seq.first_scheduled or time.monotonic()) - seq.arrival,
+            time_to_first_token=(seq.first_token - seq.arrival) if seq.first_token else None,
+        )
+
+    def _usage(self, seq: Sequence) -> Usage:
+        return Usage(prompt_tokens=seq.n_prompt, completion_tokens=seq.n_generated)
+
+    def _relieve_kv_pressure(self, plan: StepPlan) -> None:
+        """The backend found no KV room for the batch: preempt the newest running sequence."""
+        running = self._sched.running
+        if len(running) <= 1:
+            seq = running[0] if running else plan.chunks[0].seq
+            self._sink([self._finish(seq, FinishReason.ERROR, "", error="KV cache exhausted")])
+            return
+        _, slot = self._sched.preempt_newest()
+        self.backend.free_seq(slot)
+
+    def _fail_all(self, error: str | None) -> None:
+        """End every sequence: with an error, or as aborted when the engine stops."""
+        reason = FinishReason.ERROR if error else FinishReason.ABORT
+        outputs = [self._finish(s, reason, "", error=error) for s in list(self._seqs.values())]
+        if outputs:
+            self._sink(outputs)

@@ -1,0 +1,60 @@
+"""Per-request state inside the core loop."""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+
+from inferd.engine.backends.base import Sampler
+from inferd.engine.detokenizer import Detokenizer
+from inferd.engine.types import FinishReason, GenerateRequest
+
+
+class SeqState(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass(eq=False, slots=True)
+class Sequence:
+    """A request being generated.
+
+    `tokens` is prompt + generated. `n_computed` tokens have their KV in the cache; the
+    tokens after them are fed in the next steps. A decoding sequence has exactly one token
+    left to feed (the one it just sampled); a prefilling one has more. When the last token
+    is fed, the step samples the next one. A preempted sequence drops its cache
+    (`n_computed = 0`) and is fed again from the start, which recomputes the same state.
+    """
+
+    request: GenerateRequest
+    detokenizer: Detokenizer
+    max_len: int  # prompt + max_tokens, capped by the context window
+    tokens: list[int] = field(default_factory=list)
+    n_prompt: int = 0
+    n_computed: int = 0
+    slot: int = -1
+    sampler: Sampler | None = None
+    state: SeqState = SeqState.WAITING
+    arrival: float = field(default_factory=time.monotonic)
+    first_scheduled: float | None = None
+    first_token: float | None = None
+    finish_reason: FinishReason | None = None
+
+    @property
+    def request_id(self) -> str:
+        return self.request.request_id
+
+    @property
+    def n_generated(self) -> int:
+        return len(self.tokens) - self.n_prompt
+
+    @property
+    def n_pending(self) -> int:
+        """Tokens still to be fed before the next one can be sampled."""
+        return len(self.tokens) - self.n_computed
+
+    @property
+    def decoding(self) -> bool:
+        return self.n_pending == 1 and self.n_generated > 0 and self.n_computed > 0

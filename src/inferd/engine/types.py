@@ -1,0 +1,87 @@
+"""Plain value types shared by the engine and its clients."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class FinishReason(enum.StrEnum):
+    STOP = "stop"  # EOS/EOG token or a stop string
+    LENGTH = "length"  # max_tokens or the context window
+    ABORT = "abort"  # the client went away or the request was cancelled
+    ERROR = "error"  # the backend failed
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    """What to sample and when to stop. Validated by the API layer before it gets here."""
+
+    max_tokens: int = 256
+    temperature: float = 0.8
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = disabled
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0  # 1.0 = disabled
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    penalty_last_n: int = 64
+    seed: int | None = None
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateRequest:
+    request_id: str
+    prompt_tokens: tuple[int, ...]
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationOutput:
+    """One increment of a request's output. `finish_reason` is set on the last one only."""
+
+    request_id: str
+    text: str
+    token_ids: tuple[int, ...]
+    usage: Usage
+    finish_reason: FinishReason | None = None
+    error: str | None = None
+    # seconds since the engine received the request, for timings
+    queue_time: float | None = None
+    time_to_first_token: float | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStats:
+    """A snapshot of the core loop, read by health checks and (later) metrics."""
+
+    running: int
+    waiting: int
+    kv_cells_used: int
+    kv_cells_total: int
+    steps: int
+    prompt_tokens_total: int
+    generated_tokens_total: int
+    preemptions: int
