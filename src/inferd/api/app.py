@@ -1,0 +1,47 @@
+"""create_app: wiring only. Everything the app uses is passed in, so tests can inject fakes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from inferd import __version__
+from inferd.api import ops
+from inferd.api.errors import install_error_handlers
+from inferd.api.openai.router import router as openai_router
+from inferd.config import Settings
+from inferd.models.registry import ModelRegistry
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, registry: ModelRegistry) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loading = asyncio.create_task(registry.load_all())
+        try:
+            yield
+        finally:
+            if not loading.done():
+                loading.cancel()
+            await asyncio.gather(loading, return_exceptions=True)
+            await registry.close()
+
+    app = FastAPI(
+        title="inferd",
+        version=__version__,
+        description="Local-first LLM inference server (OpenAI-compatible API).",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.registry = registry
+    app.state.started = time.monotonic()
+    install_error_handlers(app)
+    app.include_router(ops.router)
+    app.include_router(openai_router)
+    return app

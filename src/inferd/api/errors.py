@@ -1,0 +1,126 @@
+"""Domain error -> (status, body) for every dialect: the one table."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from inferd import errors as e
+
+log = logging.getLogger(__name__)
+
+
+# status, OpenAI-style error type
+_TABLE: list[tuple[type[e.InferdError], int, str]] = [
+    (e.InvalidRequest, 400, "invalid_request_error"),
+    (e.ModelNotFound, 404, "invalid_request_error"),
+    (e.ModelNotReady, 503, "server_error"),
+    (e.Overloaded, 503, "server_error"),
+    (e.EngineStopped, 503, "server_error"),
+    (e.BackendError, 500, "server_error"),
+    (e.InferdError, 500, "server_error"),
+]
+
+_HTTP_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+RETRY_AFTER_SECONDS = 1
+
+
+def status_of(exc: e.InferdError) -> tuple[int, str]:
+    for cls, status, kind in _TABLE:
+        if isinstance(exc, cls):
+            return status, kind
+    return 500, "server_error"
+
+
+def error_body(message: str, kind: str, param: str | None, code: str | None) -> dict[str, Any]:
+    """The OpenAI-shaped error body (the native dialect uses the same shape; the Ollama
+    dialect, when it comes, picks its own shape in `error_response` by the request path)."""
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def error_response(
+    request: Request,
+    status: int,
+    message: str,
+    *,
+    kind: str | None = None,
+    param: str | None = None,
+    code: str | None = None,
+) -> JSONResponse:
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 503 else None
+    kind = kind or _HTTP_TYPES.get(status, "server_error")
+    return JSONResponse(error_body(message, kind, param, code), status, headers=headers)
+
+
+def _param_of(loc: tuple[Any, ...]) -> str | None:
+    parts = [p for p in loc if p not in ("body",)]
+    out = ""
+    for p in parts:
+        if isinstance(p, int):
+            out += f"[{p}]"
+        elif p in ("str", "int", "float", "list[str]", "list[int]", "list[list[int]]"):
+            continue  # pydantic's union member tags are noise to a client
+        elif "[" in str(p) or "function-" in str(p):
+            continue
+        else:
+            out += ("." if out else "") + str(p)
+    return out or None
+
+
+def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    errs = exc.errors()
+    if not errs:
+        return "Invalid request body", None
+    first = errs[0]
+    if first.get("type") == "json_invalid":
+        return "The request body is not valid JSON", None
+    param = _param_of(tuple(first.get("loc", ())))
+    msg = str(first.get("msg", "invalid value"))
+    if first.get("type") == "missing":
+        return (f"Missing required parameter: '{param}'" if param else "Missing request body"), param
+    if param is None:
+        return f"Invalid request body: {msg}", None
+    return f"Invalid value for '{param}': {msg}", param
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(e.InferdError)
+    async def domain_error(request: Request, exc: e.InferdError) -> JSONResponse:
+        status, kind = status_of(exc)
+        if status >= 500 and status != 503:
+            log.error("request failed: %s", exc.message)
+        return error_response(
+            request, status, exc.message, kind=kind, param=exc.param, code=exc.code
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param = validation_message(exc)
+        log.debug("invalid request: %s", exc.errors())
+        return error_response(request, 400, message, param=param, code="invalid_request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = exc.detail if isinstance(exc.detail, str) else "HTTP error"
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"No route {request.method} {request.url.path[:200]}"
+        return error_response(request, exc.status_code, message)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s", request.url.path)
+        return error_response(request, 500, "Internal server error", code="internal_error")

@@ -1,0 +1,94 @@
+"""Running a request's choices on the engine, for every dialect."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from inferd.engine.client import EngineClient
+from inferd.engine.types import FinishReason, GenerateRequest, GenerationOutput, Usage
+from inferd.errors import BackendError
+
+
+@dataclass
+class ChoiceResult:
+    index: int
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    finish_reason: FinishReason | None = None
+    usage: Usage = field(default_factory=Usage)
+
+
+async def stream_choices(
+    engine: EngineClient, requests: list[GenerateRequest]
+) -> AsyncIterator[tuple[int, GenerationOutput]]:
+    """Outputs of all choices as they come, tagged with the choice index.
+
+    Leaving the iteration early (client gone) closes every choice's generator, which
+    aborts its sequence in the engine.
+    """
+    if len(requests) == 1:
+        async with contextlib.aclosing(engine.generate(requests[0])) as gen:
+            async for out in gen:
+                yield 0, out
+        return
+    queue: asyncio.Queue[tuple[int, GenerationOutput] | None] = asyncio.Queue()
+
+    async def pump(index: int, req: GenerateRequest) -> None:
+        try:
+            async with contextlib.aclosing(engine.generate(req)) as gen:
+                async for out in gen:
+                    await queue.put((index, out))
+        finally:
+            await queue.put(None)
+
+    tasks = [asyncio.create_task(pump(i, r)) for i, r in enumerate(requests)]
+    try:
+        remaining = len(tasks)
+        while remaining:
+            item = await queue.get()
+            if item is None:
+                remaining -= 1
+            else:
+                yield item
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def collect_choices(
+    engine: EngineClient, requests: list[GenerateRequest]
+) -> list[ChoiceResult]:
+    """Run all choices to the end. An engine error becomes a BackendError."""
+    results = [ChoiceResult(i) for i in range(len(requests))]
+    async for i, out in stream_choices(engine, requests):
+        r = results[i]
+        r.text += out.text
+        r.token_ids.extend(out.token_ids)
+        r.usage = out.usage
+        if out.finish_reason is not None:
+            if out.finish_reason is FinishReason.ERROR:
+                raise BackendError(out.error or "generation failed")
+            r.finish_reason = out.finish_reason
+    return results
+
+
+def total_usage(usages: list[Usage]) -> Usage:
+    """Choices share one prompt: count it once, add up the completions."""
+    if not usages:
+        return Usage()
+    return Usage(
+        prompt_tokens=usages[0].prompt_tokens,
+        completion_tokens=sum(u.completion_tokens for u in usages),
+        cached_tokens=usages[0].cached_tokens,
+    )
+
+
+async def tokenize_prompt(engine: EngineClient, text: str) -> list[int]:
+    """Tokenize a rendered prompt: special tokens parsed, BOS added once if the model wants it."""
+    info = engine.info
+    has_bos = bool(info.bos_token) and text.startswith(info.bos_token)
+    return await engine.tokenize(text, add_special=not has_bos, parse_special=True)

@@ -1,0 +1,1 @@
+"""The OpenAI dialect: /v1/models, /v1/chat/completions, /v1/completions."""

@@ -1,0 +1,119 @@
+"""OpenAI routes: parse, hand to the adapter and the engine, frame the answer."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+
+from inferd.api.deps import RegistryDep, SettingsDep
+from inferd.api.generation import collect_choices, stream_choices, tokenize_prompt
+from inferd.api.openai import adapter
+from inferd.api.openai import schemas as s
+from inferd.api.streaming import ClientDisconnected, cancel_on_disconnect, sse_response
+from inferd.engine.types import GenerateRequest
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+_CLIENT_CLOSED = 499
+
+
+@router.get("/models", response_model=s.ModelList)
+async def list_models(registry: RegistryDep) -> s.ModelList:
+    cards = []
+    for entry in registry.entries():
+        model = entry.model
+        cards.append(
+            s.ModelCard(
+                id=entry.spec.name,
+                created=model.created if model else 0,
+                aliases=list(entry.spec.aliases),
+                context_length=model.engine.info.n_ctx if model else None,
+            )
+        )
+    return s.ModelList(data=cards)
+
+
+@router.get("/models/{model:path}", response_model=s.ModelCard)
+async def get_model(model: str, registry: RegistryDep) -> s.ModelCard:
+    loaded = registry.get(model)
+    return s.ModelCard(
+        id=loaded.name,
+        created=loaded.created,
+        aliases=list(loaded.spec.aliases),
+        context_length=loaded.engine.info.n_ctx,
+    )
+
+
+@router.post("/chat/completions", response_model=s.ChatCompletion)
+async def chat_completions(
+    body: s.ChatCompletionRequest, request: Request, registry: RegistryDep, settings: SettingsDep
+) -> s.ChatCompletion | Response:
+    adapter.check_chat(body, settings)
+    model = registry.get(body.model)
+    engine = model.engine
+    prompt = model.template.render(adapter.chat_messages(body))
+    tokens = await tokenize_prompt(engine, prompt)
+    rid = adapter.new_id("chatcmpl")
+    max_tokens, param = (
+        (body.max_completion_tokens, "max_completion_tokens")
+        if body.max_completion_tokens is not None
+        else (body.max_tokens, "max_tokens")
+    )
+    reqs = adapter.generate_requests(
+        body,
+        rid,
+        tokens,
+        info=engine.info,
+        settings=settings,
+        max_tokens=max_tokens,
+        max_tokens_param=param,
+    )
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return sse_response(
+            adapter.chat_chunks(
+                rid, model.name, body.n, stream_choices(engine, reqs), include_usage=include_usage
+            )
+        )
+    try:
+        results = await cancel_on_disconnect(request, collect_choices(engine, reqs))
+    except ClientDisconnected:
+        return Response(status_code=_CLIENT_CLOSED)
+    return adapter.chat_completion(rid, model.name, results)
+
+
+@router.post("/completions", response_model=s.Completion)
+async def completions(
+    body: s.CompletionRequest, request: Request, registry: RegistryDep, settings: SettingsDep
+) -> s.Completion | Response:
+    adapter.check_completion(body, settings)
+    model = registry.get(body.model)
+    engine = model.engine
+    rid = adapter.new_id("cmpl")
+    reqs: list[GenerateRequest] = []
+    for p, prompt in enumerate(adapter.prompts(body)):
+        if isinstance(prompt, str):
+            tokens = await tokenize_prompt(engine, prompt)
+        else:
+            adapter.check_token_prompt(prompt, engine.info.n_vocab)
+            tokens = prompt
+        reqs += adapter.generate_requests(
+            body,
+            f"{rid}-{p}",
+            tokens,
+            info=engine.info,
+            settings=settings,
+            max_tokens=body.max_tokens,
+            max_tokens_param="max_tokens",
+        )
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return sse_response(
+            adapter.completion_chunks(
+                rid, model.name, body.n, stream_choices(engine, reqs), include_usage=include_usage
+            )
+        )
+    try:
+        results = await cancel_on_disconnect(request, collect_choices(engine, reqs))
+    except ClientDisconnected:
+        return Response(status_code=_CLIENT_CLOSED)
+    return adapter.completion(rid, model.name, results, body.n)

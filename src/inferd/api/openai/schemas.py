@@ -1,0 +1,157 @@
+"""OpenAI wire models. Strict types: a string where a number belongs is a 400, not a guess."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+PositiveInt = Annotated[StrictInt, Field(ge=1)]
+
+
+class _Wire(BaseModel):
+    # Unknown fields are accepted and ignored (the adapter logs them at debug level).
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+class StreamOptions(_Wire):
+    include_usage: StrictBool = False
+
+
+class ResponseFormat(_Wire):
+    type: Literal["text", "json_object", "json_schema"]
+
+
+class TextPart(_Wire):
+    type: Literal["text"]
+    text: StrictStr
+
+
+class ContentPart(_Wire):
+    type: StrictStr
+    text: StrictStr | None = None
+
+
+class ChatMessage(_Wire):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: StrictStr | list[ContentPart] | None = None
+    name: StrictStr | None = None
+
+
+class SamplingFields(_Wire):
+    """Parameters shared by chat and text completions."""
+
+    model: StrictStr | None = None
+    max_tokens: PositiveInt | None = None
+    temperature: Annotated[FiniteFloat, Field(ge=0.0, le=2.0)] | None = None
+    top_p: Annotated[FiniteFloat, Field(gt=0.0, le=1.0)] | None = None
+    n: PositiveInt = 1
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = None
+    stop: StrictStr | list[StrictStr] | None = None
+    presence_penalty: Annotated[FiniteFloat, Field(ge=-2.0, le=2.0)] | None = None
+    frequency_penalty: Annotated[FiniteFloat, Field(ge=-2.0, le=2.0)] | None = None
+    logit_bias: dict[str, Annotated[FiniteFloat, Field(ge=-100.0, le=100.0)]] | None = None
+    seed: StrictInt | None = None
+    user: StrictStr | None = None
+    # extensions, as llama.cpp and vLLM accept them
+    top_k: Annotated[StrictInt, Field(ge=0)] | None = None
+    min_p: Annotated[FiniteFloat, Field(ge=0.0, le=1.0)] | None = None
+    repetition_penalty: Annotated[FiniteFloat, Field(gt=0.0, le=10.0)] | None = None
+    ignore_eos: StrictBool = False
+
+
+class ChatCompletionRequest(SamplingFields):
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    max_completion_tokens: PositiveInt | None = None
+    logprobs: StrictBool | None = None
+    top_logprobs: StrictInt | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Any = None
+    functions: list[dict[str, Any]] | None = None
+    response_format: ResponseFormat | None = None
+
+
+class CompletionRequest(SamplingFields):
+    prompt: (
+        StrictStr
+        | Annotated[list[StrictStr], Field(min_length=1)]
+        | Annotated[list[StrictInt], Field(min_length=1)]
+        | Annotated[list[Annotated[list[StrictInt], Field(min_length=1)]], Field(min_length=1)]
+    )
+    echo: StrictBool = False
+    suffix: StrictStr | None = None
+    best_of: StrictInt | None = None
+    logprobs: StrictInt | None = None
+
+
+# ---- responses (documented in the OpenAPI schema) ---------------------------------------
+
+
+class CompletionTokensDetails(BaseModel):
+    reasoning_tokens: int = 0
+
+
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = 0
+
+
+class UsageInfo(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    prompt_tokens_details: PromptTokensDetails = Field(default_factory=PromptTokensDetails)
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    finish_reason: str | None
+    logprobs: None = None
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: UsageInfo
+    system_fingerprint: str | None = None
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    finish_reason: str | None
+    logprobs: None = None
+
+
+class Completion(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: UsageInfo
+    system_fingerprint: str | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "inferd"
+    aliases: list[str] = Field(default_factory=list)
+    context_length: int | None = None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]

@@ -1,0 +1,10 @@
+"""The `inferd` command line."""
+
+from inferd.cli.app import app
+
+
+def main() -> None:
+    app()
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,1 @@
+"""Model specs, the registry of served models, and chat templates."""

