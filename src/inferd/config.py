@@ -71,9 +71,7 @@ class Settings(BaseSettings):
     drain_timeout: float = Field(
         30.0, ge=0, description="Seconds running requests get to finish on shutdown"
     )
-    log_level: Literal["debug", "info", "warning", "error"] = Field(
-        "info", description="Log level"
-    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level")
     llama_verbose: bool = Field(False, description="Let llama.cpp print its own logs")
 
     @classmethod

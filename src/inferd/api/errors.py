@@ -91,7 +91,9 @@ def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     param = _param_of(tuple(first.get("loc", ())))
     msg = str(first.get("msg", "invalid value"))
     if first.get("type") == "missing":
-        return (f"Missing required parameter: '{param}'" if param else "Missing request body"), param
+        return (
+            f"Missing required parameter: '{param}'" if param else "Missing request body"
+        ), param
     if param is None:
         return f"Invalid request body: {msg}", None
     return f"Invalid value for '{param}': {msg}", param

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncGenerator
 from typing import Protocol
 
 from inferd.engine.backends.base import Backend, BackendInfo
@@ -21,7 +22,7 @@ class EngineClient(Protocol):
     @property
     def info(self) -> BackendInfo: ...
 
-    def generate(self, request: GenerateRequest) -> AsyncIterator[GenerationOutput]: ...
+    def generate(self, request: GenerateRequest) -> AsyncGenerator[GenerationOutput, None]: ...
 
     def abort(self, request_id: str) -> None: ...
 
@@ -74,7 +75,9 @@ class AsyncEngine:
         self, text: str, *, add_special: bool = True, parse_special: bool = True
     ) -> list[int]:
         if len(text) <= _INLINE_TOKENIZE_CHARS:
-            return self._backend.tokenize(text, add_special=add_special, parse_special=parse_special)
+            return self._backend.tokenize(
+                text, add_special=add_special, parse_special=parse_special
+            )
         return await asyncio.to_thread(
             self._backend.tokenize, text, add_special=add_special, parse_special=parse_special
         )
@@ -82,7 +85,7 @@ class AsyncEngine:
     def detokenize(self, tokens: list[int]) -> str:
         return b"".join(self._backend.token_piece(t) for t in tokens).decode("utf-8", "replace")
 
-    async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerationOutput]:
+    async def generate(self, request: GenerateRequest) -> AsyncGenerator[GenerationOutput, None]:
         if self._stopped or self._loop is None:
             raise EngineStopped("the engine is not running")
         rid = request.request_id
@@ -111,10 +114,9 @@ class AsyncEngine:
         loop = self._loop
         if loop is None:
             return
-        try:
+        # a closed event loop raises RuntimeError: nobody is listening any more
+        with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(self._dispatch, outputs)
-        except RuntimeError:  # the event loop is closed: nobody is listening any more
-            pass
 
     def _dispatch(self, outputs: list[GenerationOutput]) -> None:
         for out in outputs:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from inferd.engine.sequence import Sequence, SeqState
+from inferd.engine.sequence import SeqState, Sequence
 
 
 @dataclass(slots=True)

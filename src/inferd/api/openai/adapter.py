@@ -54,7 +54,9 @@ def check_limits(req: s.SamplingFields, settings: Settings) -> None:
         raise InvalidRequest(f"n must be at most {settings.max_n}", param="n")
     stops = _stops(req)
     if len(stops) > settings.max_stop:
-        raise InvalidRequest(f"at most {settings.max_stop} stop sequences are allowed", param="stop")
+        raise InvalidRequest(
+            f"at most {settings.max_stop} stop sequences are allowed", param="stop"
+        )
     if any(len(x) > settings.max_stop_length for x in stops):
         raise InvalidRequest(
             f"stop sequences may be at most {settings.max_stop_length} characters", param="stop"
@@ -176,7 +178,9 @@ def _logit_bias(req: s.SamplingFields, n_vocab: int) -> tuple[tuple[int, float],
         try:
             token = int(key)
         except ValueError:
-            raise InvalidRequest(f"logit_bias key {key[:32]!r} is not a token id", "logit_bias") from None
+            raise InvalidRequest(
+                f"logit_bias key {key[:32]!r} is not a token id", param="logit_bias"
+            ) from None
         if not 0 <= token < n_vocab:
             raise InvalidRequest(
                 f"logit_bias token {token} is outside the vocabulary (0..{n_vocab - 1})",
@@ -251,9 +255,7 @@ def grouped_usage(usages: dict[int, Usage], n: int) -> Usage:
     )
 
 
-def chat_completion(
-    request_id: str, model: str, results: list[ChoiceResult]
-) -> s.ChatCompletion:
+def chat_completion(request_id: str, model: str, results: list[ChoiceResult]) -> s.ChatCompletion:
     return s.ChatCompletion(
         id=request_id,
         created=now(),
@@ -270,9 +272,7 @@ def chat_completion(
     )
 
 
-def completion(
-    request_id: str, model: str, results: list[ChoiceResult], n: int
-) -> s.Completion:
+def completion(request_id: str, model: str, results: list[ChoiceResult], n: int) -> s.Completion:
     return s.Completion(
         id=request_id,
         created=now(),
@@ -322,7 +322,9 @@ async def chat_chunks(
         return body
 
     for i in range(n):
-        yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+        yield chunk(
+            [{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]
+        )
     usages: dict[int, Usage] = {}
     async for i, out in outputs:
         if out.finish_reason is FinishReason.ERROR:
@@ -332,7 +334,9 @@ async def chat_chunks(
             yield chunk([{"index": i, "delta": {"content": out.text}, "finish_reason": None}])
         if out.finish_reason is not None:
             usages[i] = out.usage
-            yield chunk([{"index": i, "delta": {}, "finish_reason": finish_reason(out.finish_reason)}])
+            yield chunk(
+                [{"index": i, "delta": {}, "finish_reason": finish_reason(out.finish_reason)}]
+            )
     else:
         if include_usage:
             yield chunk([], usage_info(total_usage([usages[i] for i in sorted(usages)])))

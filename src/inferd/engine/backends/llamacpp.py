@@ -11,6 +11,7 @@ from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import llama_cpp
 
@@ -49,7 +50,7 @@ class LlamaCppSampler:
 
     __slots__ = ("_chain", "_ctx")
 
-    def __init__(self, chain: llama_cpp.llama_sampler_p, ctx: llama_cpp.llama_context_p):
+    def __init__(self, chain: Any, ctx: Any) -> None:
         self._chain = chain
         self._ctx = ctx
 
@@ -107,7 +108,9 @@ class LlamaCppBackend:
         self._mem = llama_cpp.llama_get_memory(ctx)
         self._batch = llama_cpp.llama_batch_init(options.n_batch, 0, 1)
         self._n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
-        self._eog = [t for t in range(self._n_vocab) if llama_cpp.llama_vocab_is_eog(self._vocab, t)]
+        self._eog = [
+            t for t in range(self._n_vocab) if llama_cpp.llama_vocab_is_eog(self._vocab, t)
+        ]
         self._eog_set = frozenset(self._eog)
         self._ones = array("i", [1]) * options.n_batch
         self._piece_buf = ctypes.create_string_buffer(256)
@@ -159,7 +162,9 @@ class LlamaCppBackend:
         data = text.encode("utf-8", "surrogatepass")
         cap = len(data) + 8
         out = (llama_cpp.llama_token * cap)()
-        n = llama_cpp.llama_tokenize(self._vocab, data, len(data), out, cap, add_special, parse_special)
+        n = llama_cpp.llama_tokenize(
+            self._vocab, data, len(data), out, cap, add_special, parse_special
+        )
         if n < 0:
             cap = -n
             out = (llama_cpp.llama_token * cap)()
@@ -195,6 +200,7 @@ class LlamaCppBackend:
             add(
                 chain,
                 llama_cpp.llama_sampler_init_penalties(
+                    self._n_vocab,
                     params.penalty_last_n,
                     params.repetition_penalty,
                     params.frequency_penalty,
@@ -205,10 +211,9 @@ class LlamaCppBackend:
         if params.ignore_eos:
             bias.extend((t, float("-inf")) for t in self._eog)
         if bias:
-            arr = (llama_cpp.llama_logit_bias * len(bias))()
-            for i, (tok, b) in enumerate(bias):
-                arr[i].token = tok
-                arr[i].bias = b
+            arr = (llama_cpp.llama_logit_bias * len(bias))(
+                *(llama_cpp.llama_logit_bias(t, b) for t, b in bias)
+            )
             add(chain, llama_cpp.llama_sampler_init_logit_bias(self._n_vocab, len(bias), arr))
         if params.greedy:
             add(chain, llama_cpp.llama_sampler_init_greedy())

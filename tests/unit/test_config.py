@@ -1,0 +1,88 @@
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from inferd.cli import app
+from inferd.config import load_settings
+from inferd.errors import ConfigError
+from inferd.models.spec import BUNDLED_NAME, specs_from_settings
+
+
+def test_defaults() -> None:
+    s = load_settings()
+    assert (s.host, s.port) == ("127.0.0.1", 8000)
+    assert s.models == []
+
+
+def test_environment_toml_and_flags_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"")
+    cfg = tmp_path / "inferd.toml"
+    cfg.write_text(
+        f'port = 9000\ntemperature = 0.3\n[[models]]\npath = "{model}"\nname = "mine"\n'
+        'aliases = ["m"]\nn_ctx = 1024\n'
+    )
+    s = load_settings(cfg)
+    assert s.port == 9000 and s.temperature == 0.3
+    assert s.models[0].name == "mine" and s.models[0].n_ctx == 1024
+    monkeypatch.setenv("INFERD_PORT", "9100")
+    assert load_settings(cfg).port == 9100  # environment beats the file
+    assert load_settings(cfg, port=9200).port == 9200  # flags beat both
+
+
+def test_models_from_environment_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INFERD_MODELS", f'[{{"path": "{tmp_path}/a.gguf", "max_seqs": 4}}]')
+    s = load_settings()
+    assert s.models[0].max_seqs == 4
+    specs = specs_from_settings(s, {"n_ctx": 512})
+    assert specs[0].name == "a" and specs[0].config.n_ctx == 512
+
+
+def test_bundled_model_is_the_default() -> None:
+    specs = specs_from_settings(load_settings())
+    assert specs[0].name == BUNDLED_NAME
+    assert {"smollm2", "default"} <= set(specs[0].aliases)
+    assert specs[0].path.is_file()
+
+
+def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_settings(tmp_path / "nope.toml")
+
+
+def test_duplicate_model_names_are_rejected(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(
+        "INFERD_MODELS",
+        f'[{{"path": "{tmp_path}/a.gguf"}}, {{"path": "{tmp_path}/b.gguf", "aliases": ["a"]}}]',
+    )
+    with pytest.raises(ConfigError, match="used twice"):
+        specs_from_settings(load_settings())
+
+
+def test_cli_flags_are_derived_from_settings_fields() -> None:
+    result = CliRunner().invoke(app, ["serve", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    for flag in [
+        "--host",
+        "--port",
+        "--temperature",
+        "--max-tokens-limit",
+        "--drain-timeout",
+        "--n-ctx",
+        "--max-seqs",
+        "--config",
+        "--model",
+    ]:
+        assert flag in result.output
+
+
+def test_cli_rejects_a_missing_model_file_without_traceback() -> None:
+    result = CliRunner().invoke(app, ["serve", "--model", "/nonexistent/x.gguf"])
+    assert result.exit_code == 2
+    assert "no such file" in result.output
+    assert "Traceback" not in result.output

@@ -1,0 +1,177 @@
+"""The core loop and scheduler on the fake backend: batching, queueing, aborts, preemption."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from inferd.engine.backends.fake import FakeBackend
+from inferd.engine.client import AsyncEngine
+from inferd.engine.detokenizer import Detokenizer
+from inferd.engine.scheduler import Scheduler
+from inferd.engine.sequence import Sequence
+from inferd.engine.types import FinishReason, GenerateRequest, GenerationOutput, SamplingParams
+from tests.conftest import wait_for
+
+PROMPT = tuple(range(1, 11))
+
+
+async def run(engine: AsyncEngine, rid: str, **sampling: object) -> list[GenerationOutput]:
+    req = GenerateRequest(rid, PROMPT, SamplingParams(**sampling))  # type: ignore[arg-type]
+    return [out async for out in engine.generate(req)]
+
+
+def text_of(outs: list[GenerationOutput]) -> str:
+    return "".join(o.text for o in outs)
+
+
+@pytest.fixture
+async def engine_factory():  # type: ignore[no-untyped-def]
+    engines: list[AsyncEngine] = []
+
+    def make(**kwargs: object) -> AsyncEngine:
+        e = AsyncEngine(FakeBackend(**kwargs))  # type: ignore[arg-type]
+        e.start()
+        engines.append(e)
+        return e
+
+    yield make
+    for e in engines:
+        await e.stop()
+
+
+async def test_generates_reply_then_stops_on_eos(engine_factory) -> None:  # type: ignore[no-untyped-def]
+    engine = engine_factory(reply="Hi there")
+    outs = await run(engine, "a", max_tokens=100)
+    assert text_of(outs) == "Hi there"
+    assert outs[-1].finish_reason is FinishReason.STOP
+    assert outs[-1].usage.prompt_tokens == len(PROMPT)
+    assert outs[-1].usage.completion_tokens == len("Hi there") + 1  # + EOS
+
+
+async def test_max_tokens_gives_length(engine_factory) -> None:  # type: ignore[no-untyped-def]
+    engine = engine_factory(reply="abcdefgh")
+    outs = await run(engine, "a", max_tokens=3)
+    assert text_of(outs) == "abc"
+    assert outs[-1].finish_reason is FinishReason.LENGTH
+    assert outs[-1].usage.completion_tokens == 3
+
+
+async def test_ignore_eos_generates_exactly_max_tokens(engine_factory) -> None:  # type: ignore[no-untyped-def]
+    engine = engine_factory(reply="ab")
+    outs = await run(engine, "a", max_tokens=7, ignore_eos=True)
+    assert text_of(outs) == "abababa"
+    assert outs[-1].usage.completion_tokens == 7
+
+
+async def test_stop_string_ends_generation(engine_factory) -> None:  # type: ignore[no-untyped-def]
+    engine = engine_factory(reply="one, two, three")
+    outs = await run(engine, "a", max_tokens=100, stop=(", t",))
+    assert text_of(outs) == "one"
+    assert outs[-1].finish_reason is FinishReason.STOP
+
+
+async def test_sequences_decode_together_in_one_step(engine_factory) -> None:  # type: ignore[no-untyped-def]
+    engine = engine_factory(reply="x" * 20, max_seqs=4, step_delay=0.002)
+    results = await asyncio.gather(*(run(engine, f"r{i}", max_tokens=20) for i in range(4)))
+    assert all(text_of(r) == "x" * 20 for r in results)
+    backend: FakeBackend = engine.backend  # type: ignore[assignment]
+    # once all four are prefilled, each step carries one token of each sequence
+    assert max(seqs for _, seqs in backend.batches) == 4
+    assert backend.steps < 4 * 21
+
+
+async def test_requests_beyond_the_slots_wait_and_all_complete(engine_factory) -> None:  # type: ignore[no-untyped-def]
+    engine = engine_factory(reply="y" * 10, max_seqs=2, step_delay=0.001)
+    results = await asyncio.gather(*(run(engine, f"r{i}", max_tokens=10) for i in range(7)))
+    assert [text_of(r) for r in results] == ["y" * 10] * 7
+    assert all(r[-1].finish_reason is FinishReason.LENGTH for r in results)
+    backend: FakeBackend = engine.backend  # type: ignore[assignment]
+    assert max(seqs for _, seqs in backend.batches) <= 2
+
+
+async def test_long_prompt_is_prefilled_in_chunks_beside_decoding(engine_factory) -> None:  # type: ignore[no-untyped-def]
+    engine = engine_factory(reply="z" * 50, max_batch_tokens=16, step_delay=0.001)
+    short = asyncio.create_task(run(engine, "short", max_tokens=50))
+    await asyncio.sleep(0.02)
+    long_req = GenerateRequest("long", tuple([5] * 100), SamplingParams(max_tokens=5))
+    long_outs = [o async for o in engine.generate(long_req)]
+    assert long_outs[-1].finish_reason is FinishReason.LENGTH
+    assert text_of(await short) == "z" * 50
+    backend: FakeBackend = engine.backend  # type: ignore[assignment]
+    assert max(tokens for tokens, _ in backend.batches) <= 16
+
+
+async def test_abort_frees_the_slot_and_cells_at_once(engine_factory) -> None:  # type: ignore[no-untyped-def]
+    engine = engine_factory(reply="w", step_delay=0.01)
+    req = GenerateRequest("gone", PROMPT, SamplingParams(max_tokens=10_000, ignore_eos=True))
+    gen = engine.generate(req)
+    for _ in range(3):
+        await gen.__anext__()
+    await gen.aclose()  # what a disconnecting client does
+    assert await wait_for(lambda: engine.stats().running == 0, 1.0)
+    backend: FakeBackend = engine.backend  # type: ignore[assignment]
+    assert await wait_for(lambda: not backend.cells, 1.0)
+    assert engine.stats().kv_cells_used == 0
+
+
+async def test_kv_pressure_preempts_and_output_is_unchanged(engine_factory) -> None:  # type: ignore[no-untyped-def]
+    reply = "the quick brown fox jumps"
+    # 4 slots, but the cache holds only ~2.5 sequences' worth: some must be preempted
+    engine = engine_factory(reply=reply, kv_cells=90, n_ctx=60, max_seqs=4)
+    results = await asyncio.gather(
+        *(run(engine, f"p{i}", max_tokens=30, ignore_eos=True) for i in range(4))
+    )
+    expected = (reply * 2)[:30]
+    assert [text_of(r) for r in results] == [expected] * 4
+    assert all(r[-1].usage.completion_tokens == 30 for r in results)
+    assert engine.stats().preemptions > 0
+    assert engine.stats().kv_cells_used == 0
+
+
+async def test_invalid_prompts_finish_with_an_error(engine_factory) -> None:  # type: ignore[no-untyped-def]
+    engine = engine_factory(n_ctx=32)
+    for prompt in [(), tuple([1] * 32), (1, 2, 999)]:
+        outs = [o async for o in engine.generate(GenerateRequest("bad", prompt))]
+        assert outs[-1].finish_reason is FinishReason.ERROR
+        assert outs[-1].error
+
+
+async def test_backend_failure_ends_every_sequence_with_an_error(engine_factory) -> None:  # type: ignore[no-untyped-def]
+    engine = engine_factory(fail_after_steps=5)
+    outs = await run(engine, "f", max_tokens=100, ignore_eos=True)
+    assert outs[-1].finish_reason is FinishReason.ERROR
+    assert "fake backend failure" in (outs[-1].error or "")
+    assert engine.stats().running == 0
+
+
+def test_scheduler_gives_decoding_sequences_their_token_first() -> None:
+    sched = Scheduler(max_seqs=2, kv_cells=1000, max_batch_tokens=8)
+
+    def seq(rid: str, n: int) -> Sequence:
+        req = GenerateRequest(rid, tuple(range(1, n + 1)))
+        return Sequence(
+            req,
+            Detokenizer(lambda t: b""),
+            max_len=n + 10,
+            tokens=list(req.prompt_tokens),
+            n_prompt=n,
+        )
+
+    a = seq("a", 4)
+    sched.add(a)
+    plan = sched.schedule()
+    assert [(c.seq.request_id, c.start, c.end, c.samples) for c in plan.chunks] == [
+        ("a", 0, 4, True)
+    ]
+    sched.commit(plan)
+    a.tokens.append(99)  # sampled
+    b = seq("b", 20)
+    sched.add(b)
+    plan = sched.schedule()
+    # a decodes its one token; b gets the rest of the budget as a prefill chunk
+    assert [(c.seq.request_id, c.end - c.start, c.samples) for c in plan.chunks] == [
+        ("a", 1, True),
+        ("b", 7, False),
+    ]
