@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from inferd.engine.backends.base import Backend
 from inferd.engine.detokenizer import Detokenizer
-from inferd.engine.scheduler import Scheduler, StepPlan
+from inferd.engine.scheduler import KVOp, Scheduler
 from inferd.engine.sequence import Sequence
 from inferd.engine.types import (
     EngineStats,
@@ -52,7 +52,11 @@ class EngineCore:
         self._sink = sink
         self._inbox: queue.SimpleQueue[_Add | _Abort | _Stop] = queue.SimpleQueue()
         self._sched = Scheduler(
-            max_seqs=info.max_seqs, kv_cells=info.kv_cells, max_batch_tokens=info.max_batch_tokens
+            max_seqs=info.max_seqs,
+            kv_cells=info.kv_cells,
+            max_batch_tokens=info.max_batch_tokens,
+            n_seq_ids=info.n_seq_ids,
+            prefix_cache=info.n_seq_ids > info.max_seqs,
         )
         self._seqs: dict[str, Sequence] = {}
         self._thread = threading.Thread(target=self._run, name=f"inferd-core-{name}", daemon=True)
@@ -83,11 +87,16 @@ class EngineCore:
             running=len(sched.running),
             waiting=len(sched.waiting),
             kv_cells_used=sched.kv_used,
+            kv_cells_cached=sched.kv_cached,
             kv_cells_total=sched.kv_cells,
             steps=self._steps,
             prompt_tokens_total=self._prompt_tokens,
             generated_tokens_total=self._generated_tokens,
             preemptions=sched.preemptions,
+            cached_sequences=len(sched.cached),
+            prefix_queries=sched.prefix_queries,
+            prefix_hits=sched.prefix_hits,
+            reused_tokens_total=sched.reused_tokens,
         )
 
     # ---- the loop ------------------------------------------------------------------------
@@ -159,10 +168,20 @@ class EngineCore:
         self._seqs[req.request_id] = seq
         self._sched.add(seq)
 
+    def _apply(self, ops: list[KVOp]) -> None:
+        backend = self.backend
+        for op in ops:
+            if op.kind == "rm":
+                backend.free_seq(op.seq_id)
+            elif op.kind == "trim":
+                backend.trim_seq(op.seq_id, op.n)
+            else:
+                backend.copy_prefix(op.seq_id, op.dst, op.n)
+
     def _step(self) -> None:
         plan = self._sched.schedule()
-        for seq, slot in plan.preempted:
-            self.backend.free_seq(slot)
+        self._apply(plan.ops)
+        for seq in plan.preempted:
             log.debug("preempted %s (KV cache full)", seq.request_id)
         if not plan.chunks:
             if plan.preempted or not self._sched.running:
@@ -194,7 +213,7 @@ class EngineCore:
             self._fail_all(str(exc))
             return
         if not ok:
-            self._relieve_kv_pressure(plan)
+            self._relieve_kv_pressure()
             return
         self._steps += 1
         self._sched.commit(plan)
@@ -236,9 +255,9 @@ class EngineCore:
     ) -> GenerationOutput:
         if flush and reason is not FinishReason.ABORT:
             text += seq.detokenizer.flush()
-        slot = self._sched.remove(seq)
-        if slot >= 0:
-            self.backend.free_seq(slot)
+        # a finished answer leaves its prefix cached; an aborted or failed one frees its cells
+        keep = reason in (FinishReason.STOP, FinishReason.LENGTH)
+        self._apply(self._sched.finish(seq, keep_prefix=keep))
         if seq.sampler is not None:
             seq.sampler.close()
             seq.sampler = None
@@ -256,17 +275,24 @@ class EngineCore:
         )
 
     def _usage(self, seq: Sequence) -> Usage:
-        return Usage(prompt_tokens=seq.n_prompt, completion_tokens=seq.n_generated)
+        return Usage(
+            prompt_tokens=seq.n_prompt,
+            completion_tokens=seq.n_generated,
+            cached_tokens=seq.cached_tokens,
+        )
 
-    def _relieve_kv_pressure(self, plan: StepPlan) -> None:
-        """The backend found no KV room for the batch: preempt the newest running sequence."""
-        running = self._sched.running
-        if len(running) <= 1:
-            seq = running[0] if running else plan.chunks[0].seq
-            self._sink([self._finish(seq, FinishReason.ERROR, "", error="KV cache exhausted")])
+    def _relieve_kv_pressure(self) -> None:
+        """The backend found no KV room for the batch (the accounting says there was: a
+        fragmented cache). Evict a cached prefix or preempt; fail when nothing is left."""
+        ops, _ = self._sched.relieve_pressure()
+        if ops:
+            self._apply(ops)
             return
-        _, slot = self._sched.preempt_newest()
-        self.backend.free_seq(slot)
+        running = self._sched.running
+        log.error("KV cache exhausted with %d running sequence(s)", len(running))
+        self._sink(
+            [self._finish(s, FinishReason.ERROR, "", error="KV cache exhausted") for s in running]
+        )
 
     def _fail_all(self, error: str | None) -> None:
         """End every sequence: with an error, or as aborted when the engine stops."""

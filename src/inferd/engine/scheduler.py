@@ -1,19 +1,35 @@
 """Continuous batching policy: who runs in the next step, with how many tokens.
 
-Pure bookkeeping, no backend calls: the core executes the plan. Every step, each decoding
-sequence gets its one token first; the remaining token budget goes to prompts being
-prefilled, in arrival order, in chunks; waiting requests join while there are free sequence
-slots and KV cells. When the KV cache cannot hold the next step, the newest running
-sequence is preempted: it drops its cells and goes back to the front of the queue, to be
-recomputed later (its sampler keeps its state, so the output continues unchanged).
+Pure bookkeeping, no backend calls: the core executes the plan, KV operations first.
+Every step, each decoding sequence gets its one token first; the remaining token budget
+goes to prompts being prefilled, in arrival order, in chunks; waiting requests join while
+there are free sequence slots and KV cells, reusing the longest cached or running prefix of
+their tokens. Finished sequences stay cached (their KV cells are a reusable prefix) until
+the cells or the sequence ids are needed, least recently used first. When the KV cache
+cannot hold the next step even then, the newest running sequence is preempted: it drops its
+cells and goes back to the front of the queue, to be recomputed later (its sampler keeps its
+state, so the output continues unchanged).
 """
 
 from __future__ import annotations
 
-from collections import deque
+import itertools
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
-from inferd.engine.sequence import SeqState, Sequence
+from inferd.engine.prefix_cache import KVLedger, best_prefix
+from inferd.engine.sequence import Sequence, SeqState
+
+
+@dataclass(frozen=True, slots=True)
+class KVOp:
+    """A KV cache operation for the backend: `rm` a sequence id entirely, `trim` it to its
+    first `n` cells, or `cp` the first `n` cells of `seq_id` to `dst`."""
+
+    kind: str
+    seq_id: int
+    n: int = 0
+    dst: int = -1
 
 
 @dataclass(slots=True)
@@ -31,7 +47,8 @@ class Chunk:
 @dataclass(slots=True)
 class StepPlan:
     chunks: list[Chunk] = field(default_factory=list)
-    preempted: list[tuple[Sequence, int]] = field(default_factory=list)  # (seq, freed slot)
+    ops: list[KVOp] = field(default_factory=list)  # applied in order, before the decode
+    preempted: list[Sequence] = field(default_factory=list)
 
     @property
     def n_tokens(self) -> int:
@@ -39,16 +56,31 @@ class StepPlan:
 
 
 class Scheduler:
-    def __init__(self, *, max_seqs: int, kv_cells: int, max_batch_tokens: int) -> None:
+    def __init__(
+        self,
+        *,
+        max_seqs: int,
+        kv_cells: int,
+        max_batch_tokens: int,
+        n_seq_ids: int | None = None,
+        prefix_cache: bool = True,
+    ) -> None:
         if max_batch_tokens < max_seqs:
             raise ValueError("the step token budget must be at least the number of slots")
         self.max_seqs = max_seqs
         self.kv_cells = kv_cells
         self.max_batch_tokens = max_batch_tokens
+        n_ids = max(n_seq_ids or max_seqs, max_seqs)
+        self.prefix_cache = prefix_cache
+        self.max_cached = n_ids - max_seqs if prefix_cache else 0
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []  # in admission order
-        self._free_slots = list(range(max_seqs - 1, -1, -1))
+        self.cached: OrderedDict[Sequence, None] = OrderedDict()  # least recently used first
+        self._free_ids = list(range(n_ids - 1, -1, -1))
         self.preemptions = 0
+        self.prefix_queries = 0
+        self.prefix_hits = 0
+        self.reused_tokens = 0
 
     # ---- queue changes -------------------------------------------------------------------
 
@@ -56,91 +88,154 @@ class Scheduler:
         seq.state = SeqState.WAITING
         self.waiting.append(seq)
 
-    def remove(self, seq: Sequence) -> int:
-        """Take a sequence out (finished or aborted). Returns the slot it held, or -1."""
-        slot = seq.slot
-        if seq.state is SeqState.RUNNING:
-            self.running.remove(seq)
-            self._release(seq)
-        elif seq.state is SeqState.WAITING:
+    def finish(self, seq: Sequence, *, keep_prefix: bool) -> list[KVOp]:
+        """Take a sequence out (finished, aborted or failed). With `keep_prefix` its cells
+        stay cached for later requests. Returns the KV operations to apply now."""
+        ops: list[KVOp] = []
+        if seq.state is SeqState.WAITING:
             self.waiting.remove(seq)
-        seq.state = SeqState.FINISHED
-        return slot
+            seq.state = SeqState.FINISHED
+            return ops
+        if seq.state is not SeqState.RUNNING:
+            return ops
+        self.running.remove(seq)
+        if keep_prefix and self.max_cached > 0 and seq.n_computed > 0:
+            seq.state = SeqState.CACHED
+            self.cached[seq] = None
+            while len(self.cached) > self.max_cached:
+                self._evict_lru(ops)
+        else:
+            self._drop(seq, ops)
+            seq.state = SeqState.FINISHED
+        return ops
 
     def has_work(self) -> bool:
         return bool(self.running or self.waiting)
 
     @property
     def kv_used(self) -> int:
-        return sum(s.n_computed for s in self.running)
+        return sum(s.owned_cells for s in itertools.chain(self.running, self.cached))
+
+    @property
+    def kv_cached(self) -> int:
+        """Cells held only by cached prefixes (evictable at any time)."""
+        return sum(s.owned_cells for s in self.cached)
 
     # ---- the plan ------------------------------------------------------------------------
 
     def schedule(self) -> StepPlan:
         plan = StepPlan()
-        free = self.kv_cells - self.kv_used
         decoding = [s for s in self.running if s.decoding]
-        while len(decoding) > free and self.running:
-            free += self.running[-1].n_computed
-            victim, slot = self.preempt_newest()
-            plan.preempted.append((victim, slot))
-            if victim in decoding:
-                decoding.remove(victim)
-        budget = self.max_batch_tokens
+        while len(decoding) > self._room(0) and (self.cached or self.running):
+            if not self._evict_lru(plan.ops):
+                victim = self._preempt_newest(plan)
+                if victim in decoding:
+                    decoding.remove(victim)
+        budget = self.max_batch_tokens - len(decoding)
+        claimed = len(decoding)  # cells this step will fill, beyond those in use
         for s in decoding:
             plan.chunks.append(Chunk(s, s.n_computed, s.n_computed + 1))
-        budget -= len(decoding)
-        free -= len(decoding)
         for s in self.running:
-            if budget <= 0 or free <= 0:
+            if budget <= 0:
                 break
             if not s.decoding:
-                n = min(s.n_pending, budget, free)
+                while s.n_pending > self._room(claimed) and self._evict_lru(plan.ops):
+                    pass
+                n = min(s.n_pending, budget, self._room(claimed))
+                if n <= 0:
+                    break
                 plan.chunks.append(Chunk(s, s.n_computed, s.n_computed + n))
                 budget -= n
-                free -= n
-        while self.waiting and self._free_slots and budget > 0:
+                claimed += n
+        while self.waiting and len(self.running) < self.max_seqs and budget > 0:
             s = self.waiting[0]
-            # admit only when the whole prompt fits, leaving every running sequence a cell
-            if s.n_pending > free - len(self.running):
+            if not self._admit(s, plan, claimed):
                 break
             self.waiting.popleft()
-            self._admit(s)
             n = min(s.n_pending, budget)
-            plan.chunks.append(Chunk(s, 0, n))
+            plan.chunks.append(Chunk(s, s.n_computed, s.n_computed + n))
             budget -= n
-            free -= n
+            claimed += s.n_pending  # the whole rest of the prompt is spoken for
         return plan
+
+    def _room(self, claimed: int) -> int:
+        """KV cells free for this step, after the `claimed` ones."""
+        return self.kv_cells - self.kv_used - claimed
 
     def commit(self, plan: StepPlan) -> None:
         """The step ran: the fed tokens now have KV cells."""
         for c in plan.chunks:
             c.seq.n_computed = c.end
 
-    def preempt_newest(self) -> tuple[Sequence, int]:
-        """Send the newest running sequence back to the queue. Returns it and its old slot."""
-        victim = self.running[-1]
-        return victim, self._preempt(victim)
+    def relieve_pressure(self) -> tuple[list[KVOp], Sequence | None]:
+        """The backend found no room for a batch: evict a cached prefix, else preempt the
+        newest running sequence. Returns the KV operations and the preempted sequence."""
+        plan = StepPlan()
+        if self.cached:
+            self._evict_lru(plan.ops)
+            return plan.ops, None
+        if len(self.running) > 1:
+            return plan.ops, self._preempt_newest(plan)
+        return plan.ops, None
 
     # ---- internals -----------------------------------------------------------------------
 
-    def _admit(self, seq: Sequence) -> None:
-        seq.slot = self._free_slots.pop()
+    def _admit(self, seq: Sequence, plan: StepPlan, claimed: int) -> bool:
+        """Give `seq` a sequence id and any reusable prefix, if its prompt fits."""
+        holder, n = (None, 0)
+        if self.prefix_cache:
+            self.prefix_queries += 1
+            holder, n = best_prefix(seq.tokens, itertools.chain(self.running, self.cached))
+        need = len(seq.tokens) - n
+        # leave every running sequence a cell for its next token
+        while need > self._room(claimed) - len(self.running):
+            if not self._evict_lru(plan.ops, keep=holder):
+                return False
+        if holder is not None and holder.state is SeqState.CACHED and not holder.children:
+            del self.cached[holder]
+            plan.ops.append(KVOp("trim", holder.slot, n))
+            KVLedger.adopt(holder, seq, n)
+            holder.state = SeqState.FINISHED
+        else:
+            if not self._free_ids and not self._evict_lru(plan.ops, keep=holder):
+                return False
+            seq.slot = self._free_ids.pop()
+            seq.n_computed = 0
+            if holder is not None:
+                plan.ops.append(KVOp("cp", holder.slot, n, seq.slot))
+                KVLedger.share(holder, seq, n)
+                if holder.state is SeqState.CACHED:
+                    self.cached.move_to_end(holder)
+        if holder is not None:
+            self.prefix_hits += 1
+            self.reused_tokens += n
+            if seq.first_scheduled is None:
+                seq.cached_tokens = n
         seq.state = SeqState.RUNNING
-        seq.n_computed = 0
         self.running.append(seq)
+        return True
 
-    def _release(self, seq: Sequence) -> None:
-        if seq.slot >= 0:
-            self._free_slots.append(seq.slot)
-        seq.slot = -1
+    def _evict_lru(self, ops: list[KVOp], keep: Sequence | None = None) -> bool:
+        for victim in self.cached:
+            if victim is not keep:
+                del self.cached[victim]
+                self._drop(victim, ops)
+                victim.state = SeqState.FINISHED
+                return True
+        return False
 
-    def _preempt(self, seq: Sequence) -> int:
-        slot = seq.slot
-        self.running.remove(seq)
-        self._release(seq)
-        seq.n_computed = 0
-        seq.state = SeqState.WAITING
-        self.waiting.appendleft(seq)
+    def _preempt_newest(self, plan: StepPlan) -> Sequence:
+        victim = self.running.pop()
+        self._drop(victim, plan.ops)
+        victim.state = SeqState.WAITING
+        self.waiting.appendleft(victim)
         self.preemptions += 1
-        return slot
+        plan.preempted.append(victim)
+        return victim
+
+    def _drop(self, seq: Sequence, ops: list[KVOp]) -> None:
+        if seq.slot >= 0:
+            ops.append(KVOp("rm", seq.slot))
+            self._free_ids.append(seq.slot)
+            seq.slot = -1
+        KVLedger.release(seq)

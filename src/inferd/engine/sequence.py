@@ -14,18 +14,23 @@ from inferd.engine.types import FinishReason, GenerateRequest
 class SeqState(enum.Enum):
     WAITING = "waiting"
     RUNNING = "running"
+    CACHED = "cached"  # finished; its KV cells stay as a reusable prefix until evicted
     FINISHED = "finished"
 
 
 @dataclass(eq=False, slots=True)
 class Sequence:
-    """A request being generated.
+    """A request being generated, and later (state CACHED) the prefix it leaves behind.
 
     `tokens` is prompt + generated. `n_computed` tokens have their KV in the cache; the
     tokens after them are fed in the next steps. A decoding sequence has exactly one token
     left to feed (the one it just sampled); a prefilling one has more. When the last token
     is fed, the step samples the next one. A preempted sequence drops its cache
     (`n_computed = 0`) and is fed again from the start, which recomputes the same state.
+
+    KV sharing: a sequence that reused the first `borrowed` cells of `parent` (a running
+    or cached sequence with the same token prefix) shares those cells; it owns only the
+    cells after them. See `prefix_cache.KVLedger`.
     """
 
     request: GenerateRequest
@@ -41,6 +46,10 @@ class Sequence:
     first_scheduled: float | None = None
     first_token: float | None = None
     finish_reason: FinishReason | None = None
+    cached_tokens: int = 0  # prompt tokens reused from the prefix cache at admission
+    parent: Sequence | None = None
+    borrowed: int = 0
+    children: list[Sequence] = field(default_factory=list)
 
     @property
     def request_id(self) -> str:
@@ -58,3 +67,8 @@ class Sequence:
     @property
     def decoding(self) -> bool:
         return self.n_pending == 1 and self.n_generated > 0 and self.n_computed > 0
+
+    @property
+    def owned_cells(self) -> int:
+        """KV cells this sequence holds that no ancestor holds for it."""
+        return self.n_computed - self.borrowed

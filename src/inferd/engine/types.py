@@ -85,3 +85,8 @@ class EngineStats:
     prompt_tokens_total: int
     generated_tokens_total: int
     preemptions: int
+    kv_cells_cached: int = 0  # part of kv_cells_used held only by cached prefixes
+    cached_sequences: int = 0
+    prefix_queries: int = 0
+    prefix_hits: int = 0
+    reused_tokens_total: int = 0

@@ -17,6 +17,7 @@ class BackendInfo:
     n_ctx: int  # the largest context one sequence may use (prompt + completion)
     kv_cells: int  # KV cells shared by all sequences (unified cache)
     max_seqs: int  # sequence slots that can run in one step
+    n_seq_ids: int  # sequence ids in the KV cache: running slots + cached prefixes
     max_batch_tokens: int  # tokens per step (the step budget)
     n_ctx_train: int
     add_bos: bool
@@ -65,7 +66,15 @@ class Backend(Protocol):
         ...
 
     def free_seq(self, seq_id: int) -> None:
-        """Forget every KV cell of sequence slot `seq_id`."""
+        """Forget every KV cell of sequence id `seq_id` (cells shared with others stay)."""
+        ...
+
+    def trim_seq(self, seq_id: int, keep: int) -> None:
+        """Keep only the first `keep` cells (positions) of sequence id `seq_id`."""
+        ...
+
+    def copy_prefix(self, src: int, dst: int, n: int) -> None:
+        """Let `dst` share the first `n` cells of `src` (no copy: the cells gain an owner)."""
         ...
 
     def close(self) -> None: ...

@@ -43,14 +43,18 @@ class FakeBackend:
     n_ctx: int = 512
     kv_cells: int = 2048
     max_seqs: int = 4
+    n_seq_ids: int = 8
     max_batch_tokens: int = 64
     step_delay: float = 0.0
     fail_after_steps: int | None = None
-    # observable state for tests
+    # observable state for tests, modelled on llama.cpp's unified KV cache: a cell holds
+    # one position and may belong to several sequence ids
     steps: int = 0
     batches: list[tuple[int, int]] = field(default_factory=list)  # (tokens, sequences)
-    cells: dict[int, int] = field(default_factory=dict)  # seq id -> cells used
+    cell_owners: dict[int, set[int]] = field(default_factory=dict)  # cell -> sequence ids
+    seq_cells: dict[int, dict[int, int]] = field(default_factory=dict)  # seq -> pos -> cell
     samplers_closed: int = 0
+    _next_cell: int = 0
 
     def __post_init__(self) -> None:
         self.reply_tokens = [b + 1 for b in self.reply.encode()]
@@ -59,6 +63,7 @@ class FakeBackend:
             n_ctx=self.n_ctx,
             kv_cells=self.kv_cells,
             max_seqs=self.max_seqs,
+            n_seq_ids=self.n_seq_ids,
             max_batch_tokens=self.max_batch_tokens,
             n_ctx_train=self.n_ctx,
             add_bos=False,
@@ -88,18 +93,47 @@ class FakeBackend:
     ) -> bool:
         if self.fail_after_steps is not None and self.steps >= self.fail_after_steps:
             raise BackendError("fake backend failure")
-        if sum(self.cells.values()) + len(tokens) > self.kv_cells:
+        if len(self.cell_owners) + len(tokens) > self.kv_cells:
             return False
-        for s in seq_ids:
-            self.cells[s] = self.cells.get(s, 0) + 1
+        for pos, s in zip(positions, seq_ids, strict=True):
+            if not 0 <= s < self.n_seq_ids:
+                raise BackendError(f"sequence id {s} out of range")
+            cells = self.seq_cells.setdefault(s, {})
+            if pos in cells or (pos > 0 and pos - 1 not in cells):
+                raise BackendError(f"sequence {s}: position {pos} is not next")
+            cell = self._next_cell
+            self._next_cell += 1
+            self.cell_owners[cell] = {s}
+            cells[pos] = cell
         self.steps += 1
         self.batches.append((len(tokens), len(set(seq_ids))))
         if self.step_delay:
             time.sleep(self.step_delay)
         return True
 
+    @property
+    def cells_used(self) -> int:
+        return len(self.cell_owners)
+
     def free_seq(self, seq_id: int) -> None:
-        self.cells.pop(seq_id, None)
+        self.trim_seq(seq_id, 0)
+
+    def trim_seq(self, seq_id: int, keep: int) -> None:
+        cells = self.seq_cells.get(seq_id, {})
+        for pos in [p for p in cells if p >= keep]:
+            cell = cells.pop(pos)
+            owners = self.cell_owners[cell]
+            owners.discard(seq_id)
+            if not owners:
+                del self.cell_owners[cell]
+
+    def copy_prefix(self, src: int, dst: int, n: int) -> None:
+        source = self.seq_cells.get(src, {})
+        target = self.seq_cells.setdefault(dst, {})
+        for pos in range(n):
+            cell = source[pos]
+            target[pos] = cell
+            self.cell_owners[cell].add(dst)
 
     def close(self) -> None:
         pass

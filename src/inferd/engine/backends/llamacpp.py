@@ -29,6 +29,7 @@ class LlamaCppOptions:
     n_ctx: int = 4096  # per-sequence context window
     kv_cells: int | None = None  # shared KV cells; default n_ctx * max_seqs capped (see below)
     max_seqs: int = 16
+    prefix_cache: bool = True  # keep finished sequences' KV as reusable prefixes
     n_batch: int = 256
     n_threads: int | None = None
     n_gpu_layers: int = 0
@@ -94,7 +95,9 @@ class LlamaCppBackend:
         cparams.n_ctx = kv_cells
         cparams.n_batch = options.n_batch
         cparams.n_ubatch = options.n_batch
-        cparams.n_seq_max = options.max_seqs
+        max_ids = int(llama_cpp.llama_max_parallel_sequences())
+        n_seq_ids = min(max_ids, 2 * options.max_seqs) if options.prefix_cache else options.max_seqs
+        cparams.n_seq_max = n_seq_ids
         cparams.n_threads = n_threads
         cparams.n_threads_batch = n_threads
         cparams.kv_unified = True
@@ -120,6 +123,7 @@ class LlamaCppBackend:
             n_ctx=n_ctx,
             kv_cells=int(llama_cpp.llama_n_ctx(ctx)),
             max_seqs=options.max_seqs,
+            n_seq_ids=n_seq_ids,
             max_batch_tokens=options.n_batch,
             n_ctx_train=n_ctx_train,
             add_bos=bool(llama_cpp.llama_vocab_get_add_bos(self._vocab)),
@@ -259,6 +263,12 @@ class LlamaCppBackend:
 
     def free_seq(self, seq_id: int) -> None:
         llama_cpp.llama_memory_seq_rm(self._mem, seq_id, -1, -1)
+
+    def trim_seq(self, seq_id: int, keep: int) -> None:
+        llama_cpp.llama_memory_seq_rm(self._mem, seq_id, keep, -1)
+
+    def copy_prefix(self, src: int, dst: int, n: int) -> None:
+        llama_cpp.llama_memory_seq_cp(self._mem, src, dst, 0, n)
 
     def close(self) -> None:
         if self._batch is not None:

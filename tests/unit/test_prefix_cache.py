@@ -1,0 +1,121 @@
+"""Prefix reuse across requests on the fake backend, whose KV cache models llama.cpp's cell
+sharing exactly: the engine's ledger must agree with it cell for cell."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+from inferd.engine.backends.fake import FakeBackend
+from inferd.engine.client import AsyncEngine
+from inferd.engine.prefix_cache import common_prefix
+from inferd.engine.types import FinishReason, GenerateRequest, GenerationOutput, SamplingParams
+
+
+async def run(
+    engine: AsyncEngine, rid: str, prompt: list[int], **sp: object
+) -> list[GenerationOutput]:
+    req = GenerateRequest(rid, tuple(prompt), SamplingParams(**sp))  # type: ignore[arg-type]
+    return [o async for o in engine.generate(req)]
+
+
+def make(**kwargs: object) -> tuple[AsyncEngine, FakeBackend]:
+    backend = FakeBackend(**kwargs)  # type: ignore[arg-type]
+    engine = AsyncEngine(backend)
+    engine.start()
+    return engine, backend
+
+
+def test_common_prefix() -> None:
+    assert common_prefix([1, 2, 3, 4], [1, 2, 3, 5], 10) == 3
+    assert common_prefix([1, 2, 3], [1, 2, 3], 10) == 3
+    assert common_prefix([1, 2, 3], [1, 2, 3], 2) == 2
+    assert common_prefix([9, 2], [1, 2], 10) == 0
+    assert common_prefix(list(range(1000)), [*range(777), -1], 5000) == 777
+
+
+async def test_second_request_reuses_the_first_ones_prefix() -> None:
+    engine, backend = make(reply="abc")
+    try:
+        system = list(range(1, 41))
+        first = await run(engine, "a", [*system, 100, 101], max_tokens=10)
+        prefill_steps = len(backend.batches)
+        second = await run(engine, "b", [*system, 102, 103, 104], max_tokens=10)
+        assert first[-1].usage.cached_tokens == 0
+        assert second[-1].usage.cached_tokens == 40
+        assert "".join(o.text for o in second) == "abc"
+        # the second prompt fed only its 3 new tokens
+        fed = [n for n, _ in backend.batches[prefill_steps:]]
+        assert fed[0] == 3
+        stats = engine.stats()
+        assert stats.prefix_hits == 1 and stats.reused_tokens_total == 40
+        assert stats.kv_cells_used == backend.cells_used
+    finally:
+        await engine.stop()
+
+
+async def test_identical_prompt_reuses_all_but_the_last_token() -> None:
+    engine, backend = make(reply="xyz")
+    try:
+        prompt = list(range(1, 30))
+        await run(engine, "a", prompt, max_tokens=5)
+        again = await run(engine, "b", prompt, max_tokens=5)
+        assert again[-1].usage.cached_tokens == len(prompt) - 1
+        assert engine.stats().kv_cells_used == backend.cells_used
+    finally:
+        await engine.stop()
+
+
+async def test_concurrent_requests_share_a_running_prefix() -> None:
+    engine, backend = make(reply="r" * 30, step_delay=0.002, max_seqs=4, n_seq_ids=8)
+    try:
+        system = list(range(1, 61))
+        first = asyncio.create_task(run(engine, "first", [*system, 200], max_tokens=30))
+        await asyncio.sleep(0.02)  # first is decoding now
+        others = await asyncio.gather(
+            *(run(engine, f"o{i}", [*system, 201 + i], max_tokens=5) for i in range(3))
+        )
+        await first
+        assert all(o[-1].usage.cached_tokens == 60 for o in others)
+        stats = engine.stats()
+        assert stats.kv_cells_used == backend.cells_used
+        # shared cells counted once: far less than four copies of the system prompt
+        assert backend.cells_used < 2 * 60 + 4 * 35
+    finally:
+        await engine.stop()
+
+
+async def test_ledger_stays_exact_under_churn_pressure_and_aborts() -> None:
+    """Many requests with overlapping prefixes, a tiny cache, random aborts."""
+    rng = random.Random(7)
+    engine, backend = make(
+        reply="q" * 40, kv_cells=400, n_ctx=120, max_seqs=4, n_seq_ids=8, max_batch_tokens=32
+    )
+    prefixes = [list(range(1 + 50 * k, 1 + 50 * k + rng.randint(10, 60))) for k in range(4)]
+    try:
+
+        async def one(i: int) -> None:
+            prompt = [*rng.choice(prefixes)][: rng.randint(5, 60)] + [250 - (i % 5)]
+            req = GenerateRequest(
+                f"r{i}", tuple(prompt), SamplingParams(max_tokens=rng.randint(1, 40))
+            )
+            gen = engine.generate(req)
+            limit = rng.randint(1, 60) if i % 4 == 0 else None
+            outs = []
+            async for o in gen:
+                outs.append(o)
+                if limit is not None and len(outs) >= limit:
+                    await gen.aclose()
+                    return
+            assert outs[-1].finish_reason in (FinishReason.STOP, FinishReason.LENGTH)
+
+        for batch in range(5):
+            await asyncio.gather(*(one(batch * 12 + i) for i in range(12)))
+            await asyncio.sleep(0.05)  # let aborts land
+            stats = engine.stats()
+            assert stats.running == 0
+            assert stats.kv_cells_used == backend.cells_used
+            assert stats.kv_cells_used <= 400
+        assert engine.stats().prefix_hits > 10
+    finally:
+        await engine.stop()
