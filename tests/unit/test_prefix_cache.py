@@ -95,7 +95,7 @@ async def test_ledger_stays_exact_under_churn_pressure_and_aborts() -> None:
     try:
 
         async def one(i: int) -> None:
-            prompt = [*rng.choice(prefixes)][: rng.randint(5, 60)] + [250 - (i % 5)]
+            prompt = [*rng.choice(prefixes)[: rng.randint(5, 60)], 250 - (i % 5)]
             req = GenerateRequest(
                 f"r{i}", tuple(prompt), SamplingParams(max_tokens=rng.randint(1, 40))
             )

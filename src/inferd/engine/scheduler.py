@@ -18,7 +18,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 from inferd.engine.prefix_cache import KVLedger, best_prefix
-from inferd.engine.sequence import Sequence, SeqState
+from inferd.engine.sequence import SeqState, Sequence
 
 
 @dataclass(frozen=True, slots=True)
