@@ -119,3 +119,18 @@ async def test_ledger_stays_exact_under_churn_pressure_and_aborts() -> None:
         assert engine.stats().prefix_hits > 10
     finally:
         await engine.stop()
+
+
+async def test_a_partial_reuse_keeps_the_cached_entry_whole() -> None:
+    engine, backend = make(reply="ok")
+    try:
+        system = list(range(1, 31))
+        a = [*system, 100, 101, 102]
+        await run(engine, "a", a, max_tokens=3)
+        b = await run(engine, "b", [*system, 200, 201], max_tokens=3)
+        assert b[-1].usage.cached_tokens == 30
+        again = await run(engine, "a2", a, max_tokens=3)
+        assert again[-1].usage.cached_tokens == len(a) - 1  # a's own suffix survived b
+        assert engine.stats().kv_cells_used == backend.cells_used
+    finally:
+        await engine.stop()

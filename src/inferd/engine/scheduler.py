@@ -191,7 +191,16 @@ class Scheduler:
         while need > self._room(claimed) - len(self.running):
             if not self._evict_lru(plan.ops, keep=holder):
                 return False
-        if holder is not None and holder.state is SeqState.CACHED and not holder.children:
+        # Take over a cached holder's id when it is wholly reused (or ids are short);
+        # otherwise share its cells under a new id, so its own suffix stays cached too.
+        adopt = (
+            holder is not None
+            and holder.state is SeqState.CACHED
+            and not holder.children
+            and (n == holder.n_computed or not self._free_ids)
+        )
+        if adopt:
+            assert holder is not None
             del self.cached[holder]
             plan.ops.append(KVOp("trim", holder.slot, n))
             KVLedger.adopt(holder, seq, n)
