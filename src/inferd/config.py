@@ -33,6 +33,13 @@ class ModelConfig(BaseModel):
     )
     max_seqs: int = Field(16, ge=1, le=256, description="Sequences decoded together per step")
     n_batch: int = Field(256, ge=16, description="Tokens per engine step (chunked prefill budget)")
+    prefill_per_decode: int | None = Field(
+        None,
+        ge=0,
+        description="Prompt tokens per decoding sequence in a mixed step (default: 2 on CPU, "
+        "no cap with GPU offload; 0: no cap)",
+    )
+    prefix_cache: bool = Field(True, description="Reuse cached KV of earlier prompts' prefixes")
     n_threads: int | None = Field(None, ge=1, description="CPU threads (default: all cores)")
     n_gpu_layers: int = Field(0, ge=-1, description="Layers to offload to the GPU (-1: all)")
     chat_template: str | None = Field(

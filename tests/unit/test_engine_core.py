@@ -178,3 +178,19 @@ def test_scheduler_gives_decoding_sequences_their_token_first() -> None:
         ("a", 1, True),
         ("b", 7, False),
     ]
+
+
+async def test_prefill_is_capped_per_decoding_sequence(engine_factory) -> None:  # type: ignore[no-untyped-def]
+    engine = engine_factory(
+        reply="s" * 60, max_batch_tokens=64, prefill_per_decode=2, step_delay=0.001
+    )
+    streams = [asyncio.create_task(run(engine, f"s{i}", max_tokens=60)) for i in range(3)]
+    await asyncio.sleep(0.03)  # all three decoding
+    long_req = GenerateRequest("long", tuple(range(1, 200)), SamplingParams(max_tokens=2))
+    outs = [o async for o in engine.generate(long_req)]
+    assert outs[-1].finish_reason is FinishReason.LENGTH
+    await asyncio.gather(*streams)
+    backend: FakeBackend = engine.backend  # type: ignore[assignment]
+    mixed = [tokens for tokens, seqs in backend.batches if seqs == 4]
+    # 3 decode tokens + at most max(16, 2 * 3) prompt tokens in steps shared with the streams
+    assert mixed and max(mixed) <= 3 + 16

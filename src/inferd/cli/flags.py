@@ -13,7 +13,16 @@ import typer
 from inferd.config import ModelConfig, Settings
 
 # ModelConfig fields that make sense as flags for every served model.
-_MODEL_FIELDS = ("n_ctx", "kv_cells", "max_seqs", "n_batch", "n_threads", "n_gpu_layers")
+_MODEL_FIELDS = (
+    "n_ctx",
+    "kv_cells",
+    "max_seqs",
+    "n_batch",
+    "prefill_per_decode",
+    "prefix_cache",
+    "n_threads",
+    "n_gpu_layers",
+)
 
 _SCALARS = (str, int, float, bool, Path)
 

@@ -57,6 +57,7 @@ class EngineCore:
             max_batch_tokens=info.max_batch_tokens,
             n_seq_ids=info.n_seq_ids,
             prefix_cache=info.n_seq_ids > info.max_seqs,
+            prefill_per_decode=info.prefill_per_decode,
         )
         self._seqs: dict[str, Sequence] = {}
         self._thread = threading.Thread(target=self._run, name=f"inferd-core-{name}", daemon=True)

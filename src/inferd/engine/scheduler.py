@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from inferd.engine.prefix_cache import KVLedger, best_prefix
 from inferd.engine.sequence import SeqState, Sequence
 
+MIN_PREFILL_CHUNK = 16
+
 
 @dataclass(frozen=True, slots=True)
 class KVOp:
@@ -64,12 +66,17 @@ class Scheduler:
         max_batch_tokens: int,
         n_seq_ids: int | None = None,
         prefix_cache: bool = True,
+        prefill_per_decode: int = 0,
     ) -> None:
         if max_batch_tokens < max_seqs:
             raise ValueError("the step token budget must be at least the number of slots")
         self.max_seqs = max_seqs
         self.kv_cells = kv_cells
         self.max_batch_tokens = max_batch_tokens
+        # In a step where sequences decode, prompts may add at most this many tokens per
+        # decoding sequence (at least MIN_PREFILL_CHUNK), so a long prompt arriving under load
+        # is spread over many steps instead of stalling every stream. 0: no limit.
+        self.prefill_per_decode = prefill_per_decode
         n_ids = max(n_seq_ids or max_seqs, max_seqs)
         self.prefix_cache = prefix_cache
         self.max_cached = n_ids - max_seqs if prefix_cache else 0
@@ -132,6 +139,8 @@ class Scheduler:
                 if victim in decoding:
                     decoding.remove(victim)
         budget = self.max_batch_tokens - len(decoding)
+        if decoding and self.prefill_per_decode > 0:
+            budget = min(budget, max(MIN_PREFILL_CHUNK, self.prefill_per_decode * len(decoding)))
         claimed = len(decoding)  # cells this step will fill, beyond those in use
         for s in decoding:
             plan.chunks.append(Chunk(s, s.n_computed, s.n_computed + 1))

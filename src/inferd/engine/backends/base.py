@@ -19,6 +19,7 @@ class BackendInfo:
     max_seqs: int  # sequence slots that can run in one step
     n_seq_ids: int  # sequence ids in the KV cache: running slots + cached prefixes
     max_batch_tokens: int  # tokens per step (the step budget)
+    prefill_per_decode: int  # prompt tokens per decoding sequence in a mixed step (0: no cap)
     n_ctx_train: int
     add_bos: bool
     bos_token: str

@@ -44,6 +44,7 @@ class FakeBackend:
     kv_cells: int = 2048
     max_seqs: int = 4
     n_seq_ids: int = 8
+    prefill_per_decode: int = 0
     max_batch_tokens: int = 64
     step_delay: float = 0.0
     fail_after_steps: int | None = None
@@ -65,6 +66,7 @@ class FakeBackend:
             max_seqs=self.max_seqs,
             n_seq_ids=self.n_seq_ids,
             max_batch_tokens=self.max_batch_tokens,
+            prefill_per_decode=self.prefill_per_decode,
             n_ctx_train=self.n_ctx,
             add_bos=False,
             bos_token="",

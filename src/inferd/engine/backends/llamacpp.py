@@ -30,6 +30,10 @@ class LlamaCppOptions:
     kv_cells: int | None = None  # shared KV cells; default n_ctx * max_seqs capped (see below)
     max_seqs: int = 16
     prefix_cache: bool = True  # keep finished sequences' KV as reusable prefixes
+    # Prompt tokens per decoding sequence in a step that also decodes. On a CPU a prompt
+    # token costs about what a decode token does, so 2 keeps a stream's inter-token latency
+    # within ~3x while a long prompt is admitted. None: 2 on CPU, no cap with GPU offload.
+    prefill_per_decode: int | None = None
     n_batch: int = 256
     n_threads: int | None = None
     n_gpu_layers: int = 0
@@ -125,6 +129,11 @@ class LlamaCppBackend:
             max_seqs=options.max_seqs,
             n_seq_ids=n_seq_ids,
             max_batch_tokens=options.n_batch,
+            prefill_per_decode=(
+                options.prefill_per_decode
+                if options.prefill_per_decode is not None
+                else (0 if options.n_gpu_layers else 2)
+            ),
             n_ctx_train=n_ctx_train,
             add_bos=bool(llama_cpp.llama_vocab_get_add_bos(self._vocab)),
             bos_token=self._special_text(llama_cpp.llama_vocab_bos(self._vocab)),
