@@ -82,6 +82,7 @@ class Round:
     seconds: float
     ttft: float | None = None  # mean time to first token, HTTP targets only
     prefill_seconds: float | None = None  # ceiling only
+    others_cpu: float | None = None  # share of the machine's CPU other processes used
 
     @property
     def tok_s(self) -> float:
@@ -108,6 +109,46 @@ class Point:
 Results = dict[str, dict[int, Point]]  # target -> concurrency -> point
 
 
+# ---- noise: how much CPU did other processes take during a round (Linux only) ---------------
+
+
+def _machine_ticks() -> tuple[int, int]:
+    """(busy, total) clock ticks of the whole machine since boot."""
+    vals = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return sum(vals) - vals[3] - vals[4], sum(vals)
+
+
+def _process_ticks(pid: int) -> int:
+    """User + system clock ticks of one process (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+class CpuWatch:
+    """Share of the machine's CPU used by processes other than `pids` since construction."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self._start: tuple[int, int, int] | None
+        try:
+            self._start = (*_machine_ticks(), sum(map(_process_ticks, pids)))
+        except (OSError, ValueError, IndexError):
+            self._start = None
+
+    def others(self) -> float | None:
+        if self._start is None:
+            return None
+        try:
+            busy, total = _machine_ticks()
+            own = sum(map(_process_ticks, self.pids))
+        except (OSError, ValueError, IndexError):
+            return None
+        b0, t0, o0 = self._start
+        if total <= t0:
+            return None
+        return min(1.0, max(0.0, ((busy - b0) - (own - o0)) / (total - t0)))
+
+
 # ---- the in-process ceiling ------------------------------------------------------------------
 
 
@@ -122,6 +163,7 @@ def ceiling_round(
     greedy = SamplingParams(temperature=0.0, ignore_eos=True)
     samplers = [backend.new_sampler(greedy) for _ in range(n)]
     last = [0] * n
+    watch = CpuWatch([os.getpid()])
     try:
         t0 = time.perf_counter()
         i = 0
@@ -156,8 +198,9 @@ def ceiling_round(
         for s in range(n):
             samplers[s].close()
             backend.free_seq(s)
-    decode = Round(tokens=n * (max_tokens - 1), seconds=t2 - t1, prefill_seconds=t1 - t0)
-    e2e = Round(tokens=n * max_tokens, seconds=t2 - t0, prefill_seconds=t1 - t0)
+    others = watch.others()
+    decode = Round(n * (max_tokens - 1), t2 - t1, prefill_seconds=t1 - t0, others_cpu=others)
+    e2e = Round(n * max_tokens, t2 - t0, prefill_seconds=t1 - t0, others_cpu=others)
     return decode, e2e
 
 
@@ -188,8 +231,8 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def server(cmd: list[str], ready_url: str, timeout: float = 180.0) -> Iterator[None]:
-    """Run `cmd` until the block ends; wait until GET ready_url answers 200."""
+def server(cmd: list[str], ready_url: str, timeout: float = 180.0) -> Iterator[int]:
+    """Run `cmd` until the block ends; wait until GET ready_url answers 200. Yields its pid."""
     with tempfile.TemporaryFile("w+") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True)
         try:
@@ -204,7 +247,7 @@ def server(cmd: list[str], ready_url: str, timeout: float = 180.0) -> Iterator[N
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"{ready_url} not ready after {timeout:.0f}s")
                 time.sleep(0.2)
-            yield
+            yield proc.pid
         finally:
             if proc.poll() is None:
                 proc.terminate()
@@ -249,7 +292,10 @@ async def stream_one(
     return (usage if usage is not None else chunks), (ttft or 0.0)
 
 
-async def http_round(base: str, payloads: list[dict[str, Any]], limit_s: float) -> Round:
+async def http_round(
+    base: str, payloads: list[dict[str, Any]], limit_s: float, pids: list[int]
+) -> Round:
+    watch = CpuWatch(pids)
     limits = httpx.Limits(max_connections=len(payloads) + 2)
     async with httpx.AsyncClient(base_url=base, timeout=limit_s, limits=limits) as client:
         t0 = time.perf_counter()
@@ -262,6 +308,7 @@ async def http_round(base: str, payloads: list[dict[str, Any]], limit_s: float) 
         tokens=sum(r[0] for r in results),
         seconds=seconds,
         ttft=sum(r[1] for r in results) / len(results),
+        others_cpu=watch.others(),
     )
 
 
@@ -277,6 +324,7 @@ def check_tokens(base: str, payload: dict[str, Any], max_tokens: int, console: C
 
 def bench_http(
     base: str,
+    server_pid: int,
     make_payload: Callable[[int], dict[str, Any]],
     concurrency: list[int],
     max_tokens: int,
@@ -285,13 +333,14 @@ def bench_http(
     console: Console,
 ) -> dict[int, Point]:
     check_tokens(base, make_payload(0), max_tokens, console)
+    pids = [os.getpid(), server_pid]
     out: dict[int, Point] = {}
     for c in concurrency:
         point = Point()
         payloads = [make_payload(i) for i in range(c)]
         for _ in range(rounds):
             try:
-                point.rounds.append(asyncio.run(http_round(base, payloads, timeout)))
+                point.rounds.append(asyncio.run(http_round(base, payloads, timeout, pids)))
             except (TimeoutError, RuntimeError, httpx.HTTPError) as exc:
                 point.error = f"{type(exc).__name__}: {exc}"[:200]
                 break
@@ -323,6 +372,7 @@ def table(results: Results, concurrency: list[int]) -> Table:
         "inferd/ceiling",
         "inferd/ceil+pf",
         "inferd/l.c.s.",
+        "others' CPU",
     ):
         t.add_column(col, justify="right")
     for c in concurrency:
@@ -330,8 +380,13 @@ def table(results: Results, concurrency: list[int]) -> Table:
         inf = results.get("inferd", {}).get(c, Point())
         lcs = results.get("llama_cpp.server", {}).get(c, Point())
 
+        kept = [p.best for p in (ceil, inf, lcs) if p.best]
+        noise = [r.others_cpu for r in kept if r.others_cpu is not None]
+
         def tok(p: Point) -> str:
-            return p.error[:30] if p.error and not p.rounds else fmt(p.best and p.best.tok_s)
+            return (
+                p.error[:30] if p.error and not p.rounds else fmt(p.best.tok_s if p.best else None)
+            )
 
         def ttft(p: Point) -> str:
             return fmt(p.best.ttft * 1000 if p.best and p.best.ttft is not None else None, ".0f")
@@ -339,7 +394,7 @@ def table(results: Results, concurrency: list[int]) -> Table:
         t.add_row(
             str(c),
             tok(ceil),
-            fmt(ceil.best_e2e and ceil.best_e2e.tok_s),
+            fmt(ceil.best_e2e.tok_s if ceil.best_e2e else None),
             tok(inf),
             ttft(inf),
             tok(lcs),
@@ -347,6 +402,7 @@ def table(results: Results, concurrency: list[int]) -> Table:
             fmt(ratio(inf.best, ceil.best), ".2f"),
             fmt(ratio(inf.best, ceil.best_e2e), ".2f"),
             fmt(ratio(inf.best, lcs.best), ".2f"),
+            fmt(max(noise) * 100 if noise else None, ".0f") + ("%" if noise else ""),
         )
     return t
 
@@ -382,7 +438,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--skip-ceiling", action="store_true")
     ap.add_argument("--skip-inferd", action="store_true")
     ap.add_argument("--skip-llama-cpp-server", action="store_true")
-    ap.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    ap.add_argument(
+        "--json", action="store_true", help="also print JSON (the table goes to stderr)"
+    )
     args = ap.parse_args(argv)
     args.concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
     return args
@@ -437,9 +495,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.model:
             cmd += ["--model", str(model)]
         base = f"http://127.0.0.1:{port}"
-        with server(cmd, f"{base}/health/ready"):
+        with server(cmd, f"{base}/health/ready") as pid:
             results["inferd"] = bench_http(
                 base,
+                pid,
                 lambda i: payload(i, ignore_eos=True, stream_options={"include_usage": True}),
                 args.concurrency,
                 args.max_tokens,
@@ -459,9 +518,10 @@ def main(argv: list[str] | None = None) -> int:
         base = f"http://127.0.0.1:{port}"
         # It has no ignore_eos: a -100 logit bias on every end-of-generation token instead.
         bias = {str(t): -100.0 for t in eog}
-        with server(cmd, f"{base}/v1/models"):
+        with server(cmd, f"{base}/v1/models") as pid:
             results["llama_cpp.server"] = bench_http(
                 base,
+                pid,
                 lambda i: payload(i, logit_bias=bias),
                 args.concurrency,
                 args.max_tokens,
@@ -470,16 +530,17 @@ def main(argv: list[str] | None = None) -> int:
                 console,
             )
 
+    # The table goes to stdout, or to stderr when stdout carries the JSON.
+    out = Console(stderr=args.json, width=None if sys.stdout.isatty() else 160)
+    out.print(table(results, args.concurrency))
+    out.print(
+        f"model {model.name}, {args.max_tokens} tokens/request, greedy, EOS suppressed, "
+        f"n_ctx {args.n_ctx}, {os.cpu_count()} CPUs, best of {args.rounds} round(s) "
+        f"({args.server_rounds} for llama_cpp.server); ceiling = decode steps only; "
+        "others' CPU = most of the machine's CPU that other processes took in a kept round"
+    )
     if args.json:
         print(to_json(results, meta))
-    else:
-        out = Console(width=None if sys.stdout.isatty() else 160)
-        out.print(table(results, args.concurrency))
-        out.print(
-            f"model {model.name}, {args.max_tokens} tokens/request, greedy, EOS suppressed, "
-            f"n_ctx {args.n_ctx}, {os.cpu_count()} CPUs, best of {args.rounds} round(s) "
-            f"({args.server_rounds} for llama_cpp.server); ceiling = decode steps only"
-        )
     return 0
 
 
