@@ -17,11 +17,14 @@ class ClientDisconnected(Exception):
     """The client went away before the response was ready."""
 
 
-def sse_response(events: AsyncIterator[dict[str, Any] | str]) -> EventSourceResponse:
+def sse_response(
+    events: AsyncIterator[dict[str, Any] | str], *, drain_timeout: float
+) -> EventSourceResponse:
     """Server-sent events: each item is one `data:` line (dicts as compact JSON).
 
     When the client disconnects, sse-starlette cancels the iteration, whose cleanup aborts
-    the engine sequences behind it.
+    the engine sequences behind it. On server shutdown the stream may run on for
+    `drain_timeout` seconds to finish its answer before it is cancelled.
     """
 
     async def frames() -> AsyncIterator[dict[str, str]]:
@@ -29,7 +32,12 @@ def sse_response(events: AsyncIterator[dict[str, Any] | str]) -> EventSourceResp
             data = item if isinstance(item, str) else json.dumps(item, separators=(",", ":"))
             yield {"data": data}
 
-    return EventSourceResponse(frames(), ping=15, headers={"Cache-Control": "no-cache"})
+    return EventSourceResponse(
+        frames(),
+        ping=15,
+        headers={"Cache-Control": "no-cache"},
+        shutdown_grace_period=drain_timeout,
+    )
 
 
 async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:

@@ -72,7 +72,8 @@ async def chat_completions(
         return sse_response(
             adapter.chat_chunks(
                 rid, model.name, body.n, stream_choices(engine, reqs), include_usage=include_usage
-            )
+            ),
+            drain_timeout=settings.drain_timeout,
         )
     try:
         results = await cancel_on_disconnect(request, collect_choices(engine, reqs))
@@ -110,7 +111,8 @@ async def completions(
         return sse_response(
             adapter.completion_chunks(
                 rid, model.name, body.n, stream_choices(engine, reqs), include_usage=include_usage
-            )
+            ),
+            drain_timeout=settings.drain_timeout,
         )
     try:
         results = await cancel_on_disconnect(request, collect_choices(engine, reqs))
