@@ -72,6 +72,9 @@ class Settings(BaseSettings):
         None, ge=1, description="Hard cap: requests asking for more max_tokens get a 400"
     )
     max_n: int = Field(8, ge=1, le=128, description="Largest `n` (choices) a request may ask for")
+    max_batch_choices: int = Field(
+        64, ge=1, description="Most sequences one completions request may start (prompts x n)"
+    )
     max_stop: int = Field(16, ge=0, description="Most stop strings per request")
     max_stop_length: int = Field(256, ge=1, description="Longest stop string, in characters")
     max_logit_bias: int = Field(1024, ge=0, description="Most logit_bias entries per request")

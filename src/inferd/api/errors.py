@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -52,6 +53,14 @@ def error_body(message: str, kind: str, param: str | None, code: str | None) -> 
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
+class ErrorResponse(JSONResponse):
+    """JSON with non-ASCII escaped: an error may quote client text (a model name, say)
+    holding lone surrogates, which cannot be encoded as UTF-8."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
 def error_response(
     request: Request,
     status: int,
@@ -63,7 +72,7 @@ def error_response(
 ) -> JSONResponse:
     headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 503 else None
     kind = kind or _HTTP_TYPES.get(status, "server_error")
-    return JSONResponse(error_body(message, kind, param, code), status, headers=headers)
+    return ErrorResponse(error_body(message, kind, param, code), status, headers=headers)
 
 
 def _param_of(loc: tuple[Any, ...]) -> str | None:
@@ -112,6 +121,9 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
         message, param = validation_message(exc)
+        content_type = request.headers.get("content-type", "")
+        if param is None and "json" not in content_type:
+            message = "The request body must be JSON, sent with Content-Type: application/json"
         log.debug("invalid request: %s", exc.errors())
         return error_response(request, 400, message, param=param, code="invalid_request")
 
@@ -120,7 +132,8 @@ def install_error_handlers(app: FastAPI) -> None:
         message = exc.detail if isinstance(exc.detail, str) else "HTTP error"
         if exc.status_code == 404 and message == "Not Found":
             message = f"No route {request.method} {request.url.path[:200]}"
-        return error_response(request, exc.status_code, message)
+        code = "invalid_request" if exc.status_code == 400 else None
+        return error_response(request, exc.status_code, message, code=code)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

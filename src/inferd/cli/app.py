@@ -1,6 +1,7 @@
 """`inferd` commands."""
 
 import logging
+import signal
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -8,6 +9,7 @@ import typer
 from rich.console import Console
 
 from inferd import __version__
+from inferd.cli.bench import bench
 from inferd.cli.flags import settings_flags
 from inferd.config import ModelConfig, Settings, load_settings
 from inferd.errors import ConfigError
@@ -20,6 +22,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+app.command()(bench)
 
 
 def _version(value: bool) -> None:
@@ -48,6 +53,17 @@ def _model_configs(models: list[str]) -> list[ModelConfig]:
             raise ConfigError(f"--model {m}: no such file (give the path of a .gguf file)")
         out.append(ModelConfig(path=path.resolve()))
     return out
+
+
+def _exit_cleanly_on_signals() -> None:
+    """uvicorn drains on SIGTERM/SIGINT, then re-raises the signal to the handler that was
+    there before it: make that handler a clean exit (status 0), not death by signal."""
+
+    def leave(signum: int, frame: object) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, leave)
+    signal.signal(signal.SIGINT, leave)
 
 
 def _configure_logging(settings: Settings) -> None:
@@ -92,6 +108,7 @@ def serve(
         err.print(f"[red]error:[/red] {exc.message}", highlight=False)
         raise typer.Exit(2) from None
     _configure_logging(settings)
+    _exit_cleanly_on_signals()
     err.print(
         f"inferd {__version__}: serving {', '.join(s.name for s in specs)} "
         f"on http://{settings.host}:{settings.port}",

@@ -75,7 +75,7 @@ class ModelRegistry:
 
     def get(self, name: str | None) -> LoadedModel:
         """The loaded model called `name` (or the default). 404 unknown, 503 not ready."""
-        entry = self._entries[self._canonical(name) if name else self.default_name]
+        entry = self._entries[self.default_name if name is None else self._canonical(name)]
         if entry.model is None:
             detail = "is still loading" if entry.status is ModelStatus.LOADING else "failed to load"
             raise ModelNotReady(f"The model '{entry.spec.name}' {detail}", param="model")

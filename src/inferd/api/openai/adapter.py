@@ -52,6 +52,7 @@ def check_limits(req: s.SamplingFields, settings: Settings) -> None:
     _log_extra(req)
     if req.n > settings.max_n:
         raise InvalidRequest(f"n must be at most {settings.max_n}", param="n")
+
     stops = _stops(req)
     if len(stops) > settings.max_stop:
         raise InvalidRequest(
@@ -84,6 +85,11 @@ def check_chat(req: s.ChatCompletionRequest, settings: Settings) -> None:
 
 def check_completion(req: s.CompletionRequest, settings: Settings) -> None:
     check_limits(req, settings)
+    if len(prompts(req)) * req.n > settings.max_batch_choices:
+        raise InvalidRequest(
+            f"prompts x n may be at most {settings.max_batch_choices} per request",
+            param="prompt",
+        )
     if req.echo:
         raise UnsupportedParameter("echo is not supported yet", param="echo")
     if req.suffix:
@@ -143,16 +149,21 @@ def check_token_prompt(tokens: Sequence[int], n_vocab: int) -> None:
 
 
 def _max_tokens(
-    requested: int | None, prompt_len: int, info: BackendInfo, settings: Settings, param: str
+    requested: int | None,
+    prompt_len: int,
+    info: BackendInfo,
+    settings: Settings,
+    param: str,
+    prompt_param: str,
 ) -> int:
     n_ctx = info.n_ctx
     if prompt_len == 0:
-        raise InvalidRequest("the prompt is empty", param="prompt" if param else None)
+        raise InvalidRequest("the prompt is empty", param=prompt_param)
     if prompt_len >= n_ctx:
         raise ContextTooLong(
             f"This model's maximum context length is {n_ctx} tokens, "
             f"but the prompt has {prompt_len} tokens",
-            param="messages" if param == "max_completion_tokens" else "prompt",
+            param=prompt_param,
         )
     room = n_ctx - prompt_len
     if requested is None:
@@ -175,12 +186,11 @@ def _max_tokens(
 def _logit_bias(req: s.SamplingFields, n_vocab: int) -> tuple[tuple[int, float], ...]:
     out = []
     for key, bias in (req.logit_bias or {}).items():
-        try:
-            token = int(key)
-        except ValueError:
+        if not (key.isascii() and key.isdigit() and len(key) <= 10):
             raise InvalidRequest(
                 f"logit_bias key {key[:32]!r} is not a token id", param="logit_bias"
-            ) from None
+            )
+        token = int(key)
         if not 0 <= token < n_vocab:
             raise InvalidRequest(
                 f"logit_bias token {token} is outside the vocabulary (0..{n_vocab - 1})",
@@ -199,9 +209,12 @@ def generate_requests(
     settings: Settings,
     max_tokens: int | None,
     max_tokens_param: str,
+    prompt_param: str,
 ) -> list[GenerateRequest]:
     """One engine request per choice; seeded choices get distinct, reproducible seeds."""
-    limit = _max_tokens(max_tokens, len(prompt_tokens), info, settings, max_tokens_param)
+    limit = _max_tokens(
+        max_tokens, len(prompt_tokens), info, settings, max_tokens_param, prompt_param
+    )
     base = SamplingParams(
         max_tokens=limit,
         temperature=settings.temperature if req.temperature is None else req.temperature,

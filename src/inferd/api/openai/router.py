@@ -66,6 +66,7 @@ async def chat_completions(
         settings=settings,
         max_tokens=max_tokens,
         max_tokens_param=param,
+        prompt_param="messages",
     )
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -105,6 +106,7 @@ async def completions(
             settings=settings,
             max_tokens=body.max_tokens,
             max_tokens_param="max_tokens",
+            prompt_param="prompt",
         )
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
