@@ -54,6 +54,12 @@ class Settings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="Address to listen on")
     port: int = Field(8000, ge=0, le=65535, description="Port to listen on")
+    ollama_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Also listen on this port (11434 for Ollama tools), same routes",
+    )
     models: list[ModelConfig] = Field(
         default_factory=list,
         description="Models to serve; empty serves the bundled SmolLM2-135M-Instruct",

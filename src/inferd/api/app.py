@@ -13,6 +13,8 @@ from fastapi import FastAPI
 from inferd import __version__
 from inferd.api import ops
 from inferd.api.errors import install_error_handlers
+from inferd.api.ollama.middleware import JsonBodyForOllama
+from inferd.api.ollama.router import router as ollama_router
 from inferd.api.openai.router import router as openai_router
 from inferd.config import Settings
 from inferd.models.registry import ModelRegistry
@@ -35,7 +37,7 @@ def create_app(settings: Settings, registry: ModelRegistry) -> FastAPI:
     app = FastAPI(
         title="inferd",
         version=__version__,
-        description="Local-first LLM inference server (OpenAI-compatible API).",
+        description="Local-first LLM inference server: OpenAI and Ollama APIs.",
         lifespan=lifespan,
     )
     app.state.settings = settings
@@ -44,4 +46,6 @@ def create_app(settings: Settings, registry: ModelRegistry) -> FastAPI:
     install_error_handlers(app)
     app.include_router(ops.router)
     app.include_router(openai_router)
+    app.include_router(ollama_router)
+    app.add_middleware(JsonBodyForOllama)
     return app

@@ -49,7 +49,7 @@ def status_of(exc: e.InferdError) -> tuple[int, str]:
 
 def error_body(message: str, kind: str, param: str | None, code: str | None) -> dict[str, Any]:
     """The OpenAI-shaped error body (the native dialect uses the same shape; the Ollama
-    dialect, when it comes, picks its own shape in `error_response` by the request path)."""
+    dialect's shape is chosen in `error_response` by the request path)."""
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
@@ -71,8 +71,15 @@ def error_response(
     code: str | None = None,
 ) -> JSONResponse:
     headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 503 else None
+    if is_ollama(request):
+        return ErrorResponse({"error": message}, status, headers=headers)
     kind = kind or _HTTP_TYPES.get(status, "server_error")
     return ErrorResponse(error_body(message, kind, param, code), status, headers=headers)
+
+
+def is_ollama(request: Request) -> bool:
+    """Ollama's routes answer errors in Ollama's shape: `{"error": "..."}`."""
+    return request.url.path.startswith("/api/")
 
 
 def _param_of(loc: tuple[Any, ...]) -> str | None:

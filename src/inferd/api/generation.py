@@ -19,6 +19,7 @@ class ChoiceResult:
     token_ids: list[int] = field(default_factory=list)
     finish_reason: FinishReason | None = None
     usage: Usage = field(default_factory=Usage)
+    time_to_first_token: float | None = None
 
 
 async def stream_choices(
@@ -73,6 +74,7 @@ async def collect_choices(
             if out.finish_reason is FinishReason.ERROR:
                 raise BackendError(out.error or "generation failed")
             r.finish_reason = out.finish_reason
+            r.time_to_first_token = out.time_to_first_token
     return results
 
 

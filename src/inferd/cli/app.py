@@ -1,7 +1,6 @@
 """`inferd` commands."""
 
 import logging
-import signal
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -55,17 +54,6 @@ def _model_configs(models: list[str]) -> list[ModelConfig]:
     return out
 
 
-def _exit_cleanly_on_signals() -> None:
-    """uvicorn drains on SIGTERM/SIGINT, then re-raises the signal to the handler that was
-    there before it: make that handler a clean exit (status 0), not death by signal."""
-
-    def leave(signum: int, frame: object) -> None:
-        raise SystemExit(0)
-
-    signal.signal(signal.SIGTERM, leave)
-    signal.signal(signal.SIGINT, leave)
-
-
 def _configure_logging(settings: Settings) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(),
@@ -88,9 +76,8 @@ def serve(
     model_flags: dict[str, Any],
 ) -> None:
     """Start the HTTP server."""
-    import uvicorn
-
     from inferd.api.app import create_app
+    from inferd.cli import server
     from inferd.models.loading import llamacpp_loader
     from inferd.models.registry import ModelRegistry
     from inferd.models.spec import specs_from_settings
@@ -108,17 +95,10 @@ def serve(
         err.print(f"[red]error:[/red] {exc.message}", highlight=False)
         raise typer.Exit(2) from None
     _configure_logging(settings)
-    _exit_cleanly_on_signals()
+    ollama = f" and :{settings.ollama_port} (Ollama)" if settings.ollama_port else ""
     err.print(
         f"inferd {__version__}: serving {', '.join(s.name for s in specs)} "
-        f"on http://{settings.host}:{settings.port}",
+        f"on http://{settings.host}:{settings.port}{ollama}",
         highlight=False,
     )
-    uvicorn.run(
-        create_app(settings, registry),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=int(settings.drain_timeout),
-        access_log=settings.log_level == "debug",
-    )
+    server.serve(create_app(settings, registry), settings)

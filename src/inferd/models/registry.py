@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import time
@@ -24,6 +25,7 @@ class ModelStatus(enum.StrEnum):
     LOADING = "loading"
     READY = "ready"
     FAILED = "failed"
+    UNLOADED = "unloaded"
 
 
 @dataclass
@@ -44,6 +46,8 @@ class ModelEntry:
     status: ModelStatus = ModelStatus.LOADING
     model: LoadedModel | None = None
     error: str | None = None
+    load_seconds: float = 0.0
+    loading: asyncio.Task[None] | None = None
 
 
 def _display(name: str) -> str:
@@ -73,27 +77,64 @@ class ModelRegistry:
             raise ModelNotFound(f"The model '{_display(name)}' does not exist", param="model")
         return found
 
+    def entry(self, name: str | None) -> ModelEntry:
+        """The entry for `name` (or the default model). 404 when unknown."""
+        return self._entries[self.default_name if name is None else self._canonical(name)]
+
     def get(self, name: str | None) -> LoadedModel:
         """The loaded model called `name` (or the default). 404 unknown, 503 not ready."""
-        entry = self._entries[self.default_name if name is None else self._canonical(name)]
+        entry = self.entry(name)
         if entry.model is None:
-            detail = "is still loading" if entry.status is ModelStatus.LOADING else "failed to load"
+            detail = {
+                ModelStatus.LOADING: "is still loading",
+                ModelStatus.UNLOADED: "is not loaded",
+            }.get(entry.status, "failed to load")
             raise ModelNotReady(f"The model '{entry.spec.name}' {detail}", param="model")
         return entry.model
+
+    async def acquire(self, name: str | None, *, wait: float = 120.0) -> LoadedModel:
+        """Like `get`, but an unloaded model is loaded again first (waiting up to `wait`
+        seconds). A model still in its first load answers 503 at once."""
+        entry = self.entry(name)
+        if entry.status is ModelStatus.UNLOADED:
+            task = self._start_load(entry)
+            with contextlib.suppress(TimeoutError):  # still loading: get() says 503
+                await asyncio.wait_for(asyncio.shield(task), wait)
+        return self.get(name)
+
+    def _start_load(self, entry: ModelEntry) -> asyncio.Task[None]:
+        if entry.loading is None or entry.loading.done():
+            entry.status = ModelStatus.LOADING
+            entry.loading = asyncio.create_task(self._load(entry))
+        return entry.loading
+
+    async def unload(self, name: str | None) -> bool:
+        """Stop a model's engine and free it. False when it was not loaded."""
+        entry = self.entry(name)
+        model = entry.model
+        if model is None:
+            return False
+        entry.model = None
+        entry.status = ModelStatus.UNLOADED
+        await model.engine.stop()
+        log.info("model %s unloaded", entry.spec.name)
+        return True
 
     def entries(self) -> list[ModelEntry]:
         return list(self._entries.values())
 
     @property
     def ready(self) -> bool:
-        return self._entries[self.default_name].status is ModelStatus.READY
+        """The default model is loaded, or was unloaded on purpose and loads on demand."""
+        status = self._entries[self.default_name].status
+        return status in (ModelStatus.READY, ModelStatus.UNLOADED)
 
     # ---- lifecycle -------------------------------------------------------------------------
 
     async def load_all(self) -> None:
         """Load every model, one after another, off the event loop. Failures are kept."""
         for entry in self._entries.values():
-            await self._load(entry)
+            await self._start_load(entry)
 
     async def _load(self, entry: ModelEntry) -> None:
         spec = entry.spec
@@ -116,6 +157,7 @@ class ModelRegistry:
             spec, engine, ChatTemplate(source, bos_token=info.bos_token, eos_token=info.eos_token)
         )
         entry.status = ModelStatus.READY
+        entry.load_seconds = time.perf_counter() - started
         log.info(
             "model %s ready in %.2fs (context %d, %d slots, %d KV cells)",
             spec.name,
@@ -127,7 +169,6 @@ class ModelRegistry:
 
     async def close(self) -> None:
         for entry in self._entries.values():
-            if entry.model is not None:
-                await entry.model.engine.stop()
-                entry.model = None
-                entry.status = ModelStatus.LOADING
+            if entry.loading is not None and not entry.loading.done():
+                await asyncio.gather(entry.loading, return_exceptions=True)
+            await self.unload(entry.spec.name)

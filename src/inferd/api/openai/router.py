@@ -48,7 +48,7 @@ async def chat_completions(
     body: s.ChatCompletionRequest, request: Request, registry: RegistryDep, settings: SettingsDep
 ) -> s.ChatCompletion | Response:
     adapter.check_chat(body, settings)
-    model = registry.get(body.model)
+    model = await registry.acquire(body.model)
     engine = model.engine
     prompt = model.template.render(adapter.chat_messages(body))
     tokens = await tokenize_prompt(engine, prompt)
@@ -88,7 +88,7 @@ async def completions(
     body: s.CompletionRequest, request: Request, registry: RegistryDep, settings: SettingsDep
 ) -> s.Completion | Response:
     adapter.check_completion(body, settings)
-    model = registry.get(body.model)
+    model = await registry.acquire(body.model)
     engine = model.engine
     rid = adapter.new_id("cmpl")
     reqs: list[GenerateRequest] = []

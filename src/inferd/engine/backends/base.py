@@ -25,6 +25,8 @@ class BackendInfo:
     bos_token: str
     eos_token: str
     chat_template: str | None
+    n_params: int = 0
+    size_bytes: int = 0
 
 
 class Sampler(Protocol):
@@ -50,6 +52,10 @@ class Backend(Protocol):
         ...
 
     def is_eog(self, token: int) -> bool: ...
+
+    def metadata(self) -> dict[str, str]:
+        """The model file's metadata (GGUF key/values as strings)."""
+        ...
 
     def new_sampler(self, params: SamplingParams) -> Sampler: ...
 

@@ -83,6 +83,9 @@ class FakeBackend:
     def is_eog(self, token: int) -> bool:
         return token == EOS
 
+    def metadata(self) -> dict[str, str]:
+        return {"general.architecture": "fake", "general.name": "Fake", "general.file_type": "1"}
+
     def new_sampler(self, params: SamplingParams) -> FakeSampler:
         return FakeSampler(self, params)
 

@@ -139,6 +139,8 @@ class LlamaCppBackend:
             bos_token=self._special_text(llama_cpp.llama_vocab_bos(self._vocab)),
             eos_token=self._special_text(llama_cpp.llama_vocab_eos(self._vocab)),
             chat_template=template.decode("utf-8", "replace") if template else None,
+            n_params=int(llama_cpp.llama_model_n_params(model)),
+            size_bytes=int(llama_cpp.llama_model_size(model)),
         )
 
     # ---- metadata -------------------------------------------------------------------------
@@ -156,12 +158,6 @@ class LlamaCppBackend:
             if n >= 0:
                 out[key] = buf.value.decode("utf-8", "replace")
         return out
-
-    def model_size(self) -> int:
-        return int(llama_cpp.llama_model_size(self._model))
-
-    def n_params(self) -> int:
-        return int(llama_cpp.llama_model_n_params(self._model))
 
     # ---- tokenizer ------------------------------------------------------------------------
 

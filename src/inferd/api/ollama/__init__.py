@@ -1,0 +1,1 @@
+"""The Ollama dialect: /api/* with NDJSON streaming, as Ollama's own clients speak it."""

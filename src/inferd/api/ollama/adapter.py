@@ -1,0 +1,217 @@
+"""Pure translation between Ollama wire models and engine types."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from inferd.api.ollama import schemas as s
+from inferd.config import Settings
+from inferd.engine.backends.base import BackendInfo
+from inferd.engine.types import FinishReason, SamplingParams, Usage
+from inferd.errors import ContextTooLong, InvalidRequest, UnsupportedParameter
+from inferd.models import describe
+from inferd.models.registry import LoadedModel
+from inferd.models.spec import ModelSpec
+
+log = logging.getLogger(__name__)
+
+# The Ollama API version inferd speaks (clients check it).
+OLLAMA_API_VERSION = "0.9.0"
+
+_DURATION = re.compile(r"(-?\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_keep_alive(value: s.KeepAlive) -> float | None:
+    """Seconds to keep the model loaded; None: the server default; negative: forever."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    text = value.strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    parts = _DURATION.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text.replace(" ", ""):
+        raise InvalidRequest(f"invalid keep_alive duration {text[:40]!r}", param="keep_alive")
+    return sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+def check_common(req: s.GenerateRequest | s.ChatRequest) -> None:
+    if req.model_extra:
+        log.debug("ignoring unknown fields: %s", sorted(req.model_extra)[:20])
+    if req.options is not None and req.options.model_extra:
+        log.debug("ignoring unknown options: %s", sorted(req.options.model_extra)[:20])
+    if req.format not in (None, ""):
+        raise UnsupportedParameter(
+            "format (structured output) is not supported yet", param="format"
+        )
+
+
+def check_generate(req: s.GenerateRequest) -> None:
+    check_common(req)
+    if req.suffix:
+        raise UnsupportedParameter(
+            "suffix (fill-in-the-middle) is not supported yet", param="suffix"
+        )
+    if req.template:
+        raise UnsupportedParameter("template overrides are not supported yet", param="template")
+    if req.images:
+        raise UnsupportedParameter("images are not supported", param="images")
+
+
+def check_chat(req: s.ChatRequest) -> None:
+    check_common(req)
+    if req.tools:
+        raise UnsupportedParameter("tools are not supported yet", param="tools")
+    for i, m in enumerate(req.messages):
+        if m.images:
+            raise UnsupportedParameter("images are not supported", param=f"messages[{i}].images")
+
+
+def generate_messages(req: s.GenerateRequest) -> list[dict[str, Any]]:
+    messages = []
+    if req.system:
+        messages.append({"role": "system", "content": req.system})
+    messages.append({"role": "user", "content": req.prompt})
+    return messages
+
+
+def chat_messages(req: s.ChatRequest) -> list[dict[str, Any]]:
+    return [{"role": m.role, "content": m.content} for m in req.messages]
+
+
+def sampling(
+    req: s.GenerateRequest | s.ChatRequest,
+    prompt_len: int,
+    info: BackendInfo,
+    settings: Settings,
+) -> SamplingParams:
+    """Options to sampling parameters; num_predict is capped by the room left, as Ollama does."""
+    o = req.options or s.Options()
+    n_ctx = info.n_ctx
+    if o.num_ctx is not None:
+        if o.num_ctx > n_ctx:
+            raise InvalidRequest(
+                f"num_ctx {o.num_ctx} is above this model's context of {n_ctx}",
+                param="options.num_ctx",
+            )
+        n_ctx = o.num_ctx
+    if prompt_len >= n_ctx:
+        raise ContextTooLong(
+            f"the prompt has {prompt_len} tokens, more than the context of {n_ctx}",
+            param="prompt" if isinstance(req, s.GenerateRequest) else "messages",
+        )
+    room = n_ctx - prompt_len
+    wanted = o.num_predict if o.num_predict is not None else req.max_tokens
+    if wanted is None or wanted < 0:
+        max_tokens = min(settings.default_max_tokens or room, room)
+    elif wanted == 0:
+        raise InvalidRequest("num_predict must not be 0", param="options.num_predict")
+    else:
+        max_tokens = min(wanted, room)
+    temperature = o.temperature if o.temperature is not None else req.temperature
+    top_p = o.top_p if o.top_p is not None else req.top_p
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=settings.temperature if temperature is None else temperature,
+        top_p=settings.top_p if top_p is None else top_p,
+        top_k=settings.top_k if o.top_k is None else o.top_k,
+        min_p=settings.min_p if o.min_p is None else o.min_p,
+        repetition_penalty=o.repeat_penalty or 1.0,
+        presence_penalty=o.presence_penalty or 0.0,
+        frequency_penalty=o.frequency_penalty or 0.0,
+        penalty_last_n=n_ctx if o.repeat_last_n == -1 else (o.repeat_last_n or 64),
+        seed=None if o.seed is None or o.seed < 0 else o.seed & 0xFFFFFFFF,
+        stop=tuple(x for x in (o.stop or []) if x),
+    )
+
+
+def done_reason(reason: FinishReason | None) -> str:
+    return "length" if reason is FinishReason.LENGTH else "stop"
+
+
+def final_stats(
+    usage: Usage, started: float, ttft: float | None, load_seconds: float
+) -> dict[str, int]:
+    """Ollama's counters and durations, in nanoseconds."""
+    total = time.perf_counter() - started
+    first = ttft if ttft is not None else total
+    return {
+        "total_duration": int(total * 1e9),
+        "load_duration": int(load_seconds * 1e9),
+        "prompt_eval_count": max(usage.prompt_tokens - usage.cached_tokens, 0),
+        "prompt_eval_duration": int(first * 1e9),
+        "eval_count": usage.completion_tokens,
+        "eval_duration": int(max(total - first, 0.0) * 1e9),
+    }
+
+
+# ---- model descriptions ---------------------------------------------------------------------
+
+
+def digest(spec: ModelSpec) -> str:
+    """A stable identity for the file (name, size, mtime), not a content hash."""
+    try:
+        st = spec.path.stat()
+        ident = f"{spec.path.name}:{st.st_size}:{st.st_mtime_ns}"
+    except OSError:
+        ident = spec.path.name
+    return hashlib.sha256(ident.encode()).hexdigest()
+
+
+def modified_at(spec: ModelSpec) -> str:
+    try:
+        ts = spec.path.stat().st_mtime
+    except OSError:
+        ts = 0.0
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+def file_size(spec: ModelSpec) -> int:
+    try:
+        return spec.path.stat().st_size
+    except OSError:
+        return 0
+
+
+def details(model: LoadedModel | None) -> s.ModelDetails:
+    if model is None:
+        return s.ModelDetails()
+    meta = model.engine.backend.metadata()
+    fam = describe.family(meta)
+    return s.ModelDetails(
+        family=fam,
+        families=[fam],
+        parameter_size=describe.parameter_size(model.engine.info.n_params),
+        quantization_level=describe.quantization(meta),
+    )
+
+
+def show(model: LoadedModel) -> s.ShowResponse:
+    info = model.engine.info
+    meta = model.engine.backend.metadata()
+    params = {
+        "num_ctx": info.n_ctx,
+        "stop": info.eos_token,
+    }
+    return s.ShowResponse(
+        modelfile=f"# Served by inferd\nFROM {model.spec.path.name}\n",
+        parameters="\n".join(f"{k:<16}{v}" for k, v in params.items()),
+        template=model.template.source,
+        details=details(model),
+        model_info=describe.model_info(meta, info.n_params),
+        capabilities=["completion"],
+        modified_at=modified_at(model.spec),
+    )

@@ -1,0 +1,261 @@
+"""Ollama routes: NDJSON streams, final chunks with Ollama's counters and durations."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+
+from inferd import __version__
+from inferd.api.deps import RegistryDep, SettingsDep
+from inferd.api.generation import (
+    ChoiceResult,
+    collect_choices,
+    stream_choices,
+    tokenize_prompt,
+)
+from inferd.api.ollama import adapter
+from inferd.api.ollama import schemas as s
+from inferd.api.streaming import ClientDisconnected, cancel_on_disconnect
+from inferd.config import Settings
+from inferd.engine.types import FinishReason, GenerateRequest
+from inferd.errors import InvalidRequest
+from inferd.models.registry import LoadedModel, ModelRegistry, ModelStatus
+
+router = APIRouter(tags=["ollama"])
+
+_CLIENT_CLOSED = 499
+
+
+@router.get("/", response_class=PlainTextResponse)
+@router.head("/", response_class=PlainTextResponse)
+async def root() -> str:
+    """Ollama tools probe this."""
+    return "Ollama is running"
+
+
+@router.get("/api/version")
+async def version() -> dict[str, str]:
+    return {"version": adapter.OLLAMA_API_VERSION, "inferd": __version__}
+
+
+@router.get("/api/tags", response_model=s.Tags)
+async def tags(registry: RegistryDep) -> s.Tags:
+    models = []
+    for entry in registry.entries():
+        for name in entry.spec.names:
+            full = name if ":" in name else f"{name}:latest"
+            models.append(
+                s.TagModel(
+                    name=full,
+                    model=full,
+                    modified_at=adapter.modified_at(entry.spec),
+                    size=adapter.file_size(entry.spec),
+                    digest=adapter.digest(entry.spec),
+                    details=adapter.details(entry.model),
+                )
+            )
+    return s.Tags(models=models)
+
+
+@router.get("/api/ps", response_model=s.Running)
+async def ps(registry: RegistryDep) -> s.Running:
+    forever = (datetime.now(UTC) + timedelta(days=365 * 100)).isoformat().replace("+00:00", "Z")
+    out = []
+    for entry in registry.entries():
+        if entry.status is ModelStatus.READY and entry.model is not None:
+            info = entry.model.engine.info
+            out.append(
+                s.RunningModel(
+                    name=entry.spec.name,
+                    model=entry.spec.name,
+                    size=info.size_bytes or adapter.file_size(entry.spec),
+                    digest=adapter.digest(entry.spec),
+                    details=adapter.details(entry.model),
+                    expires_at=forever,
+                    context_length=info.n_ctx,
+                )
+            )
+    return s.Running(models=out)
+
+
+@router.post("/api/show", response_model=s.ShowResponse)
+async def show(body: s.ShowRequest, registry: RegistryDep) -> s.ShowResponse:
+    name = body.model or body.name
+    if not name:
+        raise InvalidRequest("model is required", param="model")
+    return adapter.show(await registry.acquire(name))
+
+
+def _ndjson(items: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
+    async def lines() -> AsyncIterator[bytes]:
+        async for item in items:
+            yield json.dumps(item, separators=(",", ":")).encode() + b"\n"
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+
+async def _after(registry: ModelRegistry, model: LoadedModel, keep_alive: float | None) -> None:
+    """keep_alive 0: unload once the response is done (and nothing else runs on it)."""
+    if keep_alive is not None and keep_alive == 0:
+        stats = model.engine.stats()
+        if stats.running == 0 and stats.waiting == 0:
+            await registry.unload(model.name)
+
+
+async def _load_only(
+    registry: ModelRegistry, model: LoadedModel, keep_alive: float | None, chat: bool
+) -> dict[str, Any]:
+    unloading = keep_alive is not None and keep_alive == 0
+    if unloading:
+        await registry.unload(model.name)
+    body: dict[str, Any] = {
+        "model": model.name,
+        "created_at": adapter.now_rfc3339(),
+        "done": True,
+        "done_reason": "unload" if unloading else "load",
+    }
+    if chat:
+        body["message"] = {"role": "assistant", "content": ""}
+    else:
+        body["response"] = ""
+    return body
+
+
+async def _run(
+    request: Request,
+    registry: ModelRegistry,
+    model: LoadedModel,
+    tokens: list[int],
+    req: s.GenerateRequest | s.ChatRequest,
+    settings: Settings,
+    *,
+    started: float,
+    load_seconds: float,
+    keep_alive: float | None,
+    chat: bool,
+) -> Response:
+    engine = model.engine
+    sp = adapter.sampling(req, len(tokens), engine.info, settings)
+    reqs = [GenerateRequest(f"ollama-{uuid.uuid4().hex}", tuple(tokens), sp)]
+
+    def piece(text: str) -> dict[str, Any]:
+        return {"message": {"role": "assistant", "content": text}} if chat else {"response": text}
+
+    def final(result: ChoiceResult) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": model.name,
+            "created_at": adapter.now_rfc3339(),
+            **piece(""),
+            "done": True,
+            "done_reason": adapter.done_reason(result.finish_reason),
+            **adapter.final_stats(result.usage, started, result.time_to_first_token, load_seconds),
+        }
+        if not chat:
+            body["context"] = [*tokens, *result.token_ids]
+        return body
+
+    if not req.stream:
+        try:
+            results = await cancel_on_disconnect(request, collect_choices(engine, reqs))
+        except ClientDisconnected:
+            return Response(status_code=_CLIENT_CLOSED)
+        body = {**final(results[0]), **piece(results[0].text)}
+        await _after(registry, model, keep_alive)
+        return JSONResponse(body)
+
+    async def chunks() -> AsyncIterator[dict[str, Any]]:
+        result = ChoiceResult(0)
+        try:
+            async for _, out in stream_choices(engine, reqs):
+                if out.finish_reason is FinishReason.ERROR:
+                    yield {"error": out.error or "generation failed"}
+                    return
+                result.token_ids.extend(out.token_ids)
+                if out.text:
+                    yield {
+                        "model": model.name,
+                        "created_at": adapter.now_rfc3339(),
+                        **piece(out.text),
+                        "done": False,
+                    }
+                if out.finish_reason is not None:
+                    result.finish_reason = out.finish_reason
+                    result.usage = out.usage
+                    result.time_to_first_token = out.time_to_first_token
+                    yield final(result)
+        finally:
+            await asyncio.shield(_after(registry, model, keep_alive))
+
+    return _ndjson(chunks())
+
+
+@router.post("/api/generate")
+async def generate(
+    body: s.GenerateRequest, request: Request, registry: RegistryDep, settings: SettingsDep
+) -> Response:
+    started = time.perf_counter()
+    adapter.check_generate(body)
+    keep_alive = adapter.parse_keep_alive(body.keep_alive)
+    model = await registry.acquire(body.model)
+    load_seconds = time.perf_counter() - started
+    if not body.prompt and not body.context:
+        return JSONResponse(await _load_only(registry, model, keep_alive, chat=False))
+    engine = model.engine
+    if body.raw:
+        tokens = await tokenize_prompt(engine, body.prompt)
+    else:
+        text = model.template.render(adapter.generate_messages(body))
+        tokens = (
+            [*body.context, *await engine.tokenize(text, add_special=False)]
+            if body.context
+            else await tokenize_prompt(engine, text)
+        )
+    if body.context and any(t < 0 or t >= engine.info.n_vocab for t in body.context):
+        raise InvalidRequest("context holds token ids outside the vocabulary", param="context")
+    return await _run(
+        request,
+        registry,
+        model,
+        tokens,
+        body,
+        settings,
+        started=started,
+        load_seconds=load_seconds,
+        keep_alive=keep_alive,
+        chat=False,
+    )
+
+
+@router.post("/api/chat")
+async def chat(
+    body: s.ChatRequest, request: Request, registry: RegistryDep, settings: SettingsDep
+) -> Response:
+    started = time.perf_counter()
+    adapter.check_chat(body)
+    keep_alive = adapter.parse_keep_alive(body.keep_alive)
+    model = await registry.acquire(body.model)
+    load_seconds = time.perf_counter() - started
+    if not body.messages:
+        return JSONResponse(await _load_only(registry, model, keep_alive, chat=True))
+    text = model.template.render(adapter.chat_messages(body))
+    tokens = await tokenize_prompt(model.engine, text)
+    return await _run(
+        request,
+        registry,
+        model,
+        tokens,
+        body,
+        settings,
+        started=started,
+        load_seconds=load_seconds,
+        keep_alive=keep_alive,
+        chat=True,
+    )

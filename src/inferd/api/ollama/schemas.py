@@ -1,0 +1,117 @@
+"""Ollama wire models. Unknown fields and options are accepted and ignored, as Ollama does."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+# "5m", "1h30m", "300ms", "-1", or a number of seconds
+KeepAlive = StrictStr | StrictInt | float | None
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class Options(_Wire):
+    num_predict: StrictInt | None = None
+    temperature: Annotated[FiniteFloat, Field(ge=0.0, le=2.0)] | None = None
+    top_k: Annotated[StrictInt, Field(ge=0)] | None = None
+    top_p: Annotated[FiniteFloat, Field(gt=0.0, le=1.0)] | None = None
+    min_p: Annotated[FiniteFloat, Field(ge=0.0, le=1.0)] | None = None
+    repeat_penalty: Annotated[FiniteFloat, Field(gt=0.0, le=10.0)] | None = None
+    repeat_last_n: Annotated[StrictInt, Field(ge=-1)] | None = None
+    presence_penalty: Annotated[FiniteFloat, Field(ge=-2.0, le=2.0)] | None = None
+    frequency_penalty: Annotated[FiniteFloat, Field(ge=-2.0, le=2.0)] | None = None
+    seed: StrictInt | None = None
+    stop: list[StrictStr] | None = None
+    num_ctx: Annotated[StrictInt, Field(ge=1)] | None = None
+
+
+class Message(_Wire):
+    role: Literal["system", "user", "assistant", "tool"]
+    content: StrictStr = ""
+    images: list[Any] | None = None
+    tool_calls: list[Any] | None = None
+
+
+class _Common(_Wire):
+    model: StrictStr
+    stream: StrictBool = True
+    format: Any = None
+    options: Options | None = None
+    keep_alive: KeepAlive = None
+    # platform-client aliases for the common options
+    max_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
+    temperature: Annotated[FiniteFloat, Field(ge=0.0, le=2.0)] | None = None
+    top_p: Annotated[FiniteFloat, Field(gt=0.0, le=1.0)] | None = None
+
+
+class GenerateRequest(_Common):
+    prompt: StrictStr = ""
+    suffix: StrictStr | None = None
+    system: StrictStr | None = None
+    template: StrictStr | None = None
+    raw: StrictBool = False
+    images: list[Any] | None = None
+    context: list[StrictInt] | None = None
+
+
+class ChatRequest(_Common):
+    messages: list[Message] = Field(default_factory=list)
+    tools: list[Any] | None = None
+
+
+class ShowRequest(_Wire):
+    model: StrictStr | None = None
+    name: StrictStr | None = None  # older clients
+    verbose: StrictBool = False
+
+
+class ModelDetails(BaseModel):
+    parent_model: str = ""
+    format: str = "gguf"
+    family: str = ""
+    families: list[str] = Field(default_factory=list)
+    parameter_size: str = ""
+    quantization_level: str = ""
+
+
+class TagModel(BaseModel):
+    name: str
+    model: str
+    modified_at: str
+    size: int
+    digest: str
+    details: ModelDetails
+
+
+class Tags(BaseModel):
+    models: list[TagModel]
+
+
+class RunningModel(BaseModel):
+    name: str
+    model: str
+    size: int
+    digest: str
+    details: ModelDetails
+    expires_at: str
+    size_vram: int = 0
+    context_length: int
+
+
+class Running(BaseModel):
+    models: list[RunningModel]
+
+
+class ShowResponse(BaseModel):
+    modelfile: str
+    parameters: str
+    template: str
+    details: ModelDetails
+    model_info: dict[str, Any]
+    capabilities: list[str]
+    modified_at: str
