@@ -48,6 +48,7 @@ class ModelEntry:
     error: str | None = None
     load_seconds: float = 0.0
     loading: asyncio.Task[None] | None = None
+    on_demand: bool = False  # the current load was started by a request
 
 
 def _display(name: str) -> str:
@@ -93,18 +94,21 @@ class ModelRegistry:
         return entry.model
 
     async def acquire(self, name: str | None, *, wait: float = 120.0) -> LoadedModel:
-        """Like `get`, but an unloaded model is loaded again first (waiting up to `wait`
-        seconds). A model still in its first load answers 503 at once."""
+        """Like `get`, but an unloaded model is loaded again first, and requests arriving
+        meanwhile share that load (each waits up to `wait` seconds). A model still in its
+        startup load answers 503 at once, as /health/ready does."""
         entry = self.entry(name)
         if entry.status is ModelStatus.UNLOADED:
-            task = self._start_load(entry)
+            self._start_load(entry, on_demand=True)
+        if entry.status is ModelStatus.LOADING and entry.on_demand and entry.loading:
             with contextlib.suppress(TimeoutError):  # still loading: get() says 503
-                await asyncio.wait_for(asyncio.shield(task), wait)
+                await asyncio.wait_for(asyncio.shield(entry.loading), wait)
         return self.get(name)
 
-    def _start_load(self, entry: ModelEntry) -> asyncio.Task[None]:
+    def _start_load(self, entry: ModelEntry, *, on_demand: bool = False) -> asyncio.Task[None]:
         if entry.loading is None or entry.loading.done():
             entry.status = ModelStatus.LOADING
+            entry.on_demand = on_demand
             entry.loading = asyncio.create_task(self._load(entry))
         return entry.loading
 

@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from inferd.config import ModelConfig
+from inferd.engine.backends.fake import FakeBackend
+from inferd.errors import BackendError, ModelNotFound, ModelNotReady
+from inferd.models.registry import ModelRegistry, ModelStatus
+from inferd.models.spec import ModelSpec
+
+
+def spec(name: str, *aliases: str) -> ModelSpec:
+    return ModelSpec(name, Path(f"{name}.gguf"), ModelConfig(path=Path(f"{name}.gguf")), aliases)
+
+
+async def test_names_aliases_and_latest() -> None:
+    loads: list[str] = []
+
+    def loader(s: ModelSpec) -> FakeBackend:
+        loads.append(s.name)
+        return FakeBackend()
+
+    reg = ModelRegistry([spec("a:1b", "a"), spec("b")], loader)
+    await reg.load_all()
+    try:
+        assert reg.get(None).name == "a:1b"
+        assert reg.get("a").name == reg.get("a:latest").name == "a:1b"
+        assert reg.get("b:latest").name == "b"
+        for bad in ["c", "../a", "a" * 10_000, "a:2b"]:
+            with pytest.raises(ModelNotFound):
+                reg.get(bad)
+        assert loads == ["a:1b", "b"]
+    finally:
+        await reg.close()
+
+
+async def test_unload_then_acquire_loads_once_for_concurrent_requests() -> None:
+    loads = 0
+
+    def loader(s: ModelSpec) -> FakeBackend:
+        nonlocal loads
+        loads += 1
+        return FakeBackend()
+
+    reg = ModelRegistry([spec("m")], loader)
+    await reg.load_all()
+    try:
+        assert await reg.unload("m")
+        assert reg.entry("m").status is ModelStatus.UNLOADED
+        assert reg.ready  # loadable on demand
+        with pytest.raises(ModelNotReady):
+            reg.get("m")
+        models = await asyncio.gather(*(reg.acquire("m") for _ in range(5)))
+        assert loads == 2
+        assert len({id(m) for m in models}) == 1
+    finally:
+        await reg.close()
+
+
+async def test_a_model_that_fails_to_load_does_not_stop_the_others() -> None:
+    def loader(s: ModelSpec) -> FakeBackend:
+        if s.name == "broken":
+            raise BackendError("failed to load model file broken.gguf: not a valid GGUF model")
+        return FakeBackend()
+
+    reg = ModelRegistry([spec("good"), spec("broken")], loader)
+    await reg.load_all()
+    try:
+        assert reg.get("good").name == "good"
+        entry = reg.entry("broken")
+        assert entry.status is ModelStatus.FAILED and "not a valid GGUF" in (entry.error or "")
+        with pytest.raises(ModelNotReady, match="failed to load"):
+            await reg.acquire("broken")
+    finally:
+        await reg.close()
