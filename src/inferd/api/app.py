@@ -9,10 +9,13 @@ import time
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse
 
 from inferd import __version__
 from inferd.api import ops
 from inferd.api.errors import install_error_handlers
+from inferd.api.native.router import router as native_router
 from inferd.api.ollama.middleware import JsonBodyForOllama
 from inferd.api.ollama.router import router as ollama_router
 from inferd.api.openai.router import router as openai_router
@@ -37,7 +40,7 @@ def create_app(settings: Settings, registry: ModelRegistry) -> FastAPI:
     app = FastAPI(
         title="inferd",
         version=__version__,
-        description="Local-first LLM inference server: OpenAI and Ollama APIs.",
+        description="Local-first LLM inference server: OpenAI, Ollama and native APIs.",
         lifespan=lifespan,
     )
     app.state.settings = settings
@@ -46,6 +49,12 @@ def create_app(settings: Settings, registry: ModelRegistry) -> FastAPI:
     install_error_handlers(app)
     app.include_router(ops.router)
     app.include_router(openai_router)
+    app.include_router(native_router)
     app.include_router(ollama_router)
+
+    @app.get("/swagger-ui", include_in_schema=False)
+    async def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="inferd API")
+
     app.add_middleware(JsonBodyForOllama)
     return app

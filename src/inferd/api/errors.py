@@ -77,9 +77,14 @@ def error_response(
     return ErrorResponse(error_body(message, kind, param, code), status, headers=headers)
 
 
+# Routes of the native dialect under /api/; the rest of /api/ is Ollama's.
+NATIVE_API_PATHS = frozenset({"/api/llms", "/api/generate/stream", "/api/chat/stream"})
+
+
 def is_ollama(request: Request) -> bool:
     """Ollama's routes answer errors in Ollama's shape: `{"error": "..."}`."""
-    return request.url.path.startswith("/api/")
+    path = request.url.path
+    return path.startswith("/api/") and path not in NATIVE_API_PATHS
 
 
 def _param_of(loc: tuple[Any, ...]) -> str | None:

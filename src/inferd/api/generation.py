@@ -7,9 +7,11 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from inferd.config import Settings
+from inferd.engine.backends.base import BackendInfo
 from inferd.engine.client import EngineClient
 from inferd.engine.types import FinishReason, GenerateRequest, GenerationOutput, Usage
-from inferd.errors import BackendError
+from inferd.errors import BackendError, ContextTooLong, InvalidRequest
 
 
 @dataclass
@@ -94,3 +96,41 @@ async def tokenize_prompt(engine: EngineClient, text: str) -> list[int]:
     info = engine.info
     has_bos = bool(info.bos_token) and text.startswith(info.bos_token)
     return await engine.tokenize(text, add_special=not has_bos, parse_special=True)
+
+
+def completion_budget(
+    requested: int | None,
+    prompt_len: int,
+    info: BackendInfo,
+    settings: Settings,
+    *,
+    param: str,
+    prompt_param: str,
+) -> int:
+    """How many tokens to generate: what was asked for, within the context and the server's
+    limit (a 400 naming `param` otherwise); when nothing was asked, fill the context."""
+    n_ctx = info.n_ctx
+    if prompt_len == 0:
+        raise InvalidRequest("the prompt is empty", param=prompt_param)
+    if prompt_len >= n_ctx:
+        raise ContextTooLong(
+            f"This model's maximum context length is {n_ctx} tokens, "
+            f"but the prompt has {prompt_len} tokens",
+            param=prompt_param,
+        )
+    room = n_ctx - prompt_len
+    if requested is None:
+        return min(settings.default_max_tokens or room, room)
+    if settings.max_tokens_limit is not None and requested > settings.max_tokens_limit:
+        raise InvalidRequest(
+            f"{param} is {requested}, above this server's limit of {settings.max_tokens_limit}",
+            param=param,
+        )
+    if requested > room:
+        raise ContextTooLong(
+            f"This model's maximum context length is {n_ctx} tokens: the prompt has "
+            f"{prompt_len} tokens, so at most {room} can be generated, but {param} is "
+            f"{requested}",
+            param=param,
+        )
+    return requested

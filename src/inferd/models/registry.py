@@ -105,6 +105,14 @@ class ModelRegistry:
                 await asyncio.wait_for(asyncio.shield(entry.loading), wait)
         return self.get(name)
 
+    def load(self, name: str | None) -> ModelEntry:
+        """Start loading a model that is not loaded (or failed before) in the background."""
+        entry = self.entry(name)
+        if entry.status in (ModelStatus.UNLOADED, ModelStatus.FAILED):
+            entry.error = None
+            self._start_load(entry, on_demand=True)
+        return entry
+
     def _start_load(self, entry: ModelEntry, *, on_demand: bool = False) -> asyncio.Task[None]:
         if entry.loading is None or entry.loading.done():
             entry.status = ModelStatus.LOADING

@@ -9,7 +9,7 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from inferd.api.generation import ChoiceResult, total_usage
+from inferd.api.generation import ChoiceResult, completion_budget, total_usage
 from inferd.api.openai import schemas as s
 from inferd.config import Settings
 from inferd.engine.backends.base import BackendInfo
@@ -20,7 +20,7 @@ from inferd.engine.types import (
     SamplingParams,
     Usage,
 )
-from inferd.errors import ContextTooLong, InvalidRequest, UnsupportedParameter
+from inferd.errors import InvalidRequest, UnsupportedParameter
 
 log = logging.getLogger(__name__)
 
@@ -148,41 +148,6 @@ def check_token_prompt(tokens: Sequence[int], n_vocab: int) -> None:
 # ---- to the engine ------------------------------------------------------------------------
 
 
-def _max_tokens(
-    requested: int | None,
-    prompt_len: int,
-    info: BackendInfo,
-    settings: Settings,
-    param: str,
-    prompt_param: str,
-) -> int:
-    n_ctx = info.n_ctx
-    if prompt_len == 0:
-        raise InvalidRequest("the prompt is empty", param=prompt_param)
-    if prompt_len >= n_ctx:
-        raise ContextTooLong(
-            f"This model's maximum context length is {n_ctx} tokens, "
-            f"but the prompt has {prompt_len} tokens",
-            param=prompt_param,
-        )
-    room = n_ctx - prompt_len
-    if requested is None:
-        return min(settings.default_max_tokens or room, room)
-    if settings.max_tokens_limit is not None and requested > settings.max_tokens_limit:
-        raise InvalidRequest(
-            f"{param} is {requested}, above this server's limit of {settings.max_tokens_limit}",
-            param=param,
-        )
-    if requested > room:
-        raise ContextTooLong(
-            f"This model's maximum context length is {n_ctx} tokens: the prompt has "
-            f"{prompt_len} tokens, so at most {room} can be generated, but {param} is "
-            f"{requested}",
-            param=param,
-        )
-    return requested
-
-
 def _logit_bias(req: s.SamplingFields, n_vocab: int) -> tuple[tuple[int, float], ...]:
     out = []
     for key, bias in (req.logit_bias or {}).items():
@@ -212,8 +177,13 @@ def generate_requests(
     prompt_param: str,
 ) -> list[GenerateRequest]:
     """One engine request per choice; seeded choices get distinct, reproducible seeds."""
-    limit = _max_tokens(
-        max_tokens, len(prompt_tokens), info, settings, max_tokens_param, prompt_param
+    limit = completion_budget(
+        max_tokens,
+        len(prompt_tokens),
+        info,
+        settings,
+        param=max_tokens_param,
+        prompt_param=prompt_param,
     )
     base = SamplingParams(
         max_tokens=limit,

@@ -1,0 +1,1 @@
+"""The native dialect: /generate, /chat and their SSE streams, /models, /api/llms."""

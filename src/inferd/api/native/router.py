@@ -1,0 +1,160 @@
+"""Native routes: plain JSON answers with timing statistics, SSE streams, model management."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+
+from inferd.api.deps import RegistryDep, SettingsDep
+from inferd.api.generation import (
+    ChoiceResult,
+    collect_choices,
+    stream_choices,
+    tokenize_prompt,
+)
+from inferd.api.native import adapter
+from inferd.api.native import schemas as s
+from inferd.api.streaming import ClientDisconnected, cancel_on_disconnect, sse_response
+from inferd.config import Settings
+from inferd.engine.types import FinishReason, GenerateRequest
+from inferd.models.registry import LoadedModel, ModelRegistry
+
+router = APIRouter(tags=["native"])
+
+_CLIENT_CLOSED = 499
+
+
+async def _prepare(
+    registry: ModelRegistry, body: s.GenerateBody | s.ChatBody
+) -> tuple[LoadedModel, list[int], str | None]:
+    model = await registry.acquire(body.model)
+    if isinstance(body, s.GenerateBody):
+        text, prompt = body.prompt, body.prompt
+    else:
+        text = model.template.render([m.model_dump() for m in body.messages])
+        prompt = None
+    return model, await tokenize_prompt(model.engine, text), prompt
+
+
+async def _answer(
+    request: Request,
+    registry: ModelRegistry,
+    settings: Settings,
+    body: s.GenerateBody | s.ChatBody,
+) -> s.GenerationResult | Response:
+    started = time.perf_counter()
+    model, tokens, prompt = await _prepare(registry, body)
+    sp = adapter.sampling(body, len(tokens), model.engine.info, settings)
+    req = GenerateRequest(f"native-{uuid.uuid4().hex}", tuple(tokens), sp)
+    try:
+        results = await cancel_on_disconnect(request, collect_choices(model.engine, [req]))
+    except ClientDisconnected:
+        return Response(status_code=_CLIENT_CLOSED)
+    elapsed = time.perf_counter() - started
+    return adapter.result(results[0], model=model.name, prompt=prompt, sp=sp, elapsed=elapsed)
+
+
+async def _stream(
+    registry: ModelRegistry, settings: Settings, body: s.GenerateBody | s.ChatBody
+) -> Response:
+    started = time.perf_counter()
+    model, tokens, prompt = await _prepare(registry, body)
+    sp = adapter.sampling(body, len(tokens), model.engine.info, settings)
+    req = GenerateRequest(f"native-{uuid.uuid4().hex}", tuple(tokens), sp)
+
+    async def events() -> AsyncIterator[dict[str, Any]]:
+        r = ChoiceResult(0)
+        async for _, out in stream_choices(model.engine, [req]):
+            if out.finish_reason is FinishReason.ERROR:
+                yield {
+                    "error": {
+                        "message": out.error or "generation failed",
+                        "type": "server_error",
+                        "param": None,
+                        "code": "backend_error",
+                    }
+                }
+                return
+            r.text += out.text
+            r.token_ids.extend(out.token_ids)
+            if out.text:
+                yield {"text": out.text, "done": False}
+            if out.finish_reason is not None:
+                r.finish_reason = out.finish_reason
+                r.usage = out.usage
+                r.time_to_first_token = out.time_to_first_token
+                elapsed = time.perf_counter() - started
+                final = adapter.result(r, model=model.name, prompt=prompt, sp=sp, elapsed=elapsed)
+                yield {**final.model_dump(), "done": True}
+
+    return sse_response(events(), drain_timeout=settings.drain_timeout)
+
+
+@router.post("/generate", response_model=s.GenerationResult)
+async def generate(
+    body: s.GenerateBody, request: Request, registry: RegistryDep, settings: SettingsDep
+) -> s.GenerationResult | Response:
+    """Complete a prompt; the answer carries `text` (and `generated_text`) with statistics."""
+    return await _answer(request, registry, settings, body)
+
+
+@router.post("/chat", response_model=s.GenerationResult)
+async def chat(
+    body: s.ChatBody, request: Request, registry: RegistryDep, settings: SettingsDep
+) -> s.GenerationResult | Response:
+    """Answer a conversation rendered with the model's chat template."""
+    return await _answer(request, registry, settings, body)
+
+
+@router.post("/generate/stream")
+@router.post("/api/generate/stream")
+async def generate_stream(
+    body: s.GenerateBody, registry: RegistryDep, settings: SettingsDep
+) -> Response:
+    """SSE: `{"text", "done": false}` per delta, then the statistics with `"done": true`."""
+    return await _stream(registry, settings, body)
+
+
+@router.post("/chat/stream")
+@router.post("/api/chat/stream")
+async def chat_stream(body: s.ChatBody, registry: RegistryDep, settings: SettingsDep) -> Response:
+    """SSE, as /generate/stream, for a conversation."""
+    return await _stream(registry, settings, body)
+
+
+@router.get("/api/llms")
+async def llms(registry: RegistryDep) -> dict[str, Any]:
+    """The models clients may ask for, by every name."""
+    names = [n for e in registry.entries() for n in e.spec.names]
+    return {"llms": names, "default": registry.default_name}
+
+
+@router.get("/models", response_model=s.ModelList)
+async def list_models(registry: RegistryDep) -> s.ModelList:
+    return s.ModelList(
+        models=[adapter.model_info(e) for e in registry.entries()], default=registry.default_name
+    )
+
+
+@router.get("/models/{name:path}/", include_in_schema=False)
+@router.get("/models/{name:path}", response_model=s.ModelInfo)
+async def get_model(name: str, registry: RegistryDep) -> s.ModelInfo:
+    return adapter.model_info(registry.entry(name))
+
+
+@router.post("/models/{name}/load", status_code=202, response_model=s.LoadAccepted)
+async def load_model(name: str, registry: RegistryDep) -> s.LoadAccepted:
+    """Start loading in the background and answer at once; concurrent calls share one load."""
+    entry = registry.load(name)
+    return s.LoadAccepted(name=entry.spec.name, status=entry.status.value)
+
+
+@router.delete("/models/{name}/unload", response_model=s.LoadAccepted)
+async def unload_model(name: str, registry: RegistryDep) -> s.LoadAccepted:
+    entry = registry.entry(name)
+    await registry.unload(name)
+    return s.LoadAccepted(name=entry.spec.name, status=entry.status.value)

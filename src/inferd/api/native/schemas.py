@@ -1,0 +1,81 @@
+"""Native wire models, shaped for the home-grown servers inferd replaces."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictInt, StrictStr
+
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    model: StrictStr | None = None
+    max_tokens: Annotated[StrictInt, Field(ge=1)] | None = Field(
+        None, validation_alias=AliasChoices("max_tokens", "max_new_tokens")
+    )
+    temperature: Annotated[FiniteFloat, Field(ge=0.0, le=2.0)] | None = None
+    top_k: Annotated[StrictInt, Field(ge=0)] | None = None
+    top_p: Annotated[FiniteFloat, Field(gt=0.0, le=1.0)] | None = None
+    min_p: Annotated[FiniteFloat, Field(ge=0.0, le=1.0)] | None = None
+    repetition_penalty: Annotated[FiniteFloat, Field(gt=0.0, le=10.0)] | None = Field(
+        None, validation_alias=AliasChoices("repetition_penalty", "word_repetition_penalty")
+    )
+    stop: StrictStr | list[StrictStr] | None = None
+    seed: StrictInt | None = None
+
+
+class GenerateBody(_Params):
+    prompt: Annotated[StrictStr, Field(min_length=1)]
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: StrictStr
+
+
+class ChatBody(_Params):
+    messages: Annotated[list[Message], Field(min_length=1)]
+
+
+class GenerationResult(BaseModel):
+    """The answer of /generate and /chat, and the final event of their streams."""
+
+    text: str
+    generated_text: str
+    prompt: str | None = None
+    model: str
+    model_used: str
+    finish_reason: str
+    prompt_tokens: int
+    cached_tokens: int
+    tokens_generated: int
+    generation_time: float
+    time_to_first_token: float | None
+    tokens_per_second: float
+    parameters: dict[str, Any]
+
+
+class ModelInfo(BaseModel):
+    name: str
+    aliases: list[str]
+    status: str
+    loaded: bool
+    path: str
+    size: int
+    error: str | None = None
+    config: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+    default: str
+
+
+class LoadAccepted(BaseModel):
+    name: str
+    status: str
