@@ -88,6 +88,10 @@ class Settings(BaseSettings):
         30.0, ge=0, description="Seconds running requests get to finish on shutdown"
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level")
+    log_format: Literal["auto", "json", "pretty"] = Field(
+        "auto",
+        description="Log lines as JSON or for a terminal; auto: pretty on a TTY, else JSON",
+    )
     llama_verbose: bool = Field(False, description="Let llama.cpp print its own logs")
 
     @classmethod

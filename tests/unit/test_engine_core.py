@@ -165,8 +165,14 @@ def test_scheduler_gives_decoding_sequences_their_token_first() -> None:
     a = seq("a", 4)
     sched.add(a)
     plan = sched.schedule()
+    # the prompt but its last token, then the last token alone (it gets sampled)
     assert [(c.seq.request_id, c.start, c.end, c.samples) for c in plan.chunks] == [
-        ("a", 0, 4, True)
+        ("a", 0, 3, False)
+    ]
+    sched.commit(plan)
+    plan = sched.schedule()
+    assert [(c.seq.request_id, c.start, c.end, c.samples) for c in plan.chunks] == [
+        ("a", 3, 4, True)
     ]
     sched.commit(plan)
     a.tokens.append(99)  # sampled

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -21,11 +22,27 @@ from inferd.api.ollama.router import router as ollama_router
 from inferd.api.openai.router import router as openai_router
 from inferd.config import Settings
 from inferd.models.registry import ModelRegistry
+from inferd.observability.metrics import Metrics
+from inferd.observability.middleware import GenerationObserver, ObservabilityMiddleware
+from inferd.observability.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings, registry: ModelRegistry) -> FastAPI:
+def create_app(
+    settings: Settings,
+    registry: ModelRegistry,
+    *,
+    metrics: Metrics | None = None,
+    tracer_provider: Any | None = None,
+) -> FastAPI:
+    """The app over `registry`. `metrics` (default: new, in its own registry) and
+    `tracer_provider` (default: OTLP from the environment when configured, else none) can
+    be injected."""
+    metrics = metrics or Metrics(registry)
+    tracing = Tracing(tracer_provider)
+    registry.on_finish = GenerationObserver(metrics, tracing)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loading = asyncio.create_task(registry.load_all())
@@ -46,6 +63,8 @@ def create_app(settings: Settings, registry: ModelRegistry) -> FastAPI:
     app.state.settings = settings
     app.state.registry = registry
     app.state.started = time.monotonic()
+    app.state.metrics = metrics
+    app.state.tracing = tracing
     install_error_handlers(app)
     app.include_router(ops.router)
     app.include_router(openai_router)
@@ -56,5 +75,7 @@ def create_app(settings: Settings, registry: ModelRegistry) -> FastAPI:
     async def swagger_ui() -> HTMLResponse:
         return get_swagger_ui_html(openapi_url="/openapi.json", title="inferd API")
 
+    # inside JsonBodyForOllama, whose scope copy the router fills in with the matched route
+    app.add_middleware(ObservabilityMiddleware, metrics=metrics, tracing=tracing)
     app.add_middleware(JsonBodyForOllama)
     return app

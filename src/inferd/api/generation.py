@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -22,6 +23,8 @@ class ChoiceResult:
     finish_reason: FinishReason | None = None
     usage: Usage = field(default_factory=Usage)
     time_to_first_token: float | None = None
+    queue_time: float | None = None
+    seconds: float | None = None  # from submitting to the engine to the last token
 
 
 async def stream_choices(
@@ -67,6 +70,7 @@ async def collect_choices(
 ) -> list[ChoiceResult]:
     """Run all choices to the end. An engine error becomes a BackendError."""
     results = [ChoiceResult(i) for i in range(len(requests))]
+    started = time.monotonic()
     async for i, out in stream_choices(engine, requests):
         r = results[i]
         r.text += out.text
@@ -77,6 +81,8 @@ async def collect_choices(
                 raise BackendError(out.error or "generation failed")
             r.finish_reason = out.finish_reason
             r.time_to_first_token = out.time_to_first_token
+            r.queue_time = out.queue_time
+            r.seconds = time.monotonic() - started
     return results
 
 

@@ -1,4 +1,4 @@
-"""Operational routes: health, liveness, readiness, version."""
+"""Operational routes: health, liveness, readiness, metrics, version."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from inferd import __version__
 from inferd.api.deps import RegistryDep
 from inferd.api.errors import RETRY_AFTER_SECONDS
+from inferd.observability.metrics import CONTENT_TYPE, Metrics
 
 router = APIRouter(tags=["ops"])
 
@@ -72,3 +73,10 @@ async def ready(registry: RegistryDep) -> JSONResponse:
 @router.get("/version")
 async def version() -> dict[str, str]:
     return {"version": __version__}
+
+
+@router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE: {}}}})
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics in the text exposition format."""
+    m: Metrics = request.app.state.metrics
+    return Response(m.render(), media_type=CONTENT_TYPE)

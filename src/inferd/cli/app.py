@@ -1,6 +1,5 @@
 """`inferd` commands."""
 
-import logging
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -10,7 +9,7 @@ from rich.console import Console
 from inferd import __version__
 from inferd.cli.bench import bench
 from inferd.cli.flags import settings_flags
-from inferd.config import ModelConfig, Settings, load_settings
+from inferd.config import ModelConfig, load_settings
 from inferd.errors import ConfigError
 from inferd.models.spec import BUNDLED_ALIASES, BUNDLED_NAME
 
@@ -54,13 +53,6 @@ def _model_configs(models: list[str]) -> list[ModelConfig]:
     return out
 
 
-def _configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-
-
 @app.command()
 @settings_flags
 def serve(
@@ -81,6 +73,7 @@ def serve(
     from inferd.models.loading import llamacpp_loader
     from inferd.models.registry import ModelRegistry
     from inferd.models.spec import specs_from_settings
+    from inferd.observability.logging import configure_logging
 
     err = Console(stderr=True)
     try:
@@ -94,7 +87,7 @@ def serve(
     except ConfigError as exc:
         err.print(f"[red]error:[/red] {exc.message}", highlight=False)
         raise typer.Exit(2) from None
-    _configure_logging(settings)
+    configure_logging(settings.log_level, settings.log_format)
     ollama = f" and :{settings.ollama_port} (Ollama)" if settings.ollama_port else ""
     err.print(
         f"inferd {__version__}: serving {', '.join(s.name for s in specs)} "

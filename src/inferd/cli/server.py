@@ -32,7 +32,8 @@ def serve(app: FastAPI, settings: Settings) -> None:
                 host=settings.host,
                 port=port,
                 log_level=settings.log_level,
-                access_log=settings.log_level == "debug",
+                log_config=None,  # uvicorn logs through inferd's handler (JSON or pretty)
+                access_log=False,  # the app writes its own access line, with the request id
                 timeout_graceful_shutdown=int(settings.drain_timeout),
                 # the app's lifespan (model loading) runs once, with the first listener
                 lifespan="on" if i == 0 else "off",

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator
+import logging
+import time
+from collections.abc import AsyncGenerator, Callable
 from typing import Protocol
 
 from inferd.engine.backends.base import Backend, BackendInfo
@@ -14,6 +16,12 @@ from inferd.errors import EngineStopped
 
 # Tokenizing longer texts than this moves off the event loop.
 _INLINE_TOKENIZE_CHARS = 8192
+
+log = logging.getLogger(__name__)
+
+# Called with (model name, the final output, seconds from submit to finish) when a request
+# finishes in the engine, in the task that consumed it (observability records it there).
+FinishHook = Callable[[str, GenerationOutput, float], None]
 
 
 class EngineClient(Protocol):
@@ -43,8 +51,12 @@ class AsyncEngine:
     next step boundary.
     """
 
-    def __init__(self, backend: Backend, *, name: str = "model") -> None:
+    def __init__(
+        self, backend: Backend, *, name: str = "model", on_finish: FinishHook | None = None
+    ) -> None:
         self._backend = backend
+        self._name = name
+        self._on_finish = on_finish
         self._core = EngineCore(backend, self._on_outputs, name=name)
         self._queues: dict[str, asyncio.Queue[GenerationOutput]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -92,11 +104,17 @@ class AsyncEngine:
         q: asyncio.Queue[GenerationOutput] = asyncio.Queue()
         self._queues[rid] = q
         finished = False
+        started = time.monotonic()
         try:
             self._core.submit(request)
             while True:
                 out = await q.get()
                 finished = out.finished
+                if finished and self._on_finish is not None:
+                    try:
+                        self._on_finish(self._name, out, time.monotonic() - started)
+                    except Exception:  # observing must never break a generation
+                        log.exception("on_finish hook failed")
                 yield out
                 if finished:
                     return

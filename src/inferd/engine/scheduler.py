@@ -23,6 +23,16 @@ from inferd.engine.sequence import SeqState, Sequence
 MIN_PREFILL_CHUNK = 16
 
 
+def _chunk(seq: Sequence, limit: int) -> int:
+    """Tokens to feed a prefilling sequence this step, at most `limit`. The last token
+    before sampling is always fed alone, in a step of its own: its logits are then computed
+    the same way whether the prompt before it was computed now or reused from the prefix
+    cache (llama.cpp's CPU kernels are not batch-invariant), so a seeded answer does not
+    depend on what was cached."""
+    pending = seq.n_pending
+    return min(limit, pending - 1) if pending > 1 else min(limit, 1)
+
+
 @dataclass(frozen=True, slots=True)
 class KVOp:
     """A KV cache operation for the backend: `rm` a sequence id entirely, `trim` it to its
@@ -150,7 +160,7 @@ class Scheduler:
             if not s.decoding:
                 while s.n_pending > self._room(claimed) and self._evict_lru(plan.ops):
                     pass
-                n = min(s.n_pending, budget, self._room(claimed))
+                n = _chunk(s, min(budget, self._room(claimed)))
                 if n <= 0:
                     break
                 plan.chunks.append(Chunk(s, s.n_computed, s.n_computed + n))
@@ -161,7 +171,7 @@ class Scheduler:
             if not self._admit(s, plan, claimed):
                 break
             self.waiting.popleft()
-            n = min(s.n_pending, budget)
+            n = _chunk(s, budget)
             plan.chunks.append(Chunk(s, s.n_computed, s.n_computed + n))
             budget -= n
             claimed += s.n_pending  # the whole rest of the prompt is spoken for

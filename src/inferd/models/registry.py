@@ -11,7 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from inferd.engine.backends.base import Backend
-from inferd.engine.client import AsyncEngine
+from inferd.engine.client import AsyncEngine, FinishHook
+from inferd.engine.types import GenerationOutput
 from inferd.errors import InferdError, ModelNotFound, ModelNotReady
 from inferd.models.chat_template import CHATML, ChatTemplate
 from inferd.models.spec import ModelSpec
@@ -47,6 +48,7 @@ class ModelEntry:
     model: LoadedModel | None = None
     error: str | None = None
     load_seconds: float = 0.0
+    load_failures: int = 0
     loading: asyncio.Task[None] | None = None
     on_demand: bool = False  # the current load was started by a request
 
@@ -59,11 +61,19 @@ class ModelRegistry:
     """Knows every served model by name and alias; never falls back to another model."""
 
     def __init__(
-        self, specs: list[ModelSpec], loader: BackendLoader, *, default: str | None = None
+        self,
+        specs: list[ModelSpec],
+        loader: BackendLoader,
+        *,
+        default: str | None = None,
+        on_finish: FinishHook | None = None,
     ) -> None:
         if not specs:
             raise ValueError("at least one model is required")
         self._loader = loader
+        # called when a generation finishes on any model's engine (metrics, traces, logs);
+        # the app sets it when it is built
+        self.on_finish = on_finish
         self._entries = {s.name: ModelEntry(s) for s in specs}
         self._names = {n: s.name for s in specs for n in s.names}
         self.default_name = self._canonical(default) if default else specs[0].name
@@ -155,15 +165,17 @@ class ModelRegistry:
             backend = await asyncio.to_thread(self._loader, spec)
         except InferdError as exc:
             entry.status, entry.error = ModelStatus.FAILED, exc.message
+            entry.load_failures += 1
             log.error("model %s failed to load: %s", spec.name, exc.message)
             return
         except Exception as exc:  # a loader bug must not take the server down
             entry.status, entry.error = ModelStatus.FAILED, "internal error while loading"
+            entry.load_failures += 1
             log.exception("model %s failed to load: %s", spec.name, exc)
             return
         info = backend.info
         source = spec.config.chat_template or info.chat_template or CHATML
-        engine = AsyncEngine(backend, name=spec.name)
+        engine = AsyncEngine(backend, name=spec.name, on_finish=self._finished)
         engine.start()
         entry.model = LoadedModel(
             spec, engine, ChatTemplate(source, bos_token=info.bos_token, eos_token=info.eos_token)
@@ -178,6 +190,10 @@ class ModelRegistry:
             info.max_seqs,
             info.kv_cells,
         )
+
+    def _finished(self, model: str, output: GenerationOutput, seconds: float) -> None:
+        if self.on_finish is not None:
+            self.on_finish(model, output, seconds)
 
     async def close(self) -> None:
         for entry in self._entries.values():

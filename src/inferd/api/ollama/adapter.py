@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import re
 import time
 from datetime import UTC, datetime
@@ -32,12 +33,19 @@ def parse_keep_alive(value: s.KeepAlive) -> float | None:
     if value is None or value == "":
         return None
     if isinstance(value, int | float):
-        return float(value)
-    text = value.strip()
-    try:
-        return float(text)
-    except ValueError:
-        pass
+        number = float(value)
+    else:
+        text = value.strip()
+        try:
+            number = float(text)
+        except ValueError:
+            return _parse_duration(text)
+    if math.isnan(number):
+        raise InvalidRequest("keep_alive must be a duration or a number", param="keep_alive")
+    return number
+
+
+def _parse_duration(text: str) -> float:
     parts = _DURATION.findall(text)
     if not parts or "".join(n + u for n, u in parts) != text.replace(" ", ""):
         raise InvalidRequest(f"invalid keep_alive duration {text[:40]!r}", param="keep_alive")
@@ -132,7 +140,9 @@ def sampling(
         repetition_penalty=o.repeat_penalty or 1.0,
         presence_penalty=o.presence_penalty or 0.0,
         frequency_penalty=o.frequency_penalty or 0.0,
-        penalty_last_n=n_ctx if o.repeat_last_n == -1 else (o.repeat_last_n or 64),
+        penalty_last_n=(
+            64 if o.repeat_last_n is None else n_ctx if o.repeat_last_n == -1 else o.repeat_last_n
+        ),
         seed=None if o.seed is None or o.seed < 0 else o.seed & 0xFFFFFFFF,
         stop=tuple(x for x in (o.stop or []) if x),
     )

@@ -238,6 +238,29 @@ def grouped_usage(usages: dict[int, Usage], n: int) -> Usage:
     )
 
 
+def timings(results: list[ChoiceResult]) -> s.Timings:
+    """The request's queue wait (longest of its choices), first token (earliest) and decode
+    speed (tokens after each choice's first, over the longest decode)."""
+    queues = [r.queue_time for r in results if r.queue_time is not None]
+    firsts = [r.time_to_first_token for r in results if r.time_to_first_token is not None]
+    decode_tokens = sum(max(r.usage.completion_tokens - 1, 0) for r in results)
+    decode_time = max(
+        (
+            r.seconds - r.time_to_first_token
+            for r in results
+            if r.seconds is not None and r.time_to_first_token is not None
+        ),
+        default=0.0,
+    )
+    return s.Timings(
+        queue_s=round(max(queues), 6) if queues else None,
+        time_to_first_token_s=round(min(firsts), 6) if firsts else None,
+        decode_tokens_per_s=round(decode_tokens / decode_time, 3)
+        if decode_tokens and decode_time > 0
+        else None,
+    )
+
+
 def chat_completion(request_id: str, model: str, results: list[ChoiceResult]) -> s.ChatCompletion:
     return s.ChatCompletion(
         id=request_id,
@@ -252,6 +275,7 @@ def chat_completion(request_id: str, model: str, results: list[ChoiceResult]) ->
             for r in results
         ],
         usage=usage_info(total_usage([r.usage for r in results])),
+        timings=timings(results),
     )
 
 
@@ -267,6 +291,7 @@ def completion(request_id: str, model: str, results: list[ChoiceResult], n: int)
             for r in results
         ],
         usage=usage_info(grouped_usage({r.index: r.usage for r in results}, n)),
+        timings=timings(results),
     )
 
 

@@ -104,6 +104,14 @@ class UsageInfo(BaseModel):
     prompt_tokens_details: PromptTokensDetails = Field(default_factory=PromptTokensDetails)
 
 
+class Timings(BaseModel):
+    """inferd's extension: where the time of a request went (non-streaming responses)."""
+
+    queue_s: float | None = None
+    time_to_first_token_s: float | None = None
+    decode_tokens_per_s: float | None = None
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str
@@ -124,6 +132,7 @@ class ChatCompletion(BaseModel):
     choices: list[ChatChoice]
     usage: UsageInfo
     system_fingerprint: str | None = None
+    timings: Timings | None = None
 
 
 class CompletionChoice(BaseModel):
@@ -141,6 +150,7 @@ class Completion(BaseModel):
     choices: list[CompletionChoice]
     usage: UsageInfo
     system_fingerprint: str | None = None
+    timings: Timings | None = None
 
 
 class ModelCard(BaseModel):
