@@ -6,7 +6,7 @@ import asyncio
 import json
 from typing import Any
 
-from tests.conftest import AppHandle
+from tests.conftest import AppHandle, wait_for
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
@@ -192,6 +192,11 @@ async def test_stop_strings_are_not_in_the_output(real: AppHandle) -> None:
 
 
 async def test_same_seed_same_text_and_greedy_is_deterministic(real: AppHandle) -> None:
+    # Where KV cells land changes the order of the attention sums, and with it the low bits
+    # of the logits; after many requests the prefix cache scatters cells. Reproducibility is
+    # promised for a request run alone on a quiet cache, so start from one.
+    real.engine().drop_prefix_cache()
+    assert await wait_for(lambda: real.engine().stats().cached_sequences == 0, 5)
     body = {
         "messages": user("Write a short poem."),
         "max_tokens": 24,

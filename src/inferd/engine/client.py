@@ -126,6 +126,10 @@ class AsyncEngine:
     def abort(self, request_id: str) -> None:
         self._core.abort(request_id)
 
+    def drop_prefix_cache(self) -> None:
+        """Free every cached prefix at the next step boundary."""
+        self._core.drop_prefix_cache()
+
     # ---- called from the core thread -------------------------------------------------------
 
     def _on_outputs(self, outputs: list[GenerationOutput]) -> None:

@@ -42,6 +42,11 @@ class _Stop:
     pass
 
 
+@dataclass(frozen=True, slots=True)
+class _DropCache:
+    pass
+
+
 class EngineCore:
     """Runs one backend. Thread-safe entry points: submit, abort, stop, stats."""
 
@@ -50,7 +55,7 @@ class EngineCore:
         self.backend = backend
         self.name = name
         self._sink = sink
-        self._inbox: queue.SimpleQueue[_Add | _Abort | _Stop] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[_Add | _Abort | _Stop | _DropCache] = queue.SimpleQueue()
         self._sched = Scheduler(
             max_seqs=info.max_seqs,
             kv_cells=info.kv_cells,
@@ -75,6 +80,10 @@ class EngineCore:
 
     def abort(self, request_id: str) -> None:
         self._inbox.put(_Abort(request_id))
+
+    def drop_prefix_cache(self) -> None:
+        """Free every cached prefix (running sequences keep theirs)."""
+        self._inbox.put(_DropCache())
 
     def stop(self, timeout: float = 10.0) -> None:
         """Abort whatever is left and end the thread."""
@@ -124,6 +133,8 @@ class EngineCore:
                     return False
                 if isinstance(msg, _Add):
                     self._add(msg.request, outputs)
+                elif isinstance(msg, _DropCache):
+                    self._apply(self._sched.drop_cache())
                 else:
                     seq = self._seqs.get(msg.request_id)
                     if seq is not None:

@@ -186,6 +186,13 @@ class Scheduler:
         for c in plan.chunks:
             c.seq.n_computed = c.end
 
+    def drop_cache(self) -> list[KVOp]:
+        """Evict every cached prefix."""
+        ops: list[KVOp] = []
+        while self._evict_lru(ops):
+            pass
+        return ops
+
     def relieve_pressure(self) -> tuple[list[KVOp], Sequence | None]:
         """The backend found no room for a batch: evict a cached prefix, else preempt the
         newest running sequence. Returns the KV operations and the preempted sequence."""
