@@ -605,12 +605,6 @@ async def test_other_keep_alive_values_keep_the_model(real: AppHandle, keep_aliv
     assert await ps_names(real) == [MODEL]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="/api/tags builds details from the loaded model only (adapter.details(entry.model) "
-    "returns an empty ModelDetails when entry.model is None): once unloaded, family, "
-    "parameter_size and quantization_level become empty strings",
-)
 async def test_tags_details_do_not_depend_on_the_model_being_loaded(real: AppHandle) -> None:
     try:
         await real.registry.unload(None)
@@ -637,12 +631,6 @@ def check_stream_fake(chunks: list[dict[str, Any]]) -> tuple[str, dict[str, Any]
     return "".join(c["response"] for c in chunks), last
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="router._load_only unloads on keep_alive 0 without checking the engine for running "
-    "requests (router._after does check): an in-flight stream on that model is cut short and "
-    "still ends with done:true, done_reason 'stop' (FinishReason.ABORT maps to 'stop')",
-)
 async def test_keep_alive_zero_does_not_cut_another_clients_stream(fake_app: FakeFactory) -> None:
     async with fake_app(step_delay=0.05) as h:
         backend = h.engine().backend
@@ -1157,12 +1145,6 @@ async def test_num_ctx_edge(real: AppHandle) -> None:
 # ---- errors: caps and types the schema lets through -------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the Ollama adapter never applies Settings.max_stop / max_stop_length to "
-    "options.stop (the OpenAI adapter does): 17+ stop strings or a 257-character one are "
-    "accepted and generation runs",
-)
 async def test_stop_caps_apply(real: AppHandle) -> None:
     s = real.settings
     for stop in (
@@ -1179,11 +1161,6 @@ async def test_stop_caps_apply(real: AppHandle) -> None:
         assert_error(await post(real, GEN, body), 400, contains="stop")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="schemas.KeepAlive is `StrictStr | StrictInt | float | None`: the lax float accepts "
-    "true/false (as 1.0/0.0), so keep_alive: true is taken as 1 second instead of a 400",
-)
 async def test_keep_alive_bool_is_refused(real: AppHandle) -> None:
     try:
         for value in (True, False):

@@ -51,6 +51,9 @@ class ModelEntry:
     load_failures: int = 0
     loading: asyncio.Task[None] | None = None
     on_demand: bool = False  # the current load was started by a request
+    # what the last load learnt about the file, kept after an unload
+    metadata: dict[str, str] = field(default_factory=dict)
+    n_params: int = 0
 
 
 def _display(name: str) -> str:
@@ -182,6 +185,8 @@ class ModelRegistry:
         )
         entry.status = ModelStatus.READY
         entry.load_seconds = time.perf_counter() - started
+        entry.metadata = backend.metadata()
+        entry.n_params = info.n_params
         log.info(
             "model %s ready in %.2fs (context %d, %d slots, %d KV cells)",
             spec.name,

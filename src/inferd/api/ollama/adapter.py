@@ -16,7 +16,7 @@ from inferd.engine.backends.base import BackendInfo
 from inferd.engine.types import FinishReason, SamplingParams, Usage
 from inferd.errors import ContextTooLong, InvalidRequest, UnsupportedParameter
 from inferd.models import describe
-from inferd.models.registry import LoadedModel
+from inferd.models.registry import LoadedModel, ModelEntry
 from inferd.models.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -131,6 +131,12 @@ def sampling(
         max_tokens = min(wanted, room)
     temperature = o.temperature if o.temperature is not None else req.temperature
     top_p = o.top_p if o.top_p is not None else req.top_p
+    stops = tuple(x for x in (o.stop or []) if x)
+    if len(stops) > settings.max_stop or any(len(x) > settings.max_stop_length for x in stops):
+        raise InvalidRequest(
+            f"at most {settings.max_stop} stop strings of {settings.max_stop_length} characters",
+            param="options.stop",
+        )
     return SamplingParams(
         max_tokens=max_tokens,
         temperature=settings.temperature if temperature is None else temperature,
@@ -144,7 +150,7 @@ def sampling(
             64 if o.repeat_last_n is None else n_ctx if o.repeat_last_n == -1 else o.repeat_last_n
         ),
         seed=None if o.seed is None or o.seed < 0 else o.seed & 0xFFFFFFFF,
-        stop=tuple(x for x in (o.stop or []) if x),
+        stop=stops,
     )
 
 
@@ -196,20 +202,20 @@ def file_size(spec: ModelSpec) -> int:
         return 0
 
 
-def details(model: LoadedModel | None) -> s.ModelDetails:
-    if model is None:
+def details(entry: ModelEntry) -> s.ModelDetails:
+    """From what the model's last load learnt: still known after an unload."""
+    if not entry.metadata:
         return s.ModelDetails()
-    meta = model.engine.backend.metadata()
-    fam = describe.family(meta)
+    fam = describe.family(entry.metadata)
     return s.ModelDetails(
         family=fam,
         families=[fam],
-        parameter_size=describe.parameter_size(model.engine.info.n_params),
-        quantization_level=describe.quantization(meta),
+        parameter_size=describe.parameter_size(entry.n_params),
+        quantization_level=describe.quantization(entry.metadata),
     )
 
 
-def show(model: LoadedModel) -> s.ShowResponse:
+def show(model: LoadedModel, entry: ModelEntry) -> s.ShowResponse:
     info = model.engine.info
     meta = model.engine.backend.metadata()
     params = {
@@ -220,7 +226,7 @@ def show(model: LoadedModel) -> s.ShowResponse:
         modelfile=f"# Served by inferd\nFROM {model.spec.path.name}\n",
         parameters="\n".join(f"{k:<16}{v}" for k, v in params.items()),
         template=model.template.source,
-        details=details(model),
+        details=details(entry),
         model_info=describe.model_info(meta, info.n_params),
         capabilities=["completion"],
         modified_at=modified_at(model.spec),

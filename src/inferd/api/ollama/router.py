@@ -59,7 +59,7 @@ async def tags(registry: RegistryDep) -> s.Tags:
                     modified_at=adapter.modified_at(entry.spec),
                     size=adapter.file_size(entry.spec),
                     digest=adapter.digest(entry.spec),
-                    details=adapter.details(entry.model),
+                    details=adapter.details(entry),
                 )
             )
     return s.Tags(models=models)
@@ -78,7 +78,7 @@ async def ps(registry: RegistryDep) -> s.Running:
                     model=entry.spec.name,
                     size=info.size_bytes or adapter.file_size(entry.spec),
                     digest=adapter.digest(entry.spec),
-                    details=adapter.details(entry.model),
+                    details=adapter.details(entry),
                     expires_at=forever,
                     context_length=info.n_ctx,
                 )
@@ -91,7 +91,7 @@ async def show(body: s.ShowRequest, registry: RegistryDep) -> s.ShowResponse:
     name = body.model or body.name
     if not name:
         raise InvalidRequest("model is required", param="model")
-    return adapter.show(await registry.acquire(name))
+    return adapter.show(await registry.acquire(name), registry.entry(name))
 
 
 def _ndjson(items: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
@@ -113,7 +113,10 @@ async def _after(registry: ModelRegistry, model: LoadedModel, keep_alive: float 
 async def _load_only(
     registry: ModelRegistry, model: LoadedModel, keep_alive: float | None, chat: bool
 ) -> dict[str, Any]:
-    unloading = keep_alive is not None and keep_alive == 0
+    stats = model.engine.stats()
+    idle = stats.running == 0 and stats.waiting == 0
+    # like Ollama, never cut other clients short: a busy model stays loaded
+    unloading = keep_alive is not None and keep_alive == 0 and idle
     if unloading:
         await registry.unload(model.name)
     body: dict[str, Any] = {

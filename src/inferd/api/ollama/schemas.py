@@ -4,11 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+)
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 # "5m", "1h30m", "300ms", "-1", or a number of seconds
-KeepAlive = StrictStr | StrictInt | float | None
+KeepAlive = StrictStr | StrictInt | StrictFloat | None
 
 
 class _Wire(BaseModel):
