@@ -4,9 +4,16 @@ llama-cpp-python's own server, on the same model and the same workload.
 Workload: for each concurrency C, C concurrent streaming POST /v1/completions requests,
 greedy, `max_tokens` tokens each with end-of-generation suppressed, so every request
 generates exactly `max_tokens` tokens. Throughput = completion tokens / wall time of the batch.
+The ceiling is a plain loop over inferd's LlamaCppBackend: same model, same context
+settings, one llama_decode per step with one token per sequence, no server, no scheduler.
+
+llama.cpp's CPU threads spin-wait on each other, so on a machine whose cores are shared
+with other work a round can be many times slower. Each round records how much of the
+machine's CPU other processes took; rounds above --max-others are discarded and retried
+once the machine is idle (bounded by --retries and --budget).
 
     .venv/bin/python benchmarks/throughput.py --concurrency 1,8,16 --max-tokens 128
-    make bench ARGS="--skip-llama-cpp-server"
+    make bench ARGS="--skip-llama-cpp-server --json"
 """
 
 from __future__ import annotations
@@ -14,8 +21,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -78,38 +87,49 @@ main()
 
 @dataclass
 class Round:
+    """One measured batch. For the ceiling, `seconds` covers the decode steps only and
+    `prefill_seconds` / `prefill_tokens` the prompt pass that produced each first token."""
+
     tokens: int
     seconds: float
-    ttft: float | None = None  # mean time to first token, HTTP targets only
-    prefill_seconds: float | None = None  # ceiling only
-    others_cpu: float | None = None  # share of the machine's CPU other processes used
+    ttft: float | None = None  # mean time to first token (HTTP targets)
+    prefill_seconds: float = 0.0
+    prefill_tokens: int = 0
+    others_cpu: float | None = None  # share of the machine's CPU other processes took
+    noisy: bool = False  # others_cpu above the limit: not used for the figures
 
     @property
     def tok_s(self) -> float:
         return self.tokens / self.seconds if self.seconds > 0 else 0.0
 
+    @property
+    def e2e_tok_s(self) -> float:
+        total = self.seconds + self.prefill_seconds
+        return (self.tokens + self.prefill_tokens) / total if total > 0 else 0.0
+
 
 @dataclass
 class Point:
-    """One target at one concurrency: every round, and the best one."""
+    """One target at one concurrency: every round tried, and the best clean one."""
 
     rounds: list[Round] = field(default_factory=list)
-    e2e_rounds: list[Round] = field(default_factory=list)  # ceiling incl. prefill
-    error: str | None = None
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def clean(self) -> list[Round]:
+        return [r for r in self.rounds if not r.noisy]
 
     @property
     def best(self) -> Round | None:
-        return max(self.rounds, key=lambda r: r.tok_s) if self.rounds else None
-
-    @property
-    def best_e2e(self) -> Round | None:
-        return max(self.e2e_rounds, key=lambda r: r.tok_s) if self.e2e_rounds else None
+        """The fastest clean round, else the fastest round (then flagged noisy)."""
+        pool = self.clean or self.rounds
+        return max(pool, key=lambda r: r.tok_s) if pool else None
 
 
 Results = dict[str, dict[int, Point]]  # target -> concurrency -> point
 
 
-# ---- noise: how much CPU did other processes take during a round (Linux only) ---------------
+# ---- noise: how much CPU other processes take (Linux /proc; None elsewhere) ------------------
 
 
 def _machine_ticks() -> tuple[int, int]:
@@ -149,15 +169,53 @@ class CpuWatch:
         return min(1.0, max(0.0, ((busy - b0) - (own - o0)) / (total - t0)))
 
 
+@dataclass
+class Hygiene:
+    max_others: float  # discard a round when other processes took more of the CPU than this
+    retries: int  # extra rounds allowed per point to replace discarded ones
+    deadline: float  # time.monotonic() after which nothing is retried or waited for
+    console: Console
+
+    def wait_idle(self, pids: list[int]) -> None:
+        """Wait until other processes use at most max_others of the CPU over 2 s, or until
+        the budget is spent (then measure anyway: the round will say how noisy it was)."""
+        while time.monotonic() < self.deadline:
+            watch = CpuWatch(pids)
+            time.sleep(2.0)
+            others = watch.others()
+            if others is None or others <= self.max_others:
+                return
+        self.console.print("  [yellow]budget spent and the machine is busy: measuring anyway")
+
+    def collect(self, label: str, rounds: int, pids: list[int], run: Callable[[], Round]) -> Point:
+        """Run `run` until `rounds` clean rounds, retrying noisy or failed ones."""
+        point = Point()
+        for attempt in range(rounds + self.retries):
+            if len(point.clean) >= rounds:
+                break
+            if attempt >= rounds and time.monotonic() > self.deadline:
+                break
+            self.wait_idle(pids)
+            try:
+                r = run()
+            except (TimeoutError, RuntimeError, httpx.HTTPError) as exc:
+                point.errors.append(f"{type(exc).__name__}: {exc}"[:200])
+                self.console.print(f"  {label}: round failed: {point.errors[-1]}")
+                continue
+            r.noisy = r.others_cpu is not None and r.others_cpu > self.max_others
+            point.rounds.append(r)
+            note = f" (discarded: other processes took {r.others_cpu:.0%})" if r.noisy else ""
+            self.console.print(f"  {label}: {r.tok_s:.1f} tok/s{note}")
+        return point
+
+
 # ---- the in-process ceiling ------------------------------------------------------------------
 
 
-def ceiling_round(
-    backend: LlamaCppBackend, prompts: list[list[int]], max_tokens: int
-) -> tuple[Round, Round]:
+def ceiling_round(backend: LlamaCppBackend, prompts: list[list[int]], max_tokens: int) -> Round:
     """Prefill the prompts (packed into batches of at most n_batch tokens), then decode one
     token per sequence per step until each has `max_tokens`: the first token comes from the
-    prefill, the rest from max_tokens - 1 decode steps. Returns (decode only, incl. prefill)."""
+    prefill, the rest from max_tokens - 1 decode steps."""
     n = len(prompts)
     budget = backend.info.max_batch_tokens
     greedy = SamplingParams(temperature=0.0, ignore_eos=True)
@@ -198,26 +256,29 @@ def ceiling_round(
         for s in range(n):
             samplers[s].close()
             backend.free_seq(s)
-    others = watch.others()
-    decode = Round(n * (max_tokens - 1), t2 - t1, prefill_seconds=t1 - t0, others_cpu=others)
-    e2e = Round(n * max_tokens, t2 - t0, prefill_seconds=t1 - t0, others_cpu=others)
-    return decode, e2e
+    return Round(
+        tokens=n * (max_tokens - 1),
+        seconds=t2 - t1,
+        prefill_seconds=t1 - t0,
+        prefill_tokens=n,
+        others_cpu=watch.others(),
+    )
 
 
 def bench_ceiling(
-    backend: LlamaCppBackend, concurrency: list[int], max_tokens: int, rounds: int
+    backend: LlamaCppBackend, concurrency: list[int], max_tokens: int, rounds: int, h: Hygiene
 ) -> dict[int, Point]:
     tokenized = [backend.tokenize(p, add_special=True, parse_special=True) for p in PROMPTS]
     ceiling_round(backend, tokenized[:1], 8)  # warm-up
     out: dict[int, Point] = {}
     for c in concurrency:
-        point = Point()
         prompts = [tokenized[i % len(tokenized)] for i in range(c)]
-        for _ in range(rounds):
-            decode, e2e = ceiling_round(backend, prompts, max_tokens)
-            point.rounds.append(decode)
-            point.e2e_rounds.append(e2e)
-        out[c] = point
+        out[c] = h.collect(
+            f"ceiling C={c}",
+            rounds,
+            [os.getpid()],
+            functools.partial(ceiling_round, backend, prompts, max_tokens),
+        )
     return out
 
 
@@ -264,7 +325,7 @@ async def stream_one(
     """One streaming completion: (completion tokens, seconds to the first text).
 
     Tokens come from the usage chunk when the server sends one, else from the number of
-    text chunks (both servers stream one chunk per token for plain ASCII text)."""
+    text chunks (llama_cpp.server streams one chunk per token for plain ASCII text)."""
     t0 = time.perf_counter()
     ttft: float | None = None
     chunks = 0
@@ -312,6 +373,12 @@ async def http_round(
     )
 
 
+def run_http_round(
+    base: str, payloads: list[dict[str, Any]], limit_s: float, pids: list[int]
+) -> Round:
+    return asyncio.run(http_round(base, payloads, limit_s, pids))
+
+
 def check_tokens(base: str, payload: dict[str, Any], max_tokens: int, console: Console) -> None:
     """Warm-up, non-streaming: also checks that the workload really yields max_tokens."""
     body = {k: v for k, v in payload.items() if k not in ("stream", "stream_options")}
@@ -323,28 +390,27 @@ def check_tokens(base: str, payload: dict[str, Any], max_tokens: int, console: C
 
 
 def bench_http(
+    label: str,
     base: str,
     server_pid: int,
     make_payload: Callable[[int], dict[str, Any]],
     concurrency: list[int],
     max_tokens: int,
     rounds: int,
-    timeout: float,
-    console: Console,
+    limit_s: float,
+    h: Hygiene,
 ) -> dict[int, Point]:
-    check_tokens(base, make_payload(0), max_tokens, console)
+    check_tokens(base, make_payload(0), max_tokens, h.console)
     pids = [os.getpid(), server_pid]
     out: dict[int, Point] = {}
     for c in concurrency:
-        point = Point()
         payloads = [make_payload(i) for i in range(c)]
-        for _ in range(rounds):
-            try:
-                point.rounds.append(asyncio.run(http_round(base, payloads, timeout, pids)))
-            except (TimeoutError, RuntimeError, httpx.HTTPError) as exc:
-                point.error = f"{type(exc).__name__}: {exc}"[:200]
-                break
-        out[c] = point
+        out[c] = h.collect(
+            f"{label} C={c}",
+            rounds,
+            pids,
+            functools.partial(run_http_round, base, payloads, limit_s, pids),
+        )
     return out
 
 
@@ -355,12 +421,12 @@ def fmt(x: float | None, spec: str = ".1f") -> str:
     return "—" if x is None else format(x, spec)
 
 
-def ratio(a: Round | None, b: Round | None) -> float | None:
-    return a.tok_s / b.tok_s if a and b and b.tok_s else None
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
 
 
 def table(results: Results, concurrency: list[int]) -> Table:
-    t = Table(title="completion tokens/s, aggregate over concurrent requests (best round)")
+    t = Table(title="completion tokens/s, aggregate over concurrent requests (best clean round)")
     for col in (
         "C",
         "ceiling",
@@ -376,33 +442,37 @@ def table(results: Results, concurrency: list[int]) -> Table:
     ):
         t.add_column(col, justify="right")
     for c in concurrency:
-        ceil = results.get("ceiling", {}).get(c, Point())
-        inf = results.get("inferd", {}).get(c, Point())
-        lcs = results.get("llama_cpp.server", {}).get(c, Point())
-
-        kept = [p.best for p in (ceil, inf, lcs) if p.best]
+        ceil, inf, lcs = (
+            results.get(k, {}).get(c) for k in ("ceiling", "inferd", "llama_cpp.server")
+        )
+        kept = [p.best for p in (ceil, inf, lcs) if p and p.best]
         noise = [r.others_cpu for r in kept if r.others_cpu is not None]
 
-        def tok(p: Point) -> str:
-            return (
-                p.error[:30] if p.error and not p.rounds else fmt(p.best.tok_s if p.best else None)
-            )
+        def tps(p: Point | None) -> float | None:
+            return p.best.tok_s if p and p.best else None
 
-        def ttft(p: Point) -> str:
-            return fmt(p.best.ttft * 1000 if p.best and p.best.ttft is not None else None, ".0f")
+        def cell(p: Point | None) -> str:
+            if p and not p.rounds and p.errors:
+                return "failed"
+            return fmt(tps(p)) + ("*" if p and p.best and p.best.noisy else "")
 
+        def ttft(p: Point | None) -> str:
+            r = p.best if p else None
+            return fmt(r.ttft * 1000 if r and r.ttft is not None else None, ".0f")
+
+        ceil_e2e = ceil.best.e2e_tok_s if ceil and ceil.best else None
         t.add_row(
             str(c),
-            tok(ceil),
-            fmt(ceil.best_e2e.tok_s if ceil.best_e2e else None),
-            tok(inf),
+            cell(ceil),
+            fmt(ceil_e2e),
+            cell(inf),
             ttft(inf),
-            tok(lcs),
+            cell(lcs),
             ttft(lcs),
-            fmt(ratio(inf.best, ceil.best), ".2f"),
-            fmt(ratio(inf.best, ceil.best_e2e), ".2f"),
-            fmt(ratio(inf.best, lcs.best), ".2f"),
-            fmt(max(noise) * 100 if noise else None, ".0f") + ("%" if noise else ""),
+            fmt(ratio(tps(inf), tps(ceil)), ".2f"),
+            fmt(ratio(tps(inf), ceil_e2e), ".2f"),
+            fmt(ratio(tps(inf), tps(lcs)), ".2f"),
+            f"{max(noise):.0%}" if noise else "—",
         )
     return t
 
@@ -413,10 +483,11 @@ def to_json(results: Results, meta: dict[str, Any]) -> str:
         data["results"][target] = {
             str(c): {
                 "best_tok_s": p.best.tok_s if p.best else None,
-                "best_e2e_tok_s": p.best_e2e.tok_s if p.best_e2e else None,
-                "rounds": [{**asdict(r), "tok_s": r.tok_s} for r in p.rounds],
-                "e2e_rounds": [{**asdict(r), "tok_s": r.tok_s} for r in p.e2e_rounds],
-                "error": p.error,
+                "best_e2e_tok_s": p.best.e2e_tok_s if p.best and target == "ceiling" else None,
+                "rounds": [
+                    {**asdict(r), "tok_s": r.tok_s, "e2e_tok_s": r.e2e_tok_s} for r in p.rounds
+                ],
+                "errors": p.errors,
             }
             for c, p in points.items()
         }
@@ -431,16 +502,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--concurrency", default="1,8,16", help="comma-separated (default 1,8,16)")
     ap.add_argument("--max-tokens", type=int, default=128, help="tokens per request (128)")
     ap.add_argument("--n-ctx", type=int, default=4096, help="context per sequence (4096)")
-    ap.add_argument("--rounds", type=int, default=2, help="rounds per point; best kept (2)")
+    ap.add_argument("--rounds", type=int, default=2, help="clean rounds per point; best kept (2)")
     ap.add_argument("--server-rounds", type=int, default=1, help="rounds for llama_cpp.server (1)")
-    ap.add_argument("--timeout", type=float, default=300, help="seconds per round (300)")
+    ap.add_argument("--timeout", type=float, default=180, help="seconds per round (180)")
+    ap.add_argument(
+        "--max-others",
+        type=float,
+        default=0.05,
+        help="discard a round when other processes took more of the CPU (0.05)",
+    )
+    ap.add_argument("--retries", type=int, default=4, help="extra rounds per point (4)")
+    ap.add_argument(
+        "--budget",
+        type=float,
+        default=45,
+        help="minutes to wait for an idle machine and retry noisy rounds; then go on (45)",
+    )
     ap.add_argument("--model", type=Path, default=None, help="GGUF file (default: bundled)")
     ap.add_argument("--skip-ceiling", action="store_true")
     ap.add_argument("--skip-inferd", action="store_true")
     ap.add_argument("--skip-llama-cpp-server", action="store_true")
-    ap.add_argument(
-        "--json", action="store_true", help="also print JSON (the table goes to stderr)"
-    )
+    ap.add_argument("--json", action="store_true", help="print JSON (the table goes to stderr)")
     args = ap.parse_args(argv)
     args.concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
     return args
@@ -448,7 +530,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # On SIGTERM, unwind normally so the servers this script started are stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     console = Console(stderr=True)
+    h = Hygiene(args.max_others, args.retries, time.monotonic() + args.budget * 60, console)
     model: Path = args.model or bundled_model_path()
     max_seqs = max(16, *args.concurrency)
     results: Results = {}
@@ -458,21 +543,17 @@ def main(argv: list[str] | None = None) -> int:
         "n_ctx": args.n_ctx,
         "concurrency": args.concurrency,
         "cpus": os.cpu_count(),
-        "loadavg_1m_at_start": os.getloadavg()[0],
+        "max_others": args.max_others,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    if os.getloadavg()[0] > 0.5:
-        console.print(
-            f"[yellow]warning:[/yellow] load average {os.getloadavg()[0]:.2f}: other work on "
-            "this machine skews the figures (llama.cpp threads spin when cores are shared)"
-        )
 
     backend = LlamaCppBackend(model, LlamaCppOptions(max_seqs=max_seqs, n_ctx=args.n_ctx))
     try:
         eog = [t for t in range(backend.info.n_vocab) if backend.is_eog(t)]
         if not args.skip_ceiling:
-            console.print("ceiling: in-process LlamaCppBackend loop ...")
+            console.print("ceiling: in-process LlamaCppBackend loop")
             results["ceiling"] = bench_ceiling(
-                backend, args.concurrency, args.max_tokens, args.rounds
+                backend, args.concurrency, args.max_tokens, args.rounds, h
             )
     finally:
         backend.close()
@@ -488,7 +569,7 @@ def main(argv: list[str] | None = None) -> int:
         }
 
     if not args.skip_inferd:
-        console.print("inferd: python -m inferd serve ...")
+        console.print("inferd: python -m inferd serve")
         port = free_port()
         cmd = [sys.executable, "-m", "inferd", "serve", "--port", str(port)]
         cmd += ["--log-level", "warning", "--n-ctx", str(args.n_ctx), "--max-seqs", str(max_seqs)]
@@ -497,6 +578,7 @@ def main(argv: list[str] | None = None) -> int:
         base = f"http://127.0.0.1:{port}"
         with server(cmd, f"{base}/health/ready") as pid:
             results["inferd"] = bench_http(
+                "inferd",
                 base,
                 pid,
                 lambda i: payload(i, ignore_eos=True, stream_options={"include_usage": True}),
@@ -504,11 +586,11 @@ def main(argv: list[str] | None = None) -> int:
                 args.max_tokens,
                 args.rounds,
                 args.timeout,
-                console,
+                h,
             )
 
     if not args.skip_llama_cpp_server:
-        console.print("llama_cpp.server (one request at a time) ...")
+        console.print("llama_cpp.server (serves one request at a time)")
         port = free_port()
         threads = str(os.cpu_count() or 1)
         cmd = [sys.executable, "-c", LLAMA_SERVER_LAUNCHER, "--model", str(model)]
@@ -520,6 +602,7 @@ def main(argv: list[str] | None = None) -> int:
         bias = {str(t): -100.0 for t in eog}
         with server(cmd, f"{base}/v1/models") as pid:
             results["llama_cpp.server"] = bench_http(
+                "llama_cpp.server",
                 base,
                 pid,
                 lambda i: payload(i, logit_bias=bias),
@@ -527,7 +610,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.max_tokens,
                 args.server_rounds,
                 args.timeout,
-                console,
+                h,
             )
 
     # The table goes to stdout, or to stderr when stdout carries the JSON.
@@ -535,9 +618,10 @@ def main(argv: list[str] | None = None) -> int:
     out.print(table(results, args.concurrency))
     out.print(
         f"model {model.name}, {args.max_tokens} tokens/request, greedy, EOS suppressed, "
-        f"n_ctx {args.n_ctx}, {os.cpu_count()} CPUs, best of {args.rounds} round(s) "
-        f"({args.server_rounds} for llama_cpp.server); ceiling = decode steps only; "
-        "others' CPU = most of the machine's CPU that other processes took in a kept round"
+        f"n_ctx {args.n_ctx}, {os.cpu_count()} CPUs. Best of {args.rounds} clean round(s) "
+        f"({args.server_rounds} for llama_cpp.server). ceiling: decode steps only; "
+        "ceiling+prefill: incl. the prompt pass. others' CPU: the most that other processes "
+        f"took in a kept round; * = no round under {args.max_others:.0%}."
     )
     if args.json:
         print(to_json(results, meta))
