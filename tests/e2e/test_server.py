@@ -92,7 +92,10 @@ def test_closing_a_stream_frees_the_sequence_within_a_second(
         with client.stream("POST", f"{url}{path}", json=body) as resp:
             assert resp.status_code == 200
             seen = 0
-            for line in resp.iter_lines():
+            # keep the iterator referenced: a dropped httpx line iterator closes the
+            # connection, and the request would be cancelled before we look at it
+            lines = resp.iter_lines()
+            for line in lines:
                 seen += sse_data(line) is not None
                 if seen >= 6:
                     break
