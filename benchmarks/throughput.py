@@ -24,6 +24,7 @@ import contextlib
 import functools
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -179,13 +180,16 @@ class Hygiene:
     def wait_idle(self, pids: list[int]) -> None:
         """Wait until other processes use at most max_others of the CPU over 2 s, or until
         the budget is spent (then measure anyway: the round will say how noisy it was)."""
+        busy = False
         while time.monotonic() < self.deadline:
             watch = CpuWatch(pids)
             time.sleep(2.0)
             others = watch.others()
             if others is None or others <= self.max_others:
                 return
-        self.console.print("  [yellow]budget spent and the machine is busy: measuring anyway")
+            busy = True
+        if busy:
+            self.console.print("  [yellow]budget spent, machine still busy: measuring anyway")
 
     def collect(self, label: str, rounds: int, pids: list[int], run: Callable[[], Round]) -> Point:
         """Run `run` until `rounds` clean rounds, retrying noisy or failed ones."""
@@ -519,6 +523,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="minutes to wait for an idle machine and retry noisy rounds; then go on (45)",
     )
     ap.add_argument("--model", type=Path, default=None, help="GGUF file (default: bundled)")
+    ap.add_argument(
+        "--inferd-args",
+        default="",
+        help="extra `inferd serve` flags, e.g. --inferd-args=--no-prefix-cache",
+    )
     ap.add_argument("--skip-ceiling", action="store_true")
     ap.add_argument("--skip-inferd", action="store_true")
     ap.add_argument("--skip-llama-cpp-server", action="store_true")
@@ -544,6 +553,7 @@ def main(argv: list[str] | None = None) -> int:
         "concurrency": args.concurrency,
         "cpus": os.cpu_count(),
         "max_others": args.max_others,
+        "inferd_args": args.inferd_args,
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
 
@@ -575,6 +585,7 @@ def main(argv: list[str] | None = None) -> int:
         cmd += ["--log-level", "warning", "--n-ctx", str(args.n_ctx), "--max-seqs", str(max_seqs)]
         if args.model:
             cmd += ["--model", str(model)]
+        cmd += shlex.split(args.inferd_args)
         base = f"http://127.0.0.1:{port}"
         with server(cmd, f"{base}/health/ready") as pid:
             results["inferd"] = bench_http(
