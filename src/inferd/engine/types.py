@@ -85,8 +85,9 @@ class EngineStats:
     prompt_tokens_total: int
     generated_tokens_total: int
     preemptions: int
-    kv_cells_cached: int = 0  # part of kv_cells_used held only by cached prefixes
-    cached_sequences: int = 0
+    cached_prefixes: int = 0  # finished sequences' states saved in host memory
+    prefix_cache_bytes: int = 0
+    prefix_restore_failures: int = 0
     prefix_queries: int = 0
     prefix_hits: int = 0
     reused_tokens_total: int = 0

@@ -46,7 +46,8 @@ class EngineCollector(Collector):
         waiting = gauge("engine_waiting_sequences", "Sequences waiting to be scheduled")
         kv_usage = gauge("engine_kv_cache_usage_ratio", "Used KV cells / all KV cells (0-1)")
         kv_total = gauge("engine_kv_cache_cells", "KV cache cells shared by all sequences")
-        cached_seqs = gauge("engine_cached_sequences", "Finished sequences kept as prefixes")
+        cached = gauge("engine_prefix_cache_entries", "Finished sequences' saved KV states")
+        cached_bytes = gauge("engine_prefix_cache_bytes", "Host memory held by saved KV states")
         prefix_queries = counter("engine_prefix_cache_queries", "Prefix cache lookups")
         prefix_hits = counter("engine_prefix_cache_hits", "Prefix cache lookups that hit")
         reused = counter("engine_prefix_cache_reused_tokens", "Prompt tokens reused from cache")
@@ -72,7 +73,8 @@ class EngineCollector(Collector):
             total = st.kv_cells_total
             kv_usage.add_metric(name, st.kv_cells_used / total if total else 0.0)
             kv_total.add_metric(name, total)
-            cached_seqs.add_metric(name, st.cached_sequences)
+            cached.add_metric(name, st.cached_prefixes)
+            cached_bytes.add_metric(name, st.prefix_cache_bytes)
             prefix_queries.add_metric(name, st.prefix_queries)
             prefix_hits.add_metric(name, st.prefix_hits)
             reused.add_metric(name, st.reused_tokens_total)
@@ -83,7 +85,7 @@ class EngineCollector(Collector):
         loaded.add_metric([], n_loaded)
         yield from (
             loaded, ready, load_seconds, failures, running, waiting, kv_usage, kv_total,
-            cached_seqs, prefix_queries, prefix_hits, reused, preemptions, prompt_tokens,
+            cached, cached_bytes, prefix_queries, prefix_hits, reused, preemptions, prompt_tokens,
             gen_tokens, steps,
         )  # fmt: skip
 
