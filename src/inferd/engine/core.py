@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import logging
 import queue
 import threading
@@ -14,6 +15,7 @@ from inferd.engine.detokenizer import Detokenizer
 from inferd.engine.scheduler import KVOp, Scheduler
 from inferd.engine.sequence import Sequence
 from inferd.engine.types import (
+    STEP_SEQ_BUCKETS,
     EngineStats,
     FinishReason,
     GenerateRequest,
@@ -76,6 +78,9 @@ class EngineCore:
         self._seqs: dict[str, Sequence] = {}
         self._thread = threading.Thread(target=self._run, name=f"inferd-core-{name}", daemon=True)
         self._steps = 0
+        self._step_tokens = 0
+        self._step_seq_total = 0
+        self._step_seqs = [0] * (len(STEP_SEQ_BUCKETS) + 1)
         self._prompt_tokens = 0
         self._generated_tokens = 0
 
@@ -108,6 +113,9 @@ class EngineCore:
             kv_cells_used=sched.kv_used,
             kv_cells_total=sched.kv_cells,
             steps=self._steps,
+            step_tokens_total=self._step_tokens,
+            step_seqs_total=self._step_seq_total,
+            step_seqs_counts=tuple(self._step_seqs),
             prompt_tokens_total=self._prompt_tokens,
             generated_tokens_total=self._generated_tokens,
             preemptions=sched.preemptions,
@@ -254,6 +262,9 @@ class EngineCore:
             self._relieve_kv_pressure()
             return
         self._steps += 1
+        self._step_tokens += len(tokens)
+        self._step_seq_total += len(plan.chunks)
+        self._step_seqs[bisect.bisect_left(STEP_SEQ_BUCKETS, len(plan.chunks))] += 1
         self._sched.commit(plan)
         self._prompt_tokens += sum(
             max(0, min(c.end, c.seq.n_prompt) - c.start) for c in plan.chunks

@@ -6,13 +6,19 @@ finish hook, and engine/model state is read from the model registry at scrape ti
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
-from inferd.engine.types import GenerationOutput
+from inferd.engine.types import STEP_SEQ_BUCKETS, GenerationOutput
 from inferd.models.registry import ModelRegistry, ModelStatus
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -55,6 +61,12 @@ class EngineCollector(Collector):
         prompt_tokens = counter("engine_prompt_tokens", "Prompt tokens admitted")
         gen_tokens = counter("engine_generation_tokens", "Tokens generated")
         steps = counter("engine_steps", "Engine steps (one batch decode each)")
+        step_tokens = counter("engine_step_tokens", "Tokens fed to the model in engine steps")
+        step_seqs = HistogramMetricFamily(
+            "inferd_engine_step_sequences",
+            "Sequences per engine step (the batch size)",
+            labels=["model"],
+        )
 
         n_loaded = 0
         for entry in self._registry.entries():
@@ -82,11 +94,18 @@ class EngineCollector(Collector):
             prompt_tokens.add_metric(name, st.prompt_tokens_total)
             gen_tokens.add_metric(name, st.generated_tokens_total)
             steps.add_metric(name, st.steps)
+            step_tokens.add_metric(name, st.step_tokens_total)
+            if st.step_seqs_counts:
+                bounds = [*map(str, STEP_SEQ_BUCKETS), "+Inf"]
+                cumulative = list(itertools.accumulate(st.step_seqs_counts))
+                step_seqs.add_metric(
+                    name, list(zip(bounds, cumulative, strict=True)), st.step_seqs_total
+                )
         loaded.add_metric([], n_loaded)
         yield from (
             loaded, ready, load_seconds, failures, running, waiting, kv_usage, kv_total,
             cached, cached_bytes, prefix_queries, prefix_hits, reused, preemptions, prompt_tokens,
-            gen_tokens, steps,
+            gen_tokens, steps, step_tokens, step_seqs,
         )  # fmt: skip
 
     def describe(self) -> Iterator[Metric]:
