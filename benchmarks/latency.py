@@ -285,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
         port = free_port()
         cmd = [str(args.llama_server), "-m", str(model), "--host", "127.0.0.1", "--port"]
         cmd += [str(port), "-c", str(cells), "-np", str(args.max_seqs), "--kv-unified"]
-        cmd += ["-t", str(os.cpu_count() or 1), "-fa", "on", "--no-webui", "-a", BUNDLED_NAME]
+        cmd += ["-t", str(os.cpu_count() or 1), "-fa", "on", "--no-webui", "--no-repack"]
+        cmd += ["-a", BUNDLED_NAME]
         cmd += shlex.split(args.llama_server_args)
         base = f"http://127.0.0.1:{port}"
         with server(cmd, f"{base}/health") as pid:

@@ -538,7 +538,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="extra `inferd serve` flags, e.g. --inferd-args=--no-prefix-cache",
     )
     ap.add_argument(
-        "--llama-server-args", default="", help="extra llama-server flags, e.g. =--no-repack"
+        "--llama-server-args", default="", help="extra llama-server flags"
     )
     ap.add_argument("--skip-ceiling", action="store_true")
     ap.add_argument("--skip-inferd", action="store_true")
@@ -623,7 +623,8 @@ def main(argv: list[str] | None = None) -> int:
         cells = default_kv_cells(args.n_ctx, max_seqs)
         cmd = [str(args.llama_server), "-m", str(model), "--host", "127.0.0.1"]
         cmd += ["--port", str(port), "-c", str(cells), "-np", str(max_seqs), "--kv-unified"]
-        cmd += ["-t", str(os.cpu_count() or 1), "-fa", "on", "--no-webui", "-a", BUNDLED_NAME]
+        cmd += ["-t", str(os.cpu_count() or 1), "-fa", "on", "--no-webui", "--no-repack"]
+        cmd += ["-a", BUNDLED_NAME]
         cmd += shlex.split(args.llama_server_args)
         base = f"http://127.0.0.1:{port}"
         with server(cmd, f"{base}/health") as pid:
