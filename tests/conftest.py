@@ -43,7 +43,7 @@ class AppHandle:
         self.registry = registry
         self.app = create_app(settings, registry)
         self.client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=self.app), base_url="http://test", timeout=120
+            transport=httpx.ASGITransport(app=self.app), base_url="http://127.0.0.1", timeout=120
         )
 
     async def __aenter__(self) -> AppHandle:
