@@ -1,1 +1,1 @@
-"""Persistence (SQLAlchemy 2 async). Other layers import only `records`."""
+"""The usage and conversation store: SQLAlchemy 2 (async) over SQLite or PostgreSQL."""
