@@ -18,7 +18,7 @@ from inferd import __version__
 from inferd.api import ops
 from inferd.api.access import record_usage
 from inferd.api.errors import install_error_handlers
-from inferd.api.guard import Guard, is_loopback
+from inferd.api.guard import PUBLIC_PATHS, Guard, is_loopback
 from inferd.api.native.router import router as native_router
 from inferd.api.ollama.middleware import JsonBodyForOllama
 from inferd.api.ollama.router import router as ollama_router
@@ -79,7 +79,6 @@ def create_app(
         version=__version__,
         description="Local-first LLM inference server: OpenAI, Ollama and native APIs.",
         lifespan=lifespan,
-        max_body_size=settings.max_body_bytes,
     )
     app.state.settings = settings
     app.state.registry = registry
@@ -106,6 +105,7 @@ def create_app(
         if settings.metrics_require_key is not None
         else is_loopback(settings.host)
     )
+    app.state.public_paths = PUBLIC_PATHS | ({"/metrics"} if metrics_public else set())
     app.add_middleware(
         Guard,
         keys=keys,
@@ -114,8 +114,9 @@ def create_app(
         require_auth=settings.require_auth,
         host=settings.host,
         allowed_hosts=settings.allowed_hosts,
-        metrics_public=metrics_public,
+        public=app.state.public_paths,
         max_header_bytes=settings.max_header_bytes,
+        max_body_bytes=settings.max_body_bytes,
         body_timeout=settings.request_timeout,
         client_calls=settings.rate_limit_calls,
         client_seconds=settings.rate_limit_seconds,

@@ -25,7 +25,8 @@ from inferd.security.capacity import CapacityGate
 from inferd.security.keys import KeyRing
 from inferd.security.limits import RateLimits, Window
 
-# Paths that never need a key (exact matches: `//health` or `/health/` are not public).
+# Paths that never need a key (exact matches: `//health` or `/health/` are not public);
+# /metrics joins them by the metrics_require_key setting (default: on loopback only).
 PUBLIC_PATHS = frozenset({"/", "/health", "/health/live", "/health/ready"})
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
@@ -99,8 +100,9 @@ class Guard:
         require_auth: bool,
         host: str,
         allowed_hosts: Iterable[str] = (),
-        metrics_public: bool,
+        public: frozenset[str],
         max_header_bytes: int,
+        max_body_bytes: int,
         body_timeout: float,
         client_calls: int | None,
         client_seconds: int,
@@ -112,8 +114,9 @@ class Guard:
         self.require_auth = require_auth
         self.check_host = is_loopback(host)
         self.allowed_hosts = LOOPBACK_NAMES | {h.lower() for h in allowed_hosts}
-        self.public = PUBLIC_PATHS | ({"/metrics"} if metrics_public else set())
+        self.public = public
         self.max_header_bytes = max_header_bytes
+        self.max_body_bytes = max_body_bytes
         self.body_timeout = body_timeout
         self.client_calls = client_calls
         self.client_seconds = client_seconds
@@ -126,6 +129,10 @@ class Guard:
         headers = scope["headers"]
         if sum(len(k) + len(v) + 4 for k, v in headers) > self.max_header_bytes:
             await error_response(request, 431, "Request headers too large")(scope, receive, send)
+            return
+        if self._declared_length(headers) > self.max_body_bytes:
+            # refused before reading a byte; a chunked body is counted as it arrives
+            await error_response(request, 413, "Content Too Large")(scope, receive, send)
             return
         if self.check_host and not self._host_allowed(headers):
             await error_response(request, 400, "Invalid Host header", code="invalid_host")(
@@ -155,10 +162,17 @@ class Guard:
             except InferdError as exc:
                 await domain_error_response(request, exc)(scope, receive, send_with_limits)
                 return
-            await self.app(scope, self._timed(receive), send_with_limits)
+            await self.app(scope, self._limited(receive), send_with_limits)
         finally:
             current_ticket.reset(token)
             await ticket.close()
+
+    @staticmethod
+    def _declared_length(headers: list[tuple[bytes, bytes]]) -> int:
+        for k, v in headers:
+            if k == b"content-length":
+                return int(v) if v.isdigit() else 0
+        return 0
 
     def _host_allowed(self, headers: list[tuple[bytes, bytes]]) -> bool:
         for k, v in headers:
@@ -174,9 +188,12 @@ class Guard:
         if not ticket.auth:
             client = scope.get("client")
             if self.client_calls is not None and client:
-                ticket.requests = await self.limits.hit_client(
-                    client[0], self.client_calls, self.client_seconds
-                )
+                args = (client[0], self.client_calls, self.client_seconds)
+                try:
+                    ticket.requests = await self.limits.hit_client(*args)
+                except InferdError:
+                    ticket.requests = await self.limits.client(*args)
+                    raise
             return
         secret = presented_key(scope["headers"])
         if secret is None:
@@ -194,14 +211,16 @@ class Guard:
                 raise
         ticket.running = await self.limits.enter(principal)
 
-    def _timed(self, receive: Receive) -> Receive:
-        """`receive` with a deadline for the whole body: slow senders get a 408."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.body_timeout
+    def _limited(self, receive: Receive) -> Receive:
+        """`receive` with a size limit (413) and a deadline (408) for the whole body. The
+        HTTPExceptions raised here reach the app's error handler through FastAPI's body
+        reading, so they answer in the dialect's shape."""
+        deadline = asyncio.get_running_loop().time() + self.body_timeout
         done = False
+        size = 0
 
-        async def timed() -> Message:
-            nonlocal done
+        async def limited() -> Message:
+            nonlocal done, size
             if done:
                 return await receive()
             try:
@@ -209,8 +228,12 @@ class Guard:
                     message = await receive()
             except TimeoutError:
                 raise HTTPException(408, "The request body was not received in time") from None
+            if message["type"] == "http.request":
+                size += len(message.get("body", b""))
+                if size > self.max_body_bytes:
+                    raise HTTPException(413, "Content Too Large")
             if message["type"] != "http.request" or not message.get("more_body", False):
                 done = True
             return message
 
-        return timed
+        return limited

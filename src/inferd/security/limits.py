@@ -16,8 +16,8 @@ from typing import cast
 
 from limits import RateLimitItem, RateLimitItemPerMinute, RateLimitItemPerSecond
 from limits.aio.storage import Storage
-from limits.storage import storage_from_string
 from limits.aio.strategies import MovingWindowRateLimiter
+from limits.storage import storage_from_string
 
 from inferd.errors import ConfigError, RateLimited
 from inferd.security.principal import Principal
@@ -92,6 +92,11 @@ class RateLimits:
         """Count one request against a client address's window (servers without keys)."""
         item = RateLimitItemPerSecond(calls, seconds, namespace=PREFIX)
         return await self._hit(item, f"requests per {seconds} s from this address", "ip", client)
+
+    async def client(self, client: str, calls: int, seconds: int) -> Window:
+        """A client address's window, without counting a request."""
+        item = RateLimitItemPerSecond(calls, seconds, namespace=PREFIX)
+        return await self._stats(item, "ip", client)
 
     # ---- parallel requests ---------------------------------------------------------------
 
