@@ -8,7 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+import platformdirs
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -141,6 +142,16 @@ class Settings(BaseSettings):
         description="Log lines as JSON or for a terminal; auto: pretty on a TTY, else JSON",
     )
     llama_verbose: bool = Field(False, description="Let llama.cpp print its own logs")
+    data_dir: Path = Field(
+        default_factory=lambda: Path(platformdirs.user_data_dir("inferd")),
+        description="Directory of the SQLite database and the usage spool file",
+    )
+    database_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("INFERD_DATABASE_URL", "database_url", "DATABASE_URL"),
+        description="Database for usage and conversations, e.g. postgresql://user:pw@host/db "
+        "(also read from DATABASE_URL; default: SQLite file inferd.db in data_dir)",
+    )
 
     @classmethod
     def settings_customise_sources(
