@@ -203,13 +203,14 @@ class Guard:
         principal = await self.keys.verify(secret)
         ticket.principal = principal
         scope["state"]["key_id"] = principal.key_id
+        # parallel first: a request refused for it does not use up a request of the minute
+        ticket.running = await self.limits.enter(principal)
         if principal.rpm is not None:
             try:
                 ticket.requests = await self.limits.hit_requests(principal)
             except InferdError:
                 ticket.requests = await self.limits.requests(principal)
                 raise
-        ticket.running = await self.limits.enter(principal)
 
     def _limited(self, receive: Receive) -> Receive:
         """`receive` with a size limit (413) and a deadline (408) for the whole body. The

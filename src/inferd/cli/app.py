@@ -79,6 +79,7 @@ def serve(
     from inferd.models.spec import specs_from_settings
     from inferd.observability.logging import configure_logging
     from inferd.security.keys import KeyRing
+    from inferd.security.limits import RateLimits
     from inferd.storage import db
     from inferd.storage.repository import Repository
 
@@ -96,9 +97,11 @@ def serve(
             async with open_keys(settings) as ring:
                 return await ring.any_keys_now()
 
-        auth = settings.require_auth or asyncio.run(any_keys())
+        has_keys = asyncio.run(any_keys())  # also creates or migrates the schema
+        auth = settings.require_auth or has_keys
         server.check_exposure(settings, auth=auth)
         server.tls_options(settings)
+        limits = RateLimits(settings.rate_limit_storage)
     except ConfigError as exc:
         err.print(f"[red]error:[/red] {exc.message}", highlight=False)
         raise typer.Exit(2) from None
@@ -114,4 +117,5 @@ def serve(
     # the server's own engine: created here, first used (and disposed) in the server's loop
     engine = db.create_engine(database_url(settings))
     keys = KeyRing(Repository(engine), max_age=settings.key_cache_seconds)
-    server.serve(create_app(settings, registry, keys=keys), settings, cleanup=(engine.dispose,))
+    app = create_app(settings, registry, keys=keys, limits=limits)
+    server.serve(app, settings, cleanup=(engine.dispose,))

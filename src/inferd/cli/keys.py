@@ -178,7 +178,10 @@ def list_keys(
             _when(r.expires_at),
             status,
         )
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:  # piped: do not fold ids to 80 columns
+        console = Console(width=200)
+    console.print(table)
 
 
 @keys_app.command()

@@ -49,7 +49,10 @@ def retry_after(seconds: float) -> int:
 class RateLimits:
     def __init__(self, storage: str = "memory://") -> None:
         try:
-            self.storage = cast(Storage, storage_from_string(storage_uri(storage)))
+            uri = storage_uri(storage)
+            # redis through redis-py (the limits[redis] extra), not coredis
+            options = {"implementation": "redispy"} if uri.startswith("async+redis") else {}
+            self.storage = cast(Storage, storage_from_string(uri, **options))
         except Exception as exc:  # the limits library raises several kinds
             raise ConfigError(f"rate_limit_storage {storage!r}: {exc}") from None
         self._window = MovingWindowRateLimiter(self.storage)
