@@ -17,6 +17,7 @@ from inferd.security.capacity import CapacityGate
 from inferd.security.keys import KeyRing, MemoryKeyStore, hash_key
 from inferd.security.limits import RateLimits, storage_uri
 from inferd.security.principal import Principal
+from inferd.storage.records import ApiKeyRecord
 
 # ---- keys ----------------------------------------------------------------------------------
 
@@ -87,6 +88,29 @@ async def test_the_cache_is_refreshed_by_age_and_on_a_miss() -> None:
     with pytest.raises(Unauthenticated, match="revoked"):
         await ring.verify(new.secret)
     assert await ring.any_keys_now()  # a revoked key still counts: auth stays on
+
+
+class FlakyStore(MemoryKeyStore):
+    down = False
+
+    async def list_keys(self) -> list[ApiKeyRecord]:
+        if self.down:
+            raise OSError("database is down")
+        return await super().list_keys()
+
+
+async def test_a_store_outage_keeps_the_cached_keys() -> None:
+    now = [0.0]
+    store = FlakyStore()
+    ring = KeyRing(store, max_age=1, clock=lambda: now[0])
+    new = await ring.create("k")
+    store.down = True
+    now[0] = 5.0
+    assert (await ring.verify(new.secret)).name == "k"
+    with pytest.raises(Unauthenticated):
+        await ring.verify("inferd-unknown")
+    with pytest.raises(OSError):  # never loaded: no cache to fall back on
+        await KeyRing(store).verify(new.secret)
 
 
 async def test_expiry_is_checked_at_use() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import logging
 import secrets
 import time
 from collections.abc import Callable
@@ -18,6 +19,8 @@ from inferd.security.principal import Principal
 from inferd.storage.records import ApiKeyRecord
 
 KEY_PREFIX = "inferd-"
+
+log = logging.getLogger(__name__)
 
 
 class KeyStore(Protocol):
@@ -109,8 +112,16 @@ class KeyRing:
     async def _refresh_if_older(self, seconds: float) -> None:
         if self._older_than(seconds):
             async with self._lock:
-                if self._older_than(seconds):  # not done meanwhile by another request
+                if not self._older_than(seconds):  # done meanwhile by another request
+                    return
+                if self._loaded_at is None:
+                    await self._load()  # nothing to fall back on: the error is the answer
+                    return
+                try:
                     await self._load()
+                except Exception as exc:  # the store is down: keep serving the cached keys
+                    log.warning("key store unavailable, using cached keys: %s", type(exc).__name__)
+                    self._loaded_at = self._clock()
 
     async def any_keys_now(self) -> bool:
         """Whether any key was ever made (revoked ones count: revoking the last key must not
