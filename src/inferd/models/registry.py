@@ -178,11 +178,17 @@ class ModelRegistry:
             return
         info = backend.info
         source = spec.config.chat_template or info.chat_template or CHATML
+        try:
+            template = ChatTemplate(source, bos_token=info.bos_token, eos_token=info.eos_token)
+        except InferdError as exc:  # a broken template in the GGUF file or the config
+            await asyncio.to_thread(backend.close)
+            entry.status, entry.error = ModelStatus.FAILED, exc.message
+            entry.load_failures += 1
+            log.error("model %s failed to load: %s", spec.name, exc.message)
+            return
         engine = AsyncEngine(backend, name=spec.name, on_finish=self._finished)
         engine.start()
-        entry.model = LoadedModel(
-            spec, engine, ChatTemplate(source, bos_token=info.bos_token, eos_token=info.eos_token)
-        )
+        entry.model = LoadedModel(spec, engine, template)
         entry.status = ModelStatus.READY
         entry.load_seconds = time.perf_counter() - started
         entry.metadata = backend.metadata()
