@@ -334,3 +334,43 @@ async def test_keys_made_elsewhere_are_seen(fake_app: FakeFactory) -> None:
         assert (await h.client.get("/v1/models", headers=bearer(new.secret))).status_code == 200
         await other.revoke(new.record.id)
         assert (await h.client.get("/v1/models", headers=bearer(new.secret))).status_code == 401
+
+
+async def test_the_guard_marks_the_key_id_for_the_usage_recorder() -> None:
+    """The agreed interface with the store: `request.state.key_id` (None without auth)."""
+    from starlette.types import Receive, Scope, Send
+
+    from inferd.api.guard import PUBLIC_PATHS, Guard
+    from inferd.security.capacity import CapacityGate
+    from inferd.security.keys import MemoryKeyStore
+    from inferd.security.limits import RateLimits
+
+    seen: list[str | None] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append(scope["state"]["key_id"])
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    ring = KeyRing(MemoryKeyStore())
+    guard = Guard(
+        app,
+        keys=ring,
+        limits=RateLimits(),
+        gate=CapacityGate(None),
+        require_auth=False,
+        host="127.0.0.1",
+        public=PUBLIC_PATHS,
+        max_header_bytes=16384,
+        max_body_bytes=1024,
+        body_timeout=5,
+        client_calls=None,
+        client_seconds=60,
+    )
+    transport = httpx.ASGITransport(app=guard)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
+        assert (await c.get("/anything")).status_code == 204
+        new = await ring.create("recorded")
+        assert (await c.get("/anything", headers=bearer(new.secret))).status_code == 204
+        assert (await c.get("/health")).status_code == 204
+    assert seen == [None, new.record.id, None]
