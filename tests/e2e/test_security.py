@@ -135,6 +135,26 @@ def test_server_uses_the_stores_keys_on_both_listeners(data_dir: Path) -> None:
         )
         assert r.status_code == 200
 
+        # tokens per minute on the real engine: reserve prompt + max_tokens, settle to usage
+        _, tpm_key = create_key(data_dir, "--tpm", "400")
+        body = {**CHAT, "max_tokens": 150}
+        r = httpx.post(
+            f"{server.url}/v1/chat/completions", json=body, headers=bearer(tpm_key), timeout=60
+        )
+        assert r.status_code == 200, r.text
+        usage = r.json()["usage"]
+        reserved = usage["prompt_tokens"] + 150
+        assert r.headers["x-ratelimit-remaining-tokens"] == str(400 - reserved)
+        r = httpx.get(f"{server.url}/v1/models", headers=bearer(tpm_key), timeout=10)
+        assert r.headers["x-ratelimit-remaining-tokens"] == str(400 - usage["total_tokens"])
+        r = httpx.post(
+            f"{server.url}/v1/chat/completions",
+            json={**CHAT, "max_tokens": 400},
+            headers=bearer(tpm_key),
+            timeout=60,
+        )
+        assert r.status_code == 429 and r.json()["error"]["param"] == "max_tokens"
+
         # revoked from the CLI while the server runs: refused within the cache age
         inferd("keys", "revoke", key_id, data_dir=data_dir)
         time.sleep(0.7)

@@ -165,7 +165,8 @@ class Guard:
             await self.app(scope, self._limited(receive), send_with_limits)
         finally:
             current_ticket.reset(token)
-            await ticket.close()
+            # a cancelled request (shutdown, client gone) still gives its share back
+            await asyncio.shield(ticket.close())
 
     @staticmethod
     def _declared_length(headers: list[tuple[bytes, bytes]]) -> int:
