@@ -537,9 +537,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="",
         help="extra `inferd serve` flags, e.g. --inferd-args=--no-prefix-cache",
     )
-    ap.add_argument(
-        "--llama-server-args", default="", help="extra llama-server flags"
-    )
+    ap.add_argument("--llama-server-args", default="", help="extra llama-server flags")
     ap.add_argument("--skip-ceiling", action="store_true")
     ap.add_argument("--skip-inferd", action="store_true")
     ap.add_argument("--skip-llama-cpp-server", action="store_true")

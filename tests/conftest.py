@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -43,7 +44,7 @@ class AppHandle:
         self.registry = registry
         self.app = create_app(settings, registry)
         self.client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=self.app), base_url="http://test", timeout=120
+            transport=httpx.ASGITransport(app=self.app), base_url="http://127.0.0.1", timeout=120
         )
 
     async def __aenter__(self) -> AppHandle:
@@ -97,9 +98,11 @@ class LiveServer:
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, "-m", "inferd", "serve", "--port", str(self.port)]
         cmd += ["--n-ctx", str(TEST_N_CTX), "--log-level", "warning", *args]
+        # its own data directory (database, keys), never the user's
+        own = {"INFERD_DATA_DIR": tempfile.mkdtemp(prefix="inferd-test-")}
         self.proc = subprocess.Popen(
             cmd,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, **own, **(env or {})},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

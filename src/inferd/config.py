@@ -8,7 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+import platformdirs
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -93,12 +94,70 @@ class Settings(BaseSettings):
     drain_timeout: float = Field(
         30.0, ge=0, description="Seconds running requests get to finish on shutdown"
     )
+    # ---- security: keys, limits, hardening ----------------------------------------------
+    require_auth: bool = Field(
+        False, description="Require an API key even before any key exists (on once one does)"
+    )
+    insecure: bool = Field(
+        False, description="Allow serving on a non-loopback address without authentication"
+    )
+    ssl_certfile: Path | None = Field(None, description="TLS certificate (PEM): serve HTTPS")
+    ssl_keyfile: Path | None = Field(None, description="TLS private key (PEM) for ssl_certfile")
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins allowed to call the API from a browser (none by default)",
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host header values accepted besides localhost, 127.0.0.1 and ::1 when "
+        "bound to a loopback address (DNS rebinding defence)",
+    )
+    max_body_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="Largest request body; larger ones get a 413"
+    )
+    max_header_bytes: int = Field(
+        16 * 1024, ge=1024, description="Largest total size of request headers; larger: 431"
+    )
+    request_timeout: float = Field(
+        60.0, gt=0, description="Seconds a client gets to send its request body; slower: 408"
+    )
+    max_concurrent_requests: int | None = Field(
+        64, ge=1, description="Generation requests running at once (none: no limit)"
+    )
+    max_queue: int = Field(
+        64, ge=0, description="Generation requests waiting for a slot; beyond them: 503"
+    )
+    rate_limit_storage: str = Field(
+        "memory://",
+        description="Where rate limits are counted: memory:// or a redis:// URL shared by replicas",
+    )
+    rate_limit_calls: int | None = Field(
+        None, ge=1, description="Without keys: requests per client address per window"
+    )
+    rate_limit_seconds: int = Field(60, ge=1, description="The window of rate_limit_calls")
+    metrics_require_key: bool | None = Field(
+        None,
+        description="/metrics needs an API key (default: public on loopback, else needs a key)",
+    )
+    key_cache_seconds: float = Field(
+        5.0, ge=0, description="How stale the in-memory key cache may get (keys made elsewhere)"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level")
     log_format: Literal["auto", "json", "pretty"] = Field(
         "auto",
         description="Log lines as JSON or for a terminal; auto: pretty on a TTY, else JSON",
     )
     llama_verbose: bool = Field(False, description="Let llama.cpp print its own logs")
+    data_dir: Path = Field(
+        default_factory=lambda: Path(platformdirs.user_data_dir("inferd")),
+        description="Directory of the SQLite database and the usage spool file",
+    )
+    database_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("INFERD_DATABASE_URL", "database_url", "DATABASE_URL"),
+        description="Database for usage and conversations, e.g. postgresql://user:pw@host/db "
+        "(also read from DATABASE_URL; default: SQLite file inferd.db in data_dir)",
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -36,7 +36,31 @@ class ModelNotReady(InferdError):
     code = "model_not_ready"
 
 
+class Unauthenticated(InferdError):
+    """No key, a malformed Authorization header, or a wrong, revoked or expired key."""
+
+    code = "invalid_api_key"
+
+
+class PermissionDenied(InferdError):
+    """The key is valid but may not do this (an admin route, a model not in its list)."""
+
+    code = "permission_denied"
+
+
+class RateLimited(InferdError):
+    """A key's (or a client address's) own limit: requests, tokens or parallel requests."""
+
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: float, param: str | None = None) -> None:
+        super().__init__(message, param=param)
+        self.retry_after = retry_after
+
+
 class Overloaded(InferdError):
+    """The server is full: every request slot is taken and the queue is full."""
+
     code = "overloaded"
 
 

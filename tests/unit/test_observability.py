@@ -292,7 +292,7 @@ async def test_spans_for_request_and_generation() -> None:
     await registry.load_all()
     try:
         async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://test"
+            transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1"
         ) as client:
             r = await client.post(
                 "/v1/chat/completions",

@@ -10,21 +10,28 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 
 from inferd import __version__
 from inferd.api import ops
+from inferd.api.access import record_usage
 from inferd.api.errors import install_error_handlers
+from inferd.api.guard import PUBLIC_PATHS, Guard, is_loopback
 from inferd.api.native.router import router as native_router
 from inferd.api.ollama.middleware import JsonBodyForOllama
 from inferd.api.ollama.router import router as ollama_router
 from inferd.api.openai.router import router as openai_router
 from inferd.config import Settings
+from inferd.engine.types import GenerationOutput
 from inferd.models.registry import ModelRegistry
 from inferd.observability.metrics import Metrics
 from inferd.observability.middleware import GenerationObserver, ObservabilityMiddleware
 from inferd.observability.tracing import Tracing
+from inferd.security.capacity import CapacityGate
+from inferd.security.keys import KeyRing, MemoryKeyStore
+from inferd.security.limits import RateLimits
 
 log = logging.getLogger(__name__)
 
@@ -35,16 +42,29 @@ def create_app(
     *,
     metrics: Metrics | None = None,
     tracer_provider: Any | None = None,
+    keys: KeyRing | None = None,
+    limits: RateLimits | None = None,
 ) -> FastAPI:
-    """The app over `registry`. `metrics` (default: new, in its own registry) and
-    `tracer_provider` (default: OTLP from the environment when configured, else none) can
-    be injected."""
+    """The app over `registry`. `metrics` (default: new, in its own registry),
+    `tracer_provider` (default: OTLP from the environment when configured, else none),
+    `keys` (default: an empty in-memory key store) and `limits` (default: from the
+    rate_limit_storage setting) can be injected."""
     metrics = metrics or Metrics(registry)
     tracing = Tracing(tracer_provider)
-    registry.on_finish = GenerationObserver(metrics, tracing)
+    keys = keys or KeyRing(MemoryKeyStore(), max_age=settings.key_cache_seconds)
+    limits = limits or RateLimits(settings.rate_limit_storage)
+    gate = CapacityGate(settings.max_concurrent_requests, settings.max_queue)
+    observer = GenerationObserver(metrics, tracing)
+
+    def on_finish(model: str, out: GenerationOutput, seconds: float) -> None:
+        observer(model, out, seconds)
+        record_usage(model, out, seconds)
+
+    registry.on_finish = on_finish
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await keys.refresh()
         loading = asyncio.create_task(registry.load_all())
         try:
             yield
@@ -65,6 +85,9 @@ def create_app(
     app.state.started = time.monotonic()
     app.state.metrics = metrics
     app.state.tracing = tracing
+    app.state.keys = keys
+    app.state.limits = limits
+    app.state.capacity = gate
     install_error_handlers(app)
     app.include_router(ops.router)
     app.include_router(openai_router)
@@ -75,7 +98,45 @@ def create_app(
     async def swagger_ui() -> HTMLResponse:
         return get_swagger_ui_html(openapi_url="/openapi.json", title="inferd API")
 
-    # inside JsonBodyForOllama, whose scope copy the router fills in with the matched route
+    # Outermost last: CORS (preflights need no key) > JsonBodyForOllama > observability
+    # (whose scope copy the router fills in with the matched route; it logs 401s too) > guard.
+    metrics_public = (
+        not settings.metrics_require_key
+        if settings.metrics_require_key is not None
+        else is_loopback(settings.host)
+    )
+    app.state.public_paths = PUBLIC_PATHS | ({"/metrics"} if metrics_public else set())
+    app.add_middleware(
+        Guard,
+        keys=keys,
+        limits=limits,
+        gate=gate,
+        require_auth=settings.require_auth,
+        host=settings.host,
+        allowed_hosts=settings.allowed_hosts,
+        public=app.state.public_paths,
+        max_header_bytes=settings.max_header_bytes,
+        max_body_bytes=settings.max_body_bytes,
+        body_timeout=settings.request_timeout,
+        client_calls=settings.rate_limit_calls,
+        client_seconds=settings.rate_limit_seconds,
+    )
     app.add_middleware(ObservabilityMiddleware, metrics=metrics, tracing=tracing)
     app.add_middleware(JsonBodyForOllama)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=[
+                "x-request-id",
+                "retry-after",
+                *(
+                    f"x-ratelimit-{w}-{k}"
+                    for w in ("limit", "remaining", "reset")
+                    for k in ("requests", "tokens")
+                ),
+            ],
+        )
     return app

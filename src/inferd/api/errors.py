@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -19,7 +20,10 @@ log = logging.getLogger(__name__)
 # status, OpenAI-style error type
 _TABLE: list[tuple[type[e.InferdError], int, str]] = [
     (e.InvalidRequest, 400, "invalid_request_error"),
+    (e.Unauthenticated, 401, "authentication_error"),
+    (e.PermissionDenied, 403, "permission_error"),
     (e.ModelNotFound, 404, "invalid_request_error"),
+    (e.RateLimited, 429, "rate_limit_error"),
     (e.ModelNotReady, 503, "server_error"),
     (e.Overloaded, 503, "server_error"),
     (e.EngineStopped, 503, "server_error"),
@@ -33,7 +37,9 @@ _HTTP_TYPES = {
     403: "permission_error",
     404: "not_found_error",
     405: "invalid_request_error",
+    408: "invalid_request_error",
     413: "invalid_request_error",
+    431: "invalid_request_error",
     429: "rate_limit_error",
 }
 
@@ -69,8 +75,10 @@ def error_response(
     kind: str | None = None,
     param: str | None = None,
     code: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> JSONResponse:
-    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 503 else None
+    if status == 503:
+        headers = {"Retry-After": str(RETRY_AFTER_SECONDS), **(headers or {})}
     if is_ollama(request):
         return ErrorResponse({"error": message}, status, headers=headers)
     kind = kind or _HTTP_TYPES.get(status, "server_error")
@@ -120,15 +128,25 @@ def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     return f"Invalid value for '{param}': {msg}", param
 
 
+def domain_error_response(request: Request, exc: e.InferdError) -> JSONResponse:
+    """The response for a domain error, in the request's dialect."""
+    status, kind = status_of(exc)
+    if status >= 500 and status != 503:
+        log.error("request failed: %s", exc.message)
+    headers = None
+    if isinstance(exc, e.RateLimited):
+        headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
+    elif isinstance(exc, e.Unauthenticated):
+        headers = {"WWW-Authenticate": "Bearer"}
+    return error_response(
+        request, status, exc.message, kind=kind, param=exc.param, code=exc.code, headers=headers
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(e.InferdError)
     async def domain_error(request: Request, exc: e.InferdError) -> JSONResponse:
-        status, kind = status_of(exc)
-        if status >= 500 and status != 503:
-            log.error("request failed: %s", exc.message)
-        return error_response(
-            request, status, exc.message, kind=kind, param=exc.param, code=exc.code
-        )
+        return domain_error_response(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -1,5 +1,6 @@
 """`inferd` commands."""
 
+import asyncio
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -9,6 +10,7 @@ from rich.console import Console
 from inferd import __version__
 from inferd.cli.bench import bench
 from inferd.cli.flags import settings_flags
+from inferd.cli.keys import keys_app
 from inferd.config import ModelConfig, load_settings
 from inferd.errors import ConfigError
 from inferd.models.spec import BUNDLED_ALIASES, BUNDLED_NAME
@@ -23,6 +25,7 @@ app = typer.Typer(
 
 
 app.command()(bench)
+app.add_typer(keys_app)
 
 
 def _version(value: bool) -> None:
@@ -70,10 +73,15 @@ def serve(
     """Start the HTTP server."""
     from inferd.api.app import create_app
     from inferd.cli import server
+    from inferd.cli.keys import database_url, open_keys
     from inferd.models.loading import llamacpp_loader
     from inferd.models.registry import ModelRegistry
     from inferd.models.spec import specs_from_settings
     from inferd.observability.logging import configure_logging
+    from inferd.security.keys import KeyRing
+    from inferd.security.limits import RateLimits
+    from inferd.storage import db
+    from inferd.storage.repository import Repository
 
     err = Console(stderr=True)
     try:
@@ -84,14 +92,30 @@ def serve(
         registry = ModelRegistry(
             specs, llamacpp_loader(verbose=settings.llama_verbose), default=settings.default_model
         )
+
+        async def any_keys() -> bool:
+            async with open_keys(settings) as ring:
+                return await ring.any_keys_now()
+
+        has_keys = asyncio.run(any_keys())  # also creates or migrates the schema
+        auth = settings.require_auth or has_keys
+        server.check_exposure(settings, auth=auth)
+        server.tls_options(settings)
+        limits = RateLimits(settings.rate_limit_storage)
     except ConfigError as exc:
         err.print(f"[red]error:[/red] {exc.message}", highlight=False)
         raise typer.Exit(2) from None
     configure_logging(settings.log_level, settings.log_format)
     ollama = f" and :{settings.ollama_port} (Ollama)" if settings.ollama_port else ""
+    scheme = "https" if settings.ssl_certfile else "http"
     err.print(
         f"inferd {__version__}: serving {', '.join(s.name for s in specs)} "
-        f"on http://{settings.host}:{settings.port}{ollama}",
+        f"on {scheme}://{settings.host}:{settings.port}{ollama}"
+        + ("" if auth else " (no API keys: authentication off)"),
         highlight=False,
     )
-    server.serve(create_app(settings, registry), settings)
+    # the server's own engine: created here, first used (and disposed) in the server's loop
+    engine = db.create_engine(database_url(settings))
+    keys = KeyRing(Repository(engine), max_age=settings.key_cache_seconds)
+    app = create_app(settings, registry, keys=keys, limits=limits)
+    server.serve(app, settings, cleanup=(engine.dispose,))

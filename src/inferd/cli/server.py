@@ -3,12 +3,15 @@
 import asyncio
 import contextlib
 import signal
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
 
+from inferd.api.guard import is_loopback
 from inferd.config import Settings
+from inferd.errors import ConfigError
 
 
 class _Server(uvicorn.Server):
@@ -19,9 +22,39 @@ class _Server(uvicorn.Server):
         yield
 
 
-def serve(app: FastAPI, settings: Settings) -> None:
+def check_exposure(settings: Settings, *, auth: bool) -> None:
+    """Refuse to serve beyond loopback without authentication, unless told to."""
+    if auth or settings.insecure or is_loopback(settings.host):
+        return
+    raise ConfigError(
+        f"refusing to serve on {settings.host} without authentication: create a key "
+        "(inferd keys create --name NAME), set INFERD_REQUIRE_AUTH=1, or pass --insecure"
+    )
+
+
+def tls_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's TLS options: both files or neither."""
+    cert, key = settings.ssl_certfile, settings.ssl_keyfile
+    if cert is None and key is None:
+        return {}
+    if cert is None or key is None:
+        raise ConfigError("TLS needs both --ssl-certfile and --ssl-keyfile")
+    for flag, path in (("--ssl-certfile", cert), ("--ssl-keyfile", key)):
+        if not path.is_file():
+            raise ConfigError(f"{flag} {path}: no such file")
+    return {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
+
+
+def serve(
+    app: FastAPI,
+    settings: Settings,
+    *,
+    cleanup: tuple[Callable[[], Awaitable[None]], ...] = (),
+) -> None:
     """Serve until SIGTERM/SIGINT, then drain: stop accepting, let requests finish (up to
-    the drain timeout), shut the app down, and return (exit status 0)."""
+    the drain timeout), shut the app down, run `cleanup` (in the server's event loop), and
+    return (exit status 0)."""
+    tls = tls_options(settings)
     ports = [settings.port]
     if settings.ollama_port is not None and settings.ollama_port != settings.port:
         ports.append(settings.ollama_port)
@@ -37,6 +70,8 @@ def serve(app: FastAPI, settings: Settings) -> None:
                 timeout_graceful_shutdown=int(settings.drain_timeout),
                 # the app's lifespan (model loading) runs once, with the first listener
                 lifespan="on" if i == 0 else "off",
+                h11_max_incomplete_event_size=settings.max_header_bytes,
+                **tls,
             )
         )
         for i, port in enumerate(ports)
@@ -51,6 +86,10 @@ def serve(app: FastAPI, settings: Settings) -> None:
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop)
-        await asyncio.gather(*(s.serve() for s in servers))
+        try:
+            await asyncio.gather(*(s.serve() for s in servers))
+        finally:
+            for done in cleanup:
+                await done()
 
     asyncio.run(main())

@@ -178,6 +178,14 @@ class ModelRegistry:
             return
         info = backend.info
         source = spec.config.chat_template or info.chat_template or CHATML
+        try:
+            template = ChatTemplate(source, bos_token=info.bos_token, eos_token=info.eos_token)
+        except InferdError as exc:  # a broken template in the GGUF file or the config
+            await asyncio.to_thread(backend.close)
+            entry.status, entry.error = ModelStatus.FAILED, exc.message
+            entry.load_failures += 1
+            log.error("model %s failed to load: %s", spec.name, exc.message)
+            return
         cfg = spec.config
         engine = AsyncEngine(
             backend,
@@ -186,9 +194,7 @@ class ModelRegistry:
             prefix_cache_bytes=cfg.prefix_cache_mb << 20 if cfg.prefix_cache else 0,
         )
         engine.start()
-        entry.model = LoadedModel(
-            spec, engine, ChatTemplate(source, bos_token=info.bos_token, eos_token=info.eos_token)
-        )
+        entry.model = LoadedModel(spec, engine, template)
         entry.status = ModelStatus.READY
         entry.load_seconds = time.perf_counter() - started
         entry.metadata = backend.metadata()

@@ -7,8 +7,9 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 
+from inferd.api.access import acquire_model, admit, check_model, require_admin
 from inferd.api.deps import RegistryDep, SettingsDep
 from inferd.api.generation import (
     ChoiceResult,
@@ -29,9 +30,9 @@ _CLIENT_CLOSED = 499
 
 
 async def _prepare(
-    registry: ModelRegistry, body: s.GenerateBody | s.ChatBody
+    request: Request, registry: ModelRegistry, body: s.GenerateBody | s.ChatBody
 ) -> tuple[LoadedModel, list[int], str | None]:
-    model = await registry.acquire(body.model)
+    model = await acquire_model(request, registry, body.model)
     if isinstance(body, s.GenerateBody):
         text, prompt = body.prompt, body.prompt
     else:
@@ -47,9 +48,10 @@ async def _answer(
     body: s.GenerateBody | s.ChatBody,
 ) -> s.GenerationResult | Response:
     started = time.perf_counter()
-    model, tokens, prompt = await _prepare(registry, body)
+    model, tokens, prompt = await _prepare(request, registry, body)
     sp = adapter.sampling(body, len(tokens), model.engine.info, settings)
     req = GenerateRequest(f"native-{uuid.uuid4().hex}", tuple(tokens), sp)
+    await admit(request, [req])
     try:
         results = await cancel_on_disconnect(request, collect_choices(model.engine, [req]))
     except ClientDisconnected:
@@ -59,12 +61,13 @@ async def _answer(
 
 
 async def _stream(
-    registry: ModelRegistry, settings: Settings, body: s.GenerateBody | s.ChatBody
+    request: Request, registry: ModelRegistry, settings: Settings, body: s.GenerateBody | s.ChatBody
 ) -> Response:
     started = time.perf_counter()
-    model, tokens, prompt = await _prepare(registry, body)
+    model, tokens, prompt = await _prepare(request, registry, body)
     sp = adapter.sampling(body, len(tokens), model.engine.info, settings)
     req = GenerateRequest(f"native-{uuid.uuid4().hex}", tuple(tokens), sp)
+    await admit(request, [req])
 
     async def events() -> AsyncIterator[dict[str, Any]]:
         r = ChoiceResult(0)
@@ -113,17 +116,19 @@ async def chat(
 @router.post("/generate/stream")
 @router.post("/api/generate/stream")
 async def generate_stream(
-    body: s.GenerateBody, registry: RegistryDep, settings: SettingsDep
+    body: s.GenerateBody, request: Request, registry: RegistryDep, settings: SettingsDep
 ) -> Response:
     """SSE: `{"text", "done": false}` per delta, then the statistics with `"done": true`."""
-    return await _stream(registry, settings, body)
+    return await _stream(request, registry, settings, body)
 
 
 @router.post("/chat/stream")
 @router.post("/api/chat/stream")
-async def chat_stream(body: s.ChatBody, registry: RegistryDep, settings: SettingsDep) -> Response:
+async def chat_stream(
+    body: s.ChatBody, request: Request, registry: RegistryDep, settings: SettingsDep
+) -> Response:
     """SSE, as /generate/stream, for a conversation."""
-    return await _stream(registry, settings, body)
+    return await _stream(request, registry, settings, body)
 
 
 @router.get("/api/llms")
@@ -142,18 +147,28 @@ async def list_models(registry: RegistryDep) -> s.ModelList:
 
 @router.get("/models/{name:path}/", include_in_schema=False)
 @router.get("/models/{name:path}", response_model=s.ModelInfo)
-async def get_model(name: str, registry: RegistryDep) -> s.ModelInfo:
+async def get_model(name: str, request: Request, registry: RegistryDep) -> s.ModelInfo:
+    check_model(request, registry, name)
     return adapter.model_info(registry.entry(name))
 
 
-@router.post("/models/{name}/load", status_code=202, response_model=s.LoadAccepted)
+@router.post(
+    "/models/{name}/load",
+    status_code=202,
+    response_model=s.LoadAccepted,
+    dependencies=[Depends(require_admin)],
+)
 async def load_model(name: str, registry: RegistryDep) -> s.LoadAccepted:
     """Start loading in the background and answer at once; concurrent calls share one load."""
     entry = registry.load(name)
     return s.LoadAccepted(name=entry.spec.name, status=entry.status.value)
 
 
-@router.delete("/models/{name}/unload", response_model=s.LoadAccepted)
+@router.delete(
+    "/models/{name}/unload",
+    response_model=s.LoadAccepted,
+    dependencies=[Depends(require_admin)],
+)
 async def unload_model(name: str, registry: RegistryDep) -> s.LoadAccepted:
     entry = registry.entry(name)
     await registry.unload(name)

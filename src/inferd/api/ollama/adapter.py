@@ -116,10 +116,13 @@ def sampling(
                 param="options.num_ctx",
             )
         n_ctx = o.num_ctx
+    prompt_param = "prompt" if isinstance(req, s.GenerateRequest) else "messages"
+    if prompt_len == 0:  # e.g. a chat template that renders nothing
+        raise InvalidRequest("the prompt is empty", param=prompt_param)
     if prompt_len >= n_ctx:
         raise ContextTooLong(
             f"the prompt has {prompt_len} tokens, more than the context of {n_ctx}",
-            param="prompt" if isinstance(req, s.GenerateRequest) else "messages",
+            param=prompt_param,
         )
     room = n_ctx - prompt_len
     wanted = o.num_predict if o.num_predict is not None else req.max_tokens

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
 from inferd import __version__
+from inferd.api.access import acquire_model, admit
 from inferd.api.deps import RegistryDep, SettingsDep
 from inferd.api.generation import (
     ChoiceResult,
@@ -87,11 +88,11 @@ async def ps(registry: RegistryDep) -> s.Running:
 
 
 @router.post("/api/show", response_model=s.ShowResponse)
-async def show(body: s.ShowRequest, registry: RegistryDep) -> s.ShowResponse:
+async def show(body: s.ShowRequest, request: Request, registry: RegistryDep) -> s.ShowResponse:
     name = body.model or body.name
     if not name:
         raise InvalidRequest("model is required", param="model")
-    return adapter.show(await registry.acquire(name), registry.entry(name))
+    return adapter.show(await acquire_model(request, registry, name), registry.entry(name))
 
 
 def _ndjson(items: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
@@ -148,6 +149,7 @@ async def _run(
     engine = model.engine
     sp = adapter.sampling(req, len(tokens), engine.info, settings)
     reqs = [GenerateRequest(f"ollama-{uuid.uuid4().hex}", tuple(tokens), sp)]
+    await admit(request, reqs)
 
     def piece(text: str) -> dict[str, Any]:
         return {"message": {"role": "assistant", "content": text}} if chat else {"response": text}
@@ -207,7 +209,7 @@ async def generate(
     started = time.perf_counter()
     adapter.check_generate(body)
     keep_alive = adapter.parse_keep_alive(body.keep_alive)
-    model = await registry.acquire(body.model)
+    model = await acquire_model(request, registry, body.model)
     load_seconds = time.perf_counter() - started
     if not body.prompt and not body.context:
         return JSONResponse(await _load_only(registry, model, keep_alive, chat=False))
@@ -244,7 +246,7 @@ async def chat(
     started = time.perf_counter()
     adapter.check_chat(body)
     keep_alive = adapter.parse_keep_alive(body.keep_alive)
-    model = await registry.acquire(body.model)
+    model = await acquire_model(request, registry, body.model)
     load_seconds = time.perf_counter() - started
     if not body.messages:
         return JSONResponse(await _load_only(registry, model, keep_alive, chat=True))

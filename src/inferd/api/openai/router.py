@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
+from inferd.api.access import acquire_model, admit, check_model
 from inferd.api.deps import RegistryDep, SettingsDep
 from inferd.api.generation import collect_choices, stream_choices, tokenize_prompt
 from inferd.api.openai import adapter
@@ -33,7 +34,8 @@ async def list_models(registry: RegistryDep) -> s.ModelList:
 
 
 @router.get("/models/{model:path}", response_model=s.ModelCard)
-async def get_model(model: str, registry: RegistryDep) -> s.ModelCard:
+async def get_model(model: str, request: Request, registry: RegistryDep) -> s.ModelCard:
+    check_model(request, registry, model)
     loaded = registry.get(model)
     return s.ModelCard(
         id=loaded.name,
@@ -48,7 +50,7 @@ async def chat_completions(
     body: s.ChatCompletionRequest, request: Request, registry: RegistryDep, settings: SettingsDep
 ) -> s.ChatCompletion | Response:
     adapter.check_chat(body, settings)
-    model = await registry.acquire(body.model)
+    model = await acquire_model(request, registry, body.model)
     engine = model.engine
     prompt = model.template.render(adapter.chat_messages(body))
     tokens = await tokenize_prompt(engine, prompt)
@@ -68,6 +70,7 @@ async def chat_completions(
         max_tokens_param=param,
         prompt_param="messages",
     )
+    await admit(request, reqs)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return sse_response(
@@ -88,7 +91,7 @@ async def completions(
     body: s.CompletionRequest, request: Request, registry: RegistryDep, settings: SettingsDep
 ) -> s.Completion | Response:
     adapter.check_completion(body, settings)
-    model = await registry.acquire(body.model)
+    model = await acquire_model(request, registry, body.model)
     engine = model.engine
     rid = adapter.new_id("cmpl")
     reqs: list[GenerateRequest] = []
@@ -108,6 +111,7 @@ async def completions(
             max_tokens_param="max_tokens",
             prompt_param="prompt",
         )
+    await admit(request, reqs)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return sse_response(

@@ -1,0 +1,125 @@
+"""What a request may do once the guard let it in: its model (403 outside the key's list),
+admin routes (403 without an admin key), and its admission to the engine (capacity slot,
+tokens-per-minute reservation, settled to actual usage when the response ends)."""
+
+from __future__ import annotations
+
+import contextvars
+from dataclasses import dataclass, field
+
+from fastapi import Request
+
+from inferd.engine.types import GenerateRequest, GenerationOutput
+from inferd.errors import PermissionDenied
+from inferd.models.registry import LoadedModel, ModelRegistry
+from inferd.security.capacity import CapacityGate
+from inferd.security.limits import RateLimits, Window
+from inferd.security.principal import Principal
+
+
+@dataclass
+class Ticket:
+    """One request's share of the server: made by the guard, closed when the response ends."""
+
+    principal: Principal | None
+    limits: RateLimits
+    gate: CapacityGate
+    auth: bool = False  # whether authentication is on for this request
+    requests: Window | None = None
+    tokens: Window | None = None
+    running: bool = False  # counted against the key's parallel requests
+    in_gate: bool = False
+    reserved_total: int = 0
+    reserved: dict[str, int] = field(default_factory=dict)  # unfinished generations' shares
+    used: int = 0
+
+    async def admit(self, requests: list[GenerateRequest]) -> None:
+        """Before anything is generated: a capacity slot (or 503), then the key's tokens
+        per minute (or 429): each sequence reserves its prompt plus max_tokens."""
+        if self.in_gate:
+            return
+        await self.gate.enter()
+        self.in_gate = True
+        if self.principal is None or self.principal.tpm is None:
+            return
+        shares = {r.request_id: len(r.prompt_tokens) + r.sampling.max_tokens for r in requests}
+        total = sum(shares.values())
+        self.tokens = await self.limits.reserve(self.principal, total)
+        self.reserved, self.reserved_total = shares, total
+
+    def finished(self, out: GenerationOutput) -> None:
+        """A generation ended with its usage: it replaces that sequence's reservation."""
+        if self.reserved.pop(out.request_id, None) is not None:
+            self.used += out.usage.prompt_tokens + out.usage.completion_tokens
+
+    async def close(self) -> None:
+        if self.in_gate:
+            self.in_gate = False
+            self.gate.leave()
+        if self.principal is None:
+            return
+        if self.reserved_total:
+            # sequences that never reported usage (cancelled, failed) keep their reservation
+            used = self.used + sum(self.reserved.values())
+            reserved, self.reserved_total = self.reserved_total, 0
+            await self.limits.settle(self.principal, reserved, used)
+        if self.running:
+            self.running = False
+            await self.limits.leave(self.principal)
+
+
+# The ticket of the request being served, for the engine's finish hook (which runs in the
+# request's task). Set by the guard for the duration of each request.
+current_ticket: contextvars.ContextVar[Ticket | None] = contextvars.ContextVar(
+    "inferd_ticket", default=None
+)
+
+
+def record_usage(model: str, out: GenerationOutput, seconds: float) -> None:
+    """Finish hook: hand a generation's usage to its request's ticket."""
+    ticket = current_ticket.get()
+    if ticket is not None:
+        ticket.finished(out)
+
+
+def ticket_of(request: Request) -> Ticket | None:
+    ticket: Ticket | None = getattr(request.state, "ticket", None)
+    return ticket
+
+
+def principal_of(request: Request) -> Principal | None:
+    ticket = ticket_of(request)
+    return ticket.principal if ticket is not None else None
+
+
+async def admit(request: Request, requests: list[GenerateRequest]) -> None:
+    """Admit a request's sequences to the engine (see Ticket.admit). Call it before the
+    response starts, so a 429 or 503 is a status, not an error event in a stream."""
+    ticket = ticket_of(request)
+    if ticket is not None:
+        await ticket.admit(requests)
+
+
+def check_model(request: Request, registry: ModelRegistry, name: str | None) -> None:
+    """403 when the request's key may not use the model `name` (404 when there is none)."""
+    principal = principal_of(request)
+    if principal is None or principal.models is None:
+        return
+    spec = registry.entry(name).spec
+    if not principal.may_use(spec.names):
+        raise PermissionDenied(f"This API key may not use the model '{spec.name}'", param="model")
+
+
+async def acquire_model(request: Request, registry: ModelRegistry, name: str | None) -> LoadedModel:
+    """The model for a generation, checked against the key before anything is loaded."""
+    check_model(request, registry, name)
+    return await registry.acquire(name)
+
+
+def require_admin(request: Request) -> None:
+    """Dependency of management routes: with authentication on, only admin keys pass."""
+    ticket = ticket_of(request)
+    if ticket is None or not ticket.auth:
+        return
+    if ticket.principal is None or not ticket.principal.admin:
+        raise PermissionDenied("This route needs an admin API key")

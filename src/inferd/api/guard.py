@@ -1,0 +1,241 @@
+"""The guard: a pure ASGI middleware in front of every route, on every listener (the
+Ollama port serves the same app). In order: header size (431), Host allowlist on loopback
+(400), authentication (401) unless the path is public, the key's requests per minute and
+parallel requests or, without keys, the client address's window (429), a time limit on
+receiving the body (408). Every response of a limited key carries x-ratelimit-* headers.
+
+Routes do the rest through `api.access`: model lists and admin routes (403), capacity (503)
+and tokens per minute (429)."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import math
+from collections.abc import Iterable
+
+from fastapi import Request
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from inferd.api.access import Ticket, current_ticket
+from inferd.api.errors import domain_error_response, error_response
+from inferd.errors import InferdError, Unauthenticated
+from inferd.security.capacity import CapacityGate
+from inferd.security.keys import KeyRing
+from inferd.security.limits import RateLimits, Window
+
+# Paths that never need a key (exact matches: `//health` or `/health/` are not public);
+# /metrics joins them by the metrics_require_key setting (default: on loopback only).
+PUBLIC_PATHS = frozenset({"/", "/health", "/health/live", "/health/ready"})
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def host_name(header: str) -> str:
+    """The name in a Host header, without the port: `[::1]:8000` -> `::1`."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1 : header.find("]")] if "]" in header else header
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+def presented_key(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """The key from `Authorization: Bearer KEY` or `x-api-key: KEY`; Unauthenticated for a
+    malformed header (another scheme, spaces or control characters in the key)."""
+    auth = api_key = None
+    for k, v in headers:
+        if k == b"authorization":
+            auth = v.decode("latin-1")
+        elif k == b"x-api-key":
+            api_key = v.decode("latin-1")
+    if auth is not None:
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() != "bearer":
+            raise Unauthenticated("Use 'Authorization: Bearer YOUR_KEY' or an x-api-key header")
+        return _clean(token)
+    if api_key is not None:
+        return _clean(api_key)
+    return None
+
+
+def _clean(token: str) -> str:
+    if not token or not token.isprintable() or any(c.isspace() for c in token):
+        raise Unauthenticated("Malformed API key")
+    return token
+
+
+def _reset(seconds: float) -> bytes:
+    return f"{math.ceil(seconds)}s".encode()
+
+
+def ratelimit_headers(requests: Window | None, tokens: Window | None) -> list[tuple[bytes, bytes]]:
+    out = []
+    for kind, w in (("requests", requests), ("tokens", tokens)):
+        if w is not None:
+            out += [
+                (f"x-ratelimit-limit-{kind}".encode(), str(w.limit).encode()),
+                (f"x-ratelimit-remaining-{kind}".encode(), str(max(0, w.remaining)).encode()),
+                (f"x-ratelimit-reset-{kind}".encode(), _reset(w.reset)),
+            ]
+    return out
+
+
+class Guard:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        keys: KeyRing,
+        limits: RateLimits,
+        gate: CapacityGate,
+        require_auth: bool,
+        host: str,
+        allowed_hosts: Iterable[str] = (),
+        public: frozenset[str],
+        max_header_bytes: int,
+        max_body_bytes: int,
+        body_timeout: float,
+        client_calls: int | None,
+        client_seconds: int,
+    ) -> None:
+        self.app = app
+        self.keys = keys
+        self.limits = limits
+        self.gate = gate
+        self.require_auth = require_auth
+        self.check_host = is_loopback(host)
+        self.allowed_hosts = LOOPBACK_NAMES | {h.lower() for h in allowed_hosts}
+        self.public = public
+        self.max_header_bytes = max_header_bytes
+        self.max_body_bytes = max_body_bytes
+        self.body_timeout = body_timeout
+        self.client_calls = client_calls
+        self.client_seconds = client_seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        headers = scope["headers"]
+        if sum(len(k) + len(v) + 4 for k, v in headers) > self.max_header_bytes:
+            await error_response(request, 431, "Request headers too large")(scope, receive, send)
+            return
+        if self._declared_length(headers) > self.max_body_bytes:
+            # refused before reading a byte; a chunked body is counted as it arrives
+            await error_response(request, 413, "Content Too Large")(scope, receive, send)
+            return
+        if self.check_host and not self._host_allowed(headers):
+            await error_response(request, 400, "Invalid Host header", code="invalid_host")(
+                scope, receive, send
+            )
+            return
+        ticket = Ticket(None, self.limits, self.gate)
+        scope.setdefault("state", {})
+        scope["state"]["ticket"] = ticket
+        scope["state"]["key_id"] = None
+
+        async def send_with_limits(message: Message) -> None:
+            if message["type"] == "http.response.start" and ticket.principal is not None:
+                if ticket.tokens is None and ticket.principal.tpm is not None:
+                    ticket.tokens = await self.limits.tokens(ticket.principal)
+                extra = ratelimit_headers(ticket.requests, ticket.tokens)
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            elif message["type"] == "http.response.start" and ticket.requests is not None:
+                extra = ratelimit_headers(ticket.requests, None)
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        token = current_ticket.set(ticket)
+        try:
+            try:
+                await self._admit(ticket, scope)
+            except InferdError as exc:
+                await domain_error_response(request, exc)(scope, receive, send_with_limits)
+                return
+            await self.app(scope, self._limited(receive), send_with_limits)
+        finally:
+            current_ticket.reset(token)
+            # a cancelled request (shutdown, client gone) still gives its share back
+            await asyncio.shield(ticket.close())
+
+    @staticmethod
+    def _declared_length(headers: list[tuple[bytes, bytes]]) -> int:
+        for k, v in headers:
+            if k == b"content-length":
+                return int(v) if v.isdigit() else 0
+        return 0
+
+    def _host_allowed(self, headers: list[tuple[bytes, bytes]]) -> bool:
+        for k, v in headers:
+            if k == b"host":
+                return host_name(v.decode("latin-1")) in self.allowed_hosts
+        return True  # HTTP/1.0 without Host: nothing for a rebinding attack to use
+
+    async def _admit(self, ticket: Ticket, scope: Scope) -> None:
+        path: str = scope["path"]
+        ticket.auth = self.require_auth or await self.keys.any_keys_now()
+        if path in self.public and scope["method"] in ("GET", "HEAD"):
+            return
+        if not ticket.auth:
+            client = scope.get("client")
+            if self.client_calls is not None and client:
+                args = (client[0], self.client_calls, self.client_seconds)
+                try:
+                    ticket.requests = await self.limits.hit_client(*args)
+                except InferdError:
+                    ticket.requests = await self.limits.client(*args)
+                    raise
+            return
+        secret = presented_key(scope["headers"])
+        if secret is None:
+            raise Unauthenticated(
+                "Missing API key: send 'Authorization: Bearer YOUR_KEY' or 'x-api-key'"
+            )
+        principal = await self.keys.verify(secret)
+        ticket.principal = principal
+        scope["state"]["key_id"] = principal.key_id
+        # parallel first: a request refused for it does not use up a request of the minute
+        ticket.running = await self.limits.enter(principal)
+        if principal.rpm is not None:
+            try:
+                ticket.requests = await self.limits.hit_requests(principal)
+            except InferdError:
+                ticket.requests = await self.limits.requests(principal)
+                raise
+
+    def _limited(self, receive: Receive) -> Receive:
+        """`receive` with a size limit (413) and a deadline (408) for the whole body. The
+        HTTPExceptions raised here reach the app's error handler through FastAPI's body
+        reading, so they answer in the dialect's shape."""
+        deadline = asyncio.get_running_loop().time() + self.body_timeout
+        done = False
+        size = 0
+
+        async def limited() -> Message:
+            nonlocal done, size
+            if done:
+                return await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise HTTPException(408, "The request body was not received in time") from None
+            if message["type"] == "http.request":
+                size += len(message.get("body", b""))
+                if size > self.max_body_bytes:
+                    raise HTTPException(413, "Content Too Large")
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                done = True
+            return message
+
+        return limited

@@ -1,0 +1,1 @@
+"""The usage and conversation store: SQLAlchemy 2 (async) over SQLite or PostgreSQL."""

@@ -1,0 +1,1 @@
+"""Alembic migrations of the store (applied at startup and by `inferd db upgrade`)."""
