@@ -19,7 +19,9 @@ log = logging.getLogger(__name__)
 # status, OpenAI-style error type
 _TABLE: list[tuple[type[e.InferdError], int, str]] = [
     (e.InvalidRequest, 400, "invalid_request_error"),
+    (e.InvalidModelFile, 400, "invalid_request_error"),
     (e.ModelNotFound, 404, "invalid_request_error"),
+    (e.ProtectedModel, 403, "permission_error"),
     (e.ModelNotReady, 503, "server_error"),
     (e.Overloaded, 503, "server_error"),
     (e.EngineStopped, 503, "server_error"),

@@ -11,6 +11,7 @@ from inferd.cli.bench import bench
 from inferd.cli.flags import settings_flags
 from inferd.config import ModelConfig, load_settings
 from inferd.errors import ConfigError
+from inferd.models.hf_cache import is_hf_spec
 from inferd.models.spec import BUNDLED_ALIASES, BUNDLED_NAME
 
 app = typer.Typer(
@@ -47,8 +48,14 @@ def _model_configs(models: list[str]) -> list[ModelConfig]:
         if m in (BUNDLED_NAME, *BUNDLED_ALIASES):
             continue  # the bundled model is what an empty list serves
         path = Path(m).expanduser()
+        if is_hf_spec(m) and not path.exists():
+            out.append(ModelConfig(path=Path(m)))  # resolved in the Hugging Face cache
+            continue
         if not path.is_file():
-            raise ConfigError(f"--model {m}: no such file (give the path of a .gguf file)")
+            raise ConfigError(
+                f"--model {m}: no such file (give the path of a .gguf file, "
+                "or org/repo:file.gguf from the Hugging Face cache)"
+            )
         out.append(ModelConfig(path=path.resolve()))
     return out
 
@@ -71,8 +78,9 @@ def serve(
     from inferd.api.app import create_app
     from inferd.cli import server
     from inferd.models.loading import llamacpp_loader
-    from inferd.models.registry import ModelRegistry
+    from inferd.models.registry import ModelRegistry, RegistryOptions
     from inferd.models.spec import specs_from_settings
+    from inferd.models.store import ModelStore
     from inferd.observability.logging import configure_logging
 
     err = Console(stderr=True)
@@ -82,7 +90,12 @@ def serve(
         settings = load_settings(config, **flags)
         specs = specs_from_settings(settings, model_flags)
         registry = ModelRegistry(
-            specs, llamacpp_loader(verbose=settings.llama_verbose), default=settings.default_model
+            specs,
+            llamacpp_loader(verbose=settings.llama_verbose),
+            default=settings.default_model,
+            options=RegistryOptions.from_settings(settings),
+            store=ModelStore(settings.models_dir),
+            model_overrides=model_flags,
         )
     except ConfigError as exc:
         err.print(f"[red]error:[/red] {exc.message}", highlight=False)

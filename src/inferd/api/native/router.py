@@ -135,15 +135,20 @@ async def llms(registry: RegistryDep) -> dict[str, Any]:
 
 @router.get("/models", response_model=s.ModelList)
 async def list_models(registry: RegistryDep) -> s.ModelList:
+    """Every model clients may ask for, loaded or not, with its config from GGUF metadata."""
+    entries = registry.entries()
+    await registry.describe(entries)
     return s.ModelList(
-        models=[adapter.model_info(e) for e in registry.entries()], default=registry.default_name
+        models=[adapter.model_info(e) for e in entries], default=registry.default_name
     )
 
 
 @router.get("/models/{name:path}/", include_in_schema=False)
 @router.get("/models/{name:path}", response_model=s.ModelInfo)
 async def get_model(name: str, registry: RegistryDep) -> s.ModelInfo:
-    return adapter.model_info(registry.entry(name))
+    entry = registry.entry(name)
+    await registry.describe([entry])
+    return adapter.model_info(entry)
 
 
 @router.post("/models/{name}/load", status_code=202, response_model=s.LoadAccepted)
