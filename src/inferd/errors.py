@@ -62,3 +62,9 @@ class ProtectedModel(InferdError):
     """A model that may not be changed through the API (bundled or configured)."""
 
     code = "model_protected"
+
+
+class PullFailed(InferdError):
+    """A model could not be copied or downloaded into the models directory."""
+
+    code = "pull_failed"

@@ -9,6 +9,7 @@ from rich.console import Console
 from inferd import __version__
 from inferd.cli.bench import bench
 from inferd.cli.flags import settings_flags
+from inferd.cli.models import app as models_app
 from inferd.config import ModelConfig, load_settings
 from inferd.errors import ConfigError
 from inferd.models.hf_cache import is_hf_spec
@@ -24,6 +25,7 @@ app = typer.Typer(
 
 
 app.command()(bench)
+app.add_typer(models_app, name="models")
 
 
 def _version(value: bool) -> None:
