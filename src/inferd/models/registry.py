@@ -186,7 +186,8 @@ class ModelRegistry:
                 spec = directory_spec(path, self._overrides)
                 if path.resolve() in known or spec.name in taken or not self._allowed(spec):
                     continue
-                self._entries[spec.name] = ModelEntry(spec, base=spec)
+                # directory models load on demand (the default one also at startup)
+                self._entries[spec.name] = ModelEntry(spec, ModelStatus.UNLOADED, base=spec)
                 taken.add(spec.name)
         self._rebuild_names()
         return True
@@ -371,7 +372,7 @@ class ModelRegistry:
     async def _reap_idle(self) -> None:
         """Unload models idle for longer than their keep_alive (never a busy one)."""
         while True:
-            pause = 1.0
+            pause = 0.25
             for entry in list(self._entries.values()):
                 left = None if entry.model is None else self.expires_in(entry)
                 if left is None:
@@ -458,14 +459,15 @@ class ModelRegistry:
     # ---- lifecycle -------------------------------------------------------------------------
 
     async def load_all(self) -> None:
-        """Load the default model, then the others while they fit the limits (the rest
-        load on demand), one after another, off the event loop. Failures are kept. Starts
+        """Load the default model, then the other configured ones while they fit the
+        limits (the rest, and the models directory's, load on demand), one after another, off the event loop. Failures are kept. Starts
         the idle-unload watcher."""
         if self._reaper is None or self._reaper.done():
             self._reaper = asyncio.create_task(self._reap_idle())
         default = self._entries[self.default_name]
         for entry in [default, *(e for e in self._entries.values() if e is not default)]:
-            await self._start_load(entry)
+            if entry is default or entry.spec.source != Source.DIRECTORY:
+                await self._start_load(entry)
 
     async def _load(self, entry: ModelEntry, *, evict: bool) -> None:
         async with self._load_lock:
@@ -475,7 +477,7 @@ class ModelRegistry:
             why = await self._make_room(entry, evict=evict)
             if why is not None:
                 entry.status = ModelStatus.UNLOADED
-                entry.error = f"not loaded: {why}" if evict else None
+                entry.error = why if evict else None
                 log.info("model %s not loaded: %s", entry.spec.name, why)
                 return
             await self._load_now(entry)
