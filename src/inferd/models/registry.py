@@ -460,8 +460,8 @@ class ModelRegistry:
 
     async def load_all(self) -> None:
         """Load the default model, then the other configured ones while they fit the
-        limits (the rest, and the models directory's, load on demand), one after another, off the event loop. Failures are kept. Starts
-        the idle-unload watcher."""
+        limits (the rest, and the models directory's, load on demand), one after another,
+        off the event loop. Failures are kept. Starts the idle-unload watcher."""
         if self._reaper is None or self._reaper.done():
             self._reaper = asyncio.create_task(self._reap_idle())
         default = self._entries[self.default_name]
