@@ -174,17 +174,19 @@ class ModelRegistry:
         self._store_version = version
         if store is not None:
             files = store.files()
-            present = {p.resolve() for p in files}
+            present = {p.absolute() for p in files}
             for name, entry in list(self._entries.items()):
-                on_disk = entry.spec.path.resolve() in present
+                on_disk = entry.spec.path.absolute() in present
                 gone = entry.spec.source == Source.DIRECTORY and not on_disk
                 if gone and entry.model is None and entry.status is not ModelStatus.LOADING:
                     del self._entries[name]
-            known = {e.spec.path.resolve() for e in self._entries.values()}
+            # the same path twice (a configured model inside the directory) is one model;
+            # a symlink to another model's file is a model of its own
+            known = {e.spec.path.absolute() for e in self._entries.values()}
             taken = {n for e in self._entries.values() for n in (e.base or e.spec).names}
             for path in files:
                 spec = directory_spec(path, self._overrides)
-                if path.resolve() in known or spec.name in taken or not self._allowed(spec):
+                if path.absolute() in known or spec.name in taken or not self._allowed(spec):
                     continue
                 # directory models load on demand (the default one also at startup)
                 self._entries[spec.name] = ModelEntry(spec, ModelStatus.UNLOADED, base=spec)
