@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from tests.conftest import LiveServer
+from tests.unit.test_hf_cache import FILE, REPO, make_cache
 
 
 @pytest.fixture(scope="module")
@@ -127,3 +128,21 @@ def test_a_running_server_sees_pulled_models(model_path: Path, tmp_path: Path) -
     finally:
         with contextlib.suppress(Exception):
             server.stop()
+
+
+def test_serve_a_model_from_the_hugging_face_cache(model_path: Path, tmp_path: Path) -> None:
+    make_cache(tmp_path, model_path)
+    env = {"HF_HOME": str(tmp_path), "HF_HUB_CACHE": ""}
+    server = LiveServer("--model", f"{REPO}:{FILE}", env=env)
+    try:
+        server.wait_ready()
+        models = httpx.get(f"{server.url}/v1/models", timeout=10).json()["data"]
+        assert [m["id"] for m in models] == ["smollm2-135m-instruct-q4_1"]
+    finally:
+        server.stop()
+    missing = LiveServer("--model", f"{REPO}:other.gguf", env=env)
+    assert missing.proc.wait(60) == 2
+    out = " ".join(missing.output().split())  # rich wraps long lines
+    assert "not in the Hugging Face cache" in out and "huggingface-cli download" in out
+    assert "Traceback" not in out
+    missing.stop()

@@ -105,7 +105,7 @@ def serve(
     configure_logging(settings.log_level, settings.log_format)
     ollama = f" and :{settings.ollama_port} (Ollama)" if settings.ollama_port else ""
     err.print(
-        f"inferd {__version__}: serving {', '.join(s.name for s in specs)} "
+        f"inferd {__version__}: serving {', '.join(e.spec.name for e in registry.entries())} "
         f"on http://{settings.host}:{settings.port}{ollama}",
         highlight=False,
     )

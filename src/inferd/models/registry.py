@@ -487,6 +487,7 @@ class ModelRegistry:
     async def _load_now(self, entry: ModelEntry) -> None:
         spec = entry.spec
         started = time.perf_counter()
+        log.info("loading model %s (%d MB)", spec.name, self._weights(entry) // 1_000_000)
         try:
             backend = await asyncio.to_thread(self._loader, spec)
         except InferdError as exc:
@@ -533,7 +534,7 @@ class ModelRegistry:
         if self._reaper is not None:
             self._reaper.cancel()
             await asyncio.gather(self._reaper, return_exceptions=True)
-        for entry in self._entries.values():
+        for entry in list(self._entries.values()):
             if entry.loading is not None and not entry.loading.done():
                 await asyncio.gather(entry.loading, return_exceptions=True)
             await self._unload(entry, "shutting down")
