@@ -1,5 +1,6 @@
 """Aggregate decode throughput: inferd over HTTP vs the in-process llama.cpp ceiling vs
-llama-cpp-python's own server, on the same model and the same workload.
+llama.cpp's own C++ server (`llama-server`, when --llama-server points at a build of it) vs
+llama-cpp-python's server, on the same model and the same workload.
 
 Workload: for each concurrency C, C concurrent streaming POST /v1/completions requests,
 greedy, `max_tokens` tokens each with end-of-generation suppressed, so every request
@@ -14,6 +15,7 @@ once the machine is idle (bounded by --retries and --budget).
 
     .venv/bin/python benchmarks/throughput.py --concurrency 1,8,16 --max-tokens 128
     make bench ARGS="--skip-llama-cpp-server --json"
+    .venv/bin/python benchmarks/throughput.py --llama-server /path/to/llama-server
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from inferd.engine.backends.llamacpp import LlamaCppBackend, LlamaCppOptions
+from inferd.engine.backends.llamacpp import LlamaCppBackend, LlamaCppOptions, default_kv_cells
 from inferd.engine.types import SamplingParams
 from inferd.models.spec import BUNDLED_NAME, bundled_model_path
 
@@ -437,19 +439,23 @@ def table(results: Results, concurrency: list[int]) -> Table:
         "ceiling+prefill",
         "inferd",
         "TTFT ms",
+        "llama-server",
+        "TTFT ms",
         "llama_cpp.server",
         "TTFT ms",
         "inferd/ceiling",
         "inferd/ceil+pf",
+        "inferd/l-s",
         "inferd/l.c.s.",
         "others' CPU",
     ):
         t.add_column(col, justify="right")
     for c in concurrency:
-        ceil, inf, lcs = (
-            results.get(k, {}).get(c) for k in ("ceiling", "inferd", "llama_cpp.server")
+        ceil, inf, ls, lcs = (
+            results.get(k, {}).get(c)
+            for k in ("ceiling", "inferd", "llama-server", "llama_cpp.server")
         )
-        kept = [p.best for p in (ceil, inf, lcs) if p and p.best]
+        kept = [p.best for p in (ceil, inf, ls, lcs) if p and p.best]
         noise = [r.others_cpu for r in kept if r.others_cpu is not None]
 
         def tps(p: Point | None) -> float | None:
@@ -471,10 +477,13 @@ def table(results: Results, concurrency: list[int]) -> Table:
             fmt(ceil_e2e),
             cell(inf),
             ttft(inf),
+            cell(ls),
+            ttft(ls),
             cell(lcs),
             ttft(lcs),
             fmt(ratio(tps(inf), tps(ceil)), ".2f"),
             fmt(ratio(tps(inf), ceil_e2e), ".2f"),
+            fmt(ratio(tps(inf), tps(ls)), ".2f"),
             fmt(ratio(tps(inf), tps(lcs)), ".2f"),
             f"{max(noise):.0%}" if noise else "—",
         )
@@ -528,9 +537,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="",
         help="extra `inferd serve` flags, e.g. --inferd-args=--no-prefix-cache",
     )
+    ap.add_argument(
+        "--llama-server-args", default="", help="extra llama-server flags"
+    )
     ap.add_argument("--skip-ceiling", action="store_true")
     ap.add_argument("--skip-inferd", action="store_true")
     ap.add_argument("--skip-llama-cpp-server", action="store_true")
+    ap.add_argument(
+        "--llama-server",
+        type=Path,
+        help="a llama-server binary (llama.cpp's C++ server) to measure too",
+    )
     ap.add_argument("--json", action="store_true", help="print JSON (the table goes to stderr)")
     args = ap.parse_args(argv)
     args.concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
@@ -590,6 +607,29 @@ def main(argv: list[str] | None = None) -> int:
         with server(cmd, f"{base}/health/ready") as pid:
             results["inferd"] = bench_http(
                 "inferd",
+                base,
+                pid,
+                lambda i: payload(i, ignore_eos=True, stream_options={"include_usage": True}),
+                args.concurrency,
+                args.max_tokens,
+                args.rounds,
+                args.timeout,
+                h,
+            )
+
+    if args.llama_server:
+        console.print(f"llama-server -np {max_seqs} (llama.cpp's C++ server)")
+        port = free_port()
+        cells = default_kv_cells(args.n_ctx, max_seqs)
+        cmd = [str(args.llama_server), "-m", str(model), "--host", "127.0.0.1"]
+        cmd += ["--port", str(port), "-c", str(cells), "-np", str(max_seqs), "--kv-unified"]
+        cmd += ["-t", str(os.cpu_count() or 1), "-fa", "on", "--no-webui", "--no-repack"]
+        cmd += ["-a", BUNDLED_NAME]
+        cmd += shlex.split(args.llama_server_args)
+        base = f"http://127.0.0.1:{port}"
+        with server(cmd, f"{base}/health") as pid:
+            results["llama-server"] = bench_http(
+                "llama-server",
                 base,
                 pid,
                 lambda i: payload(i, ignore_eos=True, stream_options={"include_usage": True}),

@@ -42,7 +42,13 @@ class ModelConfig(BaseModel):
         description="Prompt tokens per decoding sequence in a mixed step (default: 2 on CPU, "
         "no cap with GPU offload; 0: no cap)",
     )
-    prefix_cache: bool = Field(True, description="Reuse cached KV of earlier prompts' prefixes")
+    prefix_cache: bool = Field(True, description="Reuse the KV state of earlier prompts' prefixes")
+    prefix_cache_mb: int = Field(
+        1024,
+        ge=0,
+        description="Host memory for finished requests' saved KV state, in MiB (least "
+        "recently used dropped first)",
+    )
     n_threads: int | None = Field(None, ge=1, description="CPU threads (default: all cores)")
     n_gpu_layers: int = Field(0, ge=-1, description="Layers to offload to the GPU (-1: all)")
     chat_template: str | None = Field(

@@ -30,8 +30,9 @@ def model_stats(url: str) -> dict[str, Any]:
 
 
 def busy_cells(stats: dict[str, Any]) -> int:
-    """KV cells held by live sequences (cached prefixes are reusable, not held)."""
-    return int(stats["kv_cells_used"]) - int(stats.get("kv_cells_cached", 0))
+    """KV cells held by live sequences (finished ones leave none: their prefixes are saved
+    in host memory)."""
+    return int(stats["kv_cells_used"])
 
 
 def is_idle(stats: dict[str, Any]) -> bool:

@@ -196,7 +196,7 @@ async def test_same_seed_same_text_and_greedy_is_deterministic(real: AppHandle) 
     # of the logits; after many requests the prefix cache scatters cells. Reproducibility is
     # promised for a request run alone on a quiet cache, so start from one.
     real.engine().drop_prefix_cache()
-    assert await wait_for(lambda: real.engine().stats().cached_sequences == 0, 5)
+    assert await wait_for(lambda: real.engine().stats().cached_prefixes == 0, 5)
     body = {
         "messages": user("Write a short poem."),
         "max_tokens": 24,

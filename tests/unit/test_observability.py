@@ -129,6 +129,12 @@ async def test_metrics_count_requests_and_generations(fake_app: FakeFactory) -> 
         stats = h.engine().stats()
         assert value(m, "inferd_engine_generation_tokens_total", model="fake") == 30
         assert value(m, "inferd_engine_steps_total", model="fake") == stats.steps
+        assert value(m, "inferd_engine_step_sequences_count", model="fake") == stats.steps
+        # requests ran one at a time here: every step ran one sequence
+        assert value(m, "inferd_engine_step_sequences_bucket", model="fake", le="1") == stats.steps
+        assert value(m, "inferd_engine_step_sequences_sum", model="fake") == stats.steps
+        assert value(m, "inferd_engine_step_tokens_total", model="fake") >= stats.steps
+        assert value(m, "inferd_engine_prefix_cache_entries", model="fake") >= 1
         assert value(m, "inferd_engine_prefix_cache_queries_total", model="fake") == 6
         assert value(m, "inferd_engine_running_sequences", model="fake") == 0
         assert value(m, "inferd_engine_waiting_sequences", model="fake") == 0

@@ -8,7 +8,7 @@ import random
 
 from inferd.engine.backends.fake import FakeBackend
 from inferd.engine.client import AsyncEngine
-from inferd.engine.prefix_cache import common_prefix
+from inferd.engine.prefix_cache import PrefixStore, SavedPrefix, common_prefix
 from inferd.engine.types import FinishReason, GenerateRequest, GenerationOutput, SamplingParams
 
 
@@ -67,7 +67,7 @@ async def test_identical_prompt_reuses_all_but_the_last_token() -> None:
 
 
 async def test_concurrent_requests_share_a_running_prefix() -> None:
-    engine, backend = make(reply="r" * 30, step_delay=0.002, max_seqs=4, n_seq_ids=8)
+    engine, backend = make(reply="r" * 30, step_delay=0.002, max_seqs=4)
     try:
         system = list(range(1, 61))
         first = asyncio.create_task(run(engine, "first", [*system, 200], max_tokens=30))
@@ -88,9 +88,7 @@ async def test_concurrent_requests_share_a_running_prefix() -> None:
 async def test_ledger_stays_exact_under_churn_pressure_and_aborts() -> None:
     """Many requests with overlapping prefixes, a tiny cache, random aborts."""
     rng = random.Random(7)
-    engine, backend = make(
-        reply="q" * 40, kv_cells=400, n_ctx=120, max_seqs=4, n_seq_ids=8, max_batch_tokens=32
-    )
+    engine, backend = make(reply="q" * 40, kv_cells=400, n_ctx=120, max_seqs=4, max_batch_tokens=32)
     prefixes = [list(range(1 + 50 * k, 1 + 50 * k + rng.randint(10, 60))) for k in range(4)]
     try:
 
@@ -134,3 +132,84 @@ async def test_a_partial_reuse_keeps_the_cached_entry_whole() -> None:
         assert engine.stats().kv_cells_used == backend.cells_used
     finally:
         await engine.stop()
+
+
+async def test_a_finished_sequence_frees_its_cells_and_leaves_a_saved_prefix() -> None:
+    engine, backend = make(reply="done")
+    try:
+        prompt = list(range(1, 50))
+        await run(engine, "a", prompt, max_tokens=4)
+        stats = engine.stats()
+        assert stats.kv_cells_used == backend.cells_used == 0
+        assert stats.cached_prefixes == 1 and stats.prefix_cache_bytes > 0
+        # the next turn of a conversation: the answer is part of the prompt
+        answer = [b + 1 for b in b"done"]
+        again = await run(engine, "b", [*prompt, *answer, 7], max_tokens=4)
+        # everything a computed: the prompt and the answer but its last token
+        assert again[-1].usage.cached_tokens == len(prompt) + len(answer) - 1
+        assert backend.restores == 1
+        assert "".join(o.text for o in again) == "done"
+        # b extends a's saved tokens, so a's entry gave way to b's
+        assert engine.stats().cached_prefixes == 1
+    finally:
+        await engine.stop()
+
+
+async def test_a_failed_restore_recomputes_the_prompt_with_the_same_answer() -> None:
+    engine, backend = make(reply="same")
+    try:
+        prompt = list(range(1, 40))
+        first = await run(engine, "a", prompt, max_tokens=4)
+        backend.restore_fails = True
+        steps = len(backend.batches)
+        again = await run(engine, "b", prompt, max_tokens=4)
+        assert again[-1].usage.cached_tokens == 0
+        assert [o.text for o in again] == [o.text for o in first]
+        assert sum(n for n, _ in backend.batches[steps:]) >= len(prompt)  # fed it all
+        stats = engine.stats()
+        assert stats.prefix_restore_failures == 1
+        assert stats.prefix_hits == 0 and stats.reused_tokens_total == 0
+        assert stats.kv_cells_used == backend.cells_used == 0
+    finally:
+        await engine.stop()
+
+
+async def test_no_prefix_cache_budget_saves_nothing() -> None:
+    backend = FakeBackend(reply="x")
+    engine = AsyncEngine(backend, prefix_cache_bytes=0)
+    engine.start()
+    try:
+        prompt = list(range(1, 30))
+        await run(engine, "a", prompt, max_tokens=2)
+        again = await run(engine, "b", prompt, max_tokens=2)
+        assert again[-1].usage.cached_tokens == 0
+        assert engine.stats().cached_prefixes == 0 and backend.restores == 0
+    finally:
+        await engine.stop()
+
+
+def test_prefix_store_evicts_least_recently_used_past_its_budget() -> None:
+    store = PrefixStore(budget=300)
+    a, b, c = (SavedPrefix([k, 1, 2, 3, 4, 5]) for k in (10, 20, 30))
+    store.add(a, bytes(100))
+    store.add(b, bytes(100))
+    assert store.best([10, 1, 2, 3, 4, 5, 6]) == (a, 6)
+    store.touch(a)  # b is now the least recently used
+    store.add(c, bytes(150))
+    assert len(store) == 2 and store.nbytes == 250
+    assert store.best([20, 1, 2, 3, 4, 5, 6]) == (None, 0)
+    store.add(SavedPrefix([40, 1, 2, 3]), bytes(400))  # larger than the budget: not kept
+    assert len(store) == 2
+
+
+def test_prefix_store_keeps_only_the_latest_turn_of_a_conversation() -> None:
+    store = PrefixStore(budget=10_000)
+    turn1 = SavedPrefix(list(range(1, 20)))
+    turn2 = SavedPrefix(list(range(1, 40)))
+    other = SavedPrefix(list(range(100, 120)))
+    for e in (turn1, other, turn2):
+        store.add(e, bytes(10))
+    assert len(store) == 2
+    assert store.best([*range(1, 40), 99]) == (turn2, 39)
+    # a request shorter than the saved prefix reuses part of it, leaving one token to feed
+    assert store.best(list(range(1, 10))) == (turn2, 8)

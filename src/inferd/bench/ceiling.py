@@ -26,9 +26,7 @@ def measure_ceiling(
 ) -> list[CeilingResult]:
     """For each batch size B: prefill B short prompts, then time `max_tokens` steps of one
     `llama_decode` over B sequences with greedy sampling in C."""
-    backend = LlamaCppBackend(
-        path, LlamaCppOptions(n_ctx=n_ctx, max_seqs=max(batch_sizes), prefix_cache=False)
-    )
+    backend = LlamaCppBackend(path, LlamaCppOptions(n_ctx=n_ctx, max_seqs=max(batch_sizes)))
     try:
         out = []
         for b in batch_sizes:

@@ -20,6 +20,7 @@ _MODEL_FIELDS = (
     "n_batch",
     "prefill_per_decode",
     "prefix_cache",
+    "prefix_cache_mb",
     "n_threads",
     "n_gpu_layers",
 )

@@ -10,7 +10,7 @@ from collections.abc import AsyncGenerator, Callable
 from typing import Protocol
 
 from inferd.engine.backends.base import Backend, BackendInfo
-from inferd.engine.core import EngineCore
+from inferd.engine.core import DEFAULT_PREFIX_CACHE_BYTES, EngineCore
 from inferd.engine.types import EngineStats, GenerateRequest, GenerationOutput
 from inferd.errors import EngineStopped
 
@@ -52,12 +52,19 @@ class AsyncEngine:
     """
 
     def __init__(
-        self, backend: Backend, *, name: str = "model", on_finish: FinishHook | None = None
+        self,
+        backend: Backend,
+        *,
+        name: str = "model",
+        on_finish: FinishHook | None = None,
+        prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES,
     ) -> None:
         self._backend = backend
         self._name = name
         self._on_finish = on_finish
-        self._core = EngineCore(backend, self._on_outputs, name=name)
+        self._core = EngineCore(
+            backend, self._on_outputs, name=name, prefix_cache_bytes=prefix_cache_bytes
+        )
         self._queues: dict[str, asyncio.Queue[GenerationOutput]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped = False

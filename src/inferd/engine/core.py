@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import logging
 import queue
 import threading
@@ -14,6 +15,7 @@ from inferd.engine.detokenizer import Detokenizer
 from inferd.engine.scheduler import KVOp, Scheduler
 from inferd.engine.sequence import Sequence
 from inferd.engine.types import (
+    STEP_SEQ_BUCKETS,
     EngineStats,
     FinishReason,
     GenerateRequest,
@@ -25,6 +27,9 @@ from inferd.errors import BackendError
 log = logging.getLogger(__name__)
 
 OutputSink = Callable[[list[GenerationOutput]], None]
+
+# Host memory for finished sequences' saved KV state (the prefix cache), unless configured.
+DEFAULT_PREFIX_CACHE_BYTES = 1 << 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +55,14 @@ class _DropCache:
 class EngineCore:
     """Runs one backend. Thread-safe entry points: submit, abort, stop, stats."""
 
-    def __init__(self, backend: Backend, sink: OutputSink, *, name: str = "model") -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        sink: OutputSink,
+        *,
+        name: str = "model",
+        prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES,
+    ) -> None:
         info = backend.info
         self.backend = backend
         self.name = name
@@ -60,13 +72,15 @@ class EngineCore:
             max_seqs=info.max_seqs,
             kv_cells=info.kv_cells,
             max_batch_tokens=info.max_batch_tokens,
-            n_seq_ids=info.n_seq_ids,
-            prefix_cache=info.n_seq_ids > info.max_seqs,
+            prefix_cache_bytes=prefix_cache_bytes,
             prefill_per_decode=info.prefill_per_decode,
         )
         self._seqs: dict[str, Sequence] = {}
         self._thread = threading.Thread(target=self._run, name=f"inferd-core-{name}", daemon=True)
         self._steps = 0
+        self._step_tokens = 0
+        self._step_seq_total = 0
+        self._step_seqs = [0] * (len(STEP_SEQ_BUCKETS) + 1)
         self._prompt_tokens = 0
         self._generated_tokens = 0
 
@@ -97,13 +111,17 @@ class EngineCore:
             running=len(sched.running),
             waiting=len(sched.waiting),
             kv_cells_used=sched.kv_used,
-            kv_cells_cached=sched.kv_cached,
             kv_cells_total=sched.kv_cells,
             steps=self._steps,
+            step_tokens_total=self._step_tokens,
+            step_seqs_total=self._step_seq_total,
+            step_seqs_counts=tuple(self._step_seqs),
             prompt_tokens_total=self._prompt_tokens,
             generated_tokens_total=self._generated_tokens,
             preemptions=sched.preemptions,
-            cached_sequences=len(sched.cached),
+            cached_prefixes=len(sched.saved),
+            prefix_cache_bytes=sched.saved.nbytes,
+            prefix_restore_failures=sched.restore_failures,
             prefix_queries=sched.prefix_queries,
             prefix_hits=sched.prefix_hits,
             reused_tokens_total=sched.reused_tokens,
@@ -134,7 +152,7 @@ class EngineCore:
                 if isinstance(msg, _Add):
                     self._add(msg.request, outputs)
                 elif isinstance(msg, _DropCache):
-                    self._apply(self._sched.drop_cache())
+                    self._sched.drop_cache()
                 else:
                     seq = self._seqs.get(msg.request_id)
                     if seq is not None:
@@ -180,19 +198,35 @@ class EngineCore:
         self._seqs[req.request_id] = seq
         self._sched.add(seq)
 
-    def _apply(self, ops: list[KVOp]) -> None:
+    def _apply(self, ops: list[KVOp]) -> list[int]:
+        """Run KV operations in order. Returns the sequence ids whose `load` failed."""
         backend = self.backend
+        failed: list[int] = []
         for op in ops:
             if op.kind == "rm":
                 backend.free_seq(op.seq_id)
-            elif op.kind == "trim":
-                backend.trim_seq(op.seq_id, op.n)
-            else:
+            elif op.kind == "cp":
                 backend.copy_prefix(op.seq_id, op.dst, op.n)
+            elif op.kind == "save":
+                assert op.prefix is not None
+                state = backend.save_seq(op.seq_id)
+                if state is not None:
+                    self._sched.saved.add(op.prefix, state)
+            elif op.kind == "load":
+                assert op.prefix is not None
+                if backend.restore_seq(op.seq_id, op.prefix.state):
+                    backend.trim_seq(op.seq_id, op.n)
+                else:
+                    log.debug("no contiguous KV room to restore a saved prefix; recomputing")
+                    failed.append(op.seq_id)
+            else:
+                raise ValueError(f"unknown KV operation {op.kind!r}")
+        return failed
 
     def _step(self) -> None:
         plan = self._sched.schedule()
-        self._apply(plan.ops)
+        for slot in self._apply(plan.ops):
+            self._sched.restore_failed(plan, slot)
         for seq in plan.preempted:
             log.debug("preempted %s (KV cache full)", seq.request_id)
         if not plan.chunks:
@@ -228,6 +262,9 @@ class EngineCore:
             self._relieve_kv_pressure()
             return
         self._steps += 1
+        self._step_tokens += len(tokens)
+        self._step_seq_total += len(plan.chunks)
+        self._step_seqs[bisect.bisect_left(STEP_SEQ_BUCKETS, len(plan.chunks))] += 1
         self._sched.commit(plan)
         self._prompt_tokens += sum(
             max(0, min(c.end, c.seq.n_prompt) - c.start) for c in plan.chunks
@@ -295,7 +332,7 @@ class EngineCore:
 
     def _relieve_kv_pressure(self) -> None:
         """The backend found no KV room for the batch (the accounting says there was: a
-        fragmented cache). Evict a cached prefix or preempt; fail when nothing is left."""
+        fragmented cache). Preempt the newest sequence; fail when only one is left."""
         ops, _ = self._sched.relieve_pressure()
         if ops:
             self._apply(ops)

@@ -3,21 +3,20 @@
 Pure bookkeeping, no backend calls: the core executes the plan, KV operations first.
 Every step, each decoding sequence gets its one token first; the remaining token budget
 goes to prompts being prefilled, in arrival order, in chunks; waiting requests join while
-there are free sequence slots and KV cells, reusing the longest cached or running prefix of
-their tokens. Finished sequences stay cached (their KV cells are a reusable prefix) until
-the cells or the sequence ids are needed, least recently used first. When the KV cache
-cannot hold the next step even then, the newest running sequence is preempted: it drops its
-cells and goes back to the front of the queue, to be recomputed later (its sampler keeps its
-state, so the output continues unchanged).
+there are free sequence slots and KV cells, reusing the longest prefix of their tokens that
+a running sequence holds (shared cells) or a finished one left saved in host memory
+(restored into new cells). A finished sequence's state is saved and its cells freed at
+once. When the KV cache cannot hold the next step, the newest running sequence is
+preempted: it drops its cells and goes back to the front of the queue, to be recomputed
+later (its sampler keeps its state, so the output continues unchanged).
 """
 
 from __future__ import annotations
 
-import itertools
-from collections import OrderedDict, deque
+from collections import deque
 from dataclasses import dataclass, field
 
-from inferd.engine.prefix_cache import KVLedger, best_prefix
+from inferd.engine.prefix_cache import MIN_REUSE, KVLedger, PrefixStore, SavedPrefix, best_prefix
 from inferd.engine.sequence import SeqState, Sequence
 
 MIN_PREFILL_CHUNK = 16
@@ -35,13 +34,15 @@ def _chunk(seq: Sequence, limit: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class KVOp:
-    """A KV cache operation for the backend: `rm` a sequence id entirely, `trim` it to its
-    first `n` cells, or `cp` the first `n` cells of `seq_id` to `dst`."""
+    """A KV cache operation for the backend: `rm` a sequence id entirely, `cp` the first
+    `n` cells of `seq_id` to `dst`, `save` the state of `seq_id` into `prefix`, or `load`
+    `prefix` into `seq_id` keeping its first `n` positions."""
 
     kind: str
     seq_id: int
     n: int = 0
     dst: int = -1
+    prefix: SavedPrefix | None = None
 
 
 @dataclass(slots=True)
@@ -74,8 +75,8 @@ class Scheduler:
         max_seqs: int,
         kv_cells: int,
         max_batch_tokens: int,
-        n_seq_ids: int | None = None,
         prefix_cache: bool = True,
+        prefix_cache_bytes: int = 0,
         prefill_per_decode: int = 0,
     ) -> None:
         if max_batch_tokens < max_seqs:
@@ -87,14 +88,13 @@ class Scheduler:
         # decoding sequence (at least MIN_PREFILL_CHUNK), so a long prompt arriving under load
         # is spread over many steps instead of stalling every stream. 0: no limit.
         self.prefill_per_decode = prefill_per_decode
-        n_ids = max(n_seq_ids or max_seqs, max_seqs)
         self.prefix_cache = prefix_cache
-        self.max_cached = n_ids - max_seqs if prefix_cache else 0
+        self.saved = PrefixStore(prefix_cache_bytes if prefix_cache else 0)
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []  # in admission order
-        self.cached: OrderedDict[Sequence, None] = OrderedDict()  # least recently used first
-        self._free_ids = list(range(n_ids - 1, -1, -1))
+        self._free_ids = list(range(max_seqs - 1, -1, -1))
         self.preemptions = 0
+        self.restore_failures = 0
         self.prefix_queries = 0
         self.prefix_hits = 0
         self.reused_tokens = 0
@@ -106,8 +106,8 @@ class Scheduler:
         self.waiting.append(seq)
 
     def finish(self, seq: Sequence, *, keep_prefix: bool) -> list[KVOp]:
-        """Take a sequence out (finished, aborted or failed). With `keep_prefix` its cells
-        stay cached for later requests. Returns the KV operations to apply now."""
+        """Take a sequence out (finished, aborted or failed). With `keep_prefix` its state
+        is saved for later requests. Returns the KV operations to apply now."""
         ops: list[KVOp] = []
         if seq.state is SeqState.WAITING:
             self.waiting.remove(seq)
@@ -116,14 +116,11 @@ class Scheduler:
         if seq.state is not SeqState.RUNNING:
             return ops
         self.running.remove(seq)
-        if keep_prefix and self.max_cached > 0 and seq.n_computed > 0:
-            seq.state = SeqState.CACHED
-            self.cached[seq] = None
-            while len(self.cached) > self.max_cached:
-                self._evict_lru(ops)
-        else:
-            self._drop(seq, ops)
-            seq.state = SeqState.FINISHED
+        if keep_prefix and self.saved.budget > 0 and seq.n_computed >= MIN_REUSE:
+            prefix = SavedPrefix(seq.tokens[: seq.n_computed])
+            ops.append(KVOp("save", seq.slot, seq.n_computed, prefix=prefix))
+        self._drop(seq, ops)
+        seq.state = SeqState.FINISHED
         return ops
 
     def has_work(self) -> bool:
@@ -131,23 +128,17 @@ class Scheduler:
 
     @property
     def kv_used(self) -> int:
-        return sum(s.owned_cells for s in itertools.chain(self.running, self.cached))
-
-    @property
-    def kv_cached(self) -> int:
-        """Cells held only by cached prefixes (evictable at any time)."""
-        return sum(s.owned_cells for s in self.cached)
+        return sum(s.owned_cells for s in self.running)
 
     # ---- the plan ------------------------------------------------------------------------
 
     def schedule(self) -> StepPlan:
         plan = StepPlan()
         decoding = [s for s in self.running if s.decoding]
-        while len(decoding) > self._room(0) and (self.cached or self.running):
-            if not self._evict_lru(plan.ops):
-                victim = self._preempt_newest(plan)
-                if victim in decoding:
-                    decoding.remove(victim)
+        while len(decoding) > self._room(0) and self.running:
+            victim = self._preempt_newest(plan)
+            if victim in decoding:
+                decoding.remove(victim)
         budget = self.max_batch_tokens - len(decoding)
         if decoding and self.prefill_per_decode > 0:
             budget = min(budget, max(MIN_PREFILL_CHUNK, self.prefill_per_decode * len(decoding)))
@@ -158,8 +149,6 @@ class Scheduler:
             if budget <= 0:
                 break
             if not s.decoding:
-                while s.n_pending > self._room(claimed) and self._evict_lru(plan.ops):
-                    pass
                 n = _chunk(s, min(budget, self._room(claimed)))
                 if n <= 0:
                     break
@@ -186,20 +175,28 @@ class Scheduler:
         for c in plan.chunks:
             c.seq.n_computed = c.end
 
-    def drop_cache(self) -> list[KVOp]:
-        """Evict every cached prefix."""
-        ops: list[KVOp] = []
-        while self._evict_lru(ops):
-            pass
-        return ops
+    def drop_cache(self) -> None:
+        """Forget every saved prefix."""
+        self.saved.clear()
+
+    def restore_failed(self, plan: StepPlan, slot: int) -> None:
+        """The backend could not load a saved prefix into `slot` (its cells are free):
+        that sequence computes its prompt from the start instead."""
+        self.restore_failures += 1
+        for i, c in enumerate(plan.chunks):
+            seq = c.seq
+            if seq.slot == slot:
+                self.reused_tokens -= seq.n_computed
+                self.prefix_hits -= 1
+                seq.n_computed = 0
+                seq.cached_tokens = 0
+                plan.chunks[i] = Chunk(seq, 0, _chunk(seq, c.end - c.start))
+                return
 
     def relieve_pressure(self) -> tuple[list[KVOp], Sequence | None]:
-        """The backend found no room for a batch: evict a cached prefix, else preempt the
-        newest running sequence. Returns the KV operations and the preempted sequence."""
+        """The backend found no room for a batch: preempt the newest running sequence.
+        Returns the KV operations and the preempted sequence."""
         plan = StepPlan()
-        if self.cached:
-            self._evict_lru(plan.ops)
-            return plan.ops, None
         if len(self.running) > 1:
             return plan.ops, self._preempt_newest(plan)
         return plan.ops, None
@@ -207,57 +204,39 @@ class Scheduler:
     # ---- internals -----------------------------------------------------------------------
 
     def _admit(self, seq: Sequence, plan: StepPlan, claimed: int) -> bool:
-        """Give `seq` a sequence id and any reusable prefix, if its prompt fits."""
+        """Give `seq` a sequence id and any reusable prefix, if its prompt fits: cells shared
+        with a running sequence, else a saved prefix restored (when it is longer)."""
         holder, n = (None, 0)
+        saved, m = (None, 0)
         if self.prefix_cache:
             self.prefix_queries += 1
-            holder, n = best_prefix(seq.tokens, itertools.chain(self.running, self.cached))
-        need = len(seq.tokens) - n
+            holder, n = best_prefix(seq.tokens, self.running)
+            saved, m = self.saved.best(seq.tokens)
         # leave every running sequence a cell for its next token
-        while need > self._room(claimed) - len(self.running):
-            if not self._evict_lru(plan.ops, keep=holder):
-                return False
-        # Take over a cached holder's id when it is wholly reused (or ids are short);
-        # otherwise share its cells under a new id, so its own suffix stays cached too.
-        adopt = (
-            holder is not None
-            and holder.state is SeqState.CACHED
-            and not holder.children
-            and (n == holder.n_computed or not self._free_ids)
-        )
-        if adopt:
-            assert holder is not None
-            del self.cached[holder]
-            plan.ops.append(KVOp("trim", holder.slot, n))
-            KVLedger.adopt(holder, seq, n)
-            holder.state = SeqState.FINISHED
-        else:
-            if not self._free_ids and not self._evict_lru(plan.ops, keep=holder):
-                return False
-            seq.slot = self._free_ids.pop()
-            seq.n_computed = 0
-            if holder is not None:
-                plan.ops.append(KVOp("cp", holder.slot, n, seq.slot))
-                KVLedger.share(holder, seq, n)
-                if holder.state is SeqState.CACHED:
-                    self.cached.move_to_end(holder)
-        if holder is not None:
+        room = self._room(claimed) - len(self.running)
+        if saved is not None and (m <= n or max(saved.n, len(seq.tokens)) > room):
+            saved, m = None, 0  # sharing is free; a restore briefly needs all its cells
+        if len(seq.tokens) - n > room or not self._free_ids:
+            return False
+        seq.slot = self._free_ids.pop()
+        seq.n_computed = 0
+        reused = 0
+        if saved is not None:
+            plan.ops.append(KVOp("load", seq.slot, m, prefix=saved))
+            self.saved.touch(saved)
+            seq.n_computed = reused = m
+        elif holder is not None:
+            plan.ops.append(KVOp("cp", holder.slot, n, seq.slot))
+            KVLedger.share(holder, seq, n)
+            reused = n
+        if reused:
             self.prefix_hits += 1
-            self.reused_tokens += n
+            self.reused_tokens += reused
             if seq.first_scheduled is None:
-                seq.cached_tokens = n
+                seq.cached_tokens = reused
         seq.state = SeqState.RUNNING
         self.running.append(seq)
         return True
-
-    def _evict_lru(self, ops: list[KVOp], keep: Sequence | None = None) -> bool:
-        for victim in self.cached:
-            if victim is not keep:
-                del self.cached[victim]
-                self._drop(victim, ops)
-                victim.state = SeqState.FINISHED
-                return True
-        return False
 
     def _preempt_newest(self, plan: StepPlan) -> Sequence:
         victim = self.running.pop()

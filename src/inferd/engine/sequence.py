@@ -14,13 +14,12 @@ from inferd.engine.types import FinishReason, GenerateRequest
 class SeqState(enum.Enum):
     WAITING = "waiting"
     RUNNING = "running"
-    CACHED = "cached"  # finished; its KV cells stay as a reusable prefix until evicted
     FINISHED = "finished"
 
 
 @dataclass(eq=False, slots=True)
 class Sequence:
-    """A request being generated, and later (state CACHED) the prefix it leaves behind.
+    """A request being generated.
 
     `tokens` is prompt + generated. `n_computed` tokens have their KV in the cache; the
     tokens after them are fed in the next steps. A decoding sequence has exactly one token
@@ -29,8 +28,8 @@ class Sequence:
     (`n_computed = 0`) and is fed again from the start, which recomputes the same state.
 
     KV sharing: a sequence that reused the first `borrowed` cells of `parent` (a running
-    or cached sequence with the same token prefix) shares those cells; it owns only the
-    cells after them. See `prefix_cache.KVLedger`.
+    sequence with the same token prefix) shares those cells; it owns only the cells after
+    them. See `prefix_cache.KVLedger`.
     """
 
     request: GenerateRequest

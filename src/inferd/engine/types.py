@@ -73,6 +73,10 @@ class GenerationOutput:
         return self.finish_reason is not None
 
 
+# Upper bounds of the buckets of EngineStats.step_seqs_counts (the last one catches the rest).
+STEP_SEQ_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
 @dataclass(frozen=True, slots=True)
 class EngineStats:
     """A snapshot of the core loop, read by health checks and (later) metrics."""
@@ -85,8 +89,13 @@ class EngineStats:
     prompt_tokens_total: int
     generated_tokens_total: int
     preemptions: int
-    kv_cells_cached: int = 0  # part of kv_cells_used held only by cached prefixes
-    cached_sequences: int = 0
+    cached_prefixes: int = 0  # finished sequences' states saved in host memory
+    prefix_cache_bytes: int = 0
+    prefix_restore_failures: int = 0
+    step_tokens_total: int = 0  # tokens fed to the model, summed over steps
+    step_seqs_total: int = 0  # sequences run, summed over steps
+    # steps by how many sequences they ran: counts per upper bound in STEP_SEQ_BUCKETS
+    step_seqs_counts: tuple[int, ...] = ()
     prefix_queries: int = 0
     prefix_hits: int = 0
     reused_tokens_total: int = 0

@@ -502,7 +502,13 @@ class ModelRegistry:
             return
         info = backend.info
         source = spec.config.chat_template or info.chat_template or CHATML
-        engine = AsyncEngine(backend, name=spec.name, on_finish=self._finished)
+        cfg = spec.config
+        engine = AsyncEngine(
+            backend,
+            name=spec.name,
+            on_finish=self._finished,
+            prefix_cache_bytes=cfg.prefix_cache_mb << 20 if cfg.prefix_cache else 0,
+        )
         engine.start()
         entry.model = LoadedModel(
             spec, engine, ChatTemplate(source, bos_token=info.bos_token, eos_token=info.eos_token)

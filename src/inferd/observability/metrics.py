@@ -6,13 +6,19 @@ finish hook, and engine/model state is read from the model registry at scrape ti
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
-from inferd.engine.types import GenerationOutput
+from inferd.engine.types import STEP_SEQ_BUCKETS, GenerationOutput
 from inferd.models.registry import ModelRegistry, ModelStatus
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -46,7 +52,8 @@ class EngineCollector(Collector):
         waiting = gauge("engine_waiting_sequences", "Sequences waiting to be scheduled")
         kv_usage = gauge("engine_kv_cache_usage_ratio", "Used KV cells / all KV cells (0-1)")
         kv_total = gauge("engine_kv_cache_cells", "KV cache cells shared by all sequences")
-        cached_seqs = gauge("engine_cached_sequences", "Finished sequences kept as prefixes")
+        cached = gauge("engine_prefix_cache_entries", "Finished sequences' saved KV states")
+        cached_bytes = gauge("engine_prefix_cache_bytes", "Host memory held by saved KV states")
         prefix_queries = counter("engine_prefix_cache_queries", "Prefix cache lookups")
         prefix_hits = counter("engine_prefix_cache_hits", "Prefix cache lookups that hit")
         reused = counter("engine_prefix_cache_reused_tokens", "Prompt tokens reused from cache")
@@ -54,6 +61,12 @@ class EngineCollector(Collector):
         prompt_tokens = counter("engine_prompt_tokens", "Prompt tokens admitted")
         gen_tokens = counter("engine_generation_tokens", "Tokens generated")
         steps = counter("engine_steps", "Engine steps (one batch decode each)")
+        step_tokens = counter("engine_step_tokens", "Tokens fed to the model in engine steps")
+        step_seqs = HistogramMetricFamily(
+            "inferd_engine_step_sequences",
+            "Sequences per engine step (the batch size)",
+            labels=["model"],
+        )
 
         n_loaded = 0
         for entry in self._registry.entries():
@@ -72,7 +85,8 @@ class EngineCollector(Collector):
             total = st.kv_cells_total
             kv_usage.add_metric(name, st.kv_cells_used / total if total else 0.0)
             kv_total.add_metric(name, total)
-            cached_seqs.add_metric(name, st.cached_sequences)
+            cached.add_metric(name, st.cached_prefixes)
+            cached_bytes.add_metric(name, st.prefix_cache_bytes)
             prefix_queries.add_metric(name, st.prefix_queries)
             prefix_hits.add_metric(name, st.prefix_hits)
             reused.add_metric(name, st.reused_tokens_total)
@@ -80,11 +94,18 @@ class EngineCollector(Collector):
             prompt_tokens.add_metric(name, st.prompt_tokens_total)
             gen_tokens.add_metric(name, st.generated_tokens_total)
             steps.add_metric(name, st.steps)
+            step_tokens.add_metric(name, st.step_tokens_total)
+            if st.step_seqs_counts:
+                bounds = [*map(str, STEP_SEQ_BUCKETS), "+Inf"]
+                cumulative = list(itertools.accumulate(st.step_seqs_counts))
+                step_seqs.add_metric(
+                    name, list(zip(bounds, cumulative, strict=True)), st.step_seqs_total
+                )
         loaded.add_metric([], n_loaded)
         yield from (
             loaded, ready, load_seconds, failures, running, waiting, kv_usage, kv_total,
-            cached_seqs, prefix_queries, prefix_hits, reused, preemptions, prompt_tokens,
-            gen_tokens, steps,
+            cached, cached_bytes, prefix_queries, prefix_hits, reused, preemptions, prompt_tokens,
+            gen_tokens, steps, step_tokens, step_seqs,
         )  # fmt: skip
 
     def describe(self) -> Iterator[Metric]:

@@ -17,7 +17,6 @@ class BackendInfo:
     n_ctx: int  # the largest context one sequence may use (prompt + completion)
     kv_cells: int  # KV cells shared by all sequences (unified cache)
     max_seqs: int  # sequence slots that can run in one step
-    n_seq_ids: int  # sequence ids in the KV cache: running slots + cached prefixes
     max_batch_tokens: int  # tokens per step (the step budget)
     prefill_per_decode: int  # prompt tokens per decoding sequence in a mixed step (0: no cap)
     n_ctx_train: int
@@ -82,6 +81,15 @@ class Backend(Protocol):
 
     def copy_prefix(self, src: int, dst: int, n: int) -> None:
         """Let `dst` share the first `n` cells of `src` (no copy: the cells gain an owner)."""
+        ...
+
+    def save_seq(self, seq_id: int) -> bytes | bytearray | None:
+        """The KV state of sequence id `seq_id` as bytes (None: cannot be saved)."""
+        ...
+
+    def restore_seq(self, seq_id: int, state: bytes | bytearray) -> bool:
+        """Load a state from `save_seq` into the empty sequence id `seq_id`, at the
+        positions it was saved from. False when it does not fit (nothing is changed)."""
         ...
 
     def close(self) -> None: ...

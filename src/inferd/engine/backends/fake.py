@@ -43,7 +43,6 @@ class FakeBackend:
     n_ctx: int = 512
     kv_cells: int = 2048
     max_seqs: int = 4
-    n_seq_ids: int = 8
     prefill_per_decode: int = 0
     max_batch_tokens: int = 64
     step_delay: float = 0.0
@@ -55,6 +54,8 @@ class FakeBackend:
     cell_owners: dict[int, set[int]] = field(default_factory=dict)  # cell -> sequence ids
     seq_cells: dict[int, dict[int, int]] = field(default_factory=dict)  # seq -> pos -> cell
     samplers_closed: int = 0
+    restore_fails: bool = False  # make every restore_seq fail (no contiguous room)
+    restores: int = 0
     _next_cell: int = 0
 
     def __post_init__(self) -> None:
@@ -64,7 +65,6 @@ class FakeBackend:
             n_ctx=self.n_ctx,
             kv_cells=self.kv_cells,
             max_seqs=self.max_seqs,
-            n_seq_ids=self.n_seq_ids,
             max_batch_tokens=self.max_batch_tokens,
             prefill_per_decode=self.prefill_per_decode,
             n_ctx_train=self.n_ctx,
@@ -101,7 +101,7 @@ class FakeBackend:
         if len(self.cell_owners) + len(tokens) > self.kv_cells:
             return False
         for pos, s in zip(positions, seq_ids, strict=True):
-            if not 0 <= s < self.n_seq_ids:
+            if not 0 <= s < self.max_seqs:
                 raise BackendError(f"sequence id {s} out of range")
             cells = self.seq_cells.setdefault(s, {})
             if pos in cells or (pos > 0 and pos - 1 not in cells):
@@ -139,6 +139,29 @@ class FakeBackend:
             cell = source[pos]
             target[pos] = cell
             self.cell_owners[cell].add(dst)
+
+    # a saved state: 4 bytes of cell count, then 16 bytes per cell (as if K and V)
+    def save_seq(self, seq_id: int) -> bytes | None:
+        cells = self.seq_cells.get(seq_id, {})
+        if not cells:
+            return None
+        n = max(cells) + 1
+        return n.to_bytes(4, "little") + bytes(16 * n)
+
+    def restore_seq(self, seq_id: int, state: bytes | bytearray) -> bool:
+        n = int.from_bytes(state[:4], "little")
+        if self.restore_fails or len(self.cell_owners) + n > self.kv_cells:
+            return False
+        if self.seq_cells.get(seq_id):
+            raise BackendError(f"sequence {seq_id} is not empty")
+        cells = self.seq_cells.setdefault(seq_id, {})
+        for pos in range(n):
+            cell = self._next_cell
+            self._next_cell += 1
+            self.cell_owners[cell] = {seq_id}
+            cells[pos] = cell
+        self.restores += 1
+        return True
 
     def close(self) -> None:
         pass

@@ -29,7 +29,6 @@ class LlamaCppOptions:
     n_ctx: int = 4096  # per-sequence context window
     kv_cells: int | None = None  # shared KV cells; default n_ctx * max_seqs capped (see below)
     max_seqs: int = 16
-    prefix_cache: bool = True  # keep finished sequences' KV as reusable prefixes
     # Prompt tokens per decoding sequence in a step that also decodes. On a CPU a prompt
     # token costs about what a decode token does, so 2 keeps a stream's inter-token latency
     # within ~3x while a long prompt is admitted. None: 2 on CPU, no cap with GPU offload.
@@ -99,9 +98,8 @@ class LlamaCppBackend:
         cparams.n_ctx = kv_cells
         cparams.n_batch = options.n_batch
         cparams.n_ubatch = options.n_batch
-        max_ids = int(llama_cpp.llama_max_parallel_sequences())
-        n_seq_ids = min(max_ids, 2 * options.max_seqs) if options.prefix_cache else options.max_seqs
-        cparams.n_seq_max = n_seq_ids
+        max_seqs = min(options.max_seqs, int(llama_cpp.llama_max_parallel_sequences()))
+        cparams.n_seq_max = max_seqs
         cparams.n_threads = n_threads
         cparams.n_threads_batch = n_threads
         cparams.kv_unified = True
@@ -126,8 +124,7 @@ class LlamaCppBackend:
             n_vocab=self._n_vocab,
             n_ctx=n_ctx,
             kv_cells=int(llama_cpp.llama_n_ctx(ctx)),
-            max_seqs=options.max_seqs,
-            n_seq_ids=n_seq_ids,
+            max_seqs=max_seqs,
             max_batch_tokens=options.n_batch,
             prefill_per_decode=(
                 options.prefill_per_decode
@@ -274,6 +271,33 @@ class LlamaCppBackend:
 
     def copy_prefix(self, src: int, dst: int, n: int) -> None:
         llama_cpp.llama_memory_seq_cp(self._mem, src, dst, 0, n)
+
+    def save_seq(self, seq_id: int) -> bytearray | None:
+        size = int(llama_cpp.llama_state_seq_get_size(self._ctx, seq_id))
+        if size <= 0:
+            return None
+        state = bytearray(size)  # calloc'd: no Python-side copy below
+        dst = (ctypes.c_uint8 * size).from_buffer(state)
+        written = int(llama_cpp.llama_state_seq_get_data(self._ctx, dst, size, seq_id))
+        del dst  # release the buffer export before resizing
+        if written <= 0:
+            return None
+        if written < size:
+            del state[written:]
+        return state
+
+    def restore_seq(self, seq_id: int, state: bytes | bytearray) -> bool:
+        n = len(state)
+        src = (
+            (ctypes.c_uint8 * n).from_buffer_copy(state)
+            if isinstance(state, bytes)
+            else ((ctypes.c_uint8 * n).from_buffer(state))
+        )
+        read = int(llama_cpp.llama_state_seq_set_data(self._ctx, src, n, seq_id))
+        if read == 0:
+            llama_cpp.llama_memory_seq_rm(self._mem, seq_id, -1, -1)
+            return False
+        return True
 
     def close(self) -> None:
         if self._batch is not None:

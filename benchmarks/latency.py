@@ -1,0 +1,308 @@
+"""Latency under the conditions issue 3 names, for inferd and (optionally) llama-server:
+
+- prefix: four different ~800-token shared prefixes, interleaved, one request at a time:
+  time to first token of the first request per prefix (cold) against later ones (warm).
+- itl: inter-token latency p95 of running streams, alone and while a 2,000-token prompt is
+  admitted (gaps between chunks of the running streams from the moment the long prompt is
+  sent until its first token arrives).
+- rss: the server's resident memory (now and peak) against model file + KV cache + 200 MB.
+
+Each target is a fresh server started by the script on 127.0.0.1 and stopped at the end.
+Every scenario records the share of the CPU other processes took (llama.cpp's threads spin,
+so a busy machine distorts latency); compare ratios, not absolute numbers across runs.
+
+    .venv/bin/python benchmarks/latency.py
+    .venv/bin/python benchmarks/latency.py --llama-server /path/to/llama-server --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import random
+import shlex
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+from throughput import CpuWatch, free_port, server
+
+from inferd.engine.backends.llamacpp import LlamaCppBackend, LlamaCppOptions, default_kv_cells
+from inferd.models.spec import BUNDLED_NAME, bundled_model_path
+
+_WORDS = (
+    "river stone light garden window paper engine silver market winter forest number "
+    "morning letter signal harbor planet question village orange thunder pencil mirror "
+    "station candle bridge meadow copper island shadow rocket ladder lantern"
+)
+WORDS = _WORDS.split()
+
+
+def text(words: int, rng: random.Random) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(words))
+
+
+@dataclass
+class Result:
+    target: str
+    cold_ttft_ms: list[float] = field(default_factory=list)
+    warm_ttft_ms: list[float] = field(default_factory=list)
+    prefix_tokens: int = 0
+    itl_alone_p95_ms: float | None = None
+    itl_admit_p95_ms: float | None = None
+    itl_gaps_during_admit: int = 0
+    long_prompt_tokens: int = 0
+    long_prompt_ttft_ms: float | None = None
+    rss_mb: float | None = None
+    peak_rss_mb: float | None = None
+    budget_mb: float | None = None
+    others_cpu: dict[str, float | None] = field(default_factory=dict)
+
+    @property
+    def cold(self) -> float | None:
+        return statistics.mean(self.cold_ttft_ms) if self.cold_ttft_ms else None
+
+    @property
+    def warm(self) -> float | None:
+        return statistics.mean(self.warm_ttft_ms) if self.warm_ttft_ms else None
+
+
+async def stream(
+    client: httpx.AsyncClient, body: dict[str, Any], stamps: list[float] | None = None
+) -> tuple[float, int]:
+    """One streaming completion: (seconds to the first text, prompt tokens if reported).
+    With `stamps`, the arrival time of every text chunk is appended to it."""
+    t0 = time.perf_counter()
+    first: float | None = None
+    prompt_tokens = 0
+    payload = {**body, "stream": True, "stream_options": {"include_usage": True}}
+    async with client.stream("POST", "/v1/completions", json=payload) as resp:
+        if resp.status_code != 200:
+            await resp.aread()
+            raise RuntimeError(f"HTTP {resp.status_code}: {resp.text[:200]}")
+        async for line in resp.aiter_lines():
+            if not line.startswith("data:") or line[5:].strip() == "[DONE]":
+                continue
+            obj = json.loads(line[5:])
+            if obj.get("usage"):
+                prompt_tokens = int(obj["usage"]["prompt_tokens"])
+            if any(c.get("text") for c in obj.get("choices", [])):
+                now = time.perf_counter()
+                if first is None:
+                    first = now - t0
+                if stamps is not None:
+                    stamps.append(now)
+    return (first if first is not None else time.perf_counter() - t0), prompt_tokens
+
+
+def p95(values: list[float]) -> float | None:
+    if len(values) < 2:
+        return None
+    return statistics.quantiles(values, n=20, method="inclusive")[18]
+
+
+async def prefix_scenario(client: httpx.AsyncClient, r: Result, rounds: int, words: int) -> None:
+    rng = random.Random(1)
+    prefixes = [f"Document {k}: {text(words, rng)}\n\n" for k in range(4)]
+    for rnd in range(rounds):
+        for k, prefix in enumerate(prefixes):
+            body = {
+                "model": BUNDLED_NAME,
+                "prompt": f"{prefix}Question {rnd}.{k}: what is this about? Answer:",
+                "max_tokens": 4,
+                "temperature": 0,
+            }
+            ttft, n = await stream(client, body)
+            (r.cold_ttft_ms if rnd == 0 else r.warm_ttft_ms).append(ttft * 1000)
+            r.prefix_tokens = max(r.prefix_tokens, n)
+
+
+async def itl_round(
+    client: httpx.AsyncClient, streams: int, long_prompt: str | None, r: Result
+) -> list[float]:
+    """Run `streams` streams; return the gaps between their chunks (all of them, or with a
+    long prompt only those that end while it is being admitted)."""
+    stamps: list[list[float]] = [[] for _ in range(streams)]
+    body = {"model": BUNDLED_NAME, "max_tokens": 160, "temperature": 0, "ignore_eos": True}
+    tasks = [
+        asyncio.create_task(stream(client, {**body, "prompt": f"Tell story {i}:"}, stamps[i]))
+        for i in range(streams)
+    ]
+    window = (0.0, float("inf"))
+    if long_prompt is not None:
+        await asyncio.sleep(1.5)  # the streams are decoding now
+        sent = time.perf_counter()
+        ttft, n = await stream(
+            client, {"model": BUNDLED_NAME, "prompt": long_prompt, "max_tokens": 1}
+        )
+        window = (sent, sent + ttft)
+        r.long_prompt_tokens, r.long_prompt_ttft_ms = n, ttft * 1000
+    await asyncio.gather(*tasks)
+    gaps = []
+    for s in stamps:
+        for a, b in itertools.pairwise(s):
+            if window[0] <= b <= window[1] + 1e-3 or long_prompt is None:
+                gaps.append((b - a) * 1000)
+    return gaps
+
+
+def rss(pid: int) -> tuple[float, float]:
+    fields = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+    )
+    kb = lambda k: float(fields[k].split()[0]) / 1024  # noqa: E731
+    return kb("VmRSS"), kb("VmHWM")
+
+
+def kv_cache_mb(model: Path, cells: int) -> float:
+    """f16 K and V for every layer and cell, from the model's GGUF metadata."""
+    backend = LlamaCppBackend(model, LlamaCppOptions(n_ctx=256, max_seqs=1))
+    try:
+        meta = backend.metadata()
+    finally:
+        backend.close()
+    arch = meta["general.architecture"]
+    layers = int(meta[f"{arch}.block_count"])
+    heads = int(meta[f"{arch}.attention.head_count"])
+    kv_heads = int(meta.get(f"{arch}.attention.head_count_kv", heads))
+    head_dim = int(meta[f"{arch}.embedding_length"]) // heads
+    return layers * kv_heads * head_dim * 2 * 2 * cells / 2**20
+
+
+async def measure(
+    target: str, base: str, pid: int, args: argparse.Namespace, budget_mb: float
+) -> Result:
+    r = Result(target, budget_mb=budget_mb)
+    rng = random.Random(2)
+    async with httpx.AsyncClient(base_url=base, timeout=args.timeout) as client:
+        warm = {"model": BUNDLED_NAME, "prompt": "Hello", "max_tokens": 2}
+        (await client.post("/v1/completions", json=warm)).raise_for_status()
+        watch = CpuWatch([os.getpid(), pid])
+        await prefix_scenario(client, r, args.prefix_rounds, args.prefix_words)
+        r.others_cpu["prefix"] = watch.others()
+        watch = CpuWatch([os.getpid(), pid])
+        r.itl_alone_p95_ms = p95(await itl_round(client, args.streams, None, r))
+        long_prompt = f"Report: {text(args.long_words, rng)}\nSummary:"
+        gaps = await itl_round(client, args.streams, long_prompt, r)
+        r.itl_admit_p95_ms, r.itl_gaps_during_admit = p95(gaps), len(gaps)
+        r.others_cpu["itl"] = watch.others()
+    r.rss_mb, r.peak_rss_mb = rss(pid)
+    return r
+
+
+def fmt(x: float | None, spec: str = ".0f") -> str:
+    return "—" if x is None else format(x, spec)
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def report(results: list[Result], model_mb: float, kv_mb: float) -> Table:
+    t = Table(title="latency (ms) and memory (MB)")
+    for col in (
+        "target",
+        "prefix tok",
+        "cold TTFT",
+        "warm TTFT",
+        "cold/warm",
+        "ITL p95 alone",
+        "ITL p95 admitting",
+        "admit/alone",
+        "long prompt tok",
+        "RSS",
+        "peak RSS",
+        "model+KV+200",
+        "others' CPU",
+    ):
+        t.add_column(col, justify="right")
+    for r in results:
+        noise = [v for v in r.others_cpu.values() if v is not None]
+        t.add_row(
+            r.target,
+            str(r.prefix_tokens),
+            fmt(r.cold),
+            fmt(r.warm),
+            fmt(ratio(r.cold, r.warm), ".1f"),
+            fmt(r.itl_alone_p95_ms),
+            fmt(r.itl_admit_p95_ms),
+            fmt(ratio(r.itl_admit_p95_ms, r.itl_alone_p95_ms), ".2f"),
+            str(r.long_prompt_tokens),
+            fmt(r.rss_mb),
+            fmt(r.peak_rss_mb),
+            fmt(r.budget_mb),
+            f"{max(noise):.0%}" if noise else "—",
+        )
+    return t
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--n-ctx", type=int, default=4096, help="context per sequence (4096)")
+    ap.add_argument("--max-seqs", type=int, default=16, help="slots (16)")
+    ap.add_argument("--prefix-words", type=int, default=560, help="words per prefix (~800 tokens)")
+    ap.add_argument("--prefix-rounds", type=int, default=4, help="rounds over the 4 prefixes (4)")
+    ap.add_argument("--streams", type=int, default=8, help="running streams in the ITL test (8)")
+    ap.add_argument("--long-words", type=int, default=1400, help="words of the long prompt")
+    ap.add_argument("--timeout", type=float, default=300.0)
+    ap.add_argument("--inferd-args", default="", help="extra `inferd serve` flags")
+    ap.add_argument("--skip-inferd", action="store_true")
+    ap.add_argument("--llama-server", type=Path, help="a llama-server binary to measure too")
+    ap.add_argument("--llama-server-args", default="", help="extra llama-server flags")
+    ap.add_argument("--json", action="store_true", help="print JSON (the table goes to stderr)")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    console = Console(stderr=True)
+    model = bundled_model_path()
+    cells = default_kv_cells(args.n_ctx, args.max_seqs)
+    model_mb = model.stat().st_size / 2**20
+    kv_mb = kv_cache_mb(model, cells)
+    budget = model_mb + kv_mb + 200
+    results: list[Result] = []
+    if not args.skip_inferd:
+        console.print("inferd")
+        port = free_port()
+        cmd = [sys.executable, "-m", "inferd", "serve", "--port", str(port), "--log-level"]
+        cmd += ["warning", "--n-ctx", str(args.n_ctx), "--max-seqs", str(args.max_seqs)]
+        cmd += shlex.split(args.inferd_args)
+        base = f"http://127.0.0.1:{port}"
+        with server(cmd, f"{base}/health/ready") as pid:
+            results.append(asyncio.run(measure("inferd", base, pid, args, budget)))
+    if args.llama_server:
+        console.print("llama-server")
+        port = free_port()
+        cmd = [str(args.llama_server), "-m", str(model), "--host", "127.0.0.1", "--port"]
+        cmd += [str(port), "-c", str(cells), "-np", str(args.max_seqs), "--kv-unified"]
+        cmd += ["-t", str(os.cpu_count() or 1), "-fa", "on", "--no-webui", "--no-repack"]
+        cmd += ["-a", BUNDLED_NAME]
+        cmd += shlex.split(args.llama_server_args)
+        base = f"http://127.0.0.1:{port}"
+        with server(cmd, f"{base}/health") as pid:
+            results.append(asyncio.run(measure("llama-server", base, pid, args, budget)))
+    out = Console(stderr=args.json, width=None if sys.stdout.isatty() else 200)
+    out.print(report(results, model_mb, kv_mb))
+    out.print(
+        f"model {model.name} ({model_mb:.0f} MB), KV cache {cells} cells ({kv_mb:.0f} MB f16), "
+        f"{args.max_seqs} slots, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M')}"
+    )
+    if args.json:
+        meta = {"model_mb": model_mb, "kv_mb": kv_mb, "cells": cells, "args": vars(args)}
+        data = [{**asdict(r), "cold": r.cold, "warm": r.warm} for r in results]
+        print(json.dumps({"meta": meta, "results": data}, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

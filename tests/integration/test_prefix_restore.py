@@ -1,0 +1,70 @@
+"""Saved prefixes on the real llama.cpp backend: a finished request's KV state goes to host
+memory and comes back bit for bit, and a restore that does not fit changes nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from inferd.engine.backends.llamacpp import LlamaCppBackend, LlamaCppOptions
+from inferd.engine.client import AsyncEngine
+from inferd.engine.types import GenerateRequest, SamplingParams
+from inferd.models.loading import llamacpp_loader
+from tests.conftest import bundled_spec
+
+
+async def test_a_repeated_prompt_restores_its_prefix_and_answers_the_same(
+    model_path: Path,
+) -> None:
+    engine = AsyncEngine(llamacpp_loader()(bundled_spec(model_path, max_seqs=2)))
+    engine.start()
+    try:
+        prompt = tuple(
+            await engine.tokenize(
+                "<|im_start|>user\nName three rivers in Europe and one fact about each."
+                "<|im_end|>\n<|im_start|>assistant\n"
+            )
+        )
+
+        async def answer(rid: str) -> tuple[str, int]:
+            req = GenerateRequest(rid, prompt, SamplingParams(max_tokens=24, temperature=0))
+            outs = [o async for o in engine.generate(req)]
+            return "".join(o.text for o in outs), outs[-1].usage.cached_tokens
+
+        first, cached_first = await answer("a")
+        stats = engine.stats()
+        assert stats.kv_cells_used == 0  # the finished request holds no cells
+        assert stats.cached_prefixes == 1 and stats.prefix_cache_bytes > 0
+        second, cached_second = await answer("b")
+        assert cached_first == 0
+        assert cached_second == len(prompt) - 1
+        assert second == first
+        assert engine.stats().prefix_restore_failures == 0
+    finally:
+        await engine.stop()
+
+
+def test_a_restore_without_room_fails_cleanly(model_path: Path) -> None:
+    backend = LlamaCppBackend(model_path, LlamaCppOptions(n_ctx=512, kv_cells=512, max_seqs=2))
+    try:
+
+        def prefill(seq: int, n: int) -> None:
+            toks = [100 + i % 300 for i in range(n)]
+            for s in range(0, n, 256):
+                part = toks[s : s + 256]
+                ok = backend.decode(
+                    part, range(s, s + len(part)), [seq] * len(part), [False] * len(part)
+                )
+                assert ok
+
+        prefill(0, 300)
+        state = backend.save_seq(0)
+        assert state is not None and len(state) > 300
+        backend.free_seq(0)
+        prefill(1, 400)  # leaves 112 free cells: 300 do not fit
+        assert backend.restore_seq(0, state) is False
+        assert backend.decode([5], [400], [1], [True])  # the other sequence is untouched
+        backend.free_seq(1)
+        assert backend.restore_seq(0, state) is True
+        assert backend.decode([5], [300], [0], [True])  # continues after the restored cells
+    finally:
+        backend.close()
