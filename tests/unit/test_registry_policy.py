@@ -232,3 +232,12 @@ async def test_copies_persist_and_deletes(tmp_path: Path) -> None:
         with pytest.raises(ModelNotFound):
             await reg.delete("mine")
         assert (tmp_path / "smollm2_135m.gguf").exists()
+
+
+def test_an_unknown_or_disallowed_default_is_a_config_error(tmp_path: Path) -> None:
+    specs = [spec(tmp_path, "a"), spec(tmp_path, "b")]
+    with pytest.raises(ConfigError, match="default_model 'c' is not a served model"):
+        ModelRegistry(specs, FakeBackend, default="c")  # type: ignore[arg-type]
+    opts = RegistryOptions(allowed_models=frozenset({"a"}))
+    with pytest.raises(ConfigError, match="default_model 'b'"):
+        ModelRegistry(specs, FakeBackend, default="b", options=opts)  # type: ignore[arg-type]

@@ -11,7 +11,7 @@ from inferd.cli.bench import bench
 from inferd.cli.flags import settings_flags
 from inferd.cli.models import app as models_app
 from inferd.config import ModelConfig, load_settings
-from inferd.errors import ConfigError
+from inferd.errors import ConfigError, InferdError
 from inferd.models.hf_cache import is_hf_spec
 from inferd.models.spec import BUNDLED_ALIASES, BUNDLED_NAME
 
@@ -99,7 +99,7 @@ def serve(
             store=ModelStore(settings.models_dir),
             model_overrides=model_flags,
         )
-    except ConfigError as exc:
+    except InferdError as exc:
         err.print(f"[red]error:[/red] {exc.message}", highlight=False)
         raise typer.Exit(2) from None
     configure_logging(settings.log_level, settings.log_format)

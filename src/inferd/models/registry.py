@@ -154,7 +154,10 @@ class ModelRegistry:
         if not self._entries:
             raise ConfigError("no model to serve: allowed_models excludes every model")
         if default:
-            self.default_name = self._canonical(default)
+            try:
+                self.default_name = self._canonical(default)
+            except ModelNotFound:
+                raise ConfigError(f"default_model {default!r} is not a served model") from None
         else:
             self.default_name = next(iter(self._entries))
 
@@ -380,7 +383,10 @@ class ModelRegistry:
                 if left is None:
                     continue
                 if left <= 0 and not self._busy(entry):
-                    await self._unload(entry, f"idle for {self.keep_alive_of(entry):g}s")
+                    try:
+                        await self._unload(entry, f"idle for {self.keep_alive_of(entry):g}s")
+                    except Exception:  # the watcher must outlive one failed unload
+                        log.exception("idle unload of %s failed", entry.spec.name)
                 else:
                     pause = min(pause, max(left, 0.05))
             await asyncio.sleep(pause)
