@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -26,7 +27,7 @@ from inferd.api.ollama import schemas as s
 from inferd.api.streaming import ClientDisconnected, cancel_on_disconnect
 from inferd.config import Settings
 from inferd.engine.types import FinishReason, GenerateRequest
-from inferd.errors import InvalidRequest
+from inferd.errors import InvalidRequest, ModelNotFound
 from inferd.models.registry import LoadedModel, ModelRegistry, ModelStatus
 
 router = APIRouter(tags=["ollama"])
@@ -118,9 +119,9 @@ async def _after(registry: ModelRegistry, model: LoadedModel, keep_alive: float 
 
 
 def _keep(registry: ModelRegistry, model: LoadedModel, keep_alive: float | None) -> None:
-    entry = registry.entry(model.name)
-    if entry.model is model:  # not unloaded or reloaded meanwhile
-        registry.set_keep_alive(model.name, keep_alive)
+    with contextlib.suppress(ModelNotFound):  # deleted meanwhile
+        if registry.entry(model.name).model is model:  # not unloaded or reloaded meanwhile
+            registry.set_keep_alive(model.name, keep_alive)
 
 
 async def _load_only(
