@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -94,6 +95,10 @@ class LiveServer:
     """`inferd serve` in a subprocess on a free 127.0.0.1 port."""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        # an empty models directory of its own unless the test gives one: the user's
+        # ~/.local/share/inferd/models must not change what the server serves
+        self._models_dir = tempfile.mkdtemp(prefix="inferd-test-models-")
+        env = {"INFERD_MODELS_DIR": self._models_dir, **(env or {})}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, "-m", "inferd", "serve", "--port", str(self.port)]
@@ -102,7 +107,7 @@ class LiveServer:
         own = {"INFERD_DATA_DIR": tempfile.mkdtemp(prefix="inferd-test-")}
         self.proc = subprocess.Popen(
             cmd,
-            env={**os.environ, **own, **(env or {})},
+            env={**os.environ, **own, **env},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -130,6 +135,7 @@ class LiveServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        shutil.rmtree(self._models_dir, ignore_errors=True)
         return self.proc.returncode
 
     def output(self) -> str:

@@ -5,11 +5,12 @@ Precedence, highest first: CLI flags, environment variables, the TOML file, defa
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
 import platformdirs
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ByteSize, ConfigDict, Field
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -25,7 +26,9 @@ class ModelConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    path: Path = Field(description="Path to a .gguf file")
+    path: Path = Field(
+        description="Path to a .gguf file, or `org/repo:file.gguf` in the Hugging Face cache"
+    )
     name: str | None = Field(None, description="Name clients use (default: the file's stem)")
     aliases: list[str] = Field(default_factory=list, description="Other names for this model")
     n_ctx: int = Field(4096, ge=16, description="Context window of one sequence, in tokens")
@@ -52,6 +55,15 @@ class ModelConfig(BaseModel):
     chat_template: str | None = Field(
         None, description="Jinja chat template overriding the one in the GGUF metadata"
     )
+    keep_alive: float | None = Field(
+        None, description="Seconds idle before this model is unloaded (default: keep_alive)"
+    )
+
+
+def default_models_dir() -> Path:
+    """$XDG_DATA_HOME/inferd/models, else ~/.local/share/inferd/models."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "inferd" / "models"
 
 
 class Settings(BaseSettings):
@@ -70,6 +82,35 @@ class Settings(BaseSettings):
     models: list[ModelConfig] = Field(
         default_factory=list,
         description="Models to serve; empty serves the bundled SmolLM2-135M-Instruct",
+    )
+    models_dir: Path = Field(
+        default_factory=default_models_dir,
+        description="Directory scanned for .gguf files (served by file name) and holding "
+        "aliases.json; `inferd models pull` writes here",
+    )
+    max_loaded_models: int | None = Field(
+        None,
+        ge=1,
+        description="Most models loaded at once; the least recently used idle one "
+        "is unloaded to make room (default: no limit)",
+    )
+    max_memory: ByteSize | None = Field(
+        None,
+        description="Memory budget for loaded models' weights, e.g. '8GB'; least recently "
+        "used idle models are unloaded to make room (default: no limit)",
+    )
+    keep_alive: float = Field(
+        -1.0,
+        description="Seconds a model stays loaded after its last request (negative: forever)",
+    )
+    allowed_models: list[str] | None = Field(
+        None,
+        description="Only these models are served (by name or alias); others are 404 "
+        "(default: all)",
+    )
+    model_map: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra names for models, e.g. {'mistral:latest' = 'smollm2:135m'}",
     )
     default_model: str | None = Field(
         None, description="Model used when a request names none (default: the first one)"

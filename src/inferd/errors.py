@@ -74,3 +74,21 @@ class BackendError(InferdError):
 
 class ConfigError(InferdError):
     code = "config_error"
+
+
+class InvalidModelFile(InferdError):
+    """A file that is not a GGUF model (empty, truncated, garbage, absurd counts)."""
+
+    code = "invalid_model_file"
+
+
+class ProtectedModel(InferdError):
+    """A model that may not be changed through the API (bundled or configured)."""
+
+    code = "model_protected"
+
+
+class PullFailed(InferdError):
+    """A model could not be copied or downloaded into the models directory."""
+
+    code = "pull_failed"

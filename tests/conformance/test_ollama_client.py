@@ -1,8 +1,8 @@
 """The official `ollama` client, sync and async, against a live `inferd serve` (its main port
 has every Ollama route), and against a second listener started with `--ollama-port`.
 
-Not covered: `embed`, `copy`, `delete`, `pull` (and `create`, `push`): inferd has no such
-routes yet."""
+Not covered here: `embed`, `pull` (and `create`, `push`): inferd has no such routes yet;
+`copy` and `delete` are in test_ollama_models.py."""
 
 from __future__ import annotations
 

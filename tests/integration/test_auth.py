@@ -227,9 +227,15 @@ async def test_management_routes_need_an_admin_key(fake_app: FakeFactory) -> Non
         for method, path, _ in admin_routes:
             r = await send(h.client, method, path, headers=bearer(user))
             assert r.status_code == 403, (method, path)
-            assert r.json()["error"]["type"] == "permission_error"
+            error = r.json()["error"]
+            if path.startswith("/api/"):  # Ollama's shape: a message only
+                assert "admin" in error, (path, error)
+            else:
+                assert error["type"] == "permission_error"
             r = await send(h.client, method, path, headers=bearer(admin))
-            assert r.status_code in (200, 202), (method, path, r.text)
+            # past auth: Ollama's copy and delete then want a body
+            expected = (400,) if path in ("/api/copy", "/api/delete") else (200, 202)
+            assert r.status_code in expected, (method, path, r.text)
         # the model is back for the next tests
         assert (await h.client.post("/models/fake/load", headers=bearer(admin))).status_code == 202
 

@@ -77,8 +77,22 @@ def test_cli_flags_are_derived_from_settings_fields() -> None:
         "--max-seqs",
         "--config",
         "--model",
+        "--models-dir",
+        "--max-loaded-models",
+        "--max-memory",
+        "--keep-alive",
     ]:
         assert flag in result.output
+
+
+def test_registry_settings_parse(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INFERD_MODEL_MAP", '{"mistral:latest": "smollm2:135m"}')
+    monkeypatch.setenv("INFERD_ALLOWED_MODELS", '["smollm2"]')
+    s = load_settings(max_memory="1.5GB", keep_alive=300)
+    assert s.model_map == {"mistral:latest": "smollm2:135m"}
+    assert s.allowed_models == ["smollm2"]
+    assert int(s.max_memory or 0) == 1_500_000_000
+    assert s.keep_alive == 300
 
 
 def test_cli_rejects_a_missing_model_file_without_traceback() -> None:

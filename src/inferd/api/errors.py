@@ -20,8 +20,10 @@ log = logging.getLogger(__name__)
 # status, OpenAI-style error type
 _TABLE: list[tuple[type[e.InferdError], int, str]] = [
     (e.InvalidRequest, 400, "invalid_request_error"),
+    (e.InvalidModelFile, 400, "invalid_request_error"),
     (e.Unauthenticated, 401, "authentication_error"),
     (e.PermissionDenied, 403, "permission_error"),
+    (e.ProtectedModel, 403, "permission_error"),
     (e.ModelNotFound, 404, "invalid_request_error"),
     (e.RateLimited, 429, "rate_limit_error"),
     (e.ModelNotReady, 503, "server_error"),

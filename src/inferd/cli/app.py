@@ -11,8 +11,10 @@ from inferd import __version__
 from inferd.cli.bench import bench
 from inferd.cli.flags import settings_flags
 from inferd.cli.keys import keys_app
+from inferd.cli.models import app as models_app
 from inferd.config import ModelConfig, load_settings
-from inferd.errors import ConfigError
+from inferd.errors import ConfigError, InferdError
+from inferd.models.hf_cache import is_hf_spec
 from inferd.models.spec import BUNDLED_ALIASES, BUNDLED_NAME
 
 app = typer.Typer(
@@ -26,6 +28,7 @@ app = typer.Typer(
 
 app.command()(bench)
 app.add_typer(keys_app)
+app.add_typer(models_app, name="models")
 
 
 def _version(value: bool) -> None:
@@ -50,8 +53,14 @@ def _model_configs(models: list[str]) -> list[ModelConfig]:
         if m in (BUNDLED_NAME, *BUNDLED_ALIASES):
             continue  # the bundled model is what an empty list serves
         path = Path(m).expanduser()
+        if is_hf_spec(m) and not path.exists():
+            out.append(ModelConfig(path=Path(m)))  # resolved in the Hugging Face cache
+            continue
         if not path.is_file():
-            raise ConfigError(f"--model {m}: no such file (give the path of a .gguf file)")
+            raise ConfigError(
+                f"--model {m}: no such file (give the path of a .gguf file, "
+                "or org/repo:file.gguf from the Hugging Face cache)"
+            )
         out.append(ModelConfig(path=path.resolve()))
     return out
 
@@ -75,8 +84,9 @@ def serve(
     from inferd.cli import server
     from inferd.cli.keys import database_url, open_keys
     from inferd.models.loading import llamacpp_loader
-    from inferd.models.registry import ModelRegistry
+    from inferd.models.registry import ModelRegistry, RegistryOptions
     from inferd.models.spec import specs_from_settings
+    from inferd.models.store import ModelStore
     from inferd.observability.logging import configure_logging
     from inferd.security.keys import KeyRing
     from inferd.security.limits import RateLimits
@@ -90,7 +100,12 @@ def serve(
         settings = load_settings(config, **flags)
         specs = specs_from_settings(settings, model_flags)
         registry = ModelRegistry(
-            specs, llamacpp_loader(verbose=settings.llama_verbose), default=settings.default_model
+            specs,
+            llamacpp_loader(verbose=settings.llama_verbose),
+            default=settings.default_model,
+            options=RegistryOptions.from_settings(settings),
+            store=ModelStore(settings.models_dir),
+            model_overrides=model_flags,
         )
 
         async def any_keys() -> bool:
@@ -102,14 +117,14 @@ def serve(
         server.check_exposure(settings, auth=auth)
         server.tls_options(settings)
         limits = RateLimits(settings.rate_limit_storage)
-    except ConfigError as exc:
+    except InferdError as exc:
         err.print(f"[red]error:[/red] {exc.message}", highlight=False)
         raise typer.Exit(2) from None
     configure_logging(settings.log_level, settings.log_format)
     ollama = f" and :{settings.ollama_port} (Ollama)" if settings.ollama_port else ""
     scheme = "https" if settings.ssl_certfile else "http"
     err.print(
-        f"inferd {__version__}: serving {', '.join(s.name for s in specs)} "
+        f"inferd {__version__}: serving {', '.join(e.spec.name for e in registry.entries())} "
         f"on {scheme}://{settings.host}:{settings.port}{ollama}"
         + ("" if auth else " (no API keys: authentication off)"),
         highlight=False,

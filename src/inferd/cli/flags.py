@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from pydantic import ByteSize
 
 from inferd.config import ModelConfig, Settings
 
@@ -36,6 +37,8 @@ def _scalar_type(annotation: Any) -> type | None:
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         return _scalar_type(args[0]) if len(args) == 1 else None
+    if annotation is ByteSize:
+        return str  # "8GB", "512MiB" or bytes; pydantic parses it
     if annotation in _SCALARS:
         return typing.cast(type, annotation)
     return None

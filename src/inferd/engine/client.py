@@ -68,6 +68,7 @@ class AsyncEngine:
         self._queues: dict[str, asyncio.Queue[GenerationOutput]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped = False
+        self.submitted = 0  # requests handed to the core so far
 
     @property
     def info(self) -> BackendInfo:
@@ -112,6 +113,7 @@ class AsyncEngine:
         self._queues[rid] = q
         finished = False
         started = time.monotonic()
+        self.submitted += 1
         try:
             self._core.submit(request)
             while True:

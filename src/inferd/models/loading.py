@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from inferd.engine.backends.base import Backend
+from inferd.models.gguf_header import read_header
 from inferd.models.registry import BackendLoader
 from inferd.models.spec import ModelSpec
 
@@ -11,6 +12,8 @@ def llamacpp_loader(*, verbose: bool = False) -> BackendLoader:
     def load(spec: ModelSpec) -> Backend:
         from inferd.engine.backends.llamacpp import LlamaCppBackend, LlamaCppOptions
 
+        # a clean error for garbage, before llama.cpp parses (and allocates for) it
+        read_header(spec.path)
         c = spec.config
         return LlamaCppBackend(
             spec.path,

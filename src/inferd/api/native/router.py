@@ -140,8 +140,11 @@ async def llms(registry: RegistryDep) -> dict[str, Any]:
 
 @router.get("/models", response_model=s.ModelList)
 async def list_models(registry: RegistryDep) -> s.ModelList:
+    """Every model clients may ask for, loaded or not, with its config from GGUF metadata."""
+    entries = registry.entries()
+    await registry.describe(entries)
     return s.ModelList(
-        models=[adapter.model_info(e) for e in registry.entries()], default=registry.default_name
+        models=[adapter.model_info(e) for e in entries], default=registry.default_name
     )
 
 
@@ -149,7 +152,9 @@ async def list_models(registry: RegistryDep) -> s.ModelList:
 @router.get("/models/{name:path}", response_model=s.ModelInfo)
 async def get_model(name: str, request: Request, registry: RegistryDep) -> s.ModelInfo:
     check_model(request, registry, name)
-    return adapter.model_info(registry.entry(name))
+    entry = registry.entry(name)
+    await registry.describe([entry])
+    return adapter.model_info(entry)
 
 
 @router.post(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -10,11 +11,11 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
 from inferd import __version__
-from inferd.api.access import acquire_model, admit
+from inferd.api.access import acquire_model, admit, require_admin
 from inferd.api.deps import RegistryDep, SettingsDep
 from inferd.api.generation import (
     ChoiceResult,
@@ -27,7 +28,7 @@ from inferd.api.ollama import schemas as s
 from inferd.api.streaming import ClientDisconnected, cancel_on_disconnect
 from inferd.config import Settings
 from inferd.engine.types import FinishReason, GenerateRequest
-from inferd.errors import InvalidRequest
+from inferd.errors import InvalidRequest, ModelNotFound
 from inferd.models.registry import LoadedModel, ModelRegistry, ModelStatus
 
 router = APIRouter(tags=["ollama"])
@@ -50,7 +51,9 @@ async def version() -> dict[str, str]:
 @router.get("/api/tags", response_model=s.Tags)
 async def tags(registry: RegistryDep) -> s.Tags:
     models = []
-    for entry in registry.entries():
+    entries = registry.entries()
+    await registry.describe(entries)
+    for entry in entries:
         for name in entry.spec.names:
             full = name if ":" in name else f"{name}:latest"
             models.append(
@@ -68,11 +71,13 @@ async def tags(registry: RegistryDep) -> s.Tags:
 
 @router.get("/api/ps", response_model=s.Running)
 async def ps(registry: RegistryDep) -> s.Running:
-    forever = (datetime.now(UTC) + timedelta(days=365 * 100)).isoformat().replace("+00:00", "Z")
+    now = datetime.now(UTC)
     out = []
     for entry in registry.entries():
         if entry.status is ModelStatus.READY and entry.model is not None:
             info = entry.model.engine.info
+            left = registry.expires_in(entry)
+            expires = now + (timedelta(days=36500) if left is None else timedelta(seconds=left))
             out.append(
                 s.RunningModel(
                     name=entry.spec.name,
@@ -80,7 +85,7 @@ async def ps(registry: RegistryDep) -> s.Running:
                     size=info.size_bytes or adapter.file_size(entry.spec),
                     digest=adapter.digest(entry.spec),
                     details=adapter.details(entry),
-                    expires_at=forever,
+                    expires_at=expires.isoformat().replace("+00:00", "Z"),
                     context_length=info.n_ctx,
                 )
             )
@@ -104,11 +109,20 @@ def _ndjson(items: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
 
 
 async def _after(registry: ModelRegistry, model: LoadedModel, keep_alive: float | None) -> None:
-    """keep_alive 0: unload once the response is done (and nothing else runs on it)."""
+    """keep_alive 0: unload once the response is done (and nothing else runs on it);
+    otherwise it sets when the idle model is unloaded (None: the configured default)."""
     if keep_alive is not None and keep_alive == 0:
         stats = model.engine.stats()
         if stats.running == 0 and stats.waiting == 0:
             await registry.unload(model.name)
+    else:
+        _keep(registry, model, keep_alive)
+
+
+def _keep(registry: ModelRegistry, model: LoadedModel, keep_alive: float | None) -> None:
+    with contextlib.suppress(ModelNotFound):  # deleted meanwhile
+        if registry.entry(model.name).model is model:  # not unloaded or reloaded meanwhile
+            registry.set_keep_alive(model.name, keep_alive)
 
 
 async def _load_only(
@@ -120,6 +134,8 @@ async def _load_only(
     unloading = keep_alive is not None and keep_alive == 0 and idle
     if unloading:
         await registry.unload(model.name)
+    elif keep_alive != 0:
+        _keep(registry, model, keep_alive)
     body: dict[str, Any] = {
         "model": model.name,
         "created_at": adapter.now_rfc3339(),
@@ -264,3 +280,21 @@ async def chat(
         keep_alive=keep_alive,
         chat=True,
     )
+
+
+@router.post("/api/copy", dependencies=[Depends(require_admin)])
+async def copy(body: s.CopyRequest, registry: RegistryDep) -> Response:
+    """Give a model another name; it is kept in the models directory and survives restarts."""
+    registry.copy(body.source, body.destination)
+    return Response(status_code=200)
+
+
+@router.delete("/api/delete", dependencies=[Depends(require_admin)])
+async def delete(body: s.DeleteRequest, registry: RegistryDep) -> Response:
+    """Remove a name made by /api/copy, or a model file of the models directory. Bundled
+    and configured models answer 403."""
+    name = body.model or body.name
+    if not name:
+        raise InvalidRequest("model is required", param="model")
+    await registry.delete(name)
+    return Response(status_code=200)

@@ -123,3 +123,13 @@ class ShowResponse(BaseModel):
     model_info: dict[str, Any]
     capabilities: list[str]
     modified_at: str
+
+
+class CopyRequest(_Wire):
+    source: Annotated[StrictStr, Field(min_length=1)]
+    destination: Annotated[StrictStr, Field(min_length=1)]
+
+
+class DeleteRequest(_Wire):
+    model: StrictStr | None = None
+    name: StrictStr | None = None  # older clients

@@ -1,0 +1,243 @@
+"""Registry policy on the fake backend: LRU eviction, memory budget, idle unload, allowlist,
+name mapping, the models directory, persisted copies and deletes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from inferd.config import ModelConfig, Settings
+from inferd.engine.backends.fake import FakeBackend
+from inferd.engine.types import GenerateRequest, SamplingParams
+from inferd.errors import ConfigError, InvalidRequest, ModelNotFound, ModelNotReady, ProtectedModel
+from inferd.models.registry import ModelRegistry, ModelStatus, RegistryOptions
+from inferd.models.spec import ModelSpec, Source
+from inferd.models.store import ModelStore
+
+
+def spec(tmp: Path, name: str, *aliases: str, size: int = 10, source: str = Source.SETTINGS):
+    path = tmp / f"{name.replace(':', '_')}.gguf"
+    path.write_bytes(b"x" * size)
+    return ModelSpec(name, path, ModelConfig(path=path), aliases, source)
+
+
+@contextlib.asynccontextmanager
+async def registry(*specs: ModelSpec, **kw: object) -> AsyncIterator[ModelRegistry]:
+    loads: list[str] = []
+
+    def loader(s: ModelSpec) -> FakeBackend:
+        loads.append(s.name)
+        return FakeBackend(step_delay=0.01)
+
+    reg = ModelRegistry(list(specs), loader, **kw)  # type: ignore[arg-type]
+    reg.loads = loads  # type: ignore[attr-defined]
+    await reg.load_all()
+    try:
+        yield reg
+    finally:
+        await reg.close()
+
+
+def loaded(reg: ModelRegistry) -> list[str]:
+    return [e.spec.name for e in reg.entries() if e.model is not None]
+
+
+async def generate(reg: ModelRegistry, name: str, tokens: int = 5) -> None:
+    model = await reg.acquire(name)
+    req = GenerateRequest(f"r-{name}-{id(model)}", (1, 2, 3), SamplingParams(max_tokens=tokens))
+    async for _ in model.engine.generate(req):
+        pass
+
+
+async def test_lru_eviction_with_max_loaded_models_1(tmp_path: Path) -> None:
+    opts = RegistryOptions(max_loaded_models=1)
+    async with registry(spec(tmp_path, "a"), spec(tmp_path, "b"), options=opts) as reg:
+        # startup loads the default only; b waits for a request
+        assert loaded(reg) == ["a"] and reg.entry("b").status is ModelStatus.UNLOADED
+        assert reg.entry("b").error is None
+        await generate(reg, "b")
+        assert loaded(reg) == ["b"]
+        await generate(reg, "a")
+        assert loaded(reg) == ["a"]
+        assert reg.loads == ["a", "b", "a"]  # type: ignore[attr-defined]
+
+
+async def test_the_least_recently_used_goes_first(tmp_path: Path) -> None:
+    opts = RegistryOptions(max_loaded_models=2)
+    specs = [spec(tmp_path, n) for n in "abc"]
+    async with registry(*specs, options=opts) as reg:
+        assert loaded(reg) == ["a", "b"]
+        await generate(reg, "a")  # b is now the least recently used
+        await generate(reg, "c")
+        assert sorted(loaded(reg)) == ["a", "c"]
+
+
+async def test_a_busy_model_is_never_evicted(tmp_path: Path) -> None:
+    opts = RegistryOptions(max_loaded_models=1, load_wait=5)
+    async with registry(spec(tmp_path, "a"), spec(tmp_path, "b"), options=opts) as reg:
+        running = asyncio.create_task(generate(reg, "a", tokens=60))  # ~0.6 s of steps
+        await asyncio.sleep(0.1)
+        with pytest.raises(ModelNotReady, match="every loaded model is busy") as err:
+            await reg.acquire("b")
+        assert "max_loaded_models" in err.value.message
+        assert loaded(reg) == ["a"]
+        await running
+        await generate(reg, "b")  # idle now: evicted
+        assert loaded(reg) == ["b"]
+
+
+async def test_acquired_but_not_yet_generating_counts_as_busy(tmp_path: Path) -> None:
+    opts = RegistryOptions(max_loaded_models=1)
+    async with registry(spec(tmp_path, "a"), spec(tmp_path, "b"), options=opts) as reg:
+        await reg.acquire("a")  # a request tokenizing its prompt
+        with pytest.raises(ModelNotReady, match="busy"):
+            await reg.acquire("b")
+        # one that never reaches the engine (say, a 400) protects it for 2 s at most
+        await asyncio.sleep(2.1)
+        await generate(reg, "b")
+        assert loaded(reg) == ["b"]
+
+
+async def test_memory_budget(tmp_path: Path) -> None:
+    opts = RegistryOptions(max_memory=250)
+    specs = [spec(tmp_path, "a", size=100), spec(tmp_path, "b", size=100)]
+    specs.append(spec(tmp_path, "c", size=100))
+    specs.append(spec(tmp_path, "huge", size=300))
+    async with registry(*specs, options=opts) as reg:
+        assert loaded(reg) == ["a", "b"]
+        await generate(reg, "c")
+        assert sorted(loaded(reg)) == ["b", "c"]
+        with pytest.raises(ModelNotReady, match="exceed max_memory"):
+            await reg.acquire("huge")
+        assert sorted(loaded(reg)) == ["b", "c"]
+
+
+async def test_idle_unload_after_keep_alive(tmp_path: Path) -> None:
+    a = spec(tmp_path, "a")
+    b = spec(tmp_path, "b")
+    b = ModelSpec("b", b.path, b.config.model_copy(update={"keep_alive": -1}))
+    async with registry(a, b, options=RegistryOptions(keep_alive=0.3)) as reg:
+        assert reg.expires_in(reg.entry("a")) is not None
+        assert reg.expires_in(reg.entry("b")) is None  # the model's own setting wins
+        await asyncio.sleep(0.8)
+        assert loaded(reg) == ["b"]
+        assert reg.entry("a").status is ModelStatus.UNLOADED
+        await generate(reg, "a")  # loads again on demand
+        assert "a" in loaded(reg)
+
+
+async def test_a_request_keep_alive_overrides_and_busy_models_stay(tmp_path: Path) -> None:
+    async with registry(spec(tmp_path, "a")) as reg:  # default: forever
+        reg.set_keep_alive("a", 0.2)
+        long = asyncio.create_task(generate(reg, "a", tokens=80))  # ~0.8 s
+        await asyncio.sleep(0.5)
+        assert loaded(reg) == ["a"]  # past keep_alive, but busy
+        await long
+        await asyncio.sleep(0.6)
+        assert loaded(reg) == []
+        await generate(reg, "a")
+        assert reg.entry("a").keep_alive is None  # a reload starts from the default
+        assert loaded(reg) == ["a"]
+
+
+async def test_allowlist(tmp_path: Path) -> None:
+    opts = RegistryOptions(allowed_models=frozenset({"b"}))
+    async with registry(spec(tmp_path, "a"), spec(tmp_path, "b:1b", "b"), options=opts) as reg:
+        assert [e.spec.name for e in reg.entries()] == ["b:1b"]
+        assert reg.default_name == "b:1b"
+        with pytest.raises(ModelNotFound):
+            reg.entry("a")
+        assert reg.entry("b:latest").spec.name == "b:1b"
+    with pytest.raises(ConfigError, match="allowed_models"):
+        ModelRegistry([spec(tmp_path, "a")], FakeBackend, options=opts)  # type: ignore[arg-type]
+
+
+async def test_model_map(tmp_path: Path) -> None:
+    settings = Settings(model_map={"mistral:latest": "a", "llama3:8b": "a:latest", "x": "nope"})
+    opts = RegistryOptions.from_settings(settings)
+    async with registry(spec(tmp_path, "a"), options=opts) as reg:
+        for name in ["mistral", "mistral:latest", "llama3:8b", "a:latest"]:
+            assert reg.entry(name).spec.name == "a"
+        assert set(reg.entry("a").spec.aliases) == {"mistral", "llama3:8b"}
+        with pytest.raises(ModelNotFound):
+            reg.entry("x")
+        with pytest.raises(ProtectedModel):
+            await reg.delete("mistral")
+
+
+async def test_models_directory_and_rescans(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "d1.gguf").write_bytes(b"x")
+    store = ModelStore(models)
+    async with registry(spec(tmp_path, "a"), store=store) as reg:
+        assert [e.spec.name for e in reg.entries()] == ["a", "d1"]
+        assert reg.entry("d1").spec.source == Source.DIRECTORY
+        (models / "d2.gguf").write_bytes(b"x")  # pulled while serving
+        assert reg.entry("d2").spec.path == models / "d2.gguf"
+        await generate(reg, "d2")
+
+
+async def test_bad_names_are_404_with_the_same_text(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    (tmp_path / "secret.gguf").write_bytes(b"x")
+    async with registry(spec(tmp_path, "a"), store=ModelStore(models)) as reg:
+        for name in ["../secret", "../secret.gguf", str(tmp_path / "secret.gguf"), "x" * 10_000]:
+            with pytest.raises(ModelNotFound) as err:
+                reg.entry(name)
+            shown = name if len(name) <= 64 else name[:64] + "..."
+            assert err.value.message == f"The model '{shown}' does not exist"
+
+
+async def test_copies_persist_and_deletes(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "mine.gguf").write_bytes(b"x")
+    store = ModelStore(models)
+    bundled = spec(tmp_path, "smollm2:135m", "smollm2", source=Source.BUNDLED)
+    async with registry(bundled, spec(tmp_path, "conf"), store=store) as reg:
+        reg.copy("smollm2", "my-copy:latest")
+        reg.copy("mine", "team/model:v1")
+        assert reg.entry("my-copy").spec.name == "smollm2:135m"
+        assert "my-copy" in reg.entry("smollm2").spec.aliases
+        with pytest.raises(InvalidRequest, match="already the name"):
+            reg.copy("mine", "conf")
+        with pytest.raises(InvalidRequest):
+            reg.copy("mine", "../evil")
+        with pytest.raises(ModelNotFound):
+            reg.copy("nope", "x")
+    # a new registry over the same directory (a restart) knows the copies
+    async with registry(bundled, spec(tmp_path, "conf"), store=store) as reg:
+        assert reg.entry("my-copy:latest").spec.name == "smollm2:135m"
+        assert reg.entry("team/model:v1").spec.name == "mine"
+        assert await reg.delete("my-copy") == "alias"
+        with pytest.raises(ModelNotFound):
+            reg.entry("my-copy")
+        with pytest.raises(ProtectedModel, match="bundled"):
+            await reg.delete("smollm2")
+        with pytest.raises(ProtectedModel, match="configured"):
+            await reg.delete("conf")
+        await generate(reg, "mine")
+        assert await reg.delete("mine:latest") == "model"  # unloads, removes file and aliases
+        assert not (models / "mine.gguf").exists()
+        assert store.aliases() == {}
+        for gone in ["mine", "team/model:v1"]:
+            with pytest.raises(ModelNotFound):
+                reg.entry(gone)
+        with pytest.raises(ModelNotFound):
+            await reg.delete("mine")
+        assert (tmp_path / "smollm2_135m.gguf").exists()
+
+
+def test_an_unknown_or_disallowed_default_is_a_config_error(tmp_path: Path) -> None:
+    specs = [spec(tmp_path, "a"), spec(tmp_path, "b")]
+    with pytest.raises(ConfigError, match="default_model 'c' is not a served model"):
+        ModelRegistry(specs, FakeBackend, default="c")  # type: ignore[arg-type]
+    opts = RegistryOptions(allowed_models=frozenset({"a"}))
+    with pytest.raises(ConfigError, match="default_model 'b'"):
+        ModelRegistry(specs, FakeBackend, default="b", options=opts)  # type: ignore[arg-type]
