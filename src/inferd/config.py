@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     max_stop: int = Field(16, ge=0, description="Most stop strings per request")
     max_stop_length: int = Field(256, ge=1, description="Longest stop string, in characters")
     max_logit_bias: int = Field(1024, ge=0, description="Most logit_bias entries per request")
+    max_embedding_inputs: int = Field(
+        256, ge=1, description="Most inputs one embeddings request may hold"
+    )
     drain_timeout: float = Field(
         30.0, ge=0, description="Seconds running requests get to finish on shutdown"
     )

@@ -27,6 +27,7 @@ class BackendInfo:
     chat_template: str | None
     n_params: int = 0
     size_bytes: int = 0
+    n_embd: int = 0  # size of an embedding vector
 
 
 class Sampler(Protocol):
@@ -40,7 +41,8 @@ class Sampler(Protocol):
 class Backend(Protocol):
     """A model loaded into a runtime context with a shared KV cache.
 
-    Every method except the tokenizer ones is called from the engine's core thread only.
+    Every method except the tokenizer ones, `check_sampling` and `embed` is called from the
+    engine's core thread only.
     """
 
     info: BackendInfo
@@ -57,7 +59,21 @@ class Backend(Protocol):
         """The model file's metadata (GGUF key/values as strings)."""
         ...
 
+    def check_sampling(self, params: SamplingParams) -> None:
+        """Raise InvalidRequest when these parameters cannot be sampled (a JSON schema the
+        backend cannot turn into a grammar). Thread-safe; may be slow for a large schema."""
+        ...
+
     def new_sampler(self, params: SamplingParams) -> Sampler: ...
+
+    def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
+        """One pooled, unnormalized embedding per input (token ids, each non-empty, in the
+        vocabulary, at most `info.n_ctx` long).
+
+        Runs on its own embeddings context, not the core thread's: thread-safe, serialized
+        with itself, called from a worker thread.
+        """
+        ...
 
     def decode(
         self,

@@ -14,14 +14,28 @@ from pathlib import Path
 from typing import Any
 
 import llama_cpp
+import llama_cpp.llama_grammar as llama_grammar
 
 from inferd.engine.backends.base import BackendInfo
 from inferd.engine.types import SamplingParams
-from inferd.errors import BackendError
+from inferd.errors import BackendError, EngineStopped, InvalidRequest
 
 log = logging.getLogger(__name__)
 
 _INIT_LOCK = threading.Lock()
+
+# compiled grammars kept per backend, by JSON schema text
+_GRAMMAR_CACHE = 64
+# sequences packed into one embeddings decode
+_EMBED_SEQS = 16
+# pooling a model may declare for its embeddings; anything else (none, rank) pools the mean
+_POOLINGS = frozenset(
+    {
+        llama_cpp.LLAMA_POOLING_TYPE_MEAN,
+        llama_cpp.LLAMA_POOLING_TYPE_CLS,
+        llama_cpp.LLAMA_POOLING_TYPE_LAST,
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +94,10 @@ class LlamaCppBackend:
         self._model = None
         self._ctx = None
         self._batch = None
+        self._embedder: _Embedder | None = None
+        self._embed_lock = threading.Lock()
+        self._grammars: dict[str, str] = {}
+        self._options = options
         if not path.is_file():
             raise BackendError(f"model file not found: {path.name}")
         mparams = llama_cpp.llama_model_default_params()
@@ -94,6 +112,7 @@ class LlamaCppBackend:
         n_ctx = min(options.n_ctx, n_ctx_train) if n_ctx_train > 0 else options.n_ctx
         kv_cells = max(options.kv_cells or default_kv_cells(n_ctx, options.max_seqs), n_ctx)
         n_threads = options.n_threads or max(1, os.cpu_count() or 1)
+        self._n_threads = n_threads
 
         cparams = llama_cpp.llama_context_default_params()
         cparams.n_ctx = kv_cells
@@ -141,6 +160,7 @@ class LlamaCppBackend:
             chat_template=template.decode("utf-8", "replace") if template else None,
             n_params=int(llama_cpp.llama_model_n_params(model)),
             size_bytes=int(llama_cpp.llama_model_size(model)),
+            n_embd=int(llama_cpp.llama_model_n_embd_out(model)),
         )
 
     # ---- metadata -------------------------------------------------------------------------
@@ -198,6 +218,34 @@ class LlamaCppBackend:
 
     # ---- sampling -------------------------------------------------------------------------
 
+    def _grammar(self, params: SamplingParams) -> str | None:
+        """GBNF for structured output (JSON schemas compiled once, then cached)."""
+        if params.json_schema is None:
+            return llama_grammar.JSON_GBNF if params.json_mode else None
+        key = params.json_schema
+        gbnf = self._grammars.get(key)
+        if gbnf is None:
+            try:
+                gbnf = llama_grammar.json_schema_to_gbnf(key)
+            except Exception as exc:  # the converter raises ValueError, AssertionError, ...
+                detail = str(exc)[:200] or type(exc).__name__
+                raise InvalidRequest(
+                    f"the JSON schema cannot be used for structured output: {detail}"
+                ) from None
+            if len(self._grammars) >= _GRAMMAR_CACHE:
+                self._grammars.pop(next(iter(self._grammars)), None)
+            self._grammars[key] = gbnf
+        return gbnf
+
+    def check_sampling(self, params: SamplingParams) -> None:
+        grammar = self._grammar(params)
+        if grammar is None:
+            return
+        sampler = llama_cpp.llama_sampler_init_grammar(self._vocab, grammar.encode(), b"root")
+        if not sampler:
+            raise InvalidRequest("the JSON schema cannot be used for structured output")
+        llama_cpp.llama_sampler_free(sampler)
+
     def new_sampler(self, params: SamplingParams) -> LlamaCppSampler:
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         add = llama_cpp.llama_sampler_chain_add
@@ -224,6 +272,14 @@ class LlamaCppBackend:
                 *(llama_cpp.llama_logit_bias(t, b) for t, b in bias)
             )
             add(chain, llama_cpp.llama_sampler_init_logit_bias(self._n_vocab, len(bias), arr))
+        grammar = self._grammar(params)
+        if grammar is not None:
+            # before the truncating samplers, so that they never leave only forbidden tokens
+            sampler = llama_cpp.llama_sampler_init_grammar(self._vocab, grammar.encode(), b"root")
+            if not sampler:
+                llama_cpp.llama_sampler_free(chain)
+                raise BackendError("the grammar for structured output failed to load")
+            add(chain, sampler)
         if params.greedy:
             add(chain, llama_cpp.llama_sampler_init_greedy())
         else:
@@ -275,7 +331,30 @@ class LlamaCppBackend:
     def copy_prefix(self, src: int, dst: int, n: int) -> None:
         llama_cpp.llama_memory_seq_cp(self._mem, src, dst, 0, n)
 
+    # ---- embeddings -----------------------------------------------------------------------
+
+    def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
+        with self._embed_lock:
+            if self._model is None:
+                raise EngineStopped("the model was unloaded")
+            if self._embedder is None:
+                self._embedder = _Embedder(
+                    self._model, self.info, self._pooling(), self._options, self._n_threads
+                )
+            return self._embedder.embed(inputs)
+
+    def _pooling(self) -> int:
+        """The pooling the model declares for embeddings; the mean when it declares none."""
+        meta = self.metadata()
+        declared = meta.get(f"{meta.get('general.architecture', '')}.pooling_type", "")
+        pooling = int(declared) if declared.isdigit() else -1
+        return pooling if pooling in _POOLINGS else llama_cpp.LLAMA_POOLING_TYPE_MEAN
+
     def close(self) -> None:
+        with self._embed_lock:
+            if self._embedder is not None:
+                self._embedder.close()
+                self._embedder = None
         if self._batch is not None:
             llama_cpp.llama_batch_free(self._batch)
             self._batch = None
@@ -285,3 +364,94 @@ class LlamaCppBackend:
         if self._model:
             llama_cpp.llama_model_free(self._model)
             self._model = None
+
+
+class _Embedder:
+    """A second llama.cpp context on the same loaded weights, computing pooled embeddings.
+
+    Its window is the model's context (`info.n_ctx`) and every decode holds whole inputs
+    (a pooled sequence must not span micro-batches): inputs are packed, in order, into
+    decodes of at most `n_ctx` tokens and `_EMBED_SEQS` sequences. Not thread-safe: the
+    backend serializes calls.
+    """
+
+    def __init__(
+        self, model: Any, info: BackendInfo, pooling: int, options: LlamaCppOptions, threads: int
+    ) -> None:
+        n_ctx = info.n_ctx
+        cparams = llama_cpp.llama_context_default_params()
+        cparams.n_ctx = n_ctx
+        cparams.n_batch = n_ctx
+        cparams.n_ubatch = n_ctx
+        cparams.n_seq_max = _EMBED_SEQS
+        cparams.n_threads = threads
+        cparams.n_threads_batch = threads
+        cparams.kv_unified = True
+        cparams.flash_attn_type = options.flash_attn
+        cparams.embeddings = True
+        cparams.pooling_type = pooling
+        cparams.no_perf = True
+        ctx = llama_cpp.llama_init_from_model(model, cparams)
+        if not ctx:
+            raise BackendError("failed to create a llama.cpp embeddings context")
+        self._ctx = ctx
+        self._mem = llama_cpp.llama_get_memory(ctx)
+        self._batch = llama_cpp.llama_batch_init(n_ctx, 0, 1)
+        self._n_ctx = n_ctx
+        self._n_embd = info.n_embd
+        self._ones = array("i", [1]) * n_ctx
+        log.debug("embeddings context: %d tokens, pooling %d", n_ctx, pooling)
+
+    def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
+        out: list[list[float]] = []
+        i = 0
+        while i < len(inputs):
+            group: list[Sequence[int]] = []
+            total = 0
+            while (
+                i < len(inputs)
+                and len(group) < _EMBED_SEQS
+                and total + len(inputs[i]) <= self._n_ctx
+            ):
+                group.append(inputs[i])
+                total += len(inputs[i])
+                i += 1
+            if not group or any(not g for g in group):
+                raise BackendError("an embeddings input is empty or longer than the context")
+            out.extend(self._decode(group, total))
+        return out
+
+    def _decode(self, group: list[Sequence[int]], total: int) -> list[list[float]]:
+        batch = self._batch
+        tokens = array("i", (t for g in group for t in g))
+        positions = array("i", (p for g in group for p in range(len(g))))
+        ctypes.memmove(batch.token, tokens.tobytes(), 4 * total)
+        ctypes.memmove(batch.pos, positions.tobytes(), 4 * total)
+        ctypes.memmove(batch.n_seq_id, self._ones.tobytes()[: 4 * total], 4 * total)
+        ctypes.memmove(batch.logits, b"\x01" * total, total)
+        seq_id = batch.seq_id
+        row = 0
+        for s, g in enumerate(group):
+            for _ in range(len(g)):
+                seq_id[row][0] = s
+                row += 1
+        batch.n_tokens = total
+        llama_cpp.llama_memory_clear(self._mem, True)
+        rc = llama_cpp.llama_decode(self._ctx, batch)
+        if rc != 0:
+            raise BackendError(f"llama_decode (embeddings) failed with status {rc}")
+        vectors = []
+        for s in range(len(group)):
+            ptr = llama_cpp.llama_get_embeddings_seq(self._ctx, s)
+            if not ptr:
+                raise BackendError("llama.cpp returned no pooled embedding")
+            vectors.append(list(ptr[: self._n_embd]))
+        return vectors
+
+    def close(self) -> None:
+        if self._batch is not None:
+            llama_cpp.llama_batch_free(self._batch)
+            self._batch = None
+        if self._ctx:
+            llama_cpp.llama_free(self._ctx)
+            self._ctx = None
