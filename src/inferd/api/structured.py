@@ -40,17 +40,15 @@ JSON_OBJECT = OutputFormat(json_mode=True)
 def schema_format(schema: Any, *, param: str) -> OutputFormat:
     """Validate a client's JSON Schema; a 400 naming `param` when it cannot be used."""
     if not isinstance(schema, dict):
-        raise InvalidRequest("the JSON schema must be a JSON object", param=param)
+        raise _bad(param, "the JSON schema must be a JSON object")
     _check_shape(schema, param)
     text = json.dumps(schema, separators=(",", ":"), ensure_ascii=False)
     if len(text) > MAX_SCHEMA_CHARS:
-        raise InvalidRequest(
-            f"the JSON schema is longer than {MAX_SCHEMA_CHARS} characters", param=param
-        )
+        raise _bad(param, f"the JSON schema is longer than {MAX_SCHEMA_CHARS} characters")
     try:
         validator_for(schema, default=Draft202012Validator).check_schema(schema)
     except SchemaError as exc:
-        raise InvalidRequest(f"invalid JSON schema: {exc.message[:200]}", param=param) from None
+        raise _bad(param, f"invalid JSON schema: {exc.message[:200]}") from None
     return OutputFormat(json_schema=text)
 
 
@@ -59,26 +57,21 @@ def _check_shape(schema: dict[str, Any], param: str) -> None:
     stack: list[tuple[Any, int]] = [(schema, 1)]
     while stack:
         node, depth = stack.pop()
+        if not isinstance(node, dict | list):
+            continue
         if depth > MAX_SCHEMA_DEPTH:
-            raise InvalidRequest(
-                f"the JSON schema is nested more than {MAX_SCHEMA_DEPTH} levels deep",
-                param=param,
-            )
-        if isinstance(node, dict):
-            ref = node.get("$ref")
-            if ref is not None and not (isinstance(ref, str) and ref.startswith("#/")):
-                raise InvalidRequest(
-                    "only local references ($ref starting with #/) are supported", param=param
-                )
-            for key in _REPEAT_KEYS:
-                value = node.get(key)
-                if isinstance(value, int) and value > MAX_REPEAT:
-                    raise InvalidRequest(
-                        f"{key} in the JSON schema may be at most {MAX_REPEAT}", param=param
-                    )
-            stack.extend((v, depth + 1) for v in node.values())
-        elif isinstance(node, list):
+            raise _bad(param, f"the JSON schema is nested more than {MAX_SCHEMA_DEPTH} levels deep")
+        if isinstance(node, list):
             stack.extend((v, depth + 1) for v in node)
+            continue
+        ref = node.get("$ref")
+        if ref is not None and not (isinstance(ref, str) and ref.startswith("#/")):
+            raise _bad(param, "only local references ($ref starting with #/) are supported")
+        for key in _REPEAT_KEYS:
+            value = node.get(key)
+            if isinstance(value, int) and value > MAX_REPEAT:
+                raise _bad(param, f"{key} in the JSON schema may be at most {MAX_REPEAT}")
+        stack.extend((v, depth + 1) for v in node.values())
 
 
 async def check_format(engine: EngineClient, sampling: SamplingParams, *, param: str) -> None:
@@ -87,4 +80,9 @@ async def check_format(engine: EngineClient, sampling: SamplingParams, *, param:
     try:
         await engine.check_sampling(sampling)
     except InvalidRequest as exc:
-        raise InvalidRequest(exc.message, param=param) from None
+        raise _bad(param, exc.message) from None
+
+
+def _bad(param: str, message: str) -> InvalidRequest:
+    """The message names the parameter too: Ollama's errors carry only a message."""
+    return InvalidRequest(f"{param}: {message}", param=param)

@@ -81,6 +81,9 @@ def check_chat(req: s.ChatCompletionRequest, settings: Settings) -> None:
     output_format(req)
 
 
+RESPONSE_FORMAT_SCHEMA = "response_format.json_schema.schema"
+
+
 def output_format(req: s.ChatCompletionRequest) -> OutputFormat:
     """`response_format`: text, json_object, or json_schema with its `schema`."""
     rf = req.response_format
@@ -95,10 +98,9 @@ def output_format(req: s.ChatCompletionRequest) -> OutputFormat:
         )
     if rf.json_schema.schema_ is None:
         raise InvalidRequest(
-            "response_format.json_schema needs a schema",
-            param="response_format.json_schema.schema",
+            "response_format.json_schema needs a schema", param=RESPONSE_FORMAT_SCHEMA
         )
-    return schema_format(rf.json_schema.schema_, param="response_format.json_schema.schema")
+    return schema_format(rf.json_schema.schema_, param=RESPONSE_FORMAT_SCHEMA)
 
 
 def check_embeddings(req: s.EmbeddingRequest, settings: Settings) -> None:

@@ -71,7 +71,7 @@ async def chat_completions(
         prompt_param="messages",
         output=adapter.output_format(body),
     )
-    await check_format(engine, reqs[0].sampling, param="response_format")
+    await check_format(engine, reqs[0].sampling, param=adapter.RESPONSE_FORMAT_SCHEMA)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return sse_response(

@@ -228,7 +228,8 @@ class LlamaCppBackend:
             try:
                 gbnf = llama_grammar.json_schema_to_gbnf(key)
             except Exception as exc:  # the converter raises ValueError, AssertionError, ...
-                detail = str(exc)[:200] or type(exc).__name__
+                # the converter names the schema's document "stdin"
+                detail = str(exc).replace("stdin#", "#")[:200] or type(exc).__name__
                 raise InvalidRequest(
                     f"the JSON schema cannot be used for structured output: {detail}"
                 ) from None
