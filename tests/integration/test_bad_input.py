@@ -736,6 +736,13 @@ async def test_malformed_response_format(real: AppHandle, response_format: Any, 
     await assert_nothing_scheduled(real, before)
 
 
+async def test_json_response_format_with_ignore_eos(real: AppHandle) -> None:
+    before = await idle_stats(real)
+    body = chat(response_format={"type": "json_object"}, ignore_eos=True, max_tokens=8)
+    assert_error(await post(real, CHAT, body), 400, param="ignore_eos")
+    await assert_nothing_scheduled(real, before)
+
+
 @pytest.mark.parametrize(
     "response_format",
     [

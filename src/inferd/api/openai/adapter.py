@@ -78,7 +78,11 @@ def check_chat(req: s.ChatCompletionRequest, settings: Settings) -> None:
         raise UnsupportedParameter("tools are not supported yet", param="tools")
     if req.functions:
         raise UnsupportedParameter("functions are not supported yet", param="functions")
-    output_format(req)
+    if output_format(req) != TEXT and req.ignore_eos:
+        # the grammar ends the output with EOS: forbidding it leaves no token to sample
+        raise InvalidRequest(
+            "ignore_eos cannot be combined with a JSON response_format", param="ignore_eos"
+        )
 
 
 RESPONSE_FORMAT_SCHEMA = "response_format.json_schema.schema"

@@ -15,6 +15,7 @@ from typing import Any
 
 import llama_cpp
 import llama_cpp.llama_grammar as llama_grammar
+import numpy as np
 
 from inferd.engine.backends.base import BackendInfo
 from inferd.engine.types import SamplingParams
@@ -24,6 +25,8 @@ log = logging.getLogger(__name__)
 
 _INIT_LOCK = threading.Lock()
 
+# llama_token_data as a numpy record, to fill a vocabulary of candidates without a loop
+_TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
 # compiled grammars kept per backend, by JSON schema text
 _GRAMMAR_CACHE = 64
 # sequences packed into one embeddings decode
@@ -65,21 +68,70 @@ def default_kv_cells(n_ctx: int, max_seqs: int) -> int:
 
 
 class LlamaCppSampler:
-    """A llama.cpp sampler chain: penalties, logit bias, top-k/p, min-p, temperature, dist."""
+    """A llama.cpp sampler chain: penalties, logit bias, top-k/p, min-p, temperature, dist.
 
-    __slots__ = ("_chain", "_ctx")
+    With a grammar (structured output) it samples as llama.cpp's own `common_sampler` does:
+    the chain picks a token from the unconstrained candidates and the grammar only checks
+    that one token; only when the grammar rejects it are all candidates masked by the
+    grammar and the chain applied again. Masking the whole vocabulary on every token costs
+    ~12-19 ms with SmolLM2's 49,152 tokens, more than the decode step itself.
+    """
 
-    def __init__(self, chain: Any, ctx: Any) -> None:
+    __slots__ = ("_arr", "_cands", "_chain", "_ctx", "_grammar", "_ids", "_n_vocab")
+
+    def __init__(self, chain: Any, ctx: Any, grammar: Any = None, n_vocab: int = 0) -> None:
         self._chain = chain
         self._ctx = ctx
+        self._grammar = grammar
+        self._n_vocab = n_vocab
+        if grammar is not None:
+            self._ids = np.arange(n_vocab, dtype=np.int32)
+            self._cands = np.zeros(n_vocab, dtype=_TOKEN_DATA)
+            self._arr = llama_cpp.llama_token_data_array(
+                self._cands.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token_data)),
+                n_vocab,
+                -1,
+                False,
+            )
 
     def sample(self, row: int) -> int:
-        return int(llama_cpp.llama_sampler_sample(self._chain, self._ctx, row))
+        if self._grammar is None:
+            return int(llama_cpp.llama_sampler_sample(self._chain, self._ctx, row))
+        logits = np.ctypeslib.as_array(
+            llama_cpp.llama_get_logits_ith(self._ctx, row), shape=(self._n_vocab,)
+        )
+        token = self._pick(logits, constrained=False)
+        one = llama_cpp.llama_token_data(token, 1.0, 0.0)
+        single = llama_cpp.llama_token_data_array(ctypes.pointer(one), 1, -1, False)
+        llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(single))
+        if one.logit == float("-inf"):
+            token = self._pick(logits, constrained=True)
+        llama_cpp.llama_sampler_accept(self._grammar, token)
+        llama_cpp.llama_sampler_accept(self._chain, token)
+        return token
+
+    def _pick(self, logits: Any, *, constrained: bool) -> int:
+        cands, arr = self._cands, self._arr
+        cands["id"] = self._ids
+        cands["logit"] = logits
+        cands["p"] = 0.0
+        arr.size = self._n_vocab
+        arr.selected = -1
+        arr.sorted = False
+        if constrained:
+            llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(arr))
+        llama_cpp.llama_sampler_apply(self._chain, ctypes.byref(arr))
+        if not 0 <= arr.selected < arr.size:
+            raise BackendError("the sampler selected no token")
+        return int(arr.data[arr.selected].id)
 
     def close(self) -> None:
         if self._chain:
             llama_cpp.llama_sampler_free(self._chain)
             self._chain = None
+        if self._grammar:
+            llama_cpp.llama_sampler_free(self._grammar)
+            self._grammar = None
 
 
 class LlamaCppBackend:
@@ -273,14 +325,6 @@ class LlamaCppBackend:
                 *(llama_cpp.llama_logit_bias(t, b) for t, b in bias)
             )
             add(chain, llama_cpp.llama_sampler_init_logit_bias(self._n_vocab, len(bias), arr))
-        grammar = self._grammar(params)
-        if grammar is not None:
-            # before the truncating samplers, so that they never leave only forbidden tokens
-            sampler = llama_cpp.llama_sampler_init_grammar(self._vocab, grammar.encode(), b"root")
-            if not sampler:
-                llama_cpp.llama_sampler_free(chain)
-                raise BackendError("the grammar for structured output failed to load")
-            add(chain, sampler)
         if params.greedy:
             add(chain, llama_cpp.llama_sampler_init_greedy())
         else:
@@ -293,7 +337,14 @@ class LlamaCppBackend:
             add(chain, llama_cpp.llama_sampler_init_temp(params.temperature))
             seed = params.seed if params.seed is not None else random.getrandbits(32)
             add(chain, llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
-        return LlamaCppSampler(chain, self._ctx)
+        grammar = self._grammar(params)
+        if grammar is None:
+            return LlamaCppSampler(chain, self._ctx)
+        constraint = llama_cpp.llama_sampler_init_grammar(self._vocab, grammar.encode(), b"root")
+        if not constraint:
+            llama_cpp.llama_sampler_free(chain)
+            raise BackendError("the grammar for structured output failed to load")
+        return LlamaCppSampler(chain, self._ctx, constraint, self._n_vocab)
 
     # ---- the step -------------------------------------------------------------------------
 
