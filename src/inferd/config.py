@@ -40,6 +40,11 @@ class ModelConfig(BaseModel):
         "no cap with GPU offload; 0: no cap)",
     )
     prefix_cache: bool = Field(True, description="Reuse cached KV of earlier prompts' prefixes")
+    n_ctx_embed: int = Field(
+        2048,
+        ge=16,
+        description="Longest embeddings input in tokens (capped by n_ctx); memory grows with it",
+    )
     n_threads: int | None = Field(None, ge=1, description="CPU threads (default: all cores)")
     n_gpu_layers: int = Field(0, ge=-1, description="Layers to offload to the GPU (-1: all)")
     chat_template: str | None = Field(

@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from tests.conftest import TEST_N_CTX, AppHandle
+from inferd.config import Settings
+from inferd.models.loading import llamacpp_loader
+from inferd.models.registry import ModelRegistry
+from tests.conftest import TEST_N_CTX, AppHandle, bundled_spec
 
 pytestmark = pytest.mark.model
 
@@ -116,7 +120,8 @@ async def test_token_ids_equal_their_text(real: AppHandle) -> None:
 
 async def test_truncation(real: AppHandle) -> None:
     engine = real.engine()
-    n_ctx = engine.info.n_ctx
+    n_ctx = engine.info.embed_limit
+    assert n_ctx == min(engine.info.n_ctx, 2048)
     text = "lorem ipsum dolor sit amet " * 600
     assert len(await engine.tokenize(text, add_special=True, parse_special=False)) > n_ctx
     r = await real.client.post("/api/embed", json={"model": MODEL, "input": text})
@@ -191,6 +196,26 @@ async def test_embeddings_beside_a_token_stream(real: AppHandle) -> None:
     assert streamed == expected
     for v in vecs:
         assert np.array_equal(v, vec_alone)
+
+
+async def test_a_smaller_embeddings_window(model_path: Path) -> None:
+    """n_ctx_embed bounds each embeddings decode and input, below the generation context."""
+    registry = ModelRegistry([bundled_spec(model_path, n_ctx_embed=32)], llamacpp_loader())
+    async with AppHandle(Settings(), registry) as h:
+        assert h.engine().info.embed_limit == 32
+        text = "one two three four five six seven eight nine ten " * 5
+        r = await h.client.post("/api/embed", json={"model": MODEL, "input": [text, CAT] * 3})
+        assert r.status_code == 200, r.text
+        assert r.json()["prompt_eval_count"] == 3 * 32 + 3 * len(
+            await h.engine().tokenize(CAT, add_special=True, parse_special=False)
+        )
+        r = await h.client.post("/v1/embeddings", json={"model": MODEL, "input": text})
+        assert r.status_code == 400 and "32" in r.json()["error"]["message"], r.text
+        chat = await h.client.post(
+            "/v1/chat/completions",
+            json={"model": MODEL, "messages": [{"role": "user", "content": text}], "max_tokens": 2},
+        )
+        assert chat.status_code == 200, chat.text
 
 
 async def test_keep_alive_zero_unloads_and_the_next_request_loads(real: AppHandle) -> None:

@@ -237,6 +237,21 @@ async def test_v1_embeddings_too_long_is_context_length_exceeded(fake_app: FakeF
         assert ok.status_code == 200, ok.text
 
 
+async def test_the_embeddings_limit_can_be_below_the_context(fake_app: FakeFactory) -> None:
+    async with fake_app(n_ctx=64, n_ctx_embed=16) as h:
+        r = await h.client.post("/api/embed", json={"model": "fake", "input": "z" * 20})
+        assert r.status_code == 200 and r.json()["prompt_eval_count"] == 16
+        r = await h.client.post(
+            "/api/embed", json={"model": "fake", "input": "z" * 20, "options": {"num_ctx": 64}}
+        )
+        assert r.status_code == 200 and r.json()["prompt_eval_count"] == 16
+        err = openai_error(
+            await h.client.post("/v1/embeddings", json={"model": "fake", "input": "z" * 17}),
+            "input",
+        )
+        assert "16" in err["message"]
+
+
 def test_base64_is_little_endian_float32() -> None:
     assert base64.b64decode(to_base64([1.0, -2.5])) == np.array([1.0, -2.5], "<f4").tobytes()
 

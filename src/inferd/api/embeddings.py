@@ -32,8 +32,8 @@ async def embed(
     truncate: bool = False,
     normalize: bool = True,
 ) -> Embeddings:
-    """Embed texts or token-id lists. Each input must be non-empty and fit `n_ctx` (the
-    model's context by default) unless `truncate`, which keeps its first `n_ctx` tokens.
+    """Embed texts or token-id lists. Each input must be non-empty and fit `n_ctx` (capped
+    by the model's embeddings limit) unless `truncate`, which keeps its first tokens.
     Errors are 400s naming `param`, or `param[i]` for the i-th input when `indexed` (the
     client sent a list of inputs)."""
     if not inputs:
@@ -43,7 +43,7 @@ async def embed(
             f"{param} may hold at most {settings.max_embedding_inputs} inputs", param=param
         )
     info = engine.info
-    limit = n_ctx or info.n_ctx
+    limit = min(n_ctx or info.embed_limit, info.embed_limit)
     token_lists: list[list[int]] = []
     for i, item in enumerate(inputs):
         where = f"{param}[{i}]" if indexed else param
@@ -64,7 +64,8 @@ async def embed(
         if len(tokens) > limit:
             if not truncate:
                 raise ContextTooLong(
-                    f"{where} has {len(tokens)} tokens, more than the context of {limit}",
+                    f"{where} has {len(tokens)} tokens, more than the embeddings context "
+                    f"of {limit}",
                     param=where,
                 )
             tokens = tokens[:limit]

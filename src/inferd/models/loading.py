@@ -20,6 +20,7 @@ def llamacpp_loader(*, verbose: bool = False) -> BackendLoader:
                 max_seqs=c.max_seqs,
                 n_batch=max(c.n_batch, c.max_seqs),
                 prefix_cache=c.prefix_cache,
+                n_ctx_embed=c.n_ctx_embed,
                 prefill_per_decode=c.prefill_per_decode,
                 n_threads=c.n_threads,
                 n_gpu_layers=c.n_gpu_layers,

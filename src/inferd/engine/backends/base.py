@@ -28,6 +28,11 @@ class BackendInfo:
     n_params: int = 0
     size_bytes: int = 0
     n_embd: int = 0  # size of an embedding vector
+    n_ctx_embed: int = 0  # the longest embeddings input, in tokens (0: n_ctx)
+
+    @property
+    def embed_limit(self) -> int:
+        return self.n_ctx_embed or self.n_ctx
 
 
 class Sampler(Protocol):
@@ -68,7 +73,7 @@ class Backend(Protocol):
 
     def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
         """One pooled, unnormalized embedding per input (token ids, each non-empty, in the
-        vocabulary, at most `info.n_ctx` long).
+        vocabulary, at most `info.embed_limit` long).
 
         Runs on its own embeddings context, not the core thread's: thread-safe, serialized
         with itself, called from a worker thread.

@@ -61,6 +61,7 @@ class FakeBackend:
     step_delay: float = 0.0
     fail_after_steps: int | None = None
     n_embd: int = 8
+    n_ctx_embed: int = 0
     # observable state for tests, modelled on llama.cpp's unified KV cache: a cell holds
     # one position and may belong to several sequence ids
     steps: int = 0
@@ -88,6 +89,7 @@ class FakeBackend:
             eos_token="</s>",
             chat_template=None,
             n_embd=self.n_embd,
+            n_ctx_embed=self.n_ctx_embed,
         )
 
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
@@ -113,7 +115,7 @@ class FakeBackend:
         self.embed_calls.append(len(inputs))
         out = []
         for tokens in inputs:
-            if not tokens or len(tokens) > self.n_ctx:
+            if not tokens or len(tokens) > self.info.embed_limit:
                 raise BackendError("an embeddings input is empty or longer than the context")
             vectors = [token_vector(t, self.n_embd) for t in tokens]
             out.append([sum(col) / len(tokens) for col in zip(*vectors, strict=True)])

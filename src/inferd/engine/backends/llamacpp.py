@@ -59,6 +59,10 @@ class LlamaCppOptions:
     # with AMX, llama-cpp-python 0.3.36 segfaults in ggml_backend_amx_mul_mat as soon as a
     # batch holds more than one token (measured on this project's machines).
     extra_buffers: bool = False
+    # Tokens in one embeddings decode, so the longest embeddings input (capped by n_ctx). A
+    # generative model's embeddings context outputs every token, logits included: 2048
+    # tokens of SmolLM2 take ~0.4 GB of logits alone, 4096 took 1.6 GB in all (measured).
+    n_ctx_embed: int = 2048
     verbose: bool = False
 
 
@@ -213,6 +217,7 @@ class LlamaCppBackend:
             n_params=int(llama_cpp.llama_model_n_params(model)),
             size_bytes=int(llama_cpp.llama_model_size(model)),
             n_embd=int(llama_cpp.llama_model_n_embd_out(model)),
+            n_ctx_embed=min(options.n_ctx_embed, n_ctx),
         )
 
     # ---- metadata -------------------------------------------------------------------------
@@ -421,7 +426,7 @@ class LlamaCppBackend:
 class _Embedder:
     """A second llama.cpp context on the same loaded weights, computing pooled embeddings.
 
-    Its window is the model's context (`info.n_ctx`) and every decode holds whole inputs
+    Its window is `info.embed_limit` tokens and every decode holds whole inputs
     (a pooled sequence must not span micro-batches): inputs are packed, in order, into
     decodes of at most `n_ctx` tokens and `_EMBED_SEQS` sequences. Not thread-safe: the
     backend serializes calls.
@@ -430,7 +435,7 @@ class _Embedder:
     def __init__(
         self, model: Any, info: BackendInfo, pooling: int, options: LlamaCppOptions, threads: int
     ) -> None:
-        n_ctx = info.n_ctx
+        n_ctx = info.embed_limit
         cparams = llama_cpp.llama_context_default_params()
         cparams.n_ctx = n_ctx
         cparams.n_batch = n_ctx
