@@ -81,7 +81,7 @@ class LlamaCppSampler:
     ~12-19 ms with SmolLM2's 49,152 tokens, more than the decode step itself.
     """
 
-    __slots__ = ("_arr", "_cands", "_chain", "_ctx", "_grammar", "_ids", "_n_vocab")
+    __slots__ = ("_cands", "_chain", "_ctx", "_data", "_grammar", "_ids", "_n_vocab")
 
     def __init__(self, chain: Any, ctx: Any, grammar: Any = None, n_vocab: int = 0) -> None:
         self._chain = chain
@@ -91,12 +91,7 @@ class LlamaCppSampler:
         if grammar is not None:
             self._ids = np.arange(n_vocab, dtype=np.int32)
             self._cands = np.zeros(n_vocab, dtype=_TOKEN_DATA)
-            self._arr = llama_cpp.llama_token_data_array(
-                self._cands.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token_data)),
-                n_vocab,
-                -1,
-                False,
-            )
+            self._data = self._cands.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token_data))
 
     def sample(self, row: int) -> int:
         if self._grammar is None:
@@ -115,13 +110,12 @@ class LlamaCppSampler:
         return token
 
     def _pick(self, logits: Any, *, constrained: bool) -> int:
-        cands, arr = self._cands, self._arr
+        cands = self._cands
         cands["id"] = self._ids
         cands["logit"] = logits
         cands["p"] = 0.0
-        arr.size = self._n_vocab
-        arr.selected = -1
-        arr.sorted = False
+        # a new array header each time: samplers shrink it and may repoint its data
+        arr = llama_cpp.llama_token_data_array(self._data, self._n_vocab, -1, False)
         if constrained:
             llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(arr))
         llama_cpp.llama_sampler_apply(self._chain, ctypes.byref(arr))
@@ -153,6 +147,7 @@ class LlamaCppBackend:
         self._embedder: _Embedder | None = None
         self._embed_lock = threading.Lock()
         self._grammars: dict[str, str] = {}
+        self._grammar_lock = threading.Lock()
         self._options = options
         if not path.is_file():
             raise BackendError(f"model file not found: {path.name}")
@@ -280,7 +275,8 @@ class LlamaCppBackend:
         if params.json_schema is None:
             return llama_grammar.JSON_GBNF if params.json_mode else None
         key = params.json_schema
-        gbnf = self._grammars.get(key)
+        with self._grammar_lock:  # the core thread and request threads share the cache
+            gbnf = self._grammars.get(key)
         if gbnf is None:
             try:
                 gbnf = llama_grammar.json_schema_to_gbnf(key)
@@ -290,9 +286,10 @@ class LlamaCppBackend:
                 raise InvalidRequest(
                     f"the JSON schema cannot be used for structured output: {detail}"
                 ) from None
-            if len(self._grammars) >= _GRAMMAR_CACHE:
-                self._grammars.pop(next(iter(self._grammars)), None)
-            self._grammars[key] = gbnf
+            with self._grammar_lock:
+                if len(self._grammars) >= _GRAMMAR_CACHE:
+                    self._grammars.pop(next(iter(self._grammars)), None)
+                self._grammars[key] = gbnf
         return gbnf
 
     def check_sampling(self, params: SamplingParams) -> None:
