@@ -165,8 +165,9 @@ async def test_bad_input(real: AppHandle, path: str, body: dict[str, Any]) -> No
 
 
 async def test_embeddings_beside_a_token_stream(real: AppHandle) -> None:
-    """Embeddings run on their own context beside the core loop: a stream keeps going and
-    both give the same answers as alone."""
+    """Embeddings run on their own context beside the core loop: a stream keeps going to its
+    end, and the embeddings are the same as alone. (The stream's text is not compared with a
+    run alone: a prefix-cache hit changes the prefill's batch and so llama.cpp's kernels.)"""
     body = {
         "model": MODEL,
         "messages": [{"role": "user", "content": "Count from one to twenty."}],
@@ -175,25 +176,27 @@ async def test_embeddings_beside_a_token_stream(real: AppHandle) -> None:
         "seed": 1,
         "ignore_eos": True,
     }
-    alone = await real.client.post("/v1/chat/completions", json=body)
-    expected = alone.json()["choices"][0]["message"]["content"]
     vec_alone = await api_embed(real, [CAT, MONEY])
 
-    async def stream() -> str:
-        text = ""
+    async def stream() -> tuple[str, str | None]:
+        text, finish = "", None
         async with real.client.stream(
             "POST", "/v1/chat/completions", json={**body, "stream": True}
         ) as r:
             async for line in r.aiter_lines():
                 if line.startswith("data: {"):
-                    for c in json.loads(line[6:])["choices"]:
+                    chunk = json.loads(line[6:])
+                    assert "error" not in chunk, chunk
+                    for c in chunk["choices"]:
                         text += c["delta"].get("content", "")
-        return text
+                        finish = c["finish_reason"] or finish
+        return text, finish
 
     streamed, *vecs = await asyncio.gather(
         stream(), *(api_embed(real, [CAT, MONEY]) for _ in range(3))
     )
-    assert streamed == expected
+    text, finish = streamed
+    assert text and finish == "length"
     for v in vecs:
         assert np.array_equal(v, vec_alone)
 
