@@ -62,6 +62,7 @@ class FakeBackend:
     fail_after_steps: int | None = None
     n_embd: int = 8
     n_ctx_embed: int = 0
+    reject_grammar: bool = False  # new_sampler fails for structured output
     # observable state for tests, modelled on llama.cpp's unified KV cache: a cell holds
     # one position and may belong to several sequence ids
     steps: int = 0
@@ -109,6 +110,8 @@ class FakeBackend:
 
     def new_sampler(self, params: SamplingParams) -> FakeSampler:
         self.sampling_seen.append(params)
+        if self.reject_grammar and params.constrained:
+            raise BackendError("the grammar for structured output failed to load")
         return FakeSampler(self, params)
 
     def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
