@@ -164,6 +164,30 @@ async def test_bad_input(real: AppHandle, path: str, body: dict[str, Any]) -> No
     assert ok.status_code == 200
 
 
+@pytest.mark.parametrize("path", ["/api/embed", "/api/embeddings", "/v1/embeddings"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"not json",
+        b"[1]",
+        b"null",
+        b'{"model": "smollm2", "input": "a"',
+        b'{"model": "smollm2", "input": "\\ud800 lone", "prompt": "\\ud800 lone"}',
+        b'{"model": "smollm2", "input": "a\\u0000b", "prompt": "a\\u0000b"}',
+        b'{"model": "../../etc/passwd", "input": "a", "prompt": "a"}',
+    ],
+)
+async def test_malformed_bodies(real: AppHandle, path: str, raw: bytes) -> None:
+    """RELIABILITY 1, 9, 12: never a 5xx, nothing leaked; odd text is embedded or refused."""
+    r = await real.client.post(path, content=raw, headers={"content-type": "application/json"})
+    assert r.status_code in (200, 400, 404), r.text
+    assert "Traceback" not in r.text and "/work" not in r.text
+    if b"../" in raw:
+        assert r.status_code == 404
+    ok = await real.client.post("/api/embed", json={"model": MODEL, "input": "still fine"})
+    assert ok.status_code == 200
+
+
 async def test_embeddings_beside_a_token_stream(real: AppHandle) -> None:
     """Embeddings run on their own context beside the core loop: a stream keeps going to its
     end, and the embeddings are the same as alone. (The stream's text is not compared with a

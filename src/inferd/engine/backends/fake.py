@@ -94,7 +94,7 @@ class FakeBackend:
         )
 
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
-        return [b + 1 for b in text.encode()]
+        return [b + 1 for b in text.encode("utf-8", "surrogatepass")]
 
     def token_piece(self, token: int) -> bytes:
         return b"" if token == EOS else bytes([token - 1])
