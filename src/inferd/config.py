@@ -50,6 +50,11 @@ class ModelConfig(BaseModel):
         description="Host memory for finished requests' saved KV state, in MiB (least "
         "recently used dropped first)",
     )
+    n_ctx_embed: int = Field(
+        2048,
+        ge=16,
+        description="Longest embeddings input in tokens (capped by n_ctx); memory grows with it",
+    )
     n_threads: int | None = Field(None, ge=1, description="CPU threads (default: all cores)")
     n_gpu_layers: int = Field(0, ge=-1, description="Layers to offload to the GPU (-1: all)")
     chat_template: str | None = Field(
@@ -132,6 +137,9 @@ class Settings(BaseSettings):
     max_stop: int = Field(16, ge=0, description="Most stop strings per request")
     max_stop_length: int = Field(256, ge=1, description="Longest stop string, in characters")
     max_logit_bias: int = Field(1024, ge=0, description="Most logit_bias entries per request")
+    max_embedding_inputs: int = Field(
+        256, ge=1, description="Most inputs one embeddings request may hold"
+    )
     drain_timeout: float = Field(
         30.0, ge=0, description="Seconds running requests get to finish on shutdown"
     )

@@ -1,12 +1,14 @@
 """The official `ollama` client, sync and async, against a live `inferd serve` (its main port
 has every Ollama route), and against a second listener started with `--ollama-port`.
 
-Not covered here: `embed`, `pull` (and `create`, `push`): inferd has no such routes yet;
+Not covered here: `pull` (and `create`, `push`): inferd has no such routes yet;
 `copy` and `delete` are in test_ollama_models.py."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -14,6 +16,7 @@ from typing import Any
 
 import httpx
 import ollama
+import pydantic
 import pytest
 
 from tests.conftest import LiveServer, free_port
@@ -282,19 +285,28 @@ def test_bad_requests_are_400(client: ollama.Client) -> None:
             "num_predict",
         ),
         (lambda: client.chat(model=MODEL, messages=USER, options={"num_ctx": 10**9}), "num_ctx"),
-        (lambda: client.generate(model=MODEL, prompt="Hi", format="json"), "not supported"),
         (
-            lambda: client.chat(model=MODEL, messages=USER, format={"type": "object"}),
-            "not supported",
+            lambda: client.generate(
+                model=MODEL, prompt="Hi", format={"$ref": "https://example.com/s.json"}
+            ),
+            "format",
+        ),
+        (
+            lambda: client.chat(model=MODEL, messages=USER, format={"type": "objekt"}),
+            "format",
         ),
         (lambda: client.generate(model=MODEL, prompt="def f(", suffix="return 1"), "not supported"),
         (lambda: client.generate(model=MODEL, prompt="Hi", keep_alive="soon"), "keep_alive"),
         (lambda: client.generate(model=MODEL, prompt="Hi", context=[-1]), "context"),
         (lambda: client.generate(model=MODEL, prompt="hello " * 5000), "2048"),
         (
-            lambda: list(client.chat(model=MODEL, messages=USER, format="json", stream=True)),
-            "not supported",
+            lambda: list(
+                client.chat(model=MODEL, messages=USER, format={"$ref": "#"}, stream=True)
+            ),
+            "format",
         ),
+        (lambda: client.embed(model=MODEL, input=[""]), "input"),
+        (lambda: client.embed(model=MODEL, input="hello " * 5000, truncate=False), "context"),
     ]
     for call, text in cases:
         with pytest.raises(ollama.ResponseError) as info:
@@ -302,6 +314,73 @@ def test_bad_requests_are_400(client: ollama.Client) -> None:
         assert info.value.status_code == 400, info.value
         assert text in info.value.error, info.value.error
     assert client.generate(model=MODEL, prompt="Hi", options={"num_predict": 2}).done
+
+
+# ---- structured output and embeddings -----------------------------------------------------------
+
+
+class Person(pydantic.BaseModel):
+    name: str = pydantic.Field(max_length=20)
+    age: int = pydantic.Field(ge=0, le=150)
+
+
+def test_chat_with_a_json_schema_format(client: ollama.Client) -> None:
+    """The pattern Ollama documents: a pydantic model's JSON schema in, validated JSON out."""
+    ask = [{"role": "user", "content": "Describe Alice, who is 30 years old, as JSON."}]
+    opts = {"temperature": 0, "num_predict": 80}
+    resp = client.chat(model=MODEL, messages=ask, format=Person.model_json_schema(), options=opts)
+    assert resp.done_reason == "stop"
+    Person.model_validate_json(resp.message.content or "")
+    text = "".join(
+        part.message.content or ""
+        for part in client.chat(
+            model=MODEL, messages=ask, format=Person.model_json_schema(), options=opts, stream=True
+        )
+    )
+    Person.model_validate_json(text)
+
+
+def test_generate_json_format(client: ollama.Client) -> None:
+    resp = client.generate(
+        model=MODEL,
+        prompt="Give me a JSON object with a list of three fruits.",
+        format="json",
+        options={"temperature": 0, "num_predict": 80},
+    )
+    if resp.done_reason == "stop":
+        assert isinstance(json.loads(resp.response), dict)
+    else:
+        assert resp.response.lstrip().startswith("{")
+
+
+def test_embed(client: ollama.Client) -> None:
+    resp = client.embed(model=MODEL, input=["The cat sat on the mat.", "A cat on a rug.", "Tax"])
+    assert resp.model == MODEL
+    assert len(resp.embeddings) == 3 and all(len(v) == 576 for v in resp.embeddings)
+    for v in resp.embeddings:
+        assert math.isclose(math.sqrt(sum(x * x for x in v)), 1.0, rel_tol=1e-4)
+    cat, rug, tax = resp.embeddings
+    assert sum(a * b for a, b in zip(cat, rug, strict=True)) > sum(
+        a * b for a, b in zip(cat, tax, strict=True)
+    )
+    assert isinstance(resp.prompt_eval_count, int) and resp.prompt_eval_count > 0
+    assert isinstance(resp.total_duration, int) and resp.total_duration > 0
+    one = client.embed(model=MODEL, input="The cat sat on the mat.")
+    assert len(one.embeddings) == 1
+    assert client.embed(model=MODEL).embeddings == []  # input "" only loads
+
+
+def test_legacy_embeddings(client: ollama.Client) -> None:
+    resp = client.embeddings(model=MODEL, prompt="The cat sat on the mat.")
+    assert len(resp.embedding) == 576
+    assert not math.isclose(math.sqrt(sum(x * x for x in resp.embedding)), 1.0, rel_tol=1e-3)
+
+
+async def test_async_embed(aclient: ollama.AsyncClient) -> None:
+    a, b = await asyncio.gather(
+        aclient.embed(model=MODEL, input="hello"), aclient.embed(model=MODEL, input="hello")
+    )
+    assert a.embeddings == b.embeddings and len(a.embeddings[0]) == 576
 
 
 # ---- the second listener: --ollama-port ----------------------------------------------------------

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import openai
+import pydantic
 import pytest
 
 from tests.conftest import LiveServer
@@ -339,15 +342,6 @@ def test_context_length_exceeded(client: openai.OpenAI) -> None:
         ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
         ({"logprobs": True}, "logprobs"),
         ({"logprobs": True, "top_logprobs": 2}, "logprobs"),
-        (
-            {
-                "response_format": {
-                    "type": "json_schema",
-                    "json_schema": {"name": "x", "schema": {"type": "object"}},
-                }
-            },
-            "response_format",
-        ),
     ],
 )
 def test_unsupported_chat_parameters(
@@ -363,6 +357,90 @@ def test_unsupported_completion_logprobs(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as info:
         client.completions.create(model=MODEL, prompt="Hi", max_tokens=1, logprobs=2)
     assert "not supported" in info.value.message
+
+
+# ---- structured output and embeddings ---------------------------------------------------------
+
+
+class Person(pydantic.BaseModel):
+    name: str = pydantic.Field(max_length=20)
+    age: int = pydantic.Field(ge=0, le=150)
+
+
+def test_response_format_json_schema(client: openai.OpenAI) -> None:
+    """The client's own `parse` helper: a pydantic model as the schema, parsed back."""
+    completion = client.chat.completions.parse(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Describe Alice, who is 30 years old, as JSON."}],
+        response_format=Person,
+        temperature=0,
+        max_tokens=80,
+    )
+    person = completion.choices[0].message.parsed
+    assert isinstance(person, Person)
+
+
+def test_response_format_json_object_streaming(client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Give me a JSON object with three fruits."}],
+        response_format={"type": "json_object"},
+        temperature=0,
+        max_tokens=80,
+        stream=True,
+    )
+    text, finish = "", None
+    for chunk in stream:
+        for c in chunk.choices:
+            text += c.delta.content or ""
+            finish = c.finish_reason or finish
+    if finish == "stop":
+        assert isinstance(json.loads(text), dict)
+    else:
+        assert text.lstrip().startswith("{")
+
+
+def test_bad_json_schema(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(
+            model=MODEL,
+            messages=USER,
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "x", "schema": {"type": "objekt"}},
+            },
+        )
+    assert info.value.param == "response_format.json_schema.schema"
+
+
+def test_embeddings_create(client: openai.OpenAI) -> None:
+    """The client asks for base64 by default and decodes it; floats on request."""
+    texts = ["The cat sat on the mat.", "A cat on a rug.", "Tax"]
+    resp = client.embeddings.create(model=MODEL, input=texts)
+    assert resp.object == "list" and resp.model == MODEL
+    assert [d.index for d in resp.data] == [0, 1, 2]
+    vectors = [d.embedding for d in resp.data]
+    assert all(len(v) == 576 for v in vectors)
+    for v in vectors:
+        assert math.isclose(math.sqrt(sum(x * x for x in v)), 1.0, rel_tol=1e-4)
+    assert resp.usage.prompt_tokens == resp.usage.total_tokens > 0
+    floats = client.embeddings.create(model=MODEL, input=texts, encoding_format="float")
+    for a, b in zip(vectors, (d.embedding for d in floats.data), strict=True):
+        assert a == pytest.approx(b, abs=1e-6)
+    ids = client.embeddings.create(model=MODEL, input=[[1, 2, 3], [4, 5]])
+    assert len(ids.data) == 2 and ids.usage.prompt_tokens == 5
+
+
+def test_embeddings_errors(client: openai.OpenAI) -> None:
+    for kwargs, param in (
+        ({"input": ""}, "input"),
+        ({"input": [-1]}, "input"),
+        ({"input": "hi", "dimensions": 8}, "dimensions"),
+        ({"input": "hello " * 5000}, "input"),
+    ):
+        with pytest.raises(openai.BadRequestError) as info:
+            client.embeddings.create(model=MODEL, **kwargs)
+        assert info.value.param == param, info.value
 
 
 # ---- the async client ------------------------------------------------------------------------

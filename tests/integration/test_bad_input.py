@@ -640,51 +640,84 @@ def nested_schema(depth: int) -> dict[str, Any]:
     return schema
 
 
-UNSUPPORTED_FORMATS = [
-    pytest.param({"type": "json_schema"}, id="no-json-schema"),
-    pytest.param({"type": "json_schema", "json_schema": None}, id="null-json-schema"),
-    pytest.param({"type": "json_schema", "json_schema": {"name": "x"}}, id="no-schema"),
+SCHEMA = "response_format.json_schema.schema"
+
+BAD_FORMATS = [
+    pytest.param({"type": "json_schema"}, "response_format.json_schema", id="no-json-schema"),
+    pytest.param(
+        {"type": "json_schema", "json_schema": None},
+        "response_format.json_schema",
+        id="null-json-schema",
+    ),
+    pytest.param({"type": "json_schema", "json_schema": {"name": "x"}}, SCHEMA, id="no-schema"),
     pytest.param(
         {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": 5}}},
+        SCHEMA,
         id="invalid-schema",
     ),
     pytest.param(
         {"type": "json_schema", "json_schema": {"name": "x", "schema": "not a schema"}},
+        SCHEMA,
         id="string-schema",
     ),
     pytest.param(
         {"type": "json_schema", "json_schema": {"name": "x", "schema": nested_schema(400)}},
+        SCHEMA,
         id="deeply-nested-schema",
+    ),
+    pytest.param(
+        {"type": "json_schema", "json_schema": {"name": "x", "schema": nested_schema(16)}},
+        SCHEMA,
+        id="nested-past-the-depth-limit",
     ),
     pytest.param(
         {
             "type": "json_schema",
             "json_schema": {"name": "x", "schema": {"$ref": "#", "type": "object"}},
         },
+        SCHEMA,
         id="self-referencing-schema",
     ),
     pytest.param(
         {
             "type": "json_schema",
-            "json_schema": {"name": "x", "strict": True, "schema": {"type": "object"}},
+            "json_schema": {"name": "x", "schema": {"$ref": "https://example.com/s.json"}},
         },
-        id="valid-schema",
+        SCHEMA,
+        id="remote-reference",
+    ),
+    pytest.param(
+        {
+            "type": "json_schema",
+            "json_schema": {
+                "name": "x",
+                "schema": {"type": "object", "properties": {"a": {"$ref": "#/$defs/none"}}},
+            },
+        },
+        SCHEMA,
+        id="dangling-reference",
+    ),
+    pytest.param(
+        {"type": "json_schema", "json_schema": {"schema": {"type": "string", "maxLength": 10**7}}},
+        SCHEMA,
+        id="huge-repetition",
     ),
 ]
 
 
-@pytest.mark.parametrize("response_format", UNSUPPORTED_FORMATS)
-async def test_response_format_json_schema_is_not_supported_yet(
-    real: AppHandle, response_format: dict[str, Any]
+@pytest.mark.parametrize(("response_format", "param"), BAD_FORMATS)
+async def test_bad_json_schema(
+    real: AppHandle, response_format: dict[str, Any], param: str
 ) -> None:
     before = await idle_stats(real)
-    assert_error(
-        await post(real, CHAT, chat(response_format=response_format)),
-        400,
-        param="response_format",
-        contains="not supported",
-    )
+    for stream in (False, True):
+        assert_error(
+            await post(real, CHAT, chat(response_format=response_format, stream=stream)),
+            400,
+            param=param,
+        )
     await assert_nothing_scheduled(real, before)
+    await assert_healthy(real)
 
 
 @pytest.mark.parametrize(
@@ -703,8 +736,24 @@ async def test_malformed_response_format(real: AppHandle, response_format: Any, 
     await assert_nothing_scheduled(real, before)
 
 
-async def test_response_format_text_is_accepted(real: AppHandle) -> None:
-    resp = await post(real, CHAT, chat(response_format={"type": "text"}))
+async def test_json_response_format_with_ignore_eos(real: AppHandle) -> None:
+    before = await idle_stats(real)
+    body = chat(response_format={"type": "json_object"}, ignore_eos=True, max_tokens=8)
+    assert_error(await post(real, CHAT, body), 400, param="ignore_eos")
+    await assert_nothing_scheduled(real, before)
+
+
+@pytest.mark.parametrize(
+    "response_format",
+    [
+        {"type": "text"},
+        {"type": "json_object"},
+        {"type": "json_schema", "json_schema": {"name": "x", "strict": True, "schema": {}}},
+        {"type": "json_schema", "json_schema": {"name": "x", "schema": nested_schema(7)}},
+    ],
+)
+async def test_response_format_is_accepted(real: AppHandle, response_format: Any) -> None:
+    resp = await post(real, CHAT, chat(response_format=response_format, max_tokens=4))
     assert resp.status_code == 200, resp.text
 
 

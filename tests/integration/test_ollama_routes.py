@@ -1036,15 +1036,6 @@ async def test_non_finite_numbers_as_raw_json(
 
 
 UNSUPPORTED = [
-    pytest.param(GEN, {"format": "json"}, "format", id="generate-format-json"),
-    pytest.param(
-        GEN,
-        {"format": {"type": "object", "properties": {"a": {"type": "string"}}}},
-        "format",
-        id="generate-format-schema",
-    ),
-    pytest.param(CHAT, {"format": "json"}, "format", id="chat-format-json"),
-    pytest.param(CHAT, {"format": {"type": "object"}}, "format", id="chat-format-schema"),
     pytest.param(GEN, {"suffix": "    return x"}, "suffix", id="suffix"),
     pytest.param(GEN, {"template": "{{ .Prompt }}"}, "template", id="template"),
     pytest.param(GEN, {"images": ["aGk="]}, "images", id="images"),

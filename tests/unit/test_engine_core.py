@@ -50,6 +50,16 @@ async def test_generates_reply_then_stops_on_eos(engine_factory) -> None:  # typ
     assert outs[-1].usage.completion_tokens == len("Hi there") + 1  # + EOS
 
 
+async def test_a_failing_sampler_fails_only_its_request(engine_factory) -> None:  # type: ignore[no-untyped-def]
+    engine = engine_factory(reply="Hi there", reject_grammar=True)
+    bad, good = await asyncio.gather(
+        run(engine, "bad", json_mode=True), run(engine, "good", max_tokens=100)
+    )
+    assert bad[-1].finish_reason is FinishReason.ERROR and "grammar" in (bad[-1].error or "")
+    assert text_of(good) == "Hi there" and good[-1].finish_reason is FinishReason.STOP
+    assert engine.stats().running == 0
+
+
 async def test_max_tokens_gives_length(engine_factory) -> None:  # type: ignore[no-untyped-def]
     engine = engine_factory(reply="abcdefgh")
     outs = await run(engine, "a", max_tokens=3)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 import time
@@ -287,16 +288,33 @@ def test_unknown_options_are_ignored() -> None:
 # ---- request checks ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fmt", ["json", {"type": "object"}, ["x"], 5])
-def test_format_is_not_supported_yet(fmt: Any) -> None:
+def deep(levels: int) -> dict[str, Any]:
+    value: Any = {}
+    for _ in range(levels):
+        value = {"allOf": [value]}
+    return value
+
+
+@pytest.mark.parametrize("fmt", [["x"], 5, "yaml", {"type": 5}, {"$ref": "http://x"}, deep(17)])
+def test_bad_format_is_a_400_naming_format(fmt: Any) -> None:
     for req, check in (
         (gen(format=fmt), adapter.check_generate),
         (chat(format=fmt), adapter.check_chat),
     ):
-        with pytest.raises(UnsupportedParameter) as info:
+        with pytest.raises(InvalidRequest) as info:
             check(req)  # type: ignore[operator]
         assert info.value.param == "format"
-        assert "not supported" in info.value.message
+
+
+def test_format_json_and_schema_reach_the_sampling_parameters() -> None:
+    sp = adapter.sampling(chat(format="json"), PROMPT_LEN, INFO, SETTINGS)
+    assert sp.json_mode and sp.json_schema is None
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    sp = adapter.sampling(gen(format=schema), PROMPT_LEN, INFO, SETTINGS)
+    assert not sp.json_mode and sp.json_schema is not None
+    assert json.loads(sp.json_schema) == schema
+    sp = adapter.sampling(gen(), PROMPT_LEN, INFO, SETTINGS)
+    assert not sp.constrained
 
 
 def test_empty_format_is_accepted() -> None:

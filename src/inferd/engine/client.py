@@ -11,7 +11,7 @@ from typing import Protocol
 
 from inferd.engine.backends.base import Backend, BackendInfo
 from inferd.engine.core import DEFAULT_PREFIX_CACHE_BYTES, EngineCore
-from inferd.engine.types import EngineStats, GenerateRequest, GenerationOutput
+from inferd.engine.types import EngineStats, GenerateRequest, GenerationOutput, SamplingParams
 from inferd.errors import EngineStopped
 
 # Tokenizing longer texts than this moves off the event loop.
@@ -41,6 +41,15 @@ class EngineClient(Protocol):
     ) -> list[int]: ...
 
     def detokenize(self, tokens: list[int]) -> str: ...
+
+    async def check_sampling(self, params: SamplingParams) -> None:
+        """InvalidRequest when the backend cannot sample with `params` (a JSON schema it
+        cannot compile into a grammar)."""
+        ...
+
+    async def embed(self, inputs: list[list[int]]) -> list[list[float]]:
+        """Pooled, unnormalized embeddings of token-id inputs (validated by the caller)."""
+        ...
 
 
 class AsyncEngine:
@@ -104,6 +113,19 @@ class AsyncEngine:
 
     def detokenize(self, tokens: list[int]) -> str:
         return b"".join(self._backend.token_piece(t) for t in tokens).decode("utf-8", "replace")
+
+    async def check_sampling(self, params: SamplingParams) -> None:
+        if params.constrained:  # compiling a schema is Python work: off the event loop
+            await asyncio.to_thread(self._backend.check_sampling, params)
+
+    async def embed(self, inputs: list[list[int]]) -> list[list[float]]:
+        """Embeddings run beside the core loop, not in it: the backend computes them on a
+        second context of the same weights (llama.cpp contexts are independent; one
+        context must never be used from two threads at once, and the backend serializes
+        its embeddings context). So a long embeddings batch never stalls token streams."""
+        if self._stopped or self._loop is None:
+            raise EngineStopped("the engine is not running")
+        return await asyncio.to_thread(self._backend.embed, inputs)
 
     async def generate(self, request: GenerateRequest) -> AsyncGenerator[GenerationOutput, None]:
         if self._stopped or self._loop is None:

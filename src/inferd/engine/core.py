@@ -22,7 +22,7 @@ from inferd.engine.types import (
     GenerationOutput,
     Usage,
 )
-from inferd.errors import BackendError
+from inferd.errors import BackendError, InferdError
 
 log = logging.getLogger(__name__)
 
@@ -275,7 +275,11 @@ class EngineCore:
 
     def _sample(self, seq: Sequence, row: int) -> GenerationOutput:
         if seq.sampler is None:
-            seq.sampler = self.backend.new_sampler(seq.request.sampling)
+            try:
+                seq.sampler = self.backend.new_sampler(seq.request.sampling)
+            except InferdError as exc:  # this request's sampler (a grammar, say): fail it alone
+                log.error("sampler for %s failed: %s", seq.request_id, exc.message)
+                return self._finish(seq, FinishReason.ERROR, "", error=exc.message)
         token = seq.sampler.sample(row)
         now = time.monotonic()
         if seq.first_token is None:

@@ -30,6 +30,14 @@ class SamplingParams:
     logit_bias: tuple[tuple[int, float], ...] = ()
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
+    # structured output, backend-neutral: any JSON object, or JSON matching a JSON Schema
+    # (the schema as JSON text, validated by the API layer)
+    json_mode: bool = False
+    json_schema: str | None = None
+
+    @property
+    def constrained(self) -> bool:
+        return self.json_mode or self.json_schema is not None
 
     @property
     def greedy(self) -> bool:

@@ -22,6 +22,7 @@ def llamacpp_loader(*, verbose: bool = False) -> BackendLoader:
                 kv_cells=c.kv_cells,
                 max_seqs=c.max_seqs,
                 n_batch=max(c.n_batch, c.max_seqs),
+                n_ctx_embed=c.n_ctx_embed,
                 prefill_per_decode=c.prefill_per_decode,
                 n_threads=c.n_threads,
                 n_gpu_layers=c.n_gpu_layers,

@@ -10,7 +10,9 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from inferd.api.embeddings import Embeddings
 from inferd.api.ollama import schemas as s
+from inferd.api.structured import JSON_OBJECT, TEXT, OutputFormat, schema_format
 from inferd.config import Settings
 from inferd.engine.backends.base import BackendInfo
 from inferd.engine.types import FinishReason, SamplingParams, Usage
@@ -61,10 +63,19 @@ def check_common(req: s.GenerateRequest | s.ChatRequest) -> None:
         log.debug("ignoring unknown fields: %s", sorted(req.model_extra)[:20])
     if req.options is not None and req.options.model_extra:
         log.debug("ignoring unknown options: %s", sorted(req.options.model_extra)[:20])
-    if req.format not in (None, ""):
-        raise UnsupportedParameter(
-            "format (structured output) is not supported yet", param="format"
-        )
+    output_format(req)
+
+
+def output_format(req: s.GenerateRequest | s.ChatRequest) -> OutputFormat:
+    """`format`: "json" (any JSON object), a JSON schema, or nothing."""
+    fmt = req.format
+    if fmt is None or fmt == "":
+        return TEXT
+    if fmt == "json":
+        return JSON_OBJECT
+    if isinstance(fmt, dict):
+        return schema_format(fmt, param="format")
+    raise InvalidRequest('format must be "json" or a JSON schema object', param="format")
 
 
 def check_generate(req: s.GenerateRequest) -> None:
@@ -86,6 +97,47 @@ def check_chat(req: s.ChatRequest) -> None:
     for i, m in enumerate(req.messages):
         if m.images:
             raise UnsupportedParameter("images are not supported", param=f"messages[{i}].images")
+
+
+def check_embed(req: s.EmbedRequest | s.EmbeddingsRequest) -> None:
+    if req.model_extra:
+        log.debug("ignoring unknown fields: %s", sorted(req.model_extra)[:20])
+    if req.options is not None and req.options.model_extra:
+        log.debug("ignoring unknown options: %s", sorted(req.options.model_extra)[:20])
+    if isinstance(req, s.EmbedRequest) and req.dimensions is not None:
+        raise UnsupportedParameter("dimensions is not supported", param="dimensions")
+
+
+def embed_inputs(req: s.EmbedRequest) -> list[str]:
+    """The texts to embed; none (absent, "" or []) only loads the model, as in Ollama."""
+    if req.input is None or req.input == "":
+        return []
+    return [req.input] if isinstance(req.input, str) else list(req.input)
+
+
+def embed_context(options: s.Options | None, info: BackendInfo) -> int:
+    """The context an input is truncated to (or checked against): num_ctx or the model's."""
+    num_ctx = options.num_ctx if options is not None else None
+    if num_ctx is None:
+        return info.n_ctx
+    if num_ctx > info.n_ctx:
+        raise InvalidRequest(
+            f"num_ctx {num_ctx} is above this model's context of {info.n_ctx}",
+            param="options.num_ctx",
+        )
+    return num_ctx
+
+
+def embed_response(
+    model: str, result: Embeddings | None, started: float, load_seconds: float
+) -> s.EmbedResponse:
+    return s.EmbedResponse(
+        model=model,
+        embeddings=result.vectors if result else [],
+        total_duration=int((time.perf_counter() - started) * 1e9),
+        load_duration=int(load_seconds * 1e9),
+        prompt_eval_count=result.prompt_tokens if result else 0,
+    )
 
 
 def generate_messages(req: s.GenerateRequest) -> list[dict[str, Any]]:
@@ -140,6 +192,7 @@ def sampling(
             f"at most {settings.max_stop} stop strings of {settings.max_stop_length} characters",
             param="options.stop",
         )
+    fmt = output_format(req)
     return SamplingParams(
         max_tokens=max_tokens,
         temperature=settings.temperature if temperature is None else temperature,
@@ -154,6 +207,8 @@ def sampling(
         ),
         seed=None if o.seed is None or o.seed < 0 else o.seed & 0xFFFFFFFF,
         stop=stops,
+        json_mode=fmt.json_mode,
+        json_schema=fmt.json_schema,
     )
 
 

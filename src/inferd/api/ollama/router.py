@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from inferd import __version__
 from inferd.api.access import acquire_model, admit, require_admin
 from inferd.api.deps import RegistryDep, SettingsDep
+from inferd.api.embeddings import embed as embed_inputs
 from inferd.api.generation import (
     ChoiceResult,
     collect_choices,
@@ -26,6 +27,7 @@ from inferd.api.generation import (
 from inferd.api.ollama import adapter
 from inferd.api.ollama import schemas as s
 from inferd.api.streaming import ClientDisconnected, cancel_on_disconnect
+from inferd.api.structured import check_format
 from inferd.config import Settings
 from inferd.engine.types import FinishReason, GenerateRequest
 from inferd.errors import InvalidRequest, ModelNotFound
@@ -164,6 +166,7 @@ async def _run(
 ) -> Response:
     engine = model.engine
     sp = adapter.sampling(req, len(tokens), engine.info, settings)
+    await check_format(engine, sp, param="format")
     reqs = [GenerateRequest(f"ollama-{uuid.uuid4().hex}", tuple(tokens), sp)]
     await admit(request, reqs)
 
@@ -298,3 +301,53 @@ async def delete(body: s.DeleteRequest, registry: RegistryDep) -> Response:
         raise InvalidRequest("model is required", param="model")
     await registry.delete(name)
     return Response(status_code=200)
+
+
+@router.post("/api/embed", response_model=s.EmbedResponse)
+async def embed(
+    body: s.EmbedRequest, request: Request, registry: RegistryDep, settings: SettingsDep
+) -> Any:
+    """Embeddings of a text or a list of texts, L2-normalized as Ollama returns them."""
+    started = time.perf_counter()
+    adapter.check_embed(body)
+    keep_alive = adapter.parse_keep_alive(body.keep_alive)
+    model = await acquire_model(request, registry, body.model)
+    load_seconds = time.perf_counter() - started
+    inputs = adapter.embed_inputs(body)
+    result = None
+    if inputs:
+        result = await embed_inputs(
+            model.engine,
+            inputs,
+            settings,
+            param="input",
+            indexed=isinstance(body.input, list),
+            n_ctx=adapter.embed_context(body.options, model.engine.info),
+            truncate=body.truncate,
+        )
+    await _after(registry, model, keep_alive)
+    return adapter.embed_response(model.name, result, started, load_seconds)
+
+
+@router.post("/api/embeddings", response_model=s.EmbeddingsResponse)
+async def embeddings(
+    body: s.EmbeddingsRequest, request: Request, registry: RegistryDep, settings: SettingsDep
+) -> Any:
+    """The legacy route: one prompt, its embedding not normalized (as in Ollama)."""
+    adapter.check_embed(body)
+    keep_alive = adapter.parse_keep_alive(body.keep_alive)
+    model = await acquire_model(request, registry, body.model)
+    vector: list[float] = []
+    if body.prompt:
+        result = await embed_inputs(
+            model.engine,
+            [body.prompt],
+            settings,
+            param="prompt",
+            n_ctx=adapter.embed_context(body.options, model.engine.info),
+            truncate=True,
+            normalize=False,
+        )
+        vector = result.vectors[0]
+    await _after(registry, model, keep_alive)
+    return s.EmbeddingsResponse(embedding=vector)

@@ -72,6 +72,36 @@ class ChatRequest(_Common):
     tools: list[Any] | None = None
 
 
+class EmbedRequest(_Wire):
+    model: StrictStr
+    input: StrictStr | list[StrictStr] | None = None
+    truncate: StrictBool = True
+    options: Options | None = None
+    keep_alive: KeepAlive = None
+    dimensions: StrictInt | None = None
+
+
+class EmbeddingsRequest(_Wire):
+    """The legacy /api/embeddings."""
+
+    model: StrictStr
+    prompt: StrictStr = ""
+    options: Options | None = None
+    keep_alive: KeepAlive = None
+
+
+class EmbedResponse(BaseModel):
+    model: str
+    embeddings: list[list[float]]
+    total_duration: int = 0
+    load_duration: int = 0
+    prompt_eval_count: int = 0
+
+
+class EmbeddingsResponse(BaseModel):
+    embedding: list[float]
+
+
 class ShowRequest(_Wire):
     model: StrictStr | None = None
     name: StrictStr | None = None  # older clients

@@ -9,8 +9,10 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+from inferd.api.embeddings import Embeddings, to_base64
 from inferd.api.generation import ChoiceResult, completion_budget, total_usage
 from inferd.api.openai import schemas as s
+from inferd.api.structured import JSON_OBJECT, TEXT, OutputFormat, schema_format
 from inferd.config import Settings
 from inferd.engine.backends.base import BackendInfo
 from inferd.engine.types import (
@@ -76,11 +78,65 @@ def check_chat(req: s.ChatCompletionRequest, settings: Settings) -> None:
         raise UnsupportedParameter("tools are not supported yet", param="tools")
     if req.functions:
         raise UnsupportedParameter("functions are not supported yet", param="functions")
-    if req.response_format is not None and req.response_format.type != "text":
-        raise UnsupportedParameter(
-            f"response_format {req.response_format.type} is not supported yet",
-            param="response_format",
+    if output_format(req) != TEXT and req.ignore_eos:
+        # the grammar ends the output with EOS: forbidding it leaves no token to sample
+        raise InvalidRequest(
+            "ignore_eos cannot be combined with a JSON response_format", param="ignore_eos"
         )
+
+
+RESPONSE_FORMAT_SCHEMA = "response_format.json_schema.schema"
+
+
+def output_format(req: s.ChatCompletionRequest) -> OutputFormat:
+    """`response_format`: text, json_object, or json_schema with its `schema`."""
+    rf = req.response_format
+    if rf is None or rf.type == "text":
+        return TEXT
+    if rf.type == "json_object":
+        return JSON_OBJECT
+    if rf.json_schema is None:
+        raise InvalidRequest(
+            "response_format of type json_schema needs a json_schema object",
+            param="response_format.json_schema",
+        )
+    if rf.json_schema.schema_ is None:
+        raise InvalidRequest(
+            "response_format.json_schema needs a schema", param=RESPONSE_FORMAT_SCHEMA
+        )
+    return schema_format(rf.json_schema.schema_, param=RESPONSE_FORMAT_SCHEMA)
+
+
+def check_embeddings(req: s.EmbeddingRequest, settings: Settings) -> None:
+    _log_extra(req)
+    if req.dimensions is not None:
+        raise UnsupportedParameter("dimensions is not supported", param="dimensions")
+
+
+def embedding_inputs(req: s.EmbeddingRequest) -> tuple[list[str] | list[list[int]], bool]:
+    """The inputs, and whether the client sent a list of them (errors then name an index):
+    a string, a list of strings, one list of token ids, or a list of token-id lists."""
+    p = req.input
+    if isinstance(p, str):
+        return [p], False
+    if p and all(isinstance(x, int) for x in p):
+        return [[x for x in p if isinstance(x, int)]], False
+    if all(isinstance(x, str) for x in p):
+        return [x for x in p if isinstance(x, str)], True
+    return [x for x in p if isinstance(x, list)], True
+
+
+def embedding_list(model: str, result: Embeddings, encoding: str) -> s.EmbeddingList:
+    return s.EmbeddingList(
+        data=[
+            s.Embedding(index=i, embedding=to_base64(v) if encoding == "base64" else v)
+            for i, v in enumerate(result.vectors)
+        ],
+        model=model,
+        usage=s.EmbeddingUsage(
+            prompt_tokens=result.prompt_tokens, total_tokens=result.prompt_tokens
+        ),
+    )
 
 
 def check_completion(req: s.CompletionRequest, settings: Settings) -> None:
@@ -175,6 +231,7 @@ def generate_requests(
     max_tokens: int | None,
     max_tokens_param: str,
     prompt_param: str,
+    output: OutputFormat = TEXT,
 ) -> list[GenerateRequest]:
     """One engine request per choice; seeded choices get distinct, reproducible seeds."""
     limit = completion_budget(
@@ -197,6 +254,8 @@ def generate_requests(
         logit_bias=_logit_bias(req, info.n_vocab),
         stop=_stops(req),
         ignore_eos=req.ignore_eos,
+        json_mode=output.json_mode,
+        json_schema=output.json_schema,
     )
     prompt = tuple(prompt_tokens)
     out = []

@@ -6,10 +6,12 @@ from fastapi import APIRouter, Request, Response
 
 from inferd.api.access import acquire_model, admit, check_model
 from inferd.api.deps import RegistryDep, SettingsDep
+from inferd.api.embeddings import embed
 from inferd.api.generation import collect_choices, stream_choices, tokenize_prompt
 from inferd.api.openai import adapter
 from inferd.api.openai import schemas as s
 from inferd.api.streaming import ClientDisconnected, cancel_on_disconnect, sse_response
+from inferd.api.structured import check_format
 from inferd.engine.types import GenerateRequest
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -69,7 +71,9 @@ async def chat_completions(
         max_tokens=max_tokens,
         max_tokens_param=param,
         prompt_param="messages",
+        output=adapter.output_format(body),
     )
+    await check_format(engine, reqs[0].sampling, param=adapter.RESPONSE_FORMAT_SCHEMA)
     await admit(request, reqs)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -125,3 +129,15 @@ async def completions(
     except ClientDisconnected:
         return Response(status_code=_CLIENT_CLOSED)
     return adapter.completion(rid, model.name, results, body.n)
+
+
+@router.post("/embeddings", response_model=s.EmbeddingList)
+async def embeddings(
+    body: s.EmbeddingRequest, request: Request, registry: RegistryDep, settings: SettingsDep
+) -> s.EmbeddingList:
+    """Unit-length embeddings of texts or token-id lists; too long an input is a 400."""
+    adapter.check_embeddings(body, settings)
+    model = await acquire_model(request, registry, body.model)
+    inputs, indexed = adapter.embedding_inputs(body)
+    result = await embed(model.engine, inputs, settings, param="input", indexed=indexed)
+    return adapter.embedding_list(model.name, result, body.encoding_format)

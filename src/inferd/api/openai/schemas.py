@@ -19,8 +19,16 @@ class StreamOptions(_Wire):
     include_usage: StrictBool = False
 
 
+class JsonSchemaFormat(_Wire):
+    name: StrictStr | None = None
+    description: StrictStr | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: StrictBool | None = None
+
+
 class ResponseFormat(_Wire):
     type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
 
 
 class TextPart(_Wire):
@@ -86,7 +94,33 @@ class CompletionRequest(SamplingFields):
     logprobs: StrictInt | None = None
 
 
+class EmbeddingRequest(_Wire):
+    model: StrictStr | None = None
+    input: StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: StrictInt | None = None
+    user: StrictStr | None = None
+
+
 # ---- responses (documented in the OpenAPI schema) ---------------------------------------
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str  # str: base64 of little-endian float32
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage
 
 
 class CompletionTokensDetails(BaseModel):

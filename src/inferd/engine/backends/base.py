@@ -26,6 +26,12 @@ class BackendInfo:
     chat_template: str | None
     n_params: int = 0
     size_bytes: int = 0
+    n_embd: int = 0  # size of an embedding vector
+    n_ctx_embed: int = 0  # the longest embeddings input, in tokens (0: n_ctx)
+
+    @property
+    def embed_limit(self) -> int:
+        return self.n_ctx_embed or self.n_ctx
 
 
 class Sampler(Protocol):
@@ -39,7 +45,8 @@ class Sampler(Protocol):
 class Backend(Protocol):
     """A model loaded into a runtime context with a shared KV cache.
 
-    Every method except the tokenizer ones is called from the engine's core thread only.
+    Every method except the tokenizer ones, `check_sampling` and `embed` is called from the
+    engine's core thread only.
     """
 
     info: BackendInfo
@@ -56,7 +63,21 @@ class Backend(Protocol):
         """The model file's metadata (GGUF key/values as strings)."""
         ...
 
+    def check_sampling(self, params: SamplingParams) -> None:
+        """Raise InvalidRequest when these parameters cannot be sampled (a JSON schema the
+        backend cannot turn into a grammar). Thread-safe; may be slow for a large schema."""
+        ...
+
     def new_sampler(self, params: SamplingParams) -> Sampler: ...
+
+    def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
+        """One pooled, unnormalized embedding per input (token ids, each non-empty, in the
+        vocabulary, at most `info.embed_limit` long).
+
+        Runs on its own embeddings context, not the core thread's: thread-safe, serialized
+        with itself, called from a worker thread.
+        """
+        ...
 
     def decode(
         self,

@@ -2,7 +2,9 @@
 
 Tokens are bytes (id = byte + 1, id 0 is EOS). The "model" answers every prompt with
 `reply` (then EOS, or `reply` again when EOS is ignored), optionally slowly, optionally
-failing after a number of steps.
+failing after a number of steps. It ignores grammars (structured output) but remembers the
+sampling parameters it was given. Its embeddings are the mean of fixed per-token vectors
+(`n_embd` wide): deterministic, and texts sharing bytes are closer.
 """
 
 from __future__ import annotations
@@ -16,6 +18,16 @@ from inferd.engine.types import SamplingParams
 from inferd.errors import BackendError
 
 EOS = 0
+
+
+def token_vector(token: int, n_embd: int) -> list[float]:
+    """A fixed pseudo-random vector per token id (a linear congruential sequence)."""
+    x = token * 2654435761 + 1
+    out = []
+    for _ in range(n_embd):
+        x = (x * 6364136223846793005 + 1442695040888963407) % 2**64
+        out.append((x >> 40) / 2**24 - 0.5)
+    return out
 
 
 @dataclass
@@ -47,6 +59,9 @@ class FakeBackend:
     max_batch_tokens: int = 64
     step_delay: float = 0.0
     fail_after_steps: int | None = None
+    n_embd: int = 8
+    n_ctx_embed: int = 0
+    reject_grammar: bool = False  # new_sampler fails for structured output
     # observable state for tests, modelled on llama.cpp's unified KV cache: a cell holds
     # one position and may belong to several sequence ids
     steps: int = 0
@@ -56,6 +71,8 @@ class FakeBackend:
     samplers_closed: int = 0
     restore_fails: bool = False  # make every restore_seq fail (no contiguous room)
     restores: int = 0
+    sampling_seen: list[SamplingParams] = field(default_factory=list)
+    embed_calls: list[int] = field(default_factory=list)  # inputs per embed call
     _next_cell: int = 0
 
     def __post_init__(self) -> None:
@@ -72,10 +89,12 @@ class FakeBackend:
             bos_token="",
             eos_token="</s>",
             chat_template=None,
+            n_embd=self.n_embd,
+            n_ctx_embed=self.n_ctx_embed,
         )
 
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
-        return [b + 1 for b in text.encode()]
+        return [b + 1 for b in text.encode("utf-8", "surrogatepass")]
 
     def token_piece(self, token: int) -> bytes:
         return b"" if token == EOS else bytes([token - 1])
@@ -86,8 +105,24 @@ class FakeBackend:
     def metadata(self) -> dict[str, str]:
         return {"general.architecture": "fake", "general.name": "Fake", "general.file_type": "1"}
 
+    def check_sampling(self, params: SamplingParams) -> None:
+        pass
+
     def new_sampler(self, params: SamplingParams) -> FakeSampler:
+        self.sampling_seen.append(params)
+        if self.reject_grammar and params.constrained:
+            raise BackendError("the grammar for structured output failed to load")
         return FakeSampler(self, params)
+
+    def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
+        self.embed_calls.append(len(inputs))
+        out = []
+        for tokens in inputs:
+            if not tokens or len(tokens) > self.info.embed_limit:
+                raise BackendError("an embeddings input is empty or longer than the context")
+            vectors = [token_vector(t, self.n_embd) for t in tokens]
+            out.append([sum(col) / len(tokens) for col in zip(*vectors, strict=True)])
+        return out
 
     def decode(
         self,

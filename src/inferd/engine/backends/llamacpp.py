@@ -14,14 +14,31 @@ from pathlib import Path
 from typing import Any
 
 import llama_cpp
+import llama_cpp.llama_grammar as llama_grammar
+import numpy as np
 
 from inferd.engine.backends.base import BackendInfo
 from inferd.engine.types import SamplingParams
-from inferd.errors import BackendError
+from inferd.errors import BackendError, EngineStopped, InvalidRequest
 
 log = logging.getLogger(__name__)
 
 _INIT_LOCK = threading.Lock()
+
+# llama_token_data as a numpy record, to fill a vocabulary of candidates without a loop
+_TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
+# compiled grammars kept per backend, by JSON schema text
+_GRAMMAR_CACHE = 64
+# sequences packed into one embeddings decode
+_EMBED_SEQS = 16
+# pooling a model may declare for its embeddings; anything else (none, rank) pools the mean
+_POOLINGS = frozenset(
+    {
+        llama_cpp.LLAMA_POOLING_TYPE_MEAN,
+        llama_cpp.LLAMA_POOLING_TYPE_CLS,
+        llama_cpp.LLAMA_POOLING_TYPE_LAST,
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +58,10 @@ class LlamaCppOptions:
     # with AMX, llama-cpp-python 0.3.36 segfaults in ggml_backend_amx_mul_mat as soon as a
     # batch holds more than one token (measured on this project's machines).
     extra_buffers: bool = False
+    # Tokens in one embeddings decode, so the longest embeddings input (capped by n_ctx). A
+    # generative model's embeddings context outputs every token, logits included: 2048
+    # tokens of SmolLM2 take ~0.4 GB of logits alone, 4096 took 1.6 GB in all (measured).
+    n_ctx_embed: int = 2048
     verbose: bool = False
 
 
@@ -50,21 +71,64 @@ def default_kv_cells(n_ctx: int, max_seqs: int) -> int:
 
 
 class LlamaCppSampler:
-    """A llama.cpp sampler chain: penalties, logit bias, top-k/p, min-p, temperature, dist."""
+    """A llama.cpp sampler chain: penalties, logit bias, top-k/p, min-p, temperature, dist.
 
-    __slots__ = ("_chain", "_ctx")
+    With a grammar (structured output) it samples as llama.cpp's own `common_sampler` does:
+    the chain picks a token from the unconstrained candidates and the grammar only checks
+    that one token; only when the grammar rejects it are all candidates masked by the
+    grammar and the chain applied again. Masking the whole vocabulary on every token costs
+    ~12-19 ms with SmolLM2's 49,152 tokens, more than the decode step itself.
+    """
 
-    def __init__(self, chain: Any, ctx: Any) -> None:
+    __slots__ = ("_cands", "_chain", "_ctx", "_data", "_grammar", "_ids", "_n_vocab")
+
+    def __init__(self, chain: Any, ctx: Any, grammar: Any = None, n_vocab: int = 0) -> None:
         self._chain = chain
         self._ctx = ctx
+        self._grammar = grammar
+        self._n_vocab = n_vocab
+        if grammar is not None:
+            self._ids = np.arange(n_vocab, dtype=np.int32)
+            self._cands = np.zeros(n_vocab, dtype=_TOKEN_DATA)
+            self._data = self._cands.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token_data))
 
     def sample(self, row: int) -> int:
-        return int(llama_cpp.llama_sampler_sample(self._chain, self._ctx, row))
+        if self._grammar is None:
+            return int(llama_cpp.llama_sampler_sample(self._chain, self._ctx, row))
+        logits = np.ctypeslib.as_array(
+            llama_cpp.llama_get_logits_ith(self._ctx, row), shape=(self._n_vocab,)
+        )
+        token = self._pick(logits, constrained=False)
+        one = llama_cpp.llama_token_data(token, 1.0, 0.0)
+        single = llama_cpp.llama_token_data_array(ctypes.pointer(one), 1, -1, False)
+        llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(single))
+        if one.logit == float("-inf"):
+            token = self._pick(logits, constrained=True)
+        llama_cpp.llama_sampler_accept(self._grammar, token)
+        llama_cpp.llama_sampler_accept(self._chain, token)
+        return token
+
+    def _pick(self, logits: Any, *, constrained: bool) -> int:
+        cands = self._cands
+        cands["id"] = self._ids
+        cands["logit"] = logits
+        cands["p"] = 0.0
+        # a new array header each time: samplers shrink it and may repoint its data
+        arr = llama_cpp.llama_token_data_array(self._data, self._n_vocab, -1, False)
+        if constrained:
+            llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(arr))
+        llama_cpp.llama_sampler_apply(self._chain, ctypes.byref(arr))
+        if not 0 <= arr.selected < arr.size:
+            raise BackendError("the sampler selected no token")
+        return int(arr.data[arr.selected].id)
 
     def close(self) -> None:
         if self._chain:
             llama_cpp.llama_sampler_free(self._chain)
             self._chain = None
+        if self._grammar:
+            llama_cpp.llama_sampler_free(self._grammar)
+            self._grammar = None
 
 
 class LlamaCppBackend:
@@ -79,6 +143,11 @@ class LlamaCppBackend:
         self._model = None
         self._ctx = None
         self._batch = None
+        self._embedder: _Embedder | None = None
+        self._embed_lock = threading.Lock()
+        self._grammars: dict[str, str] = {}
+        self._grammar_lock = threading.Lock()
+        self._options = options
         if not path.is_file():
             raise BackendError(f"model file not found: {path.name}")
         mparams = llama_cpp.llama_model_default_params()
@@ -93,6 +162,7 @@ class LlamaCppBackend:
         n_ctx = min(options.n_ctx, n_ctx_train) if n_ctx_train > 0 else options.n_ctx
         kv_cells = max(options.kv_cells or default_kv_cells(n_ctx, options.max_seqs), n_ctx)
         n_threads = options.n_threads or max(1, os.cpu_count() or 1)
+        self._n_threads = n_threads
 
         cparams = llama_cpp.llama_context_default_params()
         cparams.n_ctx = kv_cells
@@ -138,6 +208,8 @@ class LlamaCppBackend:
             chat_template=template.decode("utf-8", "replace") if template else None,
             n_params=int(llama_cpp.llama_model_n_params(model)),
             size_bytes=int(llama_cpp.llama_model_size(model)),
+            n_embd=int(llama_cpp.llama_model_n_embd_out(model)),
+            n_ctx_embed=min(options.n_ctx_embed, n_ctx),
         )
 
     # ---- metadata -------------------------------------------------------------------------
@@ -195,6 +267,37 @@ class LlamaCppBackend:
 
     # ---- sampling -------------------------------------------------------------------------
 
+    def _grammar(self, params: SamplingParams) -> str | None:
+        """GBNF for structured output (JSON schemas compiled once, then cached)."""
+        if params.json_schema is None:
+            return llama_grammar.JSON_GBNF if params.json_mode else None
+        key = params.json_schema
+        with self._grammar_lock:  # the core thread and request threads share the cache
+            gbnf = self._grammars.get(key)
+        if gbnf is None:
+            try:
+                gbnf = llama_grammar.json_schema_to_gbnf(key)
+            except Exception as exc:  # the converter raises ValueError, AssertionError, ...
+                # the converter names the schema's document "stdin"
+                detail = str(exc).replace("stdin#", "#")[:200] or type(exc).__name__
+                raise InvalidRequest(
+                    f"the JSON schema cannot be used for structured output: {detail}"
+                ) from None
+            with self._grammar_lock:
+                if len(self._grammars) >= _GRAMMAR_CACHE:
+                    self._grammars.pop(next(iter(self._grammars)), None)
+                self._grammars[key] = gbnf
+        return gbnf
+
+    def check_sampling(self, params: SamplingParams) -> None:
+        grammar = self._grammar(params)
+        if grammar is None:
+            return
+        sampler = llama_cpp.llama_sampler_init_grammar(self._vocab, grammar.encode(), b"root")
+        if not sampler:
+            raise InvalidRequest("the JSON schema cannot be used for structured output")
+        llama_cpp.llama_sampler_free(sampler)
+
     def new_sampler(self, params: SamplingParams) -> LlamaCppSampler:
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         add = llama_cpp.llama_sampler_chain_add
@@ -233,7 +336,14 @@ class LlamaCppBackend:
             add(chain, llama_cpp.llama_sampler_init_temp(params.temperature))
             seed = params.seed if params.seed is not None else random.getrandbits(32)
             add(chain, llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
-        return LlamaCppSampler(chain, self._ctx)
+        grammar = self._grammar(params)
+        if grammar is None:
+            return LlamaCppSampler(chain, self._ctx)
+        constraint = llama_cpp.llama_sampler_init_grammar(self._vocab, grammar.encode(), b"root")
+        if not constraint:
+            llama_cpp.llama_sampler_free(chain)
+            raise BackendError("the grammar for structured output failed to load")
+        return LlamaCppSampler(chain, self._ctx, constraint, self._n_vocab)
 
     # ---- the step -------------------------------------------------------------------------
 
@@ -299,7 +409,30 @@ class LlamaCppBackend:
             return False
         return True
 
+    # ---- embeddings -----------------------------------------------------------------------
+
+    def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
+        with self._embed_lock:
+            if self._model is None:
+                raise EngineStopped("the model was unloaded")
+            if self._embedder is None:
+                self._embedder = _Embedder(
+                    self._model, self.info, self._pooling(), self._options, self._n_threads
+                )
+            return self._embedder.embed(inputs)
+
+    def _pooling(self) -> int:
+        """The pooling the model declares for embeddings; the mean when it declares none."""
+        meta = self.metadata()
+        declared = meta.get(f"{meta.get('general.architecture', '')}.pooling_type", "")
+        pooling = int(declared) if declared.isdigit() else -1
+        return pooling if pooling in _POOLINGS else llama_cpp.LLAMA_POOLING_TYPE_MEAN
+
     def close(self) -> None:
+        with self._embed_lock:
+            if self._embedder is not None:
+                self._embedder.close()
+                self._embedder = None
         if self._batch is not None:
             llama_cpp.llama_batch_free(self._batch)
             self._batch = None
@@ -309,3 +442,94 @@ class LlamaCppBackend:
         if self._model:
             llama_cpp.llama_model_free(self._model)
             self._model = None
+
+
+class _Embedder:
+    """A second llama.cpp context on the same loaded weights, computing pooled embeddings.
+
+    Its window is `info.embed_limit` tokens and every decode holds whole inputs
+    (a pooled sequence must not span micro-batches): inputs are packed, in order, into
+    decodes of at most `n_ctx` tokens and `_EMBED_SEQS` sequences. Not thread-safe: the
+    backend serializes calls.
+    """
+
+    def __init__(
+        self, model: Any, info: BackendInfo, pooling: int, options: LlamaCppOptions, threads: int
+    ) -> None:
+        n_ctx = info.embed_limit
+        cparams = llama_cpp.llama_context_default_params()
+        cparams.n_ctx = n_ctx
+        cparams.n_batch = n_ctx
+        cparams.n_ubatch = n_ctx
+        cparams.n_seq_max = _EMBED_SEQS
+        cparams.n_threads = threads
+        cparams.n_threads_batch = threads
+        cparams.kv_unified = True
+        cparams.flash_attn_type = options.flash_attn
+        cparams.embeddings = True
+        cparams.pooling_type = pooling
+        cparams.no_perf = True
+        ctx = llama_cpp.llama_init_from_model(model, cparams)
+        if not ctx:
+            raise BackendError("failed to create a llama.cpp embeddings context")
+        self._ctx = ctx
+        self._mem = llama_cpp.llama_get_memory(ctx)
+        self._batch = llama_cpp.llama_batch_init(n_ctx, 0, 1)
+        self._n_ctx = n_ctx
+        self._n_embd = info.n_embd
+        self._ones = array("i", [1]) * n_ctx
+        log.debug("embeddings context: %d tokens, pooling %d", n_ctx, pooling)
+
+    def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
+        out: list[list[float]] = []
+        i = 0
+        while i < len(inputs):
+            group: list[Sequence[int]] = []
+            total = 0
+            while (
+                i < len(inputs)
+                and len(group) < _EMBED_SEQS
+                and total + len(inputs[i]) <= self._n_ctx
+            ):
+                group.append(inputs[i])
+                total += len(inputs[i])
+                i += 1
+            if not group or any(not g for g in group):
+                raise BackendError("an embeddings input is empty or longer than the context")
+            out.extend(self._decode(group, total))
+        return out
+
+    def _decode(self, group: list[Sequence[int]], total: int) -> list[list[float]]:
+        batch = self._batch
+        tokens = array("i", (t for g in group for t in g))
+        positions = array("i", (p for g in group for p in range(len(g))))
+        ctypes.memmove(batch.token, tokens.tobytes(), 4 * total)
+        ctypes.memmove(batch.pos, positions.tobytes(), 4 * total)
+        ctypes.memmove(batch.n_seq_id, self._ones.tobytes()[: 4 * total], 4 * total)
+        ctypes.memmove(batch.logits, b"\x01" * total, total)
+        seq_id = batch.seq_id
+        row = 0
+        for s, g in enumerate(group):
+            for _ in range(len(g)):
+                seq_id[row][0] = s
+                row += 1
+        batch.n_tokens = total
+        llama_cpp.llama_memory_clear(self._mem, True)
+        rc = llama_cpp.llama_decode(self._ctx, batch)
+        if rc != 0:
+            raise BackendError(f"llama_decode (embeddings) failed with status {rc}")
+        vectors = []
+        for s in range(len(group)):
+            ptr = llama_cpp.llama_get_embeddings_seq(self._ctx, s)
+            if not ptr:
+                raise BackendError("llama.cpp returned no pooled embedding")
+            vectors.append(list(ptr[: self._n_embd]))
+        return vectors
+
+    def close(self) -> None:
+        if self._batch is not None:
+            llama_cpp.llama_batch_free(self._batch)
+            self._batch = None
+        if self._ctx:
+            llama_cpp.llama_free(self._ctx)
+            self._ctx = None
