@@ -102,7 +102,7 @@ async def _max_in_engine(h: AppHandle, burst: Any) -> tuple[int, list[httpx.Resp
 async def test_a_burst_of_50_on_max_parallel_4_never_runs_more_than_4(
     fake_app: FakeFactory,
 ) -> None:
-    async with fake_app(step_delay=0.01, max_seqs=16, n_seq_ids=32) as h:
+    async with fake_app(step_delay=0.01, max_seqs=16) as h:
         unlimited = await make_key(h, name="unlimited")
         limited = await make_key(h, max_parallel=4)
 

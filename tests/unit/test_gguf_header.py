@@ -100,5 +100,5 @@ def test_garbage_is_rejected_cleanly(case: str, tmp_path: Path, model_path: Path
 
 
 def test_a_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(InvalidModelFile, match=r"cannot read nope\.gguf"):
+    with pytest.raises(InvalidModelFile, match=r"model file not found: nope\.gguf"):
         read_header(tmp_path / "nope.gguf")

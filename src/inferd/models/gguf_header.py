@@ -151,5 +151,7 @@ def read_header(path: Path) -> GgufHeader:
                 raise InvalidModelFile(f"{name} is not a valid GGUF file: it is too short")
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
                 return _parse(buf, name)
+    except FileNotFoundError:
+        raise InvalidModelFile(f"model file not found: {name}") from None
     except OSError as exc:
         raise InvalidModelFile(f"cannot read {name}: {exc.strerror or 'I/O error'}") from None
