@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import httpx
 import openai
 import pydantic
 import pytest
@@ -253,7 +255,22 @@ def test_completion_n_choices(client: openai.OpenAI) -> None:
     assert resp.usage is not None and resp.usage.completion_tokens == 6
 
 
-def test_completion_same_seed_same_text(client: openai.OpenAI) -> None:
+def wait_until_idle(live_server: LiveServer) -> None:
+    """No sequence running and no KV cell held (finished requests leave none): where cells
+    land changes the low bits of the logits, and a request is reproducible on an idle cache."""
+
+    def idle() -> bool:
+        model = httpx.get(f"{live_server.url}/health", timeout=5).json()["models"][0]
+        return bool(model["running"] == 0 and model["kv_cells_used"] == 0)
+
+    deadline = time.monotonic() + 30
+    while not idle():
+        assert time.monotonic() < deadline, "the server never became idle"
+        time.sleep(0.05)
+
+
+def test_completion_same_seed_same_text(client: openai.OpenAI, live_server: LiveServer) -> None:
+    wait_until_idle(live_server)
     kwargs: dict[str, Any] = {
         "model": MODEL,
         "prompt": "My favourite animal is",
@@ -262,6 +279,7 @@ def test_completion_same_seed_same_text(client: openai.OpenAI) -> None:
         "seed": 42,
     }
     first = client.completions.create(**kwargs).choices[0].text
+    wait_until_idle(live_server)
     assert client.completions.create(**kwargs).choices[0].text == first
 
 
