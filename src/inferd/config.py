@@ -8,7 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+import platformdirs
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -93,6 +94,37 @@ class Settings(BaseSettings):
         description="Log lines as JSON or for a terminal; auto: pretty on a TTY, else JSON",
     )
     llama_verbose: bool = Field(False, description="Let llama.cpp print its own logs")
+    data_dir: Path = Field(
+        default_factory=lambda: Path(platformdirs.user_data_dir("inferd")),
+        description="Directory of the SQLite database and the usage spool file",
+    )
+    database_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("INFERD_DATABASE_URL", "database_url", "DATABASE_URL"),
+        description="Database for usage and conversations, e.g. postgresql://user:pw@host/db "
+        "(also read from DATABASE_URL; default: SQLite file inferd.db in data_dir)",
+    )
+    spool_path: Path | None = Field(
+        None,
+        description="File holding usage records until the database has them "
+        "(default: usage-spool.jsonl in data_dir)",
+    )
+    log_content: bool = Field(
+        False,
+        description="Store the conversation of every chat request, not only those with "
+        "a session_id",
+    )
+    usage_retention_days: float | None = Field(
+        None, gt=0, description="Delete usage records older than this many days (default: keep)"
+    )
+    content_retention_days: float | None = Field(
+        None,
+        gt=0,
+        description="Delete stored conversation messages older than this many days (default: keep)",
+    )
+    retention_interval: float = Field(
+        3600.0, gt=0, description="Seconds between two retention runs"
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -50,3 +50,9 @@ class BackendError(InferdError):
 
 class ConfigError(InferdError):
     code = "config_error"
+
+
+class StoreUnavailable(InferdError):
+    """The usage and conversation store is not configured or cannot answer."""
+
+    code = "store_unavailable"

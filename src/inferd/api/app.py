@@ -14,17 +14,19 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 
 from inferd import __version__
-from inferd.api import ops
+from inferd.api import conversations, ops, stats
 from inferd.api.errors import install_error_handlers
 from inferd.api.native.router import router as native_router
 from inferd.api.ollama.middleware import JsonBodyForOllama
 from inferd.api.ollama.router import router as ollama_router
 from inferd.api.openai.router import router as openai_router
+from inferd.api.usage import UsageMiddleware, fan_out, tally_generation
 from inferd.config import Settings
 from inferd.models.registry import ModelRegistry
 from inferd.observability.metrics import Metrics
 from inferd.observability.middleware import GenerationObserver, ObservabilityMiddleware
 from inferd.observability.tracing import Tracing
+from inferd.storage.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -35,16 +37,23 @@ def create_app(
     *,
     metrics: Metrics | None = None,
     tracer_provider: Any | None = None,
+    store: Store | None = None,
+    open_store: bool = False,
 ) -> FastAPI:
     """The app over `registry`. `metrics` (default: new, in its own registry) and
     `tracer_provider` (default: OTLP from the environment when configured, else none) can
-    be injected."""
+    be injected. `store` (usage records, conversations) is used as given, its owner starts
+    and closes it; with `open_store` the lifespan opens the configured one instead."""
     metrics = metrics or Metrics(registry)
     tracing = Tracing(tracer_provider)
-    registry.on_finish = GenerationObserver(metrics, tracing)
+    registry.on_finish = fan_out(GenerationObserver(metrics, tracing), tally_generation)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        own_store = Store.from_settings(settings) if open_store else None
+        if own_store is not None:
+            await own_store.start()
+            app.state.store = own_store
         loading = asyncio.create_task(registry.load_all())
         try:
             yield
@@ -53,6 +62,8 @@ def create_app(
                 loading.cancel()
             await asyncio.gather(loading, return_exceptions=True)
             await registry.close()
+            if own_store is not None:
+                await own_store.close()  # after the engines: their last records are in
 
     app = FastAPI(
         title="inferd",
@@ -65,9 +76,12 @@ def create_app(
     app.state.started = time.monotonic()
     app.state.metrics = metrics
     app.state.tracing = tracing
+    app.state.store = store
     install_error_handlers(app)
     app.include_router(ops.router)
     app.include_router(openai_router)
+    app.include_router(conversations.router)
+    app.include_router(stats.router)
     app.include_router(native_router)
     app.include_router(ollama_router)
 
@@ -76,6 +90,7 @@ def create_app(
         return get_swagger_ui_html(openapi_url="/openapi.json", title="inferd API")
 
     # inside JsonBodyForOllama, whose scope copy the router fills in with the matched route
+    app.add_middleware(UsageMiddleware, state=app.state)
     app.add_middleware(ObservabilityMiddleware, metrics=metrics, tracing=tracing)
     app.add_middleware(JsonBodyForOllama)
     return app

@@ -23,6 +23,7 @@ _TABLE: list[tuple[type[e.InferdError], int, str]] = [
     (e.ModelNotReady, 503, "server_error"),
     (e.Overloaded, 503, "server_error"),
     (e.EngineStopped, 503, "server_error"),
+    (e.StoreUnavailable, 503, "server_error"),
     (e.BackendError, 500, "server_error"),
     (e.InferdError, 500, "server_error"),
 ]

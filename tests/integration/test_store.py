@@ -1,0 +1,163 @@
+"""The usage and conversation store through the app, on the real engine, on SQLite and on a
+real PostgreSQL server (every test runs on both)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from inferd.storage.records import UsageStatus
+from inferd.storage.store import Store
+from tests.conftest import AppHandle, FakeFactory
+
+CHAT = "/v1/chat/completions"
+COMPLETIONS = "/v1/completions"
+
+
+def user(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+def sse_json(text: str) -> list[dict[str, Any]]:
+    out = []
+    for line in text.splitlines():
+        if line.startswith("data: ") and line != "data: [DONE]":
+            out.append(json.loads(line[len("data: ") :]))
+    return out
+
+
+async def test_stats_match_the_requests_made(store_app: AppHandle, store: Store) -> None:
+    c = store_app.client
+    # per dialect: prompt, cached, completion tokens as the responses report them
+    seen: dict[str, list[int]] = {"openai": [0, 0, 0], "native": [0, 0, 0]}
+
+    def add(dialect: str, prompt: int, cached: int, completion: int) -> None:
+        for i, v in enumerate((prompt, cached, completion)):
+            seen[dialect][i] += v
+
+    r = await c.post(CHAT, json={"messages": user("Name a colour."), "max_tokens": 8})
+    assert r.status_code == 200
+    u = r.json()["usage"]
+    add(
+        "openai",
+        u["prompt_tokens"],
+        u["prompt_tokens_details"]["cached_tokens"],
+        u["completion_tokens"],
+    )
+    # streamed with usage, two choices
+    r = await c.post(
+        COMPLETIONS,
+        json={
+            "prompt": "Once upon a time",
+            "max_tokens": 5,
+            "n": 2,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+    )
+    u = sse_json(r.text)[-1]["usage"]
+    add(
+        "openai",
+        u["prompt_tokens"],
+        u["prompt_tokens_details"]["cached_tokens"],
+        u["completion_tokens"],
+    )
+    r = await c.post("/generate", json={"prompt": "The sky is", "max_tokens": 4})
+    assert r.status_code == 200
+    b = r.json()
+    add("native", b["prompt_tokens"], b["cached_tokens"], b["tokens_generated"])
+    # Ollama reports the prompt tokens it evaluated (not those found in the cache)
+    r = await c.post(
+        "/api/chat",
+        json={
+            "model": "smollm2:135m",
+            "messages": user("Hi"),
+            "stream": False,
+            "options": {"num_predict": 4},
+        },
+    )
+    assert r.status_code == 200, r.text
+    ollama = r.json()
+
+    r = await c.get("/v1/stats", params={"hours": 1})
+    assert r.status_code == 200
+    stats = r.json()
+    total = stats["total"]
+    assert total["requests"] == 4
+    for dialect, (prompt, cached, completion) in seen.items():
+        got = stats["by_dialect"][dialect]
+        assert (got["prompt_tokens"], got["cached_tokens"], got["completion_tokens"]) == (
+            prompt,
+            cached,
+            completion,
+        ), dialect
+    got = stats["by_dialect"]["ollama"]
+    assert got["prompt_tokens"] - got["cached_tokens"] == ollama["prompt_eval_count"]
+    assert got["completion_tokens"] == ollama["eval_count"]
+    completion = sum(v[2] for v in seen.values()) + ollama["eval_count"]
+    assert total["completion_tokens"] == completion
+    assert total["errors"] == total["cancelled"] == total["rejected"] == 0
+    assert 0 < total["ttft_avg"] <= total["duration_avg"]
+    assert total["ttft_p95"] <= total["duration_p95"]
+    assert {k: v["requests"] for k, v in stats["by_dialect"].items()} == {
+        "native": 1,
+        "ollama": 1,
+        "openai": 2,
+    }
+    assert stats["by_model"]["smollm2:135m"]["requests"] == 4
+    assert stats["by_key"]["(none)"]["completion_tokens"] == completion
+
+    records = await store.usage_records()
+    assert len(records) == 4 and len({r.request_id for r in records}) == 4
+    assert {r.route for r in records} == {CHAT, COMPLETIONS, "/generate", "/api/chat"}
+    assert all(r.client == "127.0.0.1" for r in records)
+    assert all(r.status in (UsageStatus.OK, UsageStatus.LENGTH) for r in records)
+    # usage records never hold prompt text
+    assert not any("colour" in str(r) for r in records)
+
+
+async def test_length_and_rejections_are_recorded(store_app: AppHandle, store: Store) -> None:
+    c = store_app.client
+    ok = await c.post(COMPLETIONS, json={"prompt": "One two three", "max_tokens": 2})
+    assert ok.json()["choices"][0]["finish_reason"] == "length"
+    bad = await c.post(CHAT, json={"messages": [], "max_tokens": 2})
+    assert bad.status_code == 400
+    unknown = await c.post(CHAT, json={"model": "nope", "messages": user("x")})
+    assert unknown.status_code == 404
+    ollama_bad = await c.post(
+        "/api/generate", json={"model": "smollm2:135m", "prompt": "x", "options": {"top_k": -1}}
+    )
+    assert ollama_bad.status_code == 400
+    records = {r.route + str(r.http_status): r for r in await store.usage_records()}
+    assert len(records) == 4
+    length = records[COMPLETIONS + "200"]
+    assert length.status is UsageStatus.LENGTH and length.finish_reason == "length"
+    assert length.completion_tokens == 2
+    for key in (CHAT + "400", CHAT + "404", "/api/generate400"):
+        assert records[key].status is UsageStatus.REJECTED, records[key]
+        assert records[key].completion_tokens == 0
+    stats = (await c.get("/v1/stats")).json()["total"]
+    assert stats["rejected"] == 3 and stats["requests"] == 4
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_backend_error_is_recorded(
+    fake_app: FakeFactory, store: Store, stream: bool
+) -> None:
+    async with fake_app(store=store, fail_after_steps=3) as h:
+        r = await h.client.post(CHAT, json={"messages": user("hi"), "stream": stream})
+        assert r.status_code == (200 if stream else 500)
+    (record,) = await store.usage_records()
+    assert record.status is UsageStatus.ERROR
+    assert record.finish_reason == "error"
+    assert record.model == "fake"
+
+
+async def test_non_generation_routes_get_no_record(store_app: AppHandle, store: Store) -> None:
+    c = store_app.client
+    assert (await c.get("/v1/models")).status_code == 200
+    assert (await c.get("/health")).status_code == 200
+    assert (await c.post("/v1/nothing", json={})).status_code == 404
+    assert await store.usage_records() == []
