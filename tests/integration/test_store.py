@@ -161,3 +161,126 @@ async def test_non_generation_routes_get_no_record(store_app: AppHandle, store: 
     assert (await c.get("/health")).status_code == 200
     assert (await c.post("/v1/nothing", json={})).status_code == 404
     assert await store.usage_records() == []
+
+
+async def test_conversation_history_order_limit_and_delete(
+    store_app: AppHandle, store: Store
+) -> None:
+    c = store_app.client
+    first = await c.post(
+        CHAT,
+        json={"messages": user("My name is Ada."), "max_tokens": 6, "session_id": "s-1"},
+    )
+    assert first.status_code == 200
+    answer = first.json()["choices"][0]["message"]["content"]
+    # streamed, the session from the header, only the new message sent with the history
+    r = await c.post(
+        CHAT,
+        json={
+            "messages": user("What is my name?"),
+            "max_tokens": 6,
+            "stream": True,
+            "session_history": True,
+        },
+        headers={"X-Session-ID": "s-1"},
+    )
+    assert r.status_code == 200
+    second = "".join(
+        e["choices"][0]["delta"].get("content") or "" for e in sse_json(r.text) if e["choices"]
+    )
+    # the history went into the prompt: more prompt tokens than the message alone needs
+    conv = (await c.get("/v1/conversations/s-1")).json()
+    assert [m["role"] for m in conv["messages"]] == ["user", "assistant", "user", "assistant"]
+    assert [m["content"] for m in conv["messages"]] == [
+        "My name is Ada.",
+        answer,
+        "What is my name?",
+        second,
+    ]
+    assert all(m["model"] == "smollm2:135m" for m in conv["messages"])
+    times = [m["created_at"] for m in conv["messages"]]
+    assert times == sorted(times)
+    last = (await c.get("/v1/conversations/s-1", params={"limit": 1})).json()["messages"]
+    assert [m["content"] for m in last] == [second]
+    # native chat, same session
+    r = await c.post(
+        "/chat",
+        json={"messages": user("Bye."), "max_tokens": 3, "session_id": "s-1"},
+    )
+    assert r.status_code == 200
+    conv = (await c.get("/v1/conversations/s-1", params={"limit": 10})).json()["messages"]
+    assert len(conv) == 6 and conv[-2]["content"] == "Bye."
+    # other sessions are untouched by a delete
+    await c.post(CHAT, json={"messages": user("Other."), "max_tokens": 2, "session_id": "s-2"})
+    gone = await c.delete("/v1/conversations/s-1")
+    assert gone.status_code == 200 and gone.json()["messages"] == 6
+    assert (await c.get("/v1/conversations/s-1")).json()["messages"] == []
+    assert len((await c.get("/v1/conversations/s-2")).json()["messages"]) == 2
+    # no session: nothing stored
+    records = await store.usage_records()
+    assert len(records) == 4
+
+
+async def test_session_history_is_prepended_to_the_prompt(store_app: AppHandle) -> None:
+    c = store_app.client
+    alone = await c.post(CHAT, json={"messages": user("And then?"), "max_tokens": 1})
+    await c.post(
+        CHAT, json={"messages": user("Tell me a story."), "max_tokens": 4, "session_id": "h"}
+    )
+    with_history = await c.post(
+        CHAT,
+        json={
+            "messages": user("And then?"),
+            "max_tokens": 1,
+            "session_id": "h",
+            "session_history": True,
+        },
+    )
+    without = with_history.json()["usage"]["prompt_tokens"]
+    assert without > alone.json()["usage"]["prompt_tokens"] + 5
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "param"),
+    [
+        ({"session_id": ""}, {}, "session_id"),
+        ({"session_id": "a b"}, {}, "session_id"),
+        ({"session_id": "x" * 129}, {}, "session_id"),
+        ({"session_id": 5}, {}, "session_id"),
+        ({"session_history": "yes", "session_id": "s"}, {}, "session_history"),
+        ({"session_history": True}, {}, "session_history"),
+        ({}, {"X-Session-ID": "a/b"}, "X-Session-ID"),
+    ],
+)
+async def test_bad_session_fields_are_400(
+    store_app: AppHandle, body: dict[str, Any], headers: dict[str, str], param: str
+) -> None:
+    r = await store_app.client.post(
+        CHAT, json={"messages": user("hi"), "max_tokens": 1, **body}, headers=headers
+    )
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param
+
+
+async def test_bad_store_queries_are_400(store_app: AppHandle) -> None:
+    c = store_app.client
+    for path, params, param in [
+        ("/v1/stats", {"hours": "x"}, "hours"),
+        ("/v1/stats", {"hours": "0"}, "hours"),
+        ("/v1/stats", {"hours": "nan"}, "hours"),
+        ("/v1/conversations/s", {"limit": "0"}, "limit"),
+        ("/v1/conversations/s", {"limit": "a"}, "limit"),
+    ]:
+        r = await c.get(path, params=params)
+        assert r.status_code == 400, (path, params, r.text)
+        assert r.json()["error"]["param"] == param
+    assert (await c.get("/v1/conversations/a%20b")).status_code == 400
+
+
+async def test_without_a_store_the_routes_say_503(real: AppHandle) -> None:
+    r = await real.client.get("/v1/stats")
+    assert r.status_code == 503 and r.json()["error"]["code"] == "store_unavailable"
+    r = await real.client.post(
+        CHAT, json={"messages": user("hi"), "max_tokens": 1, "session_id": "s"}
+    )
+    assert r.status_code == 200  # sessions are simply not stored

@@ -89,7 +89,7 @@ def is_ollama(request: Request) -> bool:
 
 
 def _param_of(loc: tuple[Any, ...]) -> str | None:
-    parts = [p for p in loc if p not in ("body",)]
+    parts = [p for p in loc if p not in ("body", "query", "path")]
     out = ""
     for p in parts:
         if isinstance(p, int):

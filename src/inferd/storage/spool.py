@@ -56,9 +56,15 @@ class Spool:
     @property
     def pending(self) -> int:
         """Bytes not yet in the database."""
+        if self._file.closed:
+            return self.path.stat().st_size - self._offset if self.path.exists() else 0
         return self._file.tell() - self._offset
 
     def append(self, item: SpoolItem) -> None:
+        if self._file.closed:  # handed over after the store closed: kept for the next start
+            with open(self.path, "ab", buffering=0) as f:
+                f.write(encode(item))
+            return
         self._file.write(encode(item))
 
     def read(self, max_items: int) -> tuple[list[SpoolItem], int]:

@@ -71,16 +71,20 @@ class UsageWriter:
         return True
 
     async def close(self, wait: float = 5.0) -> None:
-        """Write what is left (up to `wait` seconds); what cannot be written stays spooled."""
-        await self.flush(wait)
+        """Write what is left (up to `wait` seconds); what cannot be written stays spooled.
+        The writer is stopped between two batches, never in the middle of one."""
         self._closed = True
+        self._wake.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), wait)
+            except TimeoutError:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
         if self._spool.pending:
             log.warning(
-                "%d bytes of usage records stay spooled in %s",
+                "%d bytes of usage records stay spooled in %s until the next start",
                 self._spool.pending,
                 self._spool.path,
             )
@@ -88,13 +92,21 @@ class UsageWriter:
 
     async def _run(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._interval)
+            if not self._closed:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._interval)
             self._wake.clear()
             while self._spool.pending:
-                if not await self._write_some():
-                    await asyncio.sleep(self._retry)
+                if await self._write_some():
+                    continue
+                if self._closed:
+                    return  # the database is away: the rest stays spooled
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._retry)
+                self._wake.clear()
             self._idle.set()
+            if self._closed:
+                return
 
     async def _write_some(self) -> bool:
         if self._ready is not None and not await self._ready():
