@@ -3,14 +3,19 @@ real PostgreSQL server (every test runs on both)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from inferd.storage.records import UsageStatus
+from inferd.storage.records import MessageRecord, UsageRecord, UsageStatus
+from inferd.storage.spool import encode
 from inferd.storage.store import Store
-from tests.conftest import AppHandle, FakeFactory
+from tests.conftest import AppHandle, FakeFactory, open_store
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
@@ -284,3 +289,101 @@ async def test_without_a_store_the_routes_say_503(real: AppHandle) -> None:
         CHAT, json={"messages": user("hi"), "max_tokens": 1, "session_id": "s"}
     )
     assert r.status_code == 200  # sessions are simply not stored
+
+
+async def test_database_down_or_locked_mid_load_loses_nothing(
+    store_app: AppHandle, store: Store, database_url: str, request: pytest.FixtureRequest
+) -> None:
+    """Stop the PostgreSQL server / lock the SQLite file while requests run: clients are
+    served; once the database is back the records equal the requests, none twice."""
+    c = store_app.client
+
+    async def burst(n: int) -> None:
+        for i in range(n):
+            r = await c.post(COMPLETIONS, json={"prompt": f"Count {i}:", "max_tokens": 3})
+            assert r.status_code == 200, r.text
+
+    await burst(2)
+    assert len(await store.usage_records()) == 2
+    if database_url.startswith("sqlite"):
+        path = database_url.removeprefix("sqlite:///")
+        lock = sqlite3.connect(path, timeout=5)
+        lock.execute("BEGIN EXCLUSIVE")
+        try:
+            await burst(6)
+            await asyncio.sleep(1.0)  # the writer tries, finds the file locked, keeps them
+            assert not store.writer.healthy
+        finally:
+            lock.rollback()
+            lock.close()
+    else:
+        server = request.getfixturevalue("postgres")
+        server.stop()
+        try:
+            await burst(6)
+            await asyncio.sleep(1.0)
+            assert not store.writer.healthy
+            assert store.writer.spool_path.stat().st_size > 0  # spooled on disk
+        finally:
+            server.start()
+    assert await store.writer.flush(30)
+    assert store.writer.healthy
+    records = await store.usage_records()
+    assert len(records) == 8
+    assert len({r.request_id for r in records}) == 8
+    assert all(r.status is UsageStatus.LENGTH for r in records)
+
+
+async def test_the_spool_is_replayed_at_start_without_duplicates(
+    database_url: str, tmp_path: Path
+) -> None:
+    spool = tmp_path / "left-behind.jsonl"
+    now = datetime.now(UTC)
+    records = [
+        UsageRecord(f"r{i}", "openai", "/v1/completions", UsageStatus.OK, now, 0.1)
+        for i in range(5)
+    ]
+    first = open_store(database_url, spool)
+    await first.start()
+    for r in records[:3]:
+        first.record(r)
+    assert await first.writer.flush(10)
+    await first.close()
+    # a crashed process left all five in its spool, three of them already written,
+    # and a torn last line
+    with open(spool, "ab") as f:
+        for r in records:
+            f.write(encode(r))
+        f.write(b'{"kind":"usage","request_id":"torn"')
+    second = open_store(database_url, spool)
+    await second.start()
+    try:
+        second.record(records[0])  # and one handed over again
+        got = await second.usage_records()
+        assert sorted(r.request_id for r in got) == [f"r{i}" for i in range(5)]
+        assert got[0].created_at == now
+        assert spool.stat().st_size == 0
+    finally:
+        await second.close()
+
+
+async def test_retention_deletes_old_usage_and_content(database_url: str, tmp_path: Path) -> None:
+    store = open_store(
+        database_url, tmp_path / "s.jsonl", usage_retention_days=7, content_retention_days=1
+    )
+    await store.start()
+    try:
+        now = datetime.now(UTC)
+        for i, age in enumerate((0, 3, 10)):
+            at = now - timedelta(days=age)
+            store.record(
+                UsageRecord(f"u{i}", "openai", "/v1/chat/completions", UsageStatus.OK, at, 0.1)
+            )
+            store.remember([MessageRecord(f"s{i}", f"u{i}", 0, "user", "hello", at)])
+        assert await store.writer.flush(10)
+        assert await store.apply_retention(now) == (1, 2)
+        assert [r.request_id for r in await store.usage_records()] == ["u1", "u0"]
+        assert len(await store.conversation("s0")) == 1
+        assert await store.conversation("s1") == await store.conversation("s2") == []
+    finally:
+        await store.close()

@@ -8,6 +8,7 @@ from rich.console import Console
 
 from inferd import __version__
 from inferd.cli.bench import bench
+from inferd.cli.db import db_app, stats
 from inferd.cli.flags import settings_flags
 from inferd.config import ModelConfig, load_settings
 from inferd.errors import ConfigError
@@ -23,6 +24,8 @@ app = typer.Typer(
 
 
 app.command()(bench)
+app.command()(stats)
+app.add_typer(db_app, name="db")
 
 
 def _version(value: bool) -> None:
@@ -94,4 +97,4 @@ def serve(
         f"on http://{settings.host}:{settings.port}{ollama}",
         highlight=False,
     )
-    server.serve(create_app(settings, registry), settings)
+    server.serve(create_app(settings, registry, open_store=True), settings)
