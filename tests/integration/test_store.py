@@ -351,10 +351,8 @@ async def test_the_spool_is_replayed_at_start_without_duplicates(
     await first.close()
     # a crashed process left all five in its spool, three of them already written,
     # and a torn last line
-    with open(spool, "ab") as f:
-        for r in records:
-            f.write(encode(r))
-        f.write(b'{"kind":"usage","request_id":"torn"')
+    left = b"".join(encode(r) for r in records) + b'{"kind":"usage","request_id":"torn"'
+    spool.write_bytes(spool.read_bytes() + left)
     second = open_store(database_url, spool)
     await second.start()
     try:
