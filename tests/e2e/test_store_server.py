@@ -98,14 +98,16 @@ def test_a_closed_stream_is_recorded_cancelled_with_its_tokens_so_far() -> None:
             "stream": True,
         }
         seen = 0
-        with httpx.Client(timeout=60) as client:
-            with client.stream("POST", f"{server.url}{CHAT}", json=body) as resp:
-                assert resp.status_code == 200
-                lines = resp.iter_lines()
-                for line in lines:
-                    seen += line.startswith("data: ")
-                    if seen >= 6:
-                        break
+        with (
+            httpx.Client(timeout=60) as client,
+            client.stream("POST", f"{server.url}{CHAT}", json=body) as resp,
+        ):
+            assert resp.status_code == 200
+            lines = resp.iter_lines()  # kept referenced: dropping it closes the connection
+            for line in lines:
+                seen += line.startswith("data: ")
+                if seen >= 6:
+                    break
         time.sleep(1.0)
         ok = httpx.post(
             f"{server.url}{COMPLETIONS}", json={"prompt": "Hi", "max_tokens": 2}, timeout=60
