@@ -148,3 +148,27 @@ def test_db_upgrade_creates_the_schema(tmp_path: Path) -> None:
     bad = cli("db", "upgrade", "--database-url", "mysql://h/db", data_dir=str(tmp_path))
     assert bad.returncode == 2 and "unsupported database" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_a_stream_in_flight_at_sigterm_gets_its_record() -> None:
+    server = LiveServer()
+    try:
+        server.wait_ready()
+        body = {"prompt": "Once upon a time", "max_tokens": 60, "ignore_eos": True, "stream": True}
+        events = 0
+        with (
+            httpx.Client(timeout=60) as client,
+            client.stream("POST", f"{server.url}{COMPLETIONS}", json=body) as resp,
+        ):
+            lines = resp.iter_lines()
+            for line in lines:
+                events += line.startswith("data: ")
+                if events == 2:
+                    server.proc.send_signal(signal.SIGTERM)  # drains: the stream finishes
+            assert events >= 60
+        assert server.proc.wait(60) == 0
+    finally:
+        server.stop()
+    rows = usage_rows(Path(server.data_dir) / "inferd.db")
+    assert len(rows) == 1
+    assert rows[0]["status"] == "length" and rows[0]["completion_tokens"] == 60

@@ -385,3 +385,23 @@ async def test_retention_deletes_old_usage_and_content(database_url: str, tmp_pa
         assert await store.conversation("s1") == await store.conversation("s2") == []
     finally:
         await store.close()
+
+
+async def test_the_key_set_on_request_state_is_recorded(
+    fake_app: FakeFactory, store: Store
+) -> None:
+    """The security layer marks the caller with `request.state.key_id`."""
+    handle = fake_app(store=store)
+
+    @handle.app.middleware("http")
+    async def authenticate(request: Any, call_next: Any) -> Any:
+        request.state.key_id = "key_0123456789ab"
+        return await call_next(request)
+
+    async with handle as h:
+        r = await h.client.post(CHAT, json={"messages": user("hi"), "max_tokens": 2})
+        assert r.status_code == 200
+        by_key = (await h.client.get("/v1/stats")).json()["by_key"]
+    assert list(by_key) == ["key_0123456789ab"]
+    (record,) = await store.usage_records()
+    assert record.key_id == "key_0123456789ab"
