@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from inferd.config import Settings
+from inferd.models.registry import ModelRegistry
 from inferd.storage.records import MessageRecord, UsageRecord, UsageStatus
 from inferd.storage.spool import encode
 from inferd.storage.store import Store
@@ -324,6 +326,8 @@ async def test_database_down_or_locked_mid_load_loses_nothing(
             await asyncio.sleep(1.0)
             assert not store.writer.healthy
             assert store.writer.spool_path.stat().st_size > 0  # spooled on disk
+            r = await c.get("/v1/stats")
+            assert r.status_code == 503 and r.json()["error"]["code"] == "store_unavailable"
         finally:
             server.start()
     assert await store.writer.flush(30)
@@ -405,3 +409,21 @@ async def test_the_key_set_on_request_state_is_recorded(
     assert list(by_key) == ["key_0123456789ab"]
     (record,) = await store.usage_records()
     assert record.key_id == "key_0123456789ab"
+
+
+async def test_log_content_stores_chats_without_a_session(
+    store: Store, store_registry: ModelRegistry
+) -> None:
+    handle = AppHandle(Settings(log_content=True), store_registry, store)
+    try:
+        r = await handle.client.post(CHAT, json={"messages": user("Hello!"), "max_tokens": 3})
+        assert r.status_code == 200
+    finally:
+        await handle.client.aclose()
+    (record,) = await store.usage_records()
+    # stored under the request's id, which is also the usage record's
+    conv = await store.conversation(record.request_id)
+    assert [(m.role, m.content) for m in conv] == [
+        ("user", "Hello!"),
+        ("assistant", r.json()["choices"][0]["message"]["content"]),
+    ]

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from inferd.config import Settings
+from inferd.errors import StoreUnavailable
 from inferd.storage import db
 from inferd.storage.records import MessageRecord, UsageRecord, UsageStats
 from inferd.storage.repository import Repository
@@ -111,21 +114,31 @@ class Store:
 
     # ---- reads -------------------------------------------------------------------------------
 
-    async def conversation(self, session_id: str, limit: int | None = None) -> list[MessageRecord]:
+    @contextlib.asynccontextmanager
+    async def _reading(self) -> AsyncIterator[None]:
+        """Pending writes first; a database that does not answer is a StoreUnavailable."""
         await self.writer.flush()
-        return await self.repository.conversation(session_id, limit)
+        try:
+            yield
+        except (SQLAlchemyError, OSError) as exc:
+            log.warning("the database did not answer: %s", exc)
+            raise StoreUnavailable("the usage and conversation database is unavailable") from None
+
+    async def conversation(self, session_id: str, limit: int | None = None) -> list[MessageRecord]:
+        async with self._reading():
+            return await self.repository.conversation(session_id, limit)
 
     async def delete_conversation(self, session_id: str) -> int:
-        await self.writer.flush()
-        return await self.repository.delete_conversation(session_id)
+        async with self._reading():
+            return await self.repository.delete_conversation(session_id)
 
     async def stats(self, hours: float) -> UsageStats:
-        await self.writer.flush()
-        return await self.repository.stats(hours)
+        async with self._reading():
+            return await self.repository.stats(hours)
 
     async def usage_records(self) -> list[UsageRecord]:
-        await self.writer.flush()
-        return await self.repository.usage_records()
+        async with self._reading():
+            return await self.repository.usage_records()
 
     # ---- retention ---------------------------------------------------------------------------
 
