@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 from tests.conftest import LiveServer
+from tests.e2e.test_server import DRAIN_TIMEOUT, start_server, stream_then_terminate
 
 COMPLETIONS = "/v1/completions"
 CHAT = "/v1/chat/completions"
@@ -150,25 +151,14 @@ def test_db_upgrade_creates_the_schema(tmp_path: Path) -> None:
     assert "Traceback" not in bad.stderr
 
 
-def test_a_stream_in_flight_at_sigterm_gets_its_record() -> None:
-    server = LiveServer()
+async def test_a_stream_in_flight_at_sigterm_gets_its_record() -> None:
+    server = start_server()
     try:
-        server.wait_ready()
-        body = {"prompt": "Once upon a time", "max_tokens": 60, "ignore_eos": True, "stream": True}
-        events = 0
-        with (
-            httpx.Client(timeout=60) as client,
-            client.stream("POST", f"{server.url}{COMPLETIONS}", json=body) as resp,
-        ):
-            lines = resp.iter_lines()
-            for line in lines:
-                events += line.startswith("data: ")
-                if events == 2:
-                    server.proc.send_signal(signal.SIGTERM)  # drains: the stream finishes
-            assert events >= 60
-        assert server.proc.wait(60) == 0
+        data, error, _ = await stream_then_terminate(server, max_tokens=60)
+        assert error is None, f"stream cut after {len(data)} events: {error!r}"
+        assert server.proc.wait(DRAIN_TIMEOUT + 10) == 0
     finally:
-        server.stop()
+        server.stop(5)
     rows = usage_rows(Path(server.data_dir) / "inferd.db")
     assert len(rows) == 1
     assert rows[0]["status"] == "length" and rows[0]["completion_tokens"] == 60
