@@ -35,6 +35,7 @@ fmt: install
 	$(VENV)/bin/ruff check --fix src tests benchmarks
 
 test: install lint
+	.ci/ensure-postgres
 	$(PY) -m pytest -q -ra $(ARGS)
 
 bench: install

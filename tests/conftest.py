@@ -22,6 +22,8 @@ from inferd.engine.backends.fake import FakeBackend
 from inferd.models.loading import llamacpp_loader
 from inferd.models.registry import ModelRegistry
 from inferd.models.spec import BUNDLED_ALIASES, BUNDLED_NAME, ModelSpec, bundled_model_path
+from inferd.storage.store import Store
+from tests.postgres import PostgresServer, postgres_bindir
 
 # Small enough to keep the tests quick, big enough for every test's prompts.
 TEST_N_CTX = 2048
@@ -40,10 +42,13 @@ def bundled_spec(path: Path, **config: object) -> ModelSpec:
 class AppHandle:
     """An app with its registry loaded, and an in-process client to it."""
 
-    def __init__(self, settings: Settings, registry: ModelRegistry) -> None:
+    def __init__(
+        self, settings: Settings, registry: ModelRegistry, store: Store | None = None
+    ) -> None:
         self.settings = settings
         self.registry = registry
-        self.app = create_app(settings, registry)
+        self.store = store
+        self.app = create_app(settings, registry, store=store)
         self.client = httpx.AsyncClient(
             transport=httpx.ASGITransport(app=self.app), base_url="http://127.0.0.1", timeout=120
         )
@@ -75,12 +80,14 @@ FakeFactory = Callable[..., AppHandle]
 def fake_app() -> FakeFactory:
     """Build an app over FakeBackend(**kwargs); use as `async with fake_app(...) as h`."""
 
-    def make(settings: Settings | None = None, **backend: object) -> AppHandle:
+    def make(
+        settings: Settings | None = None, store: Store | None = None, **backend: object
+    ) -> AppHandle:
         spec = ModelSpec(
             "fake", Path("fake.gguf"), ModelConfig(path=Path("fake.gguf")), ("default",)
         )
         registry = ModelRegistry([spec], lambda _spec: FakeBackend(**backend))  # type: ignore[arg-type]
-        return AppHandle(settings or Settings(), registry)
+        return AppHandle(settings or Settings(), registry, store)
 
     return make
 
@@ -103,11 +110,17 @@ class LiveServer:
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, "-m", "inferd", "serve", "--port", str(self.port)]
         cmd += ["--n-ctx", str(TEST_N_CTX), "--log-level", "warning", *args]
-        # its own data directory (database, keys), never the user's
-        own = {"INFERD_DATA_DIR": tempfile.mkdtemp(prefix="inferd-test-")}
+        # the store's SQLite file and spool go to a temporary directory, not the user's
+        self.data_dir = tempfile.mkdtemp(prefix="inferd-data-")
         self.proc = subprocess.Popen(
             cmd,
-            env={**os.environ, **own, **env},
+            env={
+                **os.environ,
+                "INFERD_DATA_DIR": self.data_dir,
+                "INFERD_DATABASE_URL": "",
+                "DATABASE_URL": "",
+                **env,
+            },
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -160,3 +173,76 @@ async def wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
             return True
         await asyncio.sleep(0.02)
     return predicate()
+
+
+# ---- the store: SQLite and a real PostgreSQL ---------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server for the whole session (skips when none is installed)."""
+    bindir = postgres_bindir()
+    if bindir is None:
+        pytest.skip(
+            "PostgreSQL is not installed (apt-get install postgresql; .ci/run does it): "
+            "no /usr/lib/postgresql/*/bin/initdb"
+        )
+    server = PostgresServer(bindir, free_port())
+    try:
+        server.start()
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty database of each kind."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'inferd.db'}"
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return server.url(server.create_database())
+
+
+def open_store(url: str, spool: Path, **kwargs: object) -> Store:
+    from inferd.storage import db
+
+    return Store(
+        db.create_engine(url, busy_timeout_ms=200),
+        spool,
+        flush_interval=0.05,
+        retry_interval=0.2,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture
+async def store(database_url: str, tmp_path: Path) -> AsyncIterator[Store]:
+    """A started store on each kind of database."""
+    s = open_store(database_url, tmp_path / "spool.jsonl")
+    await s.start()
+    try:
+        yield s
+    finally:
+        await asyncio.wait_for(s.close(), 30)
+
+
+@pytest.fixture(scope="session")
+async def store_registry(model_path: Path) -> AsyncIterator[ModelRegistry]:
+    """A registry of its own for apps with a store (each app sets the registry's hooks)."""
+    registry = ModelRegistry([bundled_spec(model_path)], llamacpp_loader())
+    await registry.load_all()
+    try:
+        yield registry
+    finally:
+        await registry.close()
+
+
+@pytest.fixture
+async def store_app(store: Store, store_registry: ModelRegistry) -> AsyncIterator[AppHandle]:
+    """The app on the real engine with a store, in-process."""
+    handle = AppHandle(Settings(), store_registry, store)
+    try:
+        yield handle
+    finally:
+        await handle.client.aclose()

@@ -207,6 +207,27 @@ class Settings(BaseSettings):
         description="Database for usage and conversations, e.g. postgresql://user:pw@host/db "
         "(also read from DATABASE_URL; default: SQLite file inferd.db in data_dir)",
     )
+    spool_path: Path | None = Field(
+        None,
+        description="File holding usage records until the database has them "
+        "(default: usage-spool.jsonl in data_dir)",
+    )
+    log_content: bool = Field(
+        False,
+        description="Store the conversation of every chat request, not only those with "
+        "a session_id",
+    )
+    usage_retention_days: float | None = Field(
+        None, gt=0, description="Delete usage records older than this many days (default: keep)"
+    )
+    content_retention_days: float | None = Field(
+        None,
+        gt=0,
+        description="Delete stored conversation messages older than this many days (default: keep)",
+    )
+    retention_interval: float = Field(
+        3600.0, gt=0, description="Seconds between two retention runs"
+    )
 
     @classmethod
     def settings_customise_sources(

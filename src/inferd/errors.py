@@ -92,3 +92,9 @@ class PullFailed(InferdError):
     """A model could not be copied or downloaded into the models directory."""
 
     code = "pull_failed"
+
+
+class StoreUnavailable(InferdError):
+    """The usage and conversation store is not configured or cannot answer."""
+
+    code = "store_unavailable"

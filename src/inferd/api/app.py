@@ -15,7 +15,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 
 from inferd import __version__
-from inferd.api import ops
+from inferd.api import conversations, ops, stats
 from inferd.api.access import record_usage
 from inferd.api.errors import install_error_handlers
 from inferd.api.guard import PUBLIC_PATHS, Guard, is_loopback
@@ -23,8 +23,8 @@ from inferd.api.native.router import router as native_router
 from inferd.api.ollama.middleware import JsonBodyForOllama
 from inferd.api.ollama.router import router as ollama_router
 from inferd.api.openai.router import router as openai_router
+from inferd.api.usage import UsageMiddleware, fan_out, tally_generation
 from inferd.config import Settings
-from inferd.engine.types import GenerationOutput
 from inferd.models.registry import ModelRegistry
 from inferd.observability.metrics import Metrics
 from inferd.observability.middleware import GenerationObserver, ObservabilityMiddleware
@@ -32,6 +32,7 @@ from inferd.observability.tracing import Tracing
 from inferd.security.capacity import CapacityGate
 from inferd.security.keys import KeyRing, MemoryKeyStore
 from inferd.security.limits import RateLimits
+from inferd.storage.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -44,27 +45,31 @@ def create_app(
     tracer_provider: Any | None = None,
     keys: KeyRing | None = None,
     limits: RateLimits | None = None,
+    store: Store | None = None,
+    open_store: bool = False,
 ) -> FastAPI:
     """The app over `registry`. `metrics` (default: new, in its own registry),
     `tracer_provider` (default: OTLP from the environment when configured, else none),
     `keys` (default: an empty in-memory key store) and `limits` (default: from the
-    rate_limit_storage setting) can be injected."""
+    rate_limit_storage setting) can be injected. `store` (usage records, conversations) is
+    used as given, its owner starts and closes it; with `open_store` the lifespan opens the
+    configured one instead."""
     metrics = metrics or Metrics(registry)
     tracing = Tracing(tracer_provider)
     keys = keys or KeyRing(MemoryKeyStore(), max_age=settings.key_cache_seconds)
     limits = limits or RateLimits(settings.rate_limit_storage)
     gate = CapacityGate(settings.max_concurrent_requests, settings.max_queue)
-    observer = GenerationObserver(metrics, tracing)
-
-    def on_finish(model: str, out: GenerationOutput, seconds: float) -> None:
-        observer(model, out, seconds)
-        record_usage(model, out, seconds)
-
-    registry.on_finish = on_finish
+    registry.on_finish = fan_out(
+        GenerationObserver(metrics, tracing), tally_generation, record_usage
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await keys.refresh()
+        own_store = Store.from_settings(settings) if open_store else None
+        if own_store is not None:
+            await own_store.start()
+            app.state.store = own_store
         loading = asyncio.create_task(registry.load_all())
         try:
             yield
@@ -73,6 +78,8 @@ def create_app(
                 loading.cancel()
             await asyncio.gather(loading, return_exceptions=True)
             await registry.close()
+            if own_store is not None:
+                await own_store.close()  # after the engines: their last records are in
 
     app = FastAPI(
         title="inferd",
@@ -88,9 +95,12 @@ def create_app(
     app.state.keys = keys
     app.state.limits = limits
     app.state.capacity = gate
+    app.state.store = store
     install_error_handlers(app)
     app.include_router(ops.router)
     app.include_router(openai_router)
+    app.include_router(conversations.router)
+    app.include_router(stats.router)
     app.include_router(native_router)
     app.include_router(ollama_router)
 
@@ -99,7 +109,9 @@ def create_app(
         return get_swagger_ui_html(openapi_url="/openapi.json", title="inferd API")
 
     # Outermost last: CORS (preflights need no key) > JsonBodyForOllama > observability
-    # (whose scope copy the router fills in with the matched route; it logs 401s too) > guard.
+    # (whose scope copy the router fills in with the matched route; it logs 401s too) > guard
+    # > usage records (only for requests the guard let in: no rows for unauthenticated junk).
+    app.add_middleware(UsageMiddleware, state=app.state)
     metrics_public = (
         not settings.metrics_require_key
         if settings.metrics_require_key is not None

@@ -7,7 +7,9 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from inferd.config import Settings
+from inferd.errors import StoreUnavailable
 from inferd.models.registry import ModelRegistry
+from inferd.storage.store import Store
 
 
 def _settings(request: Request) -> Settings:
@@ -20,5 +22,19 @@ def _registry(request: Request) -> ModelRegistry:
     return registry
 
 
+def _store(request: Request) -> Store:
+    store: Store | None = getattr(request.app.state, "store", None)
+    if store is None:
+        raise StoreUnavailable("this server keeps no usage or conversation store")
+    return store
+
+
+def _optional_store(request: Request) -> Store | None:
+    store: Store | None = getattr(request.app.state, "store", None)
+    return store
+
+
 SettingsDep = Annotated[Settings, Depends(_settings)]
 RegistryDep = Annotated[ModelRegistry, Depends(_registry)]
+StoreDep = Annotated[Store, Depends(_store)]
+OptionalStoreDep = Annotated[Store | None, Depends(_optional_store)]

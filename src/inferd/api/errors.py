@@ -29,6 +29,7 @@ _TABLE: list[tuple[type[e.InferdError], int, str]] = [
     (e.ModelNotReady, 503, "server_error"),
     (e.Overloaded, 503, "server_error"),
     (e.EngineStopped, 503, "server_error"),
+    (e.StoreUnavailable, 503, "server_error"),
     (e.BackendError, 500, "server_error"),
     (e.InferdError, 500, "server_error"),
 ]
@@ -98,7 +99,7 @@ def is_ollama(request: Request) -> bool:
 
 
 def _param_of(loc: tuple[Any, ...]) -> str | None:
-    parts = [p for p in loc if p not in ("body",)]
+    parts = [p for p in loc if p not in ("body", "query", "path")]
     out = ""
     for p in parts:
         if isinstance(p, int):

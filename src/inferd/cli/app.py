@@ -9,6 +9,7 @@ from rich.console import Console
 
 from inferd import __version__
 from inferd.cli.bench import bench
+from inferd.cli.db import db_app, stats
 from inferd.cli.flags import settings_flags
 from inferd.cli.keys import keys_app
 from inferd.cli.models import app as models_app
@@ -29,6 +30,8 @@ app = typer.Typer(
 app.command()(bench)
 app.add_typer(keys_app)
 app.add_typer(models_app, name="models")
+app.command()(stats)
+app.add_typer(db_app, name="db")
 
 
 def _version(value: bool) -> None:
@@ -132,5 +135,5 @@ def serve(
     # the server's own engine: created here, first used (and disposed) in the server's loop
     engine = db.create_engine(database_url(settings))
     keys = KeyRing(Repository(engine), max_age=settings.key_cache_seconds)
-    app = create_app(settings, registry, keys=keys, limits=limits)
+    app = create_app(settings, registry, keys=keys, limits=limits, open_store=True)
     server.serve(app, settings, cleanup=(engine.dispose,))

@@ -11,7 +11,14 @@ from typing import Protocol
 
 from inferd.engine.backends.base import Backend, BackendInfo
 from inferd.engine.core import DEFAULT_PREFIX_CACHE_BYTES, EngineCore
-from inferd.engine.types import EngineStats, GenerateRequest, GenerationOutput, SamplingParams
+from inferd.engine.types import (
+    EngineStats,
+    FinishReason,
+    GenerateRequest,
+    GenerationOutput,
+    SamplingParams,
+    Usage,
+)
 from inferd.errors import EngineStopped
 
 # Tokenizing longer texts than this moves off the event loop.
@@ -20,7 +27,8 @@ _INLINE_TOKENIZE_CHARS = 8192
 log = logging.getLogger(__name__)
 
 # Called with (model name, the final output, seconds from submit to finish) when a request
-# finishes in the engine, in the task that consumed it (observability records it there).
+# finishes in the engine, in the task that consumed it (observability and usage records read
+# it there). A request its consumer left early gets a final ABORT output with the usage so far.
 FinishHook = Callable[[str, GenerationOutput, float], None]
 
 
@@ -134,18 +142,20 @@ class AsyncEngine:
         q: asyncio.Queue[GenerationOutput] = asyncio.Queue()
         self._queues[rid] = q
         finished = False
+        last: GenerationOutput | None = None
         started = time.monotonic()
         self.submitted += 1
+        first_token: float | None = None
         try:
             self._core.submit(request)
             while True:
                 out = await q.get()
                 finished = out.finished
-                if finished and self._on_finish is not None:
-                    try:
-                        self._on_finish(self._name, out, time.monotonic() - started)
-                    except Exception:  # observing must never break a generation
-                        log.exception("on_finish hook failed")
+                last = out
+                if first_token is None and out.token_ids:
+                    first_token = time.monotonic() - started
+                if finished:
+                    self._finished(out, started)
                 yield out
                 if finished:
                     return
@@ -153,6 +163,14 @@ class AsyncEngine:
             self._queues.pop(rid, None)
             if not finished:
                 self._core.abort(rid)
+                self._finished(_aborted(request, last, first_token), started)
+
+    def _finished(self, out: GenerationOutput, started: float) -> None:
+        if self._on_finish is not None:
+            try:
+                self._on_finish(self._name, out, time.monotonic() - started)
+            except Exception:  # observing must never break a generation
+                log.exception("on_finish hook failed")
 
     def abort(self, request_id: str) -> None:
         self._core.abort(request_id)
@@ -176,3 +194,19 @@ class AsyncEngine:
             q = self._queues.get(out.request_id)
             if q is not None:
                 q.put_nowait(out)
+
+
+def _aborted(
+    request: GenerateRequest, last: GenerationOutput | None, first_token: float | None
+) -> GenerationOutput:
+    """The final output of a request left early: what it had generated, finish ABORT."""
+    usage = last.usage if last is not None else Usage(prompt_tokens=len(request.prompt_tokens))
+    return GenerationOutput(
+        request.request_id,
+        "",
+        (),
+        usage,
+        FinishReason.ABORT,
+        queue_time=last.queue_time if last is not None else None,
+        time_to_first_token=first_token,
+    )

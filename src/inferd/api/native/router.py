@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request, Response
 
 from inferd.api.access import acquire_model, admit, check_model, require_admin
-from inferd.api.deps import RegistryDep, SettingsDep
+from inferd.api.deps import OptionalStoreDep, RegistryDep, SettingsDep
 from inferd.api.generation import (
     ChoiceResult,
     collect_choices,
@@ -19,10 +19,12 @@ from inferd.api.generation import (
 )
 from inferd.api.native import adapter
 from inferd.api.native import schemas as s
+from inferd.api.sessions import Exchange, open_exchange, session_of
 from inferd.api.streaming import ClientDisconnected, cancel_on_disconnect, sse_response
 from inferd.config import Settings
 from inferd.engine.types import FinishReason, GenerateRequest
 from inferd.models.registry import LoadedModel, ModelRegistry
+from inferd.storage.store import Store
 
 router = APIRouter(tags=["native"])
 
@@ -30,25 +32,40 @@ _CLIENT_CLOSED = 499
 
 
 async def _prepare(
-    request: Request, registry: ModelRegistry, body: s.GenerateBody | s.ChatBody
-) -> tuple[LoadedModel, list[int], str | None]:
+    request: Request,
+    registry: ModelRegistry,
+    settings: Settings,
+    store: Store | None,
+    body: s.GenerateBody | s.ChatBody,
+) -> tuple[LoadedModel, list[int], str | None, Exchange | None]:
+    exchange = None
+    if isinstance(body, s.ChatBody):
+        session = session_of(body.session_id, request)
+        messages, exchange = await open_exchange(
+            store,
+            settings,
+            session,
+            body.session_history,
+            [m.model_dump() for m in body.messages],
+        )
     model = await acquire_model(request, registry, body.model)
     if isinstance(body, s.GenerateBody):
         text, prompt = body.prompt, body.prompt
     else:
-        text = model.template.render([m.model_dump() for m in body.messages])
+        text = model.template.render(messages)
         prompt = None
-    return model, await tokenize_prompt(model.engine, text), prompt
+    return model, await tokenize_prompt(model.engine, text), prompt, exchange
 
 
 async def _answer(
     request: Request,
     registry: ModelRegistry,
     settings: Settings,
+    store: Store | None,
     body: s.GenerateBody | s.ChatBody,
 ) -> s.GenerationResult | Response:
     started = time.perf_counter()
-    model, tokens, prompt = await _prepare(request, registry, body)
+    model, tokens, prompt, exchange = await _prepare(request, registry, settings, store, body)
     sp = adapter.sampling(body, len(tokens), model.engine.info, settings)
     req = GenerateRequest(f"native-{uuid.uuid4().hex}", tuple(tokens), sp)
     await admit(request, [req])
@@ -56,22 +73,31 @@ async def _answer(
         results = await cancel_on_disconnect(request, collect_choices(model.engine, [req]))
     except ClientDisconnected:
         return Response(status_code=_CLIENT_CLOSED)
+    if exchange is not None:
+        exchange.remember_results(results, model.name)
     elapsed = time.perf_counter() - started
     return adapter.result(results[0], model=model.name, prompt=prompt, sp=sp, elapsed=elapsed)
 
 
 async def _stream(
-    request: Request, registry: ModelRegistry, settings: Settings, body: s.GenerateBody | s.ChatBody
+    request: Request,
+    registry: ModelRegistry,
+    settings: Settings,
+    store: Store | None,
+    body: s.GenerateBody | s.ChatBody,
 ) -> Response:
     started = time.perf_counter()
-    model, tokens, prompt = await _prepare(request, registry, body)
+    model, tokens, prompt, exchange = await _prepare(request, registry, settings, store, body)
     sp = adapter.sampling(body, len(tokens), model.engine.info, settings)
     req = GenerateRequest(f"native-{uuid.uuid4().hex}", tuple(tokens), sp)
     await admit(request, [req])
 
     async def events() -> AsyncIterator[dict[str, Any]]:
         r = ChoiceResult(0)
-        async for _, out in stream_choices(model.engine, [req]):
+        outputs = stream_choices(model.engine, [req])
+        if exchange is not None:
+            outputs = exchange.remembering(outputs, model.name)
+        async for _, out in outputs:
             if out.finish_reason is FinishReason.ERROR:
                 yield {
                     "error": {
@@ -102,15 +128,20 @@ async def generate(
     body: s.GenerateBody, request: Request, registry: RegistryDep, settings: SettingsDep
 ) -> s.GenerationResult | Response:
     """Complete a prompt; the answer carries `text` (and `generated_text`) with statistics."""
-    return await _answer(request, registry, settings, body)
+    return await _answer(request, registry, settings, None, body)
 
 
 @router.post("/chat", response_model=s.GenerationResult)
 async def chat(
-    body: s.ChatBody, request: Request, registry: RegistryDep, settings: SettingsDep
+    body: s.ChatBody,
+    request: Request,
+    registry: RegistryDep,
+    settings: SettingsDep,
+    store: OptionalStoreDep,
 ) -> s.GenerationResult | Response:
-    """Answer a conversation rendered with the model's chat template."""
-    return await _answer(request, registry, settings, body)
+    """Answer a conversation rendered with the model's chat template; `session_id` stores
+    the exchange, `session_history: true` prepends the stored conversation."""
+    return await _answer(request, registry, settings, store, body)
 
 
 @router.post("/generate/stream")
@@ -119,16 +150,20 @@ async def generate_stream(
     body: s.GenerateBody, request: Request, registry: RegistryDep, settings: SettingsDep
 ) -> Response:
     """SSE: `{"text", "done": false}` per delta, then the statistics with `"done": true`."""
-    return await _stream(request, registry, settings, body)
+    return await _stream(request, registry, settings, None, body)
 
 
 @router.post("/chat/stream")
 @router.post("/api/chat/stream")
 async def chat_stream(
-    body: s.ChatBody, request: Request, registry: RegistryDep, settings: SettingsDep
+    body: s.ChatBody,
+    request: Request,
+    registry: RegistryDep,
+    settings: SettingsDep,
+    store: OptionalStoreDep,
 ) -> Response:
-    """SSE, as /generate/stream, for a conversation."""
-    return await _stream(request, registry, settings, body)
+    """SSE, as /generate/stream, for a conversation (sessions as /chat)."""
+    return await _stream(request, registry, settings, store, body)
 
 
 @router.get("/api/llms")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+from inferd.api.sessions import SessionId
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
@@ -40,6 +42,9 @@ class Message(BaseModel):
 
 class ChatBody(_Params):
     messages: Annotated[list[Message], Field(min_length=1)]
+    # store the exchange under a session; prepend the stored conversation
+    session_id: SessionId | None = None
+    session_history: StrictBool = False
 
 
 class GenerationResult(BaseModel):

@@ -5,11 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from inferd.api.access import acquire_model, admit, check_model
-from inferd.api.deps import RegistryDep, SettingsDep
+from inferd.api.deps import OptionalStoreDep, RegistryDep, SettingsDep
 from inferd.api.embeddings import embed
 from inferd.api.generation import collect_choices, stream_choices, tokenize_prompt
 from inferd.api.openai import adapter
 from inferd.api.openai import schemas as s
+from inferd.api.sessions import open_exchange, session_of
 from inferd.api.streaming import ClientDisconnected, cancel_on_disconnect, sse_response
 from inferd.api.structured import check_format
 from inferd.engine.types import GenerateRequest
@@ -49,12 +50,20 @@ async def get_model(model: str, request: Request, registry: RegistryDep) -> s.Mo
 
 @router.post("/chat/completions", response_model=s.ChatCompletion)
 async def chat_completions(
-    body: s.ChatCompletionRequest, request: Request, registry: RegistryDep, settings: SettingsDep
+    body: s.ChatCompletionRequest,
+    request: Request,
+    registry: RegistryDep,
+    settings: SettingsDep,
+    store: OptionalStoreDep,
 ) -> s.ChatCompletion | Response:
     adapter.check_chat(body, settings)
+    session = session_of(body.session_id, request)
+    messages, exchange = await open_exchange(
+        store, settings, session, body.session_history, adapter.chat_messages(body)
+    )
     model = await acquire_model(request, registry, body.model)
     engine = model.engine
-    prompt = model.template.render(adapter.chat_messages(body))
+    prompt = model.template.render(messages)
     tokens = await tokenize_prompt(engine, prompt)
     rid = adapter.new_id("chatcmpl")
     max_tokens, param = (
@@ -77,16 +86,19 @@ async def chat_completions(
     await admit(request, reqs)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        outputs = stream_choices(engine, reqs)
+        if exchange is not None:
+            outputs = exchange.remembering(outputs, model.name)
         return sse_response(
-            adapter.chat_chunks(
-                rid, model.name, body.n, stream_choices(engine, reqs), include_usage=include_usage
-            ),
+            adapter.chat_chunks(rid, model.name, body.n, outputs, include_usage=include_usage),
             drain_timeout=settings.drain_timeout,
         )
     try:
         results = await cancel_on_disconnect(request, collect_choices(engine, reqs))
     except ClientDisconnected:
         return Response(status_code=_CLIENT_CLOSED)
+    if exchange is not None:
+        exchange.remember_results(results, model.name)
     return adapter.chat_completion(rid, model.name, results)
 
 

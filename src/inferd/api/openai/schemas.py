@@ -6,6 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
+from inferd.api.sessions import SessionId
+
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 PositiveInt = Annotated[StrictInt, Field(ge=1)]
 
@@ -79,6 +81,9 @@ class ChatCompletionRequest(SamplingFields):
     tool_choice: Any = None
     functions: list[dict[str, Any]] | None = None
     response_format: ResponseFormat | None = None
+    # extensions: store the exchange under a session; prepend the stored conversation
+    session_id: SessionId | None = None
+    session_history: StrictBool = False
 
 
 class CompletionRequest(SamplingFields):

@@ -1,0 +1,164 @@
+"""The store in a real `inferd serve` process: crashes, disconnects, the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.conftest import LiveServer
+from tests.e2e.test_server import DRAIN_TIMEOUT, start_server, stream_then_terminate
+
+COMPLETIONS = "/v1/completions"
+CHAT = "/v1/chat/completions"
+
+
+def cli(*args: str, data_dir: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "INFERD_DATA_DIR": data_dir, "INFERD_DATABASE_URL": "", "DATABASE_URL": ""}
+    return subprocess.run(
+        [sys.executable, "-m", "inferd", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def usage_rows(db: Path) -> list[dict[str, Any]]:
+    with sqlite3.connect(db) as conn:
+        conn.row_factory = sqlite3.Row
+        return [dict(r) for r in conn.execute("SELECT * FROM usage ORDER BY id")]
+
+
+def wait_rows(db: Path, n: int, timeout: float = 20) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    rows: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        if db.exists():
+            try:
+                rows = usage_rows(db)
+            except sqlite3.OperationalError:
+                rows = []
+            if len(rows) >= n:
+                return rows
+        time.sleep(0.1)
+    return rows
+
+
+def test_kill_9_keeps_the_completed_responses_records() -> None:
+    server = LiveServer()
+    try:
+        server.wait_ready()
+        usages = []
+        for i in range(5):
+            r = httpx.post(
+                f"{server.url}{COMPLETIONS}",
+                json={"prompt": f"Item {i}:", "max_tokens": 4},
+                timeout=60,
+            )
+            assert r.status_code == 200
+            usages.append(r.json()["usage"])
+        os.kill(server.proc.pid, signal.SIGKILL)  # right after the last response
+        server.proc.wait(10)
+    finally:
+        server.stop()
+    db = Path(server.data_dir) / "inferd.db"
+    # restart on the same data directory: the spool is replayed
+    again = LiveServer(env={"INFERD_DATA_DIR": server.data_dir})
+    try:
+        again.wait_ready()
+        rows = wait_rows(db, 5)
+    finally:
+        assert again.stop() == 0
+    assert len(rows) == 5, rows
+    assert len({r["request_id"] for r in rows}) == 5
+    assert sorted(r["completion_tokens"] for r in rows) == sorted(
+        u["completion_tokens"] for u in usages
+    )
+    assert sum(r["prompt_tokens"] for r in rows) == sum(u["prompt_tokens"] for u in usages)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_a_closed_stream_is_recorded_cancelled_with_its_tokens_so_far() -> None:
+    server = LiveServer()
+    try:
+        server.wait_ready()
+        body = {
+            "messages": [{"role": "user", "content": "Tell me a long story."}],
+            "max_tokens": 400,
+            "ignore_eos": True,
+            "stream": True,
+        }
+        seen = 0
+        with (
+            httpx.Client(timeout=60) as client,
+            client.stream("POST", f"{server.url}{CHAT}", json=body) as resp,
+        ):
+            assert resp.status_code == 200
+            lines = resp.iter_lines()  # kept referenced: dropping it closes the connection
+            for line in lines:
+                seen += line.startswith("data: ")
+                if seen >= 6:
+                    break
+        time.sleep(1.0)
+        ok = httpx.post(
+            f"{server.url}{COMPLETIONS}", json={"prompt": "Hi", "max_tokens": 2}, timeout=60
+        )
+        assert ok.status_code == 200
+    finally:
+        assert server.stop() == 0  # SIGTERM: the records are written before it exits
+    rows = usage_rows(Path(server.data_dir) / "inferd.db")
+    assert [r["route"] for r in rows] == [CHAT, COMPLETIONS]
+    cancelled = rows[0]
+    assert cancelled["status"] == "cancelled"
+    assert cancelled["finish_reason"] == "abort"
+    assert 5 <= cancelled["completion_tokens"] < 400
+    assert cancelled["time_to_first_token"] is not None
+    assert rows[1]["status"] == "length"
+    # and the terminal shows the same
+    out = cli("stats", "--json", data_dir=server.data_dir)
+    assert out.returncode == 0, out.stderr
+    stats = json.loads(out.stdout)
+    assert stats["total"]["requests"] == 2 and stats["total"]["cancelled"] == 1
+    assert stats["by_dialect"]["openai"]["completion_tokens"] == sum(
+        r["completion_tokens"] for r in rows
+    )
+    table = cli("stats", data_dir=server.data_dir)
+    assert table.returncode == 0 and "by model" in table.stdout
+
+
+def test_db_upgrade_creates_the_schema(tmp_path: Path) -> None:
+    out = cli("db", "upgrade", data_dir=str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert "revision 0001" in out.stdout
+    with sqlite3.connect(tmp_path / "inferd.db") as conn:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+        assert {"usage", "sessions", "messages", "api_keys"} <= tables
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    again = cli("db", "upgrade", data_dir=str(tmp_path))
+    assert again.returncode == 0
+    bad = cli("db", "upgrade", "--database-url", "mysql://h/db", data_dir=str(tmp_path))
+    assert bad.returncode == 2 and "unsupported database" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+async def test_a_stream_in_flight_at_sigterm_gets_its_record() -> None:
+    server = start_server()
+    try:
+        data, error, _ = await stream_then_terminate(server, max_tokens=60)
+        assert error is None, f"stream cut after {len(data)} events: {error!r}"
+        assert server.proc.wait(DRAIN_TIMEOUT + 10) == 0
+    finally:
+        server.stop(5)
+    rows = usage_rows(Path(server.data_dir) / "inferd.db")
+    assert len(rows) == 1
+    assert rows[0]["status"] == "length" and rows[0]["completion_tokens"] == 60
