@@ -391,24 +391,30 @@ async def test_retention_deletes_old_usage_and_content(database_url: str, tmp_pa
         await store.close()
 
 
-async def test_the_key_set_on_request_state_is_recorded(
-    fake_app: FakeFactory, store: Store
-) -> None:
-    """The security layer marks the caller with `request.state.key_id`."""
-    handle = fake_app(store=store)
-
-    @handle.app.middleware("http")
-    async def authenticate(request: Any, call_next: Any) -> Any:
-        request.state.key_id = "key_0123456789ab"
-        return await call_next(request)
-
-    async with handle as h:
-        r = await h.client.post(CHAT, json={"messages": user("hi"), "max_tokens": 2})
+async def test_the_callers_key_is_recorded(fake_app: FakeFactory, store: Store) -> None:
+    """The guard marks the caller with `request.state.key_id`; its records carry it, and the
+    stats (an admin route) break usage down by key."""
+    async with fake_app(store=store) as h:
+        ring = h.app.state.keys
+        user_key = await ring.create("user")
+        admin_key = await ring.create("ops", admin=True)
+        r = await h.client.post(
+            CHAT,
+            json={"messages": user("hi"), "max_tokens": 2},
+            headers={"Authorization": f"Bearer {user_key.secret}"},
+        )
         assert r.status_code == 200
-        by_key = (await h.client.get("/v1/stats")).json()["by_key"]
-    assert list(by_key) == ["key_0123456789ab"]
+        stats = await h.client.get(
+            "/v1/stats", headers={"Authorization": f"Bearer {user_key.secret}"}
+        )
+        assert stats.status_code == 403  # stats are for admins
+        stats = await h.client.get(
+            "/v1/stats", headers={"Authorization": f"Bearer {admin_key.secret}"}
+        )
+        by_key = stats.json()["by_key"]
+    assert list(by_key) == [user_key.record.id]
     (record,) = await store.usage_records()
-    assert record.key_id == "key_0123456789ab"
+    assert record.key_id == user_key.record.id
 
 
 async def test_log_content_stores_chats_without_a_session(

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Depends, Path, Query
 from pydantic import BaseModel
 
+from inferd.api.access import require_admin
 from inferd.api.deps import StoreDep
 from inferd.api.sessions import SESSION_PATTERN
 
@@ -37,7 +38,11 @@ class ConversationDeleted(BaseModel):
     messages: int
 
 
-@router.get("/conversations/{session_id}", response_model=Conversation)
+@router.get(
+    "/conversations/{session_id}",
+    response_model=Conversation,
+    dependencies=[Depends(require_admin)],
+)
 async def get_conversation(
     session_id: SessionPath,
     store: StoreDep,
@@ -61,7 +66,11 @@ async def get_conversation(
     )
 
 
-@router.delete("/conversations/{session_id}", response_model=ConversationDeleted)
+@router.delete(
+    "/conversations/{session_id}",
+    response_model=ConversationDeleted,
+    dependencies=[Depends(require_admin)],
+)
 async def delete_conversation(session_id: SessionPath, store: StoreDep) -> ConversationDeleted:
     """Forget a session and its messages."""
     gone = await store.delete_conversation(session_id)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 
+from inferd.api.access import require_admin
 from inferd.api.deps import StoreDep
 from inferd.storage.records import UsageStats
 
@@ -28,7 +29,7 @@ def stats_body(stats: UsageStats) -> dict[str, Any]:
     }
 
 
-@router.get("/stats")
+@router.get("/stats", dependencies=[Depends(require_admin)])
 async def usage_stats(
     store: StoreDep,
     hours: Annotated[float, Query(gt=0, le=MAX_HOURS, allow_inf_nan=False)] = 24,
