@@ -126,6 +126,8 @@ async def test_metrics_count_requests_and_generations(fake_app: FakeFactory) -> 
         ):
             assert value(m, f"{hist}_count", model="fake") == 6, hist
         assert value(m, "inferd_request_generation_tokens_sum", model="fake") == 30
+        # five tokens each: four gaps between them, six generations
+        assert value(m, "inferd_inter_token_latency_seconds_count", model="fake") == 24
         stats = h.engine().stats()
         assert value(m, "inferd_engine_generation_tokens_total", model="fake") == 30
         assert value(m, "inferd_engine_steps_total", model="fake") == stats.steps

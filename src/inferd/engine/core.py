@@ -284,6 +284,9 @@ class EngineCore:
         now = time.monotonic()
         if seq.first_token is None:
             seq.first_token = now
+        else:
+            seq.token_gaps.append(now - seq.last_token)
+        seq.last_token = now
         seq.tokens.append(token)
         self._generated_tokens += 1
         sp = seq.request.sampling
@@ -325,6 +328,7 @@ class EngineCore:
             error=error,
             queue_time=(seq.first_scheduled or time.monotonic()) - seq.arrival,
             time_to_first_token=(seq.first_token - seq.arrival) if seq.first_token else None,
+            inter_token_latencies=tuple(seq.token_gaps),
         )
 
     def _usage(self, seq: Sequence) -> Usage:

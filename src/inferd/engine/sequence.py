@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import time
+from array import array
 from dataclasses import dataclass, field
 
 from inferd.engine.backends.base import Sampler
@@ -44,6 +45,8 @@ class Sequence:
     arrival: float = field(default_factory=time.monotonic)
     first_scheduled: float | None = None
     first_token: float | None = None
+    last_token: float = 0.0
+    token_gaps: array[float] = field(default_factory=lambda: array("d"))  # seconds between tokens
     finish_reason: FinishReason | None = None
     cached_tokens: int = 0  # prompt tokens reused from the prefix cache at admission
     parent: Sequence | None = None

@@ -75,6 +75,8 @@ class GenerationOutput:
     # seconds since the engine received the request, for timings
     queue_time: float | None = None
     time_to_first_token: float | None = None
+    # on the final output: seconds between consecutive generated tokens, as sampled
+    inter_token_latencies: tuple[float, ...] = ()
 
     @property
     def finished(self) -> bool:

@@ -26,6 +26,9 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 )  # fmt: skip
+_ITL_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5,
+)  # fmt: skip
 _TOKEN_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 
 
@@ -145,6 +148,13 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.inter_token_latency = Histogram(
+            "inferd_inter_token_latency_seconds",
+            "Time between two consecutive generated tokens of a generation",
+            ["model"],
+            buckets=_ITL_BUCKETS,
+            registry=r,
+        )
         self.e2e_latency = Histogram(
             "inferd_e2e_request_latency_seconds",
             "From submitting a generation to the engine to its last token",
@@ -184,6 +194,10 @@ class Metrics:
             self.queue_time.labels(model).observe(out.queue_time)
         if out.time_to_first_token is not None:
             self.time_to_first_token.labels(model).observe(out.time_to_first_token)
+        if out.inter_token_latencies:
+            itl = self.inter_token_latency.labels(model)
+            for gap in out.inter_token_latencies:
+                itl.observe(gap)
         self.prompt_tokens.labels(model).observe(out.usage.prompt_tokens)
         self.generation_tokens.labels(model).observe(out.usage.completion_tokens)
 
