@@ -249,10 +249,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--n-ctx", type=int, default=4096, help="context per sequence (4096)")
     ap.add_argument("--max-seqs", type=int, default=16, help="slots (16)")
-    ap.add_argument("--prefix-words", type=int, default=560, help="words per prefix (~800 tokens)")
+    ap.add_argument("--prefix-words", type=int, default=780, help="words per prefix (~800 tokens)")
     ap.add_argument("--prefix-rounds", type=int, default=4, help="rounds over the 4 prefixes (4)")
     ap.add_argument("--streams", type=int, default=8, help="running streams in the ITL test (8)")
-    ap.add_argument("--long-words", type=int, default=1400, help="words of the long prompt")
+    ap.add_argument("--long-words", type=int, default=1950, help="words of the long prompt (~2000 tokens)")
     ap.add_argument("--timeout", type=float, default=300.0)
     ap.add_argument("--inferd-args", default="", help="extra `inferd serve` flags")
     ap.add_argument("--skip-inferd", action="store_true")
@@ -289,8 +289,11 @@ def main(argv: list[str] | None = None) -> int:
         cmd += ["-a", BUNDLED_NAME]
         cmd += shlex.split(args.llama_server_args)
         base = f"http://127.0.0.1:{port}"
-        with server(cmd, f"{base}/health") as pid:
-            results.append(asyncio.run(measure("llama-server", base, pid, args, budget)))
+        try:
+            with server(cmd, f"{base}/health") as pid:
+                results.append(asyncio.run(measure("llama-server", base, pid, args, budget)))
+        except (httpx.HTTPError, RuntimeError, TimeoutError) as exc:
+            console.print(f"[red]llama-server failed:[/red] {type(exc).__name__}: {exc}"[:500])
     out = Console(stderr=args.json, width=None if sys.stdout.isatty() else 200)
     out.print(report(results, model_mb, kv_mb))
     out.print(

@@ -64,7 +64,37 @@ HOSTILE_TEMPLATES = [
     "{{ 2 ** 100000000 }}",
     "{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}",
     "{% for m in messages %}{{ m.content * 1000000 }}{% endfor %}",
+    "{{ 'x'|center(10**9) }}",
+    "{{ 'x'.ljust(10**9) }}",
+    "{{ '%999999999s'|format('x') }}",
+    "{{ '%999999999s' % 'x' }}",
 ]
+
+# Loops over what the request brings: bounded by the render deadline, not by range().
+SLOW_TEMPLATES = [
+    "{% for a in messages %}{% for b in messages %}{% for c in messages %}{{ '' }}"
+    "{% endfor %}{% endfor %}{% endfor %}",
+    "{% for m in messages %}{% for c in m.content %}{% for d in m.content %}{{ '' }}"
+    "{% endfor %}{% endfor %}{% endfor %}",
+]
+
+
+@pytest.mark.parametrize("template", SLOW_TEMPLATES)
+async def test_templates_that_loop_over_the_request_stop_at_the_render_deadline(
+    app_with: object, model_path: Path, template: str
+) -> None:
+    h: AppHandle = await app_with(spec("slow", model_path, chat_template=template))  # type: ignore[operator]
+    messages = [{"role": "user", "content": "y" * 50_000}] + [
+        {"role": "user", "content": "hi"} for _ in range(3000)
+    ]
+    started = time.monotonic()
+    r = await h.client.post(
+        "/v1/chat/completions", json={"model": "slow", "messages": messages, "max_tokens": 2}
+    )
+    assert time.monotonic() - started < 10
+    assert r.status_code == 400, r.text
+    assert "too long to render" in r.json()["error"]["message"]
+    assert (await h.client.post("/v1/chat/completions", json=chat("smollm2"))).status_code == 200
 
 
 @pytest.mark.parametrize("template", HOSTILE_TEMPLATES)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from inferd.config import Settings
 from inferd.models.registry import ModelRegistry
@@ -305,8 +306,19 @@ async def test_database_down_or_locked_mid_load_loses_nothing(
             r = await c.post(COMPLETIONS, json={"prompt": f"Count {i}:", "max_tokens": 3})
             assert r.status_code == 200, r.text
 
+    async def store_metrics() -> dict[str, float]:
+        text = (await c.get("/metrics")).text
+        return {
+            sample.name: sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name.startswith("inferd_store_")
+        }
+
     await burst(2)
     assert len(await store.usage_records()) == 2
+    m = await store_metrics()
+    assert m["inferd_store_healthy"] == 1 and m["inferd_store_spool_bytes"] == 0
     if database_url.startswith("sqlite"):
         path = database_url.removeprefix("sqlite:///")
         lock = sqlite3.connect(path, timeout=5)
@@ -315,6 +327,9 @@ async def test_database_down_or_locked_mid_load_loses_nothing(
             await burst(6)
             await asyncio.sleep(1.0)  # the writer tries, finds the file locked, keeps them
             assert not store.writer.healthy
+            m = await store_metrics()
+            assert m["inferd_store_healthy"] == 0 and m["inferd_store_spool_bytes"] > 0
+            assert m["inferd_store_write_errors_total"] >= 1
         finally:
             lock.rollback()
             lock.close()
@@ -332,6 +347,9 @@ async def test_database_down_or_locked_mid_load_loses_nothing(
             server.start()
     assert await store.writer.flush(30)
     assert store.writer.healthy
+    m = await store_metrics()
+    assert m["inferd_store_healthy"] == 1 and m["inferd_store_spool_bytes"] == 0
+    assert m["inferd_store_records_written_total"] == m["inferd_store_records_submitted_total"]
     records = await store.usage_records()
     assert len(records) == 8
     assert len({r.request_id for r in records}) == 8

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import FakeFactory
+from tests.conftest import FakeFactory, open_store
 
 DASHBOARD = Path(__file__).parents[2] / "deploy" / "grafana" / "inferd.json"
 
@@ -34,11 +34,20 @@ def test_dashboard_panels_are_laid_out_without_overlap() -> None:
     assert len({p["id"] for p in dash["panels"]}) == len(dash["panels"])
 
 
-async def test_every_queried_metric_is_exported(fake_app: FakeFactory) -> None:
-    async with fake_app() as h:
-        chat = {"model": "fake", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3}
-        assert (await h.client.post("/v1/chat/completions", json=chat)).status_code == 200
-        text = (await h.client.get("/metrics")).text
+async def test_every_queried_metric_is_exported(fake_app: FakeFactory, tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'inferd.db'}", tmp_path / "spool.jsonl")
+    await store.start()
+    try:
+        async with fake_app(store=store) as h:
+            chat = {
+                "model": "fake",
+                "messages": [{"role": "user", "content": "Hi"}],
+                "max_tokens": 3,
+            }
+            assert (await h.client.post("/v1/chat/completions", json=chat)).status_code == 200
+            text = (await h.client.get("/metrics")).text
+    finally:
+        await store.close()
     exported = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
     missing = sorted(queried_metrics() - exported)
     assert not missing, f"the dashboard queries metrics inferd does not export: {missing}"

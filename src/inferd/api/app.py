@@ -96,6 +96,7 @@ def create_app(
     app.state.limits = limits
     app.state.capacity = gate
     app.state.store = store
+    metrics.watch_store(lambda: app.state.store.writer if app.state.store is not None else None)
     install_error_handlers(app)
     app.include_router(ops.router)
     app.include_router(openai_router)

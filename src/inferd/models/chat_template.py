@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import re
+import sys
+import time
+from collections.abc import Callable
 from datetime import datetime
+from types import FrameType
 from typing import Any
 
 from jinja2 import TemplateError
@@ -25,6 +31,56 @@ CHATML = (
 # a string or list made with `*` (a template from a GGUF file or a config is not trusted).
 MAX_RANGE_STEPS = 100_000
 MAX_OUTPUT_CHARS = 4_000_000
+# Wall-clock bound on one rendering, checked on every line the compiled template runs (nested
+# loops over a request's messages, iterating over long strings).
+MAX_RENDER_SECONDS = 2.0
+# "%999999999s"-style widths in the format filter
+_FORMAT_WIDTH = re.compile(r"%[-+ #0]*(\d+)")
+
+
+def _too_big(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_OUTPUT_CHARS
+
+
+def _check_args(what: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Widths and counts (center, ljust, indent, wordwrap, ...) that would build huge values."""
+    if any(map(_too_big, args)) or any(map(_too_big, kwargs.values())):
+        raise SecurityError(f"the chat template asks {what} for too large a size")
+
+
+def _check_format(fmt: Any) -> None:
+    if isinstance(fmt, str) and any(int(w) > MAX_OUTPUT_CHARS for w in _FORMAT_WIDTH.findall(fmt)):
+        raise SecurityError("the chat template formats too wide a field")
+
+
+def _bounded_filter(name: str, f: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        _check_args(f"the filter {name}", args, kwargs)
+        if name == "format":
+            for a in args:
+                _check_format(a)
+        return f(*args, **kwargs)
+
+    return wrapper
+
+
+class _Deadline:
+    """A tracer that stops a rendering past its time: only the compiled template's own frames
+    are traced (their code is named "<template>"), so the cost stays in the template."""
+
+    def __init__(self, seconds: float) -> None:
+        self.until = time.monotonic() + seconds
+
+    def __call__(self, frame: FrameType, event: str, arg: Any) -> Any:
+        if frame.f_code.co_filename != "<template>":
+            return None
+        return self._line
+
+    def _line(self, frame: FrameType, event: str, arg: Any) -> Any:
+        if time.monotonic() > self.until:
+            raise SecurityError("the chat template takes too long to render")
+        return self._line
 
 
 class _Budget:
@@ -42,9 +98,11 @@ class _Budget:
 
 
 class _BoundedSandbox(ImmutableSandboxedEnvironment):
-    intercepted_binops = frozenset({"*", "**"})
+    intercepted_binops = frozenset({"*", "**", "%"})
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "%":
+            _check_format(left)
         if operator == "**" and isinstance(right, int | float) and abs(right) > 64:
             raise SecurityError("the chat template computes too large a power")
         if operator == "*":
@@ -56,6 +114,10 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
                 ):
                     raise SecurityError("the chat template builds too large a value")
         return super().call_binop(context, operator, left, right)
+
+    def call(self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        _check_args(f"{getattr(__obj, '__name__', 'a function')}()", args, kwargs)
+        return super().call(__context, __obj, *args, **kwargs)
 
 
 def _raise_exception(message: str) -> None:
@@ -78,6 +140,8 @@ class ChatTemplate:
         env.globals["raise_exception"] = _raise_exception
         env.globals["strftime_now"] = _strftime_now
         env.filters["tojson"] = _tojson
+        for name, f in list(env.filters.items()):
+            env.filters[name] = _bounded_filter(name, f)
         try:
             self._template = env.from_string(source)
         except TemplateError as exc:
@@ -87,6 +151,14 @@ class ChatTemplate:
         self._eos = eos_token
 
     def render(self, messages: list[dict[str, Any]], *, add_generation_prompt: bool = True) -> str:
+        previous = sys.gettrace()
+        sys.settrace(_Deadline(MAX_RENDER_SECONDS))
+        try:
+            return self._render(messages, add_generation_prompt)
+        finally:
+            sys.settrace(previous)
+
+    def _render(self, messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
         try:
             out: list[str] = []
             size = 0

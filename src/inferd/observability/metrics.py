@@ -7,7 +7,8 @@ finish hook, and engine/model state is read from the model registry at scrape ti
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import (
@@ -30,6 +31,49 @@ _ITL_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5,
 )  # fmt: skip
 _TOKEN_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
+
+
+class WriterStats(Protocol):
+    """What the usage store's writer tells about itself (storage.writer.UsageWriter)."""
+
+    healthy: bool
+    written: int
+    submitted: int
+    write_errors: int
+
+    @property
+    def spool_bytes(self) -> int: ...
+
+
+class StoreCollector(Collector):
+    """The usage store's writer, read when scraped (none until a store is open)."""
+
+    def __init__(self, writer: Callable[[], WriterStats | None]) -> None:
+        self._writer = writer
+
+    def collect(self) -> Iterator[Metric]:
+        w = self._writer()
+        if w is None:
+            return
+        p = "inferd_store_"
+        yield GaugeMetricFamily(p + "healthy", "1 while the database takes writes", w.healthy)
+        yield GaugeMetricFamily(
+            p + "spool_bytes", "Usage records waiting in the spool file, in bytes", w.spool_bytes
+        )
+        yield CounterMetricFamily(
+            p + "records_submitted", "Usage and message records handed to the writer", w.submitted
+        )
+        yield CounterMetricFamily(
+            p + "records_written", "Records written to the database", w.written
+        )
+        yield CounterMetricFamily(
+            p + "write_errors",
+            "Batches the database refused (kept spooled, retried)",
+            w.write_errors,
+        )
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
 
 
 class EngineCollector(Collector):
@@ -185,6 +229,10 @@ class Metrics:
         )
         if models is not None:
             r.register(EngineCollector(models))
+
+    def watch_store(self, writer: Callable[[], WriterStats | None]) -> None:
+        """Export the usage store's writer state (`writer` is asked at every scrape)."""
+        self.registry.register(StoreCollector(writer))
 
     def observe_generation(self, model: str, out: GenerationOutput, seconds: float) -> None:
         """Record a finished generation (its final output)."""

@@ -44,10 +44,17 @@ class UsageWriter:
         self._closed = False
         self.healthy = True  # False while the database refuses writes
         self.written = 0  # records written to the database by this writer
+        self.submitted = 0  # records handed to this writer
+        self.write_errors = 0  # batches the database refused (kept spooled, retried)
 
     @property
     def spool_path(self) -> Path:
         return self._spool.path
+
+    @property
+    def spool_bytes(self) -> int:
+        """Bytes of records in the spool that the database does not have yet."""
+        return self._spool.pending
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="inferd-usage-writer")
@@ -55,6 +62,7 @@ class UsageWriter:
     def submit(self, item: SpoolItem) -> None:
         """Hand over a record: durable in the spool when this returns, in the database soon."""
         self._spool.append(item)
+        self.submitted += 1
         self._idle.clear()
         if not self._closed:
             self._wake.set()
@@ -118,6 +126,7 @@ class UsageWriter:
         try:
             await self._repo.write_batch(usage, messages)
         except Exception as exc:  # down, locked, unreachable: keep them spooled, retry
+            self.write_errors += 1
             if self.healthy:
                 log.warning("the database refused usage records, spooling them: %s", exc)
             self.healthy = False
