@@ -64,6 +64,7 @@ class Result:
     long_prompt_ttft_ms: float | None = None
     rss_mb: float | None = None
     peak_rss_mb: float | None = None
+    prefix_store_mb: float = 0.0  # inferd's saved prefix states (host memory, bounded)
     budget_mb: float | None = None
     others_cpu: dict[str, float | None] = field(default_factory=dict)
 
@@ -195,6 +196,10 @@ async def measure(
         gaps = await itl_round(client, args.streams, long_prompt, r)
         r.itl_admit_p95_ms, r.itl_gaps_during_admit = p95(gaps), len(gaps)
         r.others_cpu["itl"] = watch.others()
+        if target == "inferd":
+            health = (await client.get("/health")).json()
+            stored = sum(m.get("prefix_cache_bytes", 0) for m in health["models"])
+            r.prefix_store_mb = stored / 2**20
     r.rss_mb, r.peak_rss_mb = rss(pid)
     return r
 
@@ -221,6 +226,8 @@ def report(results: list[Result], model_mb: float, kv_mb: float) -> Table:
         "long prompt tok",
         "RSS",
         "peak RSS",
+        "prefix store",
+        "RSS - store",
         "model+KV+200",
         "others' CPU",
     ):
@@ -239,6 +246,8 @@ def report(results: list[Result], model_mb: float, kv_mb: float) -> Table:
             str(r.long_prompt_tokens),
             fmt(r.rss_mb),
             fmt(r.peak_rss_mb),
+            fmt(r.prefix_store_mb),
+            fmt(r.rss_mb - r.prefix_store_mb if r.rss_mb is not None else None),
             fmt(r.budget_mb),
             f"{max(noise):.0%}" if noise else "—",
         )
@@ -252,7 +261,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--prefix-words", type=int, default=780, help="words per prefix (~800 tokens)")
     ap.add_argument("--prefix-rounds", type=int, default=4, help="rounds over the 4 prefixes (4)")
     ap.add_argument("--streams", type=int, default=8, help="running streams in the ITL test (8)")
-    ap.add_argument("--long-words", type=int, default=1950, help="words of the long prompt (~2000 tokens)")
+    ap.add_argument(
+        "--long-words", type=int, default=1950, help="words of the long prompt (~2000 tokens)"
+    )
     ap.add_argument("--timeout", type=float, default=300.0)
     ap.add_argument("--inferd-args", default="", help="extra `inferd serve` flags")
     ap.add_argument("--skip-inferd", action="store_true")

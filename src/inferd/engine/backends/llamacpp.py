@@ -70,6 +70,23 @@ def default_kv_cells(n_ctx: int, max_seqs: int) -> int:
     return max(n_ctx, min(n_ctx * max_seqs, 1024 * max_seqs))
 
 
+class _LoadProgress:
+    """Logs a model's loading progress in quarters (the CLI shows these lines)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.shown = 0
+        # kept on the instance: llama.cpp calls it while the load runs
+        self.callback = llama_cpp.llama_progress_callback(self._progress)
+
+    def _progress(self, fraction: float, _user: Any) -> bool:
+        quarter = int(fraction * 4)
+        if quarter > self.shown:
+            self.shown = quarter
+            log.info("loading %s: %d%%", self.name, quarter * 25)
+        return True  # go on loading
+
+
 class LlamaCppSampler:
     """A llama.cpp sampler chain: penalties, logit bias, top-k/p, min-p, temperature, dist.
 
@@ -153,6 +170,8 @@ class LlamaCppBackend:
         mparams = llama_cpp.llama_model_default_params()
         mparams.n_gpu_layers = options.n_gpu_layers
         mparams.use_extra_bufts = options.extra_buffers
+        progress = _LoadProgress(path.name)
+        mparams.progress_callback = progress.callback
         model = llama_cpp.llama_model_load_from_file(str(path).encode(), mparams)
         if not model:
             raise BackendError(f"failed to load model file {path.name}: not a valid GGUF model")
