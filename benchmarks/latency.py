@@ -34,7 +34,7 @@ from typing import Any
 import httpx
 from rich.console import Console
 from rich.table import Table
-from throughput import CpuWatch, free_port, server
+from throughput import CpuWatch, free_port, llama_server_cmd, server
 
 from inferd.engine.backends.llamacpp import LlamaCppBackend, LlamaCppOptions, default_kv_cells
 from inferd.models.spec import BUNDLED_NAME, bundled_model_path
@@ -294,10 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.llama_server:
         console.print("llama-server")
         port = free_port()
-        cmd = [str(args.llama_server), "-m", str(model), "--host", "127.0.0.1", "--port"]
-        cmd += [str(port), "-c", str(cells), "-np", str(args.max_seqs), "--kv-unified"]
-        cmd += ["-t", str(os.cpu_count() or 1), "-fa", "on", "--no-webui", "--no-repack"]
-        cmd += ["-a", BUNDLED_NAME]
+        cmd = llama_server_cmd(args.llama_server, model, port, cells, args.max_seqs)
         cmd += shlex.split(args.llama_server_args)
         base = f"http://127.0.0.1:{port}"
         try:

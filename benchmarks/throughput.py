@@ -291,6 +291,14 @@ def bench_ceiling(
 # ---- HTTP targets ------------------------------------------------------------------------------
 
 
+def llama_server_cmd(binary: Path, model: Path, port: int, cells: int, slots: int) -> list[str]:
+    """llama.cpp's server with inferd's KV cells, slots and threads. `--no-repack` is the same
+    AMX workaround as inferd's extra_buffers=False: without it the server dies in warm-up."""
+    cmd = [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["-c", str(cells), "-np", str(slots), "--kv-unified", "-t", str(os.cpu_count() or 1)]
+    return [*cmd, "-fa", "on", "--no-webui", "--no-repack", "-a", BUNDLED_NAME]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -619,10 +627,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"llama-server -np {max_seqs} (llama.cpp's C++ server)")
         port = free_port()
         cells = default_kv_cells(args.n_ctx, max_seqs)
-        cmd = [str(args.llama_server), "-m", str(model), "--host", "127.0.0.1"]
-        cmd += ["--port", str(port), "-c", str(cells), "-np", str(max_seqs), "--kv-unified"]
-        cmd += ["-t", str(os.cpu_count() or 1), "-fa", "on", "--no-webui", "--no-repack"]
-        cmd += ["-a", BUNDLED_NAME]
+        cmd = llama_server_cmd(args.llama_server, model, port, cells, max_seqs)
         cmd += shlex.split(args.llama_server_args)
         base = f"http://127.0.0.1:{port}"
         with server(cmd, f"{base}/health") as pid:
