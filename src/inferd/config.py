@@ -36,11 +36,16 @@ class ModelConfig(BaseModel):
         None, ge=16, description="KV cache cells shared by all sequences (default: sized to slots)"
     )
     max_seqs: int = Field(16, ge=1, le=256, description="Sequences decoded together per step")
-    n_batch: int = Field(256, ge=16, description="Tokens per engine step (chunked prefill budget)")
+    n_batch: int | None = Field(
+        None,
+        ge=16,
+        description="Tokens per engine step, the chunked prefill budget (default: 128 on CPU, "
+        "512 with GPU offload; at least max_seqs)",
+    )
     prefill_per_decode: int | None = Field(
         None,
         ge=0,
-        description="Prompt tokens per decoding sequence in a mixed step (default: 2 on CPU, "
+        description="Prompt tokens per decoding sequence in a mixed step (default: 1 on CPU, "
         "no cap with GPU offload; 0: no cap)",
     )
     prefix_cache: bool = Field(True, description="Reuse the KV state of earlier prompts' prefixes")
@@ -57,6 +62,9 @@ class ModelConfig(BaseModel):
     )
     n_threads: int | None = Field(None, ge=1, description="CPU threads (default: all cores)")
     n_gpu_layers: int = Field(0, ge=-1, description="Layers to offload to the GPU (-1: all)")
+    flash_attn: Literal["auto", "on", "off"] | None = Field(
+        None, description="Flash attention (default: off on CPU, where it is slower; auto on GPU)"
+    )
     chat_template: str | None = Field(
         None, description="Jinja chat template overriding the one in the GGUF metadata"
     )

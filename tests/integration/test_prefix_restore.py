@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from inferd.engine.backends.llamacpp import LlamaCppBackend, LlamaCppOptions
 from inferd.engine.client import AsyncEngine
 from inferd.engine.types import GenerateRequest, SamplingParams
+from inferd.errors import BackendError
 from inferd.models.loading import llamacpp_loader
 from tests.conftest import bundled_spec
 
@@ -49,8 +52,9 @@ def test_a_restore_without_room_fails_cleanly(model_path: Path) -> None:
 
         def prefill(seq: int, n: int) -> None:
             toks = [100 + i % 300 for i in range(n)]
-            for s in range(0, n, 256):
-                part = toks[s : s + 256]
+            step = backend.info.max_batch_tokens
+            for s in range(0, n, step):
+                part = toks[s : s + step]
                 ok = backend.decode(
                     part, range(s, s + len(part)), [seq] * len(part), [False] * len(part)
                 )
@@ -66,5 +70,16 @@ def test_a_restore_without_room_fails_cleanly(model_path: Path) -> None:
         backend.free_seq(1)
         assert backend.restore_seq(0, state) is True
         assert backend.decode([5], [300], [0], [True])  # continues after the restored cells
+    finally:
+        backend.close()
+
+
+def test_a_batch_larger_than_the_step_budget_is_refused_not_written(model_path: Path) -> None:
+    backend = LlamaCppBackend(model_path, LlamaCppOptions(n_ctx=512, max_seqs=2, n_batch=32))
+    try:
+        assert backend.info.max_batch_tokens == 32
+        with pytest.raises(BackendError, match="33 tokens"):
+            backend.decode([100] * 33, range(33), [0] * 33, [False] * 33)
+        assert backend.decode([100] * 32, range(32), [0] * 32, [False] * 31 + [True])
     finally:
         backend.close()

@@ -9,7 +9,7 @@ import pytest
 from inferd.engine.backends.fake import FakeBackend
 from inferd.engine.client import AsyncEngine
 from inferd.engine.detokenizer import Detokenizer
-from inferd.engine.scheduler import Scheduler
+from inferd.engine.scheduler import MIN_PREFILL_CHUNK, Scheduler
 from inferd.engine.sequence import Sequence
 from inferd.engine.types import FinishReason, GenerateRequest, GenerationOutput, SamplingParams
 from tests.conftest import wait_for
@@ -208,5 +208,6 @@ async def test_prefill_is_capped_per_decoding_sequence(engine_factory) -> None: 
     await asyncio.gather(*streams)
     backend: FakeBackend = engine.backend  # type: ignore[assignment]
     mixed = [tokens for tokens, seqs in backend.batches if seqs == 4]
-    # 3 decode tokens + at most max(16, 2 * 3) prompt tokens in steps shared with the streams
-    assert mixed and max(mixed) <= 3 + 16
+    # 3 decode tokens + at most max(MIN_PREFILL_CHUNK, 2 * 3) prompt tokens in steps shared
+    # with the streams, and the prompt does use that room
+    assert mixed and max(mixed) == 3 + max(MIN_PREFILL_CHUNK, 2 * 3)

@@ -24,6 +24,7 @@ _MODEL_FIELDS = (
     "prefix_cache_mb",
     "n_threads",
     "n_gpu_layers",
+    "flash_attn",
 )
 
 _SCALARS = (str, int, float, bool, Path)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from inferd.engine.prefix_cache import MIN_REUSE, KVLedger, PrefixStore, SavedPrefix, best_prefix
 from inferd.engine.sequence import SeqState, Sequence
 
-MIN_PREFILL_CHUNK = 16
+MIN_PREFILL_CHUNK = 8
 
 
 def _chunk(seq: Sequence, limit: int) -> int:

@@ -21,11 +21,12 @@ def llamacpp_loader(*, verbose: bool = False) -> BackendLoader:
                 n_ctx=c.n_ctx,
                 kv_cells=c.kv_cells,
                 max_seqs=c.max_seqs,
-                n_batch=max(c.n_batch, c.max_seqs),
+                n_batch=c.n_batch,
                 n_ctx_embed=c.n_ctx_embed,
                 prefill_per_decode=c.prefill_per_decode,
                 n_threads=c.n_threads,
                 n_gpu_layers=c.n_gpu_layers,
+                flash_attn=c.flash_attn,
                 verbose=verbose,
             ),
         )

@@ -46,14 +46,21 @@ class LlamaCppOptions:
     n_ctx: int = 4096  # per-sequence context window
     kv_cells: int | None = None  # shared KV cells; default n_ctx * max_seqs capped (see below)
     max_seqs: int = 16
-    # Prompt tokens per decoding sequence in a step that also decodes. On a CPU a prompt
-    # token costs about what a decode token does, so 2 keeps a stream's inter-token latency
-    # within ~3x while a long prompt is admitted. None: 2 on CPU, no cap with GPU offload.
+    # Prompt tokens per decoding sequence in a step that also decodes. On a CPU a step's
+    # cost grows with its token count (a prompt token costs about what a decode token does,
+    # more as the prompt's context grows), so 1 keeps a stream's inter-token latency within
+    # ~2x while a long prompt is admitted. None: 1 on CPU, no cap with GPU offload.
     prefill_per_decode: int | None = None
-    n_batch: int = 256
+    # Tokens per step (llama.cpp's n_batch and n_ubatch), at least max_seqs. None: 128 on CPU
+    # (without flash attention the attention scores of a step take n_batch x KV cells x heads
+    # floats; prefill is no faster at 256), 512 with GPU offload.
+    n_batch: int | None = None
     n_threads: int | None = None
     n_gpu_layers: int = 0
-    flash_attn: int = -1  # -1 auto, 0 off, 1 on
+    # Flash attention: None picks off on CPU (llama.cpp's CPU kernel made a decode step at a
+    # 2,000-token context 2x slower and a mixed prompt+decode step up to 3x slower, measured
+    # with 0.3.36) and auto with GPU offload; otherwise "on", "off" or "auto".
+    flash_attn: str | None = None
     # llama.cpp's extra CPU buffer types (AMX / repacked weights). Off by default: on CPUs
     # with AMX, llama-cpp-python 0.3.36 segfaults in ggml_backend_amx_mul_mat as soon as a
     # batch holds more than one token (measured on this project's machines).
@@ -63,6 +70,15 @@ class LlamaCppOptions:
     # tokens of SmolLM2 take ~0.4 GB of logits alone, 4096 took 1.6 GB in all (measured).
     n_ctx_embed: int = 2048
     verbose: bool = False
+
+
+_FLASH_ATTN = {"auto": -1, "off": 0, "on": 1}
+
+
+def flash_attn_type(options: LlamaCppOptions) -> int:
+    """llama.cpp's flash_attn_type for these options (the default is explained above)."""
+    choice = options.flash_attn or ("auto" if options.n_gpu_layers else "off")
+    return _FLASH_ATTN[choice]
 
 
 def default_kv_cells(n_ctx: int, max_seqs: int) -> int:
@@ -185,14 +201,15 @@ class LlamaCppBackend:
 
         cparams = llama_cpp.llama_context_default_params()
         cparams.n_ctx = kv_cells
-        cparams.n_batch = options.n_batch
-        cparams.n_ubatch = options.n_batch
+        n_batch = max(options.n_batch or (512 if options.n_gpu_layers else 128), options.max_seqs)
+        cparams.n_batch = n_batch
+        cparams.n_ubatch = n_batch
         max_seqs = min(options.max_seqs, int(llama_cpp.llama_max_parallel_sequences()))
         cparams.n_seq_max = max_seqs
         cparams.n_threads = n_threads
         cparams.n_threads_batch = n_threads
         cparams.kv_unified = True
-        cparams.flash_attn_type = options.flash_attn
+        cparams.flash_attn_type = flash_attn_type(options)
         cparams.no_perf = True
         ctx = llama_cpp.llama_init_from_model(model, cparams)
         if not ctx:
@@ -200,13 +217,13 @@ class LlamaCppBackend:
             raise BackendError(f"failed to create a llama.cpp context for {path.name}")
         self._ctx = ctx
         self._mem = llama_cpp.llama_get_memory(ctx)
-        self._batch = llama_cpp.llama_batch_init(options.n_batch, 0, 1)
+        self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self._n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
         self._eog = [
             t for t in range(self._n_vocab) if llama_cpp.llama_vocab_is_eog(self._vocab, t)
         ]
         self._eog_set = frozenset(self._eog)
-        self._ones = array("i", [1]) * options.n_batch
+        self._ones = array("i", [1]) * n_batch
         self._piece_buf = ctypes.create_string_buffer(256)
         template = llama_cpp.llama_model_chat_template(model, None)
         self.info = BackendInfo(
@@ -214,11 +231,11 @@ class LlamaCppBackend:
             n_ctx=n_ctx,
             kv_cells=int(llama_cpp.llama_n_ctx(ctx)),
             max_seqs=max_seqs,
-            max_batch_tokens=options.n_batch,
+            max_batch_tokens=n_batch,
             prefill_per_decode=(
                 options.prefill_per_decode
                 if options.prefill_per_decode is not None
-                else (0 if options.n_gpu_layers else 2)
+                else (0 if options.n_gpu_layers else 1)
             ),
             n_ctx_train=n_ctx_train,
             add_bos=bool(llama_cpp.llama_vocab_get_add_bos(self._vocab)),
@@ -377,6 +394,10 @@ class LlamaCppBackend:
         batch = self._batch
         if batch is None or self._ctx is None:
             raise BackendError("backend is closed")
+        if not 0 < n <= self.info.max_batch_tokens:
+            raise BackendError(
+                f"a batch of {n} tokens; this context takes 1 to {self.info.max_batch_tokens}"
+            )
         ctypes.memmove(batch.token, array("i", tokens).tobytes(), 4 * n)
         ctypes.memmove(batch.pos, array("i", positions).tobytes(), 4 * n)
         ctypes.memmove(batch.n_seq_id, self._ones.tobytes()[: 4 * n], 4 * n)
@@ -484,7 +505,7 @@ class _Embedder:
         cparams.n_threads = threads
         cparams.n_threads_batch = threads
         cparams.kv_unified = True
-        cparams.flash_attn_type = options.flash_attn
+        cparams.flash_attn_type = flash_attn_type(options)
         cparams.embeddings = True
         cparams.pooling_type = pooling
         cparams.no_perf = True
