@@ -9,6 +9,7 @@ import random
 from inferd.engine.backends.fake import FakeBackend
 from inferd.engine.client import AsyncEngine
 from inferd.engine.prefix_cache import PrefixStore, SavedPrefix, common_prefix
+from inferd.engine.scheduler import MAX_SAVE_RUNS
 from inferd.engine.types import FinishReason, GenerateRequest, GenerationOutput, SamplingParams
 
 
@@ -151,6 +152,29 @@ async def test_a_finished_sequence_frees_its_cells_and_leaves_a_saved_prefix() -
         assert "".join(o.text for o in again) == "done"
         # b extends a's saved tokens, so a's entry gave way to b's
         assert engine.stats().cached_prefixes == 1
+    finally:
+        await engine.stop()
+
+
+async def test_a_sequence_decoded_among_others_saves_only_its_first_runs_of_cells() -> None:
+    # two sequences decoding together put their tokens in alternating cells, and saving an
+    # interleaved state costs a copy per run: only the prefix in the first runs is saved
+    engine, backend = make(reply="r" * 40)
+    try:
+        prompt = list(range(1, 31))
+        other = list(range(100, 130))
+        first, _ = await asyncio.gather(
+            run(engine, "a", prompt, max_tokens=40), run(engine, "b", other, max_tokens=40)
+        )
+        answer = [t for o in first for t in o.token_ids]
+        assert len(answer) == 40
+        again = await run(engine, "c", [*prompt, *answer, 7], max_tokens=4)
+        cached = again[-1].usage.cached_tokens
+        # the prompt came in 2 shared steps (all but its last token, then that token), then
+        # every decode step was shared: the first MAX_SAVE_RUNS runs end 14 tokens in
+        assert cached == len(prompt) + MAX_SAVE_RUNS - 2
+        assert "".join(o.text for o in again) == "rrrr"
+        assert engine.stats().kv_cells_used == backend.cells_used
     finally:
         await engine.stop()
 

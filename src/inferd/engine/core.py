@@ -209,6 +209,7 @@ class EngineCore:
                 backend.copy_prefix(op.seq_id, op.dst, op.n)
             elif op.kind == "save":
                 assert op.prefix is not None
+                backend.trim_seq(op.seq_id, op.n)  # it is removed next anyway
                 state = backend.save_seq(op.seq_id)
                 if state is not None:
                     self._sched.saved.add(op.prefix, state)

@@ -21,6 +21,13 @@ from inferd.engine.sequence import SeqState, Sequence
 
 MIN_PREFILL_CHUNK = 8
 
+# A finished sequence's saved state covers at most this many runs of KV cells. Without flash
+# attention llama.cpp stores V transposed and copies it per run, layer and row: a 16-way
+# interleaved 228-token sequence (128 runs) took 39 ms to save, blocking every stream, where
+# the same tokens in one run took 4 ms. Beyond the limit only the prefix in the first runs
+# (the prompt, usually) is saved.
+MAX_SAVE_RUNS = 16
+
 
 def _chunk(seq: Sequence, limit: int) -> int:
     """Tokens to feed a prefilling sequence this step, at most `limit`. The last token
@@ -32,11 +39,21 @@ def _chunk(seq: Sequence, limit: int) -> int:
     return min(limit, pending - 1) if pending > 1 else min(limit, 1)
 
 
+def _savable(seq: Sequence) -> int:
+    """How many of a finishing sequence's computed tokens to save: all of them, or the
+    prefix in its first MAX_SAVE_RUNS runs of cells."""
+    starts = seq.run_starts
+    if len(starts) <= MAX_SAVE_RUNS:
+        return seq.n_computed
+    return min(seq.n_computed, starts[MAX_SAVE_RUNS])
+
+
 @dataclass(frozen=True, slots=True)
 class KVOp:
     """A KV cache operation for the backend: `rm` a sequence id entirely, `cp` the first
-    `n` cells of `seq_id` to `dst`, `save` the state of `seq_id` into `prefix`, or `load`
-    `prefix` into `seq_id` keeping its first `n` positions."""
+    `n` cells of `seq_id` to `dst`, `save` the state of the first `n` positions of `seq_id`
+    (a sequence about to be removed) into `prefix`, or `load` `prefix` into `seq_id` keeping
+    its first `n` positions."""
 
     kind: str
     seq_id: int
@@ -116,9 +133,9 @@ class Scheduler:
         if seq.state is not SeqState.RUNNING:
             return ops
         self.running.remove(seq)
-        if keep_prefix and self.saved.budget > 0 and seq.n_computed >= MIN_REUSE:
-            prefix = SavedPrefix(seq.tokens[: seq.n_computed])
-            ops.append(KVOp("save", seq.slot, seq.n_computed, prefix=prefix))
+        n = _savable(seq)
+        if keep_prefix and self.saved.budget > 0 and n >= MIN_REUSE:
+            ops.append(KVOp("save", seq.slot, n, prefix=SavedPrefix(seq.tokens[:n])))
         self._drop(seq, ops)
         seq.state = SeqState.FINISHED
         return ops
@@ -172,8 +189,11 @@ class Scheduler:
 
     def commit(self, plan: StepPlan) -> None:
         """The step ran: the fed tokens now have KV cells."""
+        shared = len(plan.chunks) > 1
         for c in plan.chunks:
             c.seq.n_computed = c.end
+            if shared:
+                c.seq.run_starts.append(c.start)
 
     def drop_cache(self) -> None:
         """Forget every saved prefix."""
@@ -220,6 +240,7 @@ class Scheduler:
             return False
         seq.slot = self._free_ids.pop()
         seq.n_computed = 0
+        del seq.run_starts[:]
         reused = 0
         if saved is not None:
             plan.ops.append(KVOp("load", seq.slot, m, prefix=saved))

@@ -31,6 +31,11 @@ class Sequence:
     KV sharing: a sequence that reused the first `borrowed` cells of `parent` (a running
     sequence with the same token prefix) shares those cells; it owns only the cells after
     them. See `prefix_cache.KVLedger`.
+
+    `run_starts`: the positions fed in steps shared with other sequences. llama.cpp places
+    a step's tokens in consecutive cells, so each of these starts a new run of this
+    sequence's cells; saving the state costs about one copy per run and layer (per run,
+    layer and value row without flash attention), so the scheduler uses this to bound it.
     """
 
     request: GenerateRequest
@@ -52,6 +57,7 @@ class Sequence:
     parent: Sequence | None = None
     borrowed: int = 0
     children: list[Sequence] = field(default_factory=list)
+    run_starts: array[int] = field(default_factory=lambda: array("i"))
 
     @property
     def request_id(self) -> str:
