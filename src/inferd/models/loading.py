@@ -26,6 +26,7 @@ def llamacpp_loader(*, verbose: bool = False) -> BackendLoader:
                 prefill_per_decode=c.prefill_per_decode,
                 n_threads=c.n_threads,
                 n_gpu_layers=c.n_gpu_layers,
+                kv_overrides=tuple(c.kv_overrides.items()),
                 verbose=verbose,
             ),
         )
