@@ -105,9 +105,13 @@ async def tokenize_prompt(engine: EngineClient, text: str) -> list[int]:
 
 
 def check_insert(info: BackendInfo, model_name: str) -> None:
-    """A 400 naming `suffix` unless the model can fill in the middle (Ollama's wording)."""
+    """A 400 naming `suffix` unless the model can fill in the middle (in Ollama's words)."""
     if not info.supports_insert:
-        raise UnsupportedParameter(f"{model_name} does not support insert", param="suffix")
+        raise UnsupportedParameter(
+            f"{model_name} does not support insert: suffix needs a model with "
+            "fill-in-the-middle tokens",
+            param="suffix",
+        )
 
 
 async def infill_tokens(

@@ -533,14 +533,14 @@ def truth(value: Any) -> bool:
 
 
 def _go_float(x: float) -> str:
-    """%v of a float64: the shortest digits, an exponent below 1e-4 and from 1e21."""
+    """%v of a float64 (%g, shortest): an exponent below 1e-4 and from 1e6."""
     if x != x:
         return "NaN"
     if x in (float("inf"), float("-inf")):
         return "+Inf" if x > 0 else "-Inf"
     d = Decimal(repr(x))
     exp = d.adjusted()
-    if -4 <= exp < 21:
+    if -4 <= exp < 6:
         text = format(d, "f")
         return text.rstrip("0").rstrip(".") if "." in text else text
     sign, digits, _ = d.as_tuple()
@@ -579,15 +579,16 @@ def _json_ready(value: Any) -> Any:
             for k, v in value.items()
             if not (k in value.omit_empty and not truth(v))
         }
-    if isinstance(value, dict):
-        return {str(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, dict):  # Go's encoder writes a map's keys sorted
+        return {str(k): _json_ready(value[k]) for k in sorted(value, key=str)}
     if isinstance(value, list | tuple):
         return [_json_ready(v) for v in value]
     return value
 
 
 def go_json(value: Any) -> str:
-    """Go's json.Marshal (Ollama's `json` function): compact, <, > and & escaped."""
+    """Go's json.Marshal (Ollama's `json` function): compact, map keys sorted, struct
+    fields in order, <, > and & escaped."""
     text = json.dumps(_json_ready(value), ensure_ascii=False, separators=(",", ":"))
     for ch, esc in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026")):
         text = text.replace(ch, esc)

@@ -84,7 +84,8 @@ def render(req: s.GenerateRequest, *, bos_token: str, eos_token: str) -> str:
     template = GoTemplate.parse(source)
     if req.suffix and "suffix" not in template.identifiers():
         raise UnsupportedParameter(
-            "the template does not use .Suffix, so it cannot insert", param="suffix"
+            "suffix needs a template that uses .Suffix, and this template does not",
+            param="suffix",
         )
     template, values = go_values(template, req)
     return template.render(values)
