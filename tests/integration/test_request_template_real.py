@@ -164,6 +164,9 @@ async def test_messages_values_are_ollamas(app: AppHandle) -> None:
         ("x" * (go_template.MAX_TEMPLATE_CHARS + 1), ("template", "longer than")),
         ("{% for m in messages %}{{ m.content }", ("template",)),  # broken Jinja
         ("{% for m in messages %}{{ m.__class__.__mro__ }}{% endfor %}", ("template",)),
+        ("{% if 1 %}" * 500 + "{% endif %}" * 500, ("template", "nested too deeply")),
+        ("{% if 1 %}" + "x" * go_template.MAX_TEMPLATE_CHARS + "{% endif %}", ("longer than",)),
+        ("{% for i in range(10**9) %}x{% endfor %}", ("template",)),
     ],
 )
 async def test_bad_templates_are_ollama_shaped_400s(

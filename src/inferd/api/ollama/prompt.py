@@ -14,7 +14,7 @@ from inferd.api.ollama import schemas as s
 from inferd.api.ollama.adapter import generate_messages
 from inferd.errors import InvalidRequest, UnsupportedParameter
 from inferd.models.chat_template import ChatTemplate
-from inferd.models.go_template import GoTemplate, Struct
+from inferd.models.go_template import MAX_TEMPLATE_CHARS, GoTemplate, Struct, TemplateError
 
 _MESSAGE_JSON = {
     "Role": "role",
@@ -68,6 +68,8 @@ def render(req: s.GenerateRequest, *, bos_token: str, eos_token: str) -> str:
     """The prompt text from the request's own `template` (400s name `template`, or
     `suffix` when the template has no place for one)."""
     source = req.template or ""
+    if len(source) > MAX_TEMPLATE_CHARS:
+        raise TemplateError(f"the template is longer than {MAX_TEMPLATE_CHARS} characters")
     if is_jinja(source):
         if req.suffix:
             raise UnsupportedParameter(
