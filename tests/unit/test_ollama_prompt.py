@@ -43,11 +43,7 @@ async def prompt_text(h: Any, **fields: Any) -> str:
             "<P|X|<no value>>",
         ),
         # Tools is an empty list, Think false
-        (
-            "{{ .Prompt }}{{ if .Tools }}T{{ end }}{{ if .Think }}K{{ end }}{{ .Messages | len }}",
-            {},
-            "P1",
-        ),
+        ("{{ if .Tools }}T{{ end }}{{ if .Think }}K{{ end }}{{ .Messages | len }}", {}, "1"),
     ],
 )
 async def test_values_by_kind_of_template(
