@@ -10,7 +10,19 @@ from pathlib import Path
 from typing import Literal
 
 import platformdirs
-from pydantic import AliasChoices, BaseModel, ByteSize, ConfigDict, Field
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ByteSize,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -19,6 +31,11 @@ from pydantic_settings import (
 )
 
 from inferd.errors import ConfigError
+
+# llama.cpp's llama_model_kv_override holds a key and a string value in 128-byte buffers
+# (NUL-terminated): longer ones cannot be passed.
+KV_OVERRIDE_MAX_BYTES = 127
+KvOverrideValue = StrictBool | StrictInt | StrictFloat | StrictStr
 
 
 class ModelConfig(BaseModel):
@@ -71,6 +88,36 @@ class ModelConfig(BaseModel):
     keep_alive: float | None = Field(
         None, description="Seconds idle before this model is unloaded (default: keep_alive)"
     )
+    kv_overrides: dict[str, KvOverrideValue] = Field(
+        default_factory=dict,
+        description="GGUF metadata overridden at load, key -> bool, int, float or string "
+        "(e.g. {'tokenizer.ggml.fim_pre_token_id' = 3})",
+    )
+
+    @field_validator("kv_overrides", mode="before")
+    @classmethod
+    def _check_kv_overrides(cls, value: object) -> object:
+        if not isinstance(value, dict):
+            return value  # pydantic says it is not a table
+        for key, v in value.items():
+            if not isinstance(key, str):
+                raise ValueError("kv_overrides keys must be strings")
+            if not isinstance(v, bool | int | float | str):
+                raise ValueError(
+                    f"kv_overrides[{key[:60]!r}] must be a bool, an integer, a float or a "
+                    f"string, not {type(v).__name__}"
+                )
+            if not key or len(key.encode()) > KV_OVERRIDE_MAX_BYTES:
+                raise ValueError(
+                    f"kv_overrides key {key[:40]!r} must be 1 to {KV_OVERRIDE_MAX_BYTES} bytes"
+                )
+            if isinstance(v, int) and not isinstance(v, bool) and not -(2**63) <= v < 2**63:
+                raise ValueError(f"kv_overrides[{key!r}] does not fit a 64-bit integer")
+            if isinstance(v, str) and len(v.encode()) > KV_OVERRIDE_MAX_BYTES:
+                raise ValueError(
+                    f"kv_overrides[{key!r}] is longer than {KV_OVERRIDE_MAX_BYTES} bytes"
+                )
+        return value
 
 
 def default_models_dir() -> Path:
@@ -250,13 +297,24 @@ class Settings(BaseSettings):
 
 
 def load_settings(config_file: Path | None = None, **overrides: object) -> Settings:
-    """Build the settings from flags (`overrides`), the environment and an optional TOML file."""
+    """Build the settings from flags (`overrides`), the environment and an optional TOML file.
+
+    Invalid values raise ConfigError naming each setting."""
     if config_file is None:
-        return Settings(**overrides)  # type: ignore[arg-type]
-    if not config_file.is_file():
+        cls = Settings
+    elif not config_file.is_file():
         raise ConfigError(f"config file not found: {config_file}")
+    else:
 
-    class FileSettings(Settings):
-        model_config = SettingsConfigDict(toml_file=config_file)
+        class FileSettings(Settings):
+            model_config = SettingsConfigDict(toml_file=config_file)
 
-    return FileSettings(**overrides)  # type: ignore[arg-type]
+        cls = FileSettings
+    try:
+        return cls(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"invalid settings: {problems}") from None

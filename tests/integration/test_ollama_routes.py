@@ -1036,8 +1036,6 @@ async def test_non_finite_numbers_as_raw_json(
 
 
 UNSUPPORTED = [
-    pytest.param(GEN, {"suffix": "    return x"}, "suffix", id="suffix"),
-    pytest.param(GEN, {"template": "{{ .Prompt }}"}, "template", id="template"),
     pytest.param(GEN, {"images": ["aGk="]}, "images", id="images"),
     pytest.param(
         CHAT,

@@ -100,3 +100,59 @@ def test_cli_rejects_a_missing_model_file_without_traceback() -> None:
     assert result.exit_code == 2
     assert "no such file" in result.output
     assert "Traceback" not in result.output
+
+
+def test_kv_overrides_from_toml(tmp_path: Path) -> None:
+    cfg = tmp_path / "inferd.toml"
+    cfg.write_text(
+        '[[models]]\npath = "m.gguf"\n[models.kv_overrides]\n'
+        '"tokenizer.ggml.fim_pre_token_id" = 6\n"a.bool" = true\n"a.float" = 0.5\n'
+        '"general.name" = "renamed"\n'
+    )
+    overrides = load_settings(cfg).models[0].kv_overrides
+    assert overrides == {
+        "tokenizer.ggml.fim_pre_token_id": 6,
+        "a.bool": True,
+        "a.float": 0.5,
+        "general.name": "renamed",
+    }
+    # types survive: a bool stays a bool, an int an int (llama.cpp's override tags differ)
+    assert [type(v) for v in overrides.values()] == [int, bool, float, str]
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("[1, 2]", "must be a bool, an integer, a float or a string, not list"),
+        ("{ x = 1 }", "not dict"),
+        ('"' + "x" * 128 + '"', "longer than 127 bytes"),
+        (str(2**63), "64-bit"),
+    ],
+)
+def test_bad_kv_overrides_are_a_clear_config_error(
+    tmp_path: Path, value: str, message: str
+) -> None:
+    cfg = tmp_path / "inferd.toml"
+    cfg.write_text(f'[[models]]\npath = "m.gguf"\n[models.kv_overrides]\n"some.key" = {value}\n')
+    with pytest.raises(ConfigError) as info:
+        load_settings(cfg)
+    assert "models.0.kv_overrides" in info.value.message
+    assert message in info.value.message
+
+
+def test_kv_override_keys_must_fit_llama_cpp(tmp_path: Path) -> None:
+    cfg = tmp_path / "inferd.toml"
+    cfg.write_text(f'[[models]]\npath = "m.gguf"\n[models.kv_overrides]\n"{"k" * 128}" = 1\n')
+    with pytest.raises(ConfigError, match="1 to 127 bytes"):
+        load_settings(cfg)
+
+
+def test_invalid_settings_are_a_config_error_not_a_traceback(tmp_path: Path) -> None:
+    cfg = tmp_path / "inferd.toml"
+    cfg.write_text('port = "many"\n[[models]]\npath = "m.gguf"\nn_ctx = "big"\n')
+    with pytest.raises(ConfigError) as info:
+        load_settings(cfg)
+    assert "port:" in info.value.message and "models.0.n_ctx:" in info.value.message
+    result = CliRunner().invoke(app, ["serve", "--config", str(cfg)])
+    assert result.exit_code == 2
+    assert "invalid settings" in result.output and "Traceback" not in result.output

@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from inferd.config import Settings
 from inferd.engine.backends.base import BackendInfo
 from inferd.engine.client import EngineClient
 from inferd.engine.types import FinishReason, GenerateRequest, GenerationOutput, Usage
-from inferd.errors import BackendError, ContextTooLong, InvalidRequest
+from inferd.errors import BackendError, ContextTooLong, InvalidRequest, UnsupportedParameter
 
 
 @dataclass
@@ -102,6 +102,42 @@ async def tokenize_prompt(engine: EngineClient, text: str) -> list[int]:
     info = engine.info
     has_bos = bool(info.bos_token) and text.startswith(info.bos_token)
     return await engine.tokenize(text, add_special=not has_bos, parse_special=True)
+
+
+def check_insert(info: BackendInfo, model_name: str) -> None:
+    """A 400 naming `suffix` unless the model can fill in the middle (in Ollama's words)."""
+    if not info.supports_insert:
+        raise UnsupportedParameter(
+            f"{model_name} does not support insert: suffix needs a model with "
+            "fill-in-the-middle tokens",
+            param="suffix",
+        )
+
+
+async def infill_tokens(
+    engine: EngineClient,
+    prefix: str | Sequence[int],
+    suffix: str,
+    *,
+    model_name: str,
+    add_bos: bool = True,
+) -> list[int]:
+    """A fill-in-the-middle prompt in PSM order, as llama.cpp's server builds it:
+    [BOS] FIM_PRE prefix FIM_SUF suffix FIM_MID. Prefix and suffix are tokenized as plain
+    text (special-token text in them stays text); token ids are taken as they are. BOS only
+    where the model adds one, and not when `add_bos` is false (the prompt continues a
+    context). No chat template: the model generates the middle."""
+    info = engine.info
+    check_insert(info, model_name)
+    pre = (
+        await engine.tokenize(prefix, add_special=False, parse_special=False)
+        if isinstance(prefix, str)
+        else list(prefix)
+    )
+    suf = await engine.tokenize(suffix, add_special=False, parse_special=False)
+    # tokenizing nothing with special tokens gives exactly the BOS the model wants, if any
+    bos = await engine.tokenize("", add_special=True, parse_special=False) if add_bos else []
+    return [*bos, info.fim_pre, *pre, info.fim_suf, *suf, info.fim_mid]
 
 
 def completion_budget(

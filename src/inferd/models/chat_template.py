@@ -146,6 +146,10 @@ class ChatTemplate:
             self._template = env.from_string(source)
         except TemplateError as exc:
             raise InvalidRequest(f"invalid chat template: {exc}", param="chat_template") from None
+        except RecursionError:  # Jinja's parser and compiler recurse per nesting level
+            raise InvalidRequest(
+                "invalid chat template: nested too deeply", param="chat_template"
+            ) from None
         self.source = source
         self._bos = bos_token
         self._eos = eos_token

@@ -27,6 +27,7 @@ def llamacpp_loader(*, verbose: bool = False) -> BackendLoader:
                 n_threads=c.n_threads,
                 n_gpu_layers=c.n_gpu_layers,
                 flash_attn=c.flash_attn,
+                kv_overrides=tuple(c.kv_overrides.items()),
                 verbose=verbose,
             ),
         )

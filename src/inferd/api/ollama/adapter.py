@@ -80,12 +80,6 @@ def output_format(req: s.GenerateRequest | s.ChatRequest) -> OutputFormat:
 
 def check_generate(req: s.GenerateRequest) -> None:
     check_common(req)
-    if req.suffix:
-        raise UnsupportedParameter(
-            "suffix (fill-in-the-middle) is not supported yet", param="suffix"
-        )
-    if req.template:
-        raise UnsupportedParameter("template overrides are not supported yet", param="template")
     if req.images:
         raise UnsupportedParameter("images are not supported", param="images")
 
@@ -286,6 +280,6 @@ def show(model: LoadedModel, entry: ModelEntry) -> s.ShowResponse:
         template=model.template.source,
         details=details(entry),
         model_info=describe.model_info(meta, info.n_params),
-        capabilities=["completion"],
+        capabilities=["completion", "insert"] if info.supports_insert else ["completion"],
         modified_at=modified_at(model.spec),
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -21,10 +22,11 @@ from inferd.api.embeddings import embed as embed_inputs
 from inferd.api.generation import (
     ChoiceResult,
     collect_choices,
+    infill_tokens,
     stream_choices,
     tokenize_prompt,
 )
-from inferd.api.ollama import adapter
+from inferd.api.ollama import adapter, prompt
 from inferd.api.ollama import schemas as s
 from inferd.api.streaming import ClientDisconnected, cancel_on_disconnect
 from inferd.api.structured import check_format
@@ -32,6 +34,8 @@ from inferd.config import Settings
 from inferd.engine.types import FinishReason, GenerateRequest
 from inferd.errors import InvalidRequest, ModelNotFound
 from inferd.models.registry import LoadedModel, ModelRegistry, ModelStatus
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["ollama"])
 
@@ -221,6 +225,33 @@ async def _run(
     return _ndjson(chunks())
 
 
+async def _generate_prompt(body: s.GenerateRequest, model: LoadedModel) -> list[int]:
+    """The prompt tokens: fill-in-the-middle tokens for a suffix (unless a request template
+    places it), the prompt as it is (raw), or the request's template or the model's chat
+    template rendered; `context` (earlier tokens) goes first, except with raw."""
+    engine = model.engine
+    context = body.context or []
+    if any(t < 0 or t >= engine.info.n_vocab for t in context):
+        raise InvalidRequest("context holds token ids outside the vocabulary", param="context")
+    if body.suffix and (body.raw or not body.template):
+        if body.system:
+            log.debug("system is ignored with suffix: a fill-in-the-middle prompt has none")
+        infill = await infill_tokens(
+            engine, body.prompt, body.suffix, model_name=model.name, add_bos=not context
+        )
+        return [*context, *infill]
+    if body.raw:
+        return await tokenize_prompt(engine, body.prompt)
+    if body.template:
+        info = engine.info
+        text = prompt.render(body, bos_token=info.bos_token, eos_token=info.eos_token)
+    else:
+        text = model.template.render(adapter.generate_messages(body))
+    if context:
+        return [*context, *await engine.tokenize(text, add_special=False)]
+    return await tokenize_prompt(engine, text)
+
+
 @router.post("/api/generate")
 async def generate(
     body: s.GenerateRequest, request: Request, registry: RegistryDep, settings: SettingsDep
@@ -230,20 +261,9 @@ async def generate(
     keep_alive = adapter.parse_keep_alive(body.keep_alive)
     model = await acquire_model(request, registry, body.model)
     load_seconds = time.perf_counter() - started
-    if not body.prompt and not body.context:
+    if not body.prompt and not body.suffix and not body.context:
         return JSONResponse(await _load_only(registry, model, keep_alive, chat=False))
-    engine = model.engine
-    if body.raw:
-        tokens = await tokenize_prompt(engine, body.prompt)
-    else:
-        text = model.template.render(adapter.generate_messages(body))
-        tokens = (
-            [*body.context, *await engine.tokenize(text, add_special=False)]
-            if body.context
-            else await tokenize_prompt(engine, text)
-        )
-    if body.context and any(t < 0 or t >= engine.info.n_vocab for t in body.context):
-        raise InvalidRequest("context holds token ids outside the vocabulary", param="context")
+    tokens = await _generate_prompt(body, model)
     return await _run(
         request,
         registry,

@@ -148,8 +148,6 @@ def check_completion(req: s.CompletionRequest, settings: Settings) -> None:
         )
     if req.echo:
         raise UnsupportedParameter("echo is not supported yet", param="echo")
-    if req.suffix:
-        raise UnsupportedParameter("suffix is not supported yet", param="suffix")
     if req.logprobs is not None:
         raise UnsupportedParameter("logprobs are not supported yet", param="logprobs")
     if req.best_of is not None and req.best_of != req.n:

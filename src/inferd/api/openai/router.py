@@ -7,7 +7,13 @@ from fastapi import APIRouter, Request, Response
 from inferd.api.access import acquire_model, admit, check_model
 from inferd.api.deps import OptionalStoreDep, RegistryDep, SettingsDep
 from inferd.api.embeddings import embed
-from inferd.api.generation import collect_choices, stream_choices, tokenize_prompt
+from inferd.api.generation import (
+    check_insert,
+    collect_choices,
+    infill_tokens,
+    stream_choices,
+    tokenize_prompt,
+)
 from inferd.api.openai import adapter
 from inferd.api.openai import schemas as s
 from inferd.api.sessions import open_exchange, session_of
@@ -110,12 +116,17 @@ async def completions(
     model = await acquire_model(request, registry, body.model)
     engine = model.engine
     rid = adapter.new_id("cmpl")
+    if body.suffix:
+        check_insert(engine.info, model.name)
     reqs: list[GenerateRequest] = []
     for p, prompt in enumerate(adapter.prompts(body)):
-        if isinstance(prompt, str):
+        if not isinstance(prompt, str):
+            adapter.check_token_prompt(prompt, engine.info.n_vocab)
+        if body.suffix:  # fill in the middle: the prompt is the prefix
+            tokens = await infill_tokens(engine, prompt, body.suffix, model_name=model.name)
+        elif isinstance(prompt, str):
             tokens = await tokenize_prompt(engine, prompt)
         else:
-            adapter.check_token_prompt(prompt, engine.info.n_vocab)
             tokens = prompt
         reqs += adapter.generate_requests(
             body,

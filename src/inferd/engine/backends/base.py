@@ -28,10 +28,20 @@ class BackendInfo:
     size_bytes: int = 0
     n_embd: int = 0  # size of an embedding vector
     n_ctx_embed: int = 0  # the longest embeddings input, in tokens (0: n_ctx)
+    # fill-in-the-middle tokens (-1: the model has none)
+    fim_pre: int = -1
+    fim_suf: int = -1
+    fim_mid: int = -1
 
     @property
     def embed_limit(self) -> int:
         return self.n_ctx_embed or self.n_ctx
+
+    @property
+    def supports_insert(self) -> bool:
+        """Whether the model can fill in the middle (a prompt with a suffix): it has all
+        three FIM tokens. The one place that decides it."""
+        return min(self.fim_pre, self.fim_suf, self.fim_mid) >= 0
 
 
 class Sampler(Protocol):

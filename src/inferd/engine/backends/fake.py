@@ -62,6 +62,7 @@ class FakeBackend:
     n_embd: int = 8
     n_ctx_embed: int = 0
     reject_grammar: bool = False  # new_sampler fails for structured output
+    fim: tuple[int, int, int] | None = None  # (pre, suf, mid) token ids: can insert
     # observable state for tests, modelled on llama.cpp's unified KV cache: a cell holds
     # one position and may belong to several sequence ids
     steps: int = 0
@@ -91,6 +92,9 @@ class FakeBackend:
             chat_template=None,
             n_embd=self.n_embd,
             n_ctx_embed=self.n_ctx_embed,
+            fim_pre=self.fim[0] if self.fim else -1,
+            fim_suf=self.fim[1] if self.fim else -1,
+            fim_mid=self.fim[2] if self.fim else -1,
         )
 
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:

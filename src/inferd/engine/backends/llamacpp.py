@@ -69,6 +69,8 @@ class LlamaCppOptions:
     # generative model's embeddings context outputs every token, logits included: 2048
     # tokens of SmolLM2 take ~0.4 GB of logits alone, 4096 took 1.6 GB in all (measured).
     n_ctx_embed: int = 2048
+    # GGUF metadata overridden at load: (key, bool | int | float | str) pairs
+    kv_overrides: tuple[tuple[str, bool | int | float | str], ...] = ()
     verbose: bool = False
 
 
@@ -84,6 +86,37 @@ def flash_attn_type(options: LlamaCppOptions) -> int:
 def default_kv_cells(n_ctx: int, max_seqs: int) -> int:
     """Enough for every slot to hold a typical conversation, and one full window at least."""
     return max(n_ctx, min(n_ctx * max_seqs, 1024 * max_seqs))
+
+
+def _kv_override_array(overrides: Sequence[tuple[str, bool | int | float | str]]) -> Any:
+    """llama.cpp's `kv_overrides`: one llama_model_kv_override per pair, then an entry with
+    an empty key. Keys and string values must fit its 128-byte buffers (checked by config)."""
+    arr = (llama_cpp.llama_model_kv_override * (len(overrides) + 1))()  # zeroed: the end mark
+    key_size: int = getattr(llama_cpp.llama_model_kv_override, "key").size  # noqa: B009
+    str_size: int = getattr(llama_cpp.llama_model_kv_override_value, "val_str").size  # noqa: B009
+    for item, (key, value) in zip(arr, overrides, strict=False):
+        raw_key = key.encode()
+        if not raw_key or len(raw_key) >= key_size:
+            raise BackendError(f"kv_overrides key {key[:40]!r} is empty or too long")
+        item.key = raw_key
+        if isinstance(value, bool):
+            item.tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_BOOL
+            item.value.val_bool = value
+        elif isinstance(value, int):
+            item.tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_INT
+            item.value.val_i64 = value
+        elif isinstance(value, float):
+            item.tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_FLOAT
+            item.value.val_f64 = value
+        elif isinstance(value, str):
+            raw = value.encode()
+            if len(raw) >= str_size:
+                raise BackendError(f"kv_overrides[{key!r}] is too long")
+            item.tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_STR
+            item.value.val_str = raw
+        else:
+            raise BackendError(f"kv_overrides[{key!r}] has an unsupported type")
+    return arr
 
 
 class _LoadProgress:
@@ -188,6 +221,11 @@ class LlamaCppBackend:
         mparams.use_extra_bufts = options.extra_buffers
         progress = _LoadProgress(path.name)
         mparams.progress_callback = progress.callback
+        # kept for the model's lifetime, as llama-cpp-python's Llama does
+        self._kv_overrides = None
+        if options.kv_overrides:
+            self._kv_overrides = _kv_override_array(options.kv_overrides)
+            mparams.kv_overrides = self._kv_overrides
         model = llama_cpp.llama_model_load_from_file(str(path).encode(), mparams)
         if not model:
             raise BackendError(f"failed to load model file {path.name}: not a valid GGUF model")
@@ -246,6 +284,9 @@ class LlamaCppBackend:
             size_bytes=int(llama_cpp.llama_model_size(model)),
             n_embd=int(llama_cpp.llama_model_n_embd_out(model)),
             n_ctx_embed=min(options.n_ctx_embed, n_ctx),
+            fim_pre=int(llama_cpp.llama_vocab_fim_pre(self._vocab)),
+            fim_suf=int(llama_cpp.llama_vocab_fim_suf(self._vocab)),
+            fim_mid=int(llama_cpp.llama_vocab_fim_mid(self._vocab)),
         )
 
     # ---- metadata -------------------------------------------------------------------------
