@@ -292,11 +292,13 @@ def bench_ceiling(
 
 
 def llama_server_cmd(binary: Path, model: Path, port: int, cells: int, slots: int) -> list[str]:
-    """llama.cpp's server with inferd's KV cells, slots and threads. `--no-repack` is the same
-    AMX workaround as inferd's extra_buffers=False: without it the server dies in warm-up."""
+    """llama.cpp's server with inferd's KV cells, slots, threads and attention kernels (no
+    flash attention, inferd's CPU default; later `--llama-server-args` override it).
+    `--no-repack` is the same AMX workaround as inferd's extra_buffers=False: without it the
+    server dies in warm-up."""
     cmd = [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port)]
     cmd += ["-c", str(cells), "-np", str(slots), "--kv-unified", "-t", str(os.cpu_count() or 1)]
-    return [*cmd, "-fa", "on", "--no-webui", "--no-repack", "-a", BUNDLED_NAME]
+    return [*cmd, "-fa", "off", "--no-webui", "--no-repack", "-a", BUNDLED_NAME]
 
 
 def free_port() -> int:
@@ -523,7 +525,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--concurrency", default="1,8,16", help="comma-separated (default 1,8,16)")
     ap.add_argument("--max-tokens", type=int, default=128, help="tokens per request (128)")
     ap.add_argument("--n-ctx", type=int, default=4096, help="context per sequence (4096)")
-    ap.add_argument("--rounds", type=int, default=2, help="clean rounds per point; best kept (2)")
+    ap.add_argument("--rounds", type=int, default=3, help="clean rounds per point; best kept (3)")
     ap.add_argument("--server-rounds", type=int, default=1, help="rounds for llama_cpp.server (1)")
     ap.add_argument("--timeout", type=float, default=180, help="seconds per round (180)")
     ap.add_argument(
@@ -650,7 +652,7 @@ def main(argv: list[str] | None = None) -> int:
         cmd = [sys.executable, "-c", LLAMA_SERVER_LAUNCHER, "--model", str(model)]
         cmd += ["--model_alias", BUNDLED_NAME, "--host", "127.0.0.1", "--port", str(port)]
         cmd += ["--n_ctx", str(args.n_ctx), "--n_threads", threads, "--n_threads_batch", threads]
-        cmd += ["--flash_attn", "true", "--interrupt_requests", "false"]
+        cmd += ["--flash_attn", "false", "--interrupt_requests", "false"]
         base = f"http://127.0.0.1:{port}"
         # It has no ignore_eos: a -100 logit bias on every end-of-generation token instead.
         bias = {str(t): -100.0 for t in eog}
