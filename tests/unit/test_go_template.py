@@ -1,4 +1,4 @@
-"""The Go text/template evaluator (models/go_template.py): each construct, trimming, errors
+"""The Go text/template evaluator (models/go_template/): each construct, trimming, errors
 with their positions, and the bounds a hostile template runs into. Expected outputs are what
 Go's text/template prints for the same template and data."""
 
