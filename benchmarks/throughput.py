@@ -326,7 +326,14 @@ def server(cmd: list[str], ready_url: str, timeout: float = 180.0) -> Iterator[i
                 time.sleep(0.2)
             yield proc.pid
         finally:
-            if proc.poll() is None:
+            if proc.poll() is not None:  # it died while being measured: say how
+                log.seek(0)
+                tail = "".join(log.readlines()[-8:])
+                print(
+                    f"{cmd[0]} exited with {proc.returncode}; its last lines:\n{tail}",
+                    file=sys.stderr,
+                )
+            else:
                 proc.terminate()
                 try:
                     proc.wait(30)
