@@ -184,8 +184,8 @@ async def measure(
 ) -> Result:
     r = Result(target, budget_mb=budget_mb)
     rng = random.Random(2)
-    # A new connection per request: llama-server drops idle keep-alive connections, and a
-    # request sent on one as it closes fails with "Server disconnected".
+    # A new connection per request: llama-server closes kept-alive connections after a few
+    # requests or seconds, and a request sent on one as it closes fails ("Server disconnected").
     fresh = httpx.Limits(max_keepalive_connections=0)
     async with httpx.AsyncClient(base_url=base, timeout=args.timeout, limits=fresh) as client:
         warm = {"model": BUNDLED_NAME, "prompt": "Hello", "max_tokens": 2}
