@@ -200,7 +200,10 @@ def start_server() -> LiveServer:
 async def refused_soon(url: str, within: float = 5.0) -> bool:
     """Whether new connections are refused within `within` seconds."""
     deadline = time.monotonic() + within
-    async with httpx.AsyncClient(timeout=1) as client:
+    # every attempt on a new connection: a kept-alive one opened before the listener closed
+    # would go on being served while the server drains
+    fresh = httpx.Limits(max_keepalive_connections=0)
+    async with httpx.AsyncClient(timeout=1, limits=fresh) as client:
         while time.monotonic() < deadline:
             try:
                 await client.get(f"{url}/health/live")

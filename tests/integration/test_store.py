@@ -451,3 +451,19 @@ async def test_log_content_stores_chats_without_a_session(
         ("user", "Hello!"),
         ("assistant", r.json()["choices"][0]["message"]["content"]),
     ]
+
+
+async def test_retention_runs_once_at_start(database_url: str, tmp_path: Path) -> None:
+    old = datetime.now(UTC) - timedelta(days=30)
+    first = open_store(database_url, tmp_path / "a.jsonl")
+    await first.start()
+    first.record(UsageRecord("old", "openai", "/v1/completions", UsageStatus.OK, old, 0.1))
+    assert await first.writer.flush(10)
+    await first.close()
+    second = open_store(database_url, tmp_path / "b.jsonl", usage_retention_days=7)
+    await second.start()  # the first pass ran before start returned
+    try:
+        second.record(UsageRecord("new", "openai", "/v1/completions", UsageStatus.OK, old, 0.1))
+        assert [r.request_id for r in await second.usage_records()] == ["new"]
+    finally:
+        await second.close()

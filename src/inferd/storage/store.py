@@ -75,10 +75,14 @@ class Store:
 
     async def start(self) -> None:
         """Migrate (if the database answers; else the writer keeps records spooled), replay
-        what an earlier process spooled, and start the writer and the retention task."""
+        what an earlier process spooled, and start the writer and the retention task. With a
+        retention, the first pass runs here when the database answered (before any record of
+        this process exists), then every `retention_interval` seconds."""
         await self.migrate()
         self.writer.start()
         if self._usage_days is not None or self._content_days is not None:
+            if self.migrated:
+                await self._retain_once()
             self._retention = asyncio.create_task(self._retain(), name="inferd-retention")
 
     async def migrate(self) -> bool:
@@ -156,14 +160,14 @@ class Store:
 
     async def _retain(self) -> None:
         while True:
-            try:
-                usage_gone, content_gone = await self.apply_retention()
-                if usage_gone or content_gone:
-                    log.info(
-                        "retention: deleted %d usage records, %d messages",
-                        usage_gone,
-                        content_gone,
-                    )
-            except Exception as exc:
-                log.warning("retention failed, trying again later: %s", exc)
             await asyncio.sleep(self._retention_interval)
+            await self._retain_once()
+
+    async def _retain_once(self) -> None:
+        try:
+            usage_gone, content_gone = await self.apply_retention()
+        except Exception as exc:
+            log.warning("retention failed, trying again later: %s", exc)
+            return
+        if usage_gone or content_gone:
+            log.info("retention: deleted %d usage records, %d messages", usage_gone, content_gone)
