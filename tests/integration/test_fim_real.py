@@ -88,6 +88,12 @@ async def test_overrides_reach_the_vocabulary(fim: AppHandle, real: AppHandle) -
     assert not plain.supports_insert
 
 
+async def test_metadata_reports_the_overridden_values(fim: AppHandle, real: AppHandle) -> None:
+    key = "tokenizer.ggml.fim_pre_token_id"
+    assert fim.engine().backend.metadata()[key] == str(FIM_IDS[0])
+    assert key not in real.engine().backend.metadata()
+
+
 async def test_show_lists_insert_only_where_the_model_can(fim: AppHandle, real: AppHandle) -> None:
     caps = {}
     for name, app in (("fim", fim), ("plain", real)):

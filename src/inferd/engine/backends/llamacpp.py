@@ -292,7 +292,8 @@ class LlamaCppBackend:
     # ---- metadata -------------------------------------------------------------------------
 
     def metadata(self) -> dict[str, str]:
-        """Every GGUF metadata key/value as strings (arrays are summarised by llama.cpp)."""
+        """Every GGUF metadata key/value as strings (arrays are summarised by llama.cpp),
+        with the `kv_overrides` this model was loaded with in place of the file's values."""
         out: dict[str, str] = {}
         buf = ctypes.create_string_buffer(4096)
         for i in range(int(llama_cpp.llama_model_meta_count(self._model))):
@@ -303,6 +304,8 @@ class LlamaCppBackend:
             n = llama_cpp.llama_model_meta_val_str_by_index(self._model, i, buf, len(buf))
             if n >= 0:
                 out[key] = buf.value.decode("utf-8", "replace")
+        for key, value in self._options.kv_overrides:
+            out[key] = str(value).lower() if isinstance(value, bool) else str(value)
         return out
 
     # ---- tokenizer ------------------------------------------------------------------------
