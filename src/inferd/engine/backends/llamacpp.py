@@ -83,6 +83,24 @@ def flash_attn_type(options: LlamaCppOptions) -> int:
     return _FLASH_ATTN[choice]
 
 
+def _context_params(
+    options: LlamaCppOptions, *, cells: int, batch: int, seqs: int, threads: int
+) -> Any:
+    """llama.cpp context parameters as inferd uses them: a unified KV cache of `cells`,
+    one `batch`-token micro-batch per decode, `seqs` sequence ids, no perf counters."""
+    cparams = llama_cpp.llama_context_default_params()
+    cparams.n_ctx = cells
+    cparams.n_batch = batch
+    cparams.n_ubatch = batch
+    cparams.n_seq_max = seqs
+    cparams.n_threads = threads
+    cparams.n_threads_batch = threads
+    cparams.kv_unified = True
+    cparams.flash_attn_type = flash_attn_type(options)
+    cparams.no_perf = True
+    return cparams
+
+
 def default_kv_cells(n_ctx: int, max_seqs: int) -> int:
     """Enough for every slot to hold a typical conversation, and one full window at least."""
     return max(n_ctx, min(n_ctx * max_seqs, 1024 * max_seqs))
@@ -237,18 +255,11 @@ class LlamaCppBackend:
         n_threads = options.n_threads or max(1, os.cpu_count() or 1)
         self._n_threads = n_threads
 
-        cparams = llama_cpp.llama_context_default_params()
-        cparams.n_ctx = kv_cells
         n_batch = max(options.n_batch or (512 if options.n_gpu_layers else 128), options.max_seqs)
-        cparams.n_batch = n_batch
-        cparams.n_ubatch = n_batch
         max_seqs = min(options.max_seqs, int(llama_cpp.llama_max_parallel_sequences()))
-        cparams.n_seq_max = max_seqs
-        cparams.n_threads = n_threads
-        cparams.n_threads_batch = n_threads
-        cparams.kv_unified = True
-        cparams.flash_attn_type = flash_attn_type(options)
-        cparams.no_perf = True
+        cparams = _context_params(
+            options, cells=kv_cells, batch=n_batch, seqs=max_seqs, threads=n_threads
+        )
         ctx = llama_cpp.llama_init_from_model(model, cparams)
         if not ctx:
             self.close()
@@ -541,18 +552,11 @@ class _Embedder:
         self, model: Any, info: BackendInfo, pooling: int, options: LlamaCppOptions, threads: int
     ) -> None:
         n_ctx = info.embed_limit
-        cparams = llama_cpp.llama_context_default_params()
-        cparams.n_ctx = n_ctx
-        cparams.n_batch = n_ctx
-        cparams.n_ubatch = n_ctx
-        cparams.n_seq_max = _EMBED_SEQS
-        cparams.n_threads = threads
-        cparams.n_threads_batch = threads
-        cparams.kv_unified = True
-        cparams.flash_attn_type = flash_attn_type(options)
+        cparams = _context_params(
+            options, cells=n_ctx, batch=n_ctx, seqs=_EMBED_SEQS, threads=threads
+        )
         cparams.embeddings = True
         cparams.pooling_type = pooling
-        cparams.no_perf = True
         ctx = llama_cpp.llama_init_from_model(model, cparams)
         if not ctx:
             raise BackendError("failed to create a llama.cpp embeddings context")
