@@ -225,7 +225,7 @@ def ceiling_round(backend: LlamaCppBackend, prompts: list[list[int]], max_tokens
     n = len(prompts)
     budget = backend.info.max_batch_tokens
     greedy = SamplingParams(temperature=0.0, ignore_eos=True)
-    samplers = [backend.new_sampler(greedy) for _ in range(n)]
+    samplers = [backend.new_sampler(greedy, llama_chain=True) for _ in range(n)]
     last = [0] * n
     watch = CpuWatch([os.getpid()])
     try:

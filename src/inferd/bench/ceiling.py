@@ -37,7 +37,9 @@ def measure_ceiling(
                 for i in range(b)
             ]
             samplers = [
-                backend.new_sampler(SamplingParams(temperature=0, ignore_eos=True))
+                backend.new_sampler(
+                    SamplingParams(temperature=0, ignore_eos=True), llama_chain=True
+                )
                 for _ in range(b)
             ]
             tokens: list[int] = []
