@@ -8,6 +8,11 @@ generates exactly `max_tokens` tokens. Throughput = completion tokens / wall tim
 The ceiling is a plain loop over inferd's LlamaCppBackend: same model, same context
 settings, one llama_decode per step with one token per sequence, no server, no scheduler.
 
+All targets are started first and measured in turn, round by round (ceiling, inferd,
+llama-server, ceiling, ...), so a drift of the machine's speed over minutes touches each
+alike; the best clean round of each is kept. The ceiling samples with llama.cpp's own
+greedy sampler chain.
+
 llama.cpp's CPU threads spin-wait on each other, so on a machine whose cores are shared
 with other work a round can be many times slower. Each round records how much of the
 machine's CPU other processes took; rounds above --max-others are discarded and retried
@@ -23,7 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import functools
 import json
 import os
 import shlex
@@ -193,26 +197,43 @@ class Hygiene:
         if busy:
             self.console.print("  [yellow]budget spent, machine still busy: measuring anyway")
 
-    def collect(self, label: str, rounds: int, pids: list[int], run: Callable[[], Round]) -> Point:
-        """Run `run` until `rounds` clean rounds, retrying noisy or failed ones."""
-        point = Point()
+    def collect(self, targets: list[Target], concurrency: int, rounds: int) -> dict[str, Point]:
+        """Rounds of every target in turn (ceiling, inferd, llama-server, ceiling, ...) until
+        each has `rounds` clean ones, retrying noisy or failed rounds. Interleaved, so a
+        drift of the machine's speed over minutes touches every target alike."""
+        points = {t.label: Point() for t in targets}
         for attempt in range(rounds + self.retries):
-            if len(point.clean) >= rounds:
+            todo = [t for t in targets if len(points[t.label].clean) < t.rounds(rounds)]
+            if not todo or (attempt >= rounds and time.monotonic() > self.deadline):
                 break
-            if attempt >= rounds and time.monotonic() > self.deadline:
-                break
-            self.wait_idle(pids)
-            try:
-                r = run()
-            except (TimeoutError, RuntimeError, httpx.HTTPError) as exc:
-                point.errors.append(f"{type(exc).__name__}: {exc}"[:200])
-                self.console.print(f"  {label}: round failed: {point.errors[-1]}")
-                continue
-            r.noisy = r.others_cpu is not None and r.others_cpu > self.max_others
-            point.rounds.append(r)
-            note = f" (discarded: other processes took {r.others_cpu:.0%})" if r.noisy else ""
-            self.console.print(f"  {label}: {r.tok_s:.1f} tok/s{note}")
-        return point
+            for t in todo:
+                point, label = points[t.label], f"{t.label} C={concurrency}"
+                self.wait_idle(t.pids)
+                try:
+                    r = t.run(concurrency)
+                except (TimeoutError, RuntimeError, httpx.HTTPError) as exc:
+                    point.errors.append(f"{type(exc).__name__}: {exc}"[:200])
+                    self.console.print(f"  {label}: round failed: {point.errors[-1]}")
+                    continue
+                r.noisy = r.others_cpu is not None and r.others_cpu > self.max_others
+                point.rounds.append(r)
+                note = f" (discarded: other processes took {r.others_cpu:.0%})" if r.noisy else ""
+                self.console.print(f"  {label}: {r.tok_s:.1f} tok/s{note}")
+        return points
+
+
+@dataclass
+class Target:
+    """Something measured: `run(concurrency)` does one round. `pids` are its processes (the
+    CPU they use is not noise); `max_rounds` caps its rounds (a slow server)."""
+
+    label: str
+    pids: list[int]
+    run: Callable[[int], Round]
+    max_rounds: int | None = None
+
+    def rounds(self, wanted: int) -> int:
+        return min(wanted, self.max_rounds) if self.max_rounds else wanted
 
 
 # ---- the in-process ceiling ------------------------------------------------------------------
@@ -271,21 +292,15 @@ def ceiling_round(backend: LlamaCppBackend, prompts: list[list[int]], max_tokens
     )
 
 
-def bench_ceiling(
-    backend: LlamaCppBackend, concurrency: list[int], max_tokens: int, rounds: int, h: Hygiene
-) -> dict[int, Point]:
+def ceiling_target(backend: LlamaCppBackend, max_tokens: int) -> Target:
     tokenized = [backend.tokenize(p, add_special=True, parse_special=True) for p in PROMPTS]
     ceiling_round(backend, tokenized[:1], 8)  # warm-up
-    out: dict[int, Point] = {}
-    for c in concurrency:
+
+    def run(c: int) -> Round:
         prompts = [tokenized[i % len(tokenized)] for i in range(c)]
-        out[c] = h.collect(
-            f"ceiling C={c}",
-            rounds,
-            [os.getpid()],
-            functools.partial(ceiling_round, backend, prompts, max_tokens),
-        )
-    return out
+        return ceiling_round(backend, prompts, max_tokens)
+
+    return Target("ceiling", [os.getpid()], run)
 
 
 # ---- HTTP targets ------------------------------------------------------------------------------
@@ -412,29 +427,23 @@ def check_tokens(base: str, payload: dict[str, Any], max_tokens: int, console: C
         console.print(f"[yellow]warning:[/yellow] {base} generated {got} of {max_tokens} tokens")
 
 
-def bench_http(
+def http_target(
     label: str,
     base: str,
     server_pid: int,
     make_payload: Callable[[int], dict[str, Any]],
-    concurrency: list[int],
     max_tokens: int,
-    rounds: int,
     limit_s: float,
-    h: Hygiene,
-) -> dict[int, Point]:
-    check_tokens(base, make_payload(0), max_tokens, h.console)
+    console: Console,
+    max_rounds: int | None = None,
+) -> Target:
+    check_tokens(base, make_payload(0), max_tokens, console)
     pids = [os.getpid(), server_pid]
-    out: dict[int, Point] = {}
-    for c in concurrency:
-        payloads = [make_payload(i) for i in range(c)]
-        out[c] = h.collect(
-            f"{label} C={c}",
-            rounds,
-            pids,
-            functools.partial(run_http_round, base, payloads, limit_s, pids),
-        )
-    return out
+
+    def run(c: int) -> Round:
+        return run_http_round(base, [make_payload(i) for i in range(c)], limit_s, pids)
+
+    return Target(label, pids, run, max_rounds)
 
 
 # ---- the report --------------------------------------------------------------------------------
@@ -589,17 +598,6 @@ def main(argv: list[str] | None = None) -> int:
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
 
-    backend = LlamaCppBackend(model, LlamaCppOptions(max_seqs=max_seqs, n_ctx=args.n_ctx))
-    try:
-        eog = [t for t in range(backend.info.n_vocab) if backend.is_eog(t)]
-        if not args.skip_ceiling:
-            console.print("ceiling: in-process LlamaCppBackend loop")
-            results["ceiling"] = bench_ceiling(
-                backend, args.concurrency, args.max_tokens, args.rounds, h
-            )
-    finally:
-        backend.close()
-
     def payload(i: int, **extra: Any) -> dict[str, Any]:
         return {
             "model": BUNDLED_NAME,
@@ -610,71 +608,78 @@ def main(argv: list[str] | None = None) -> int:
             **extra,
         }
 
-    if not args.skip_inferd:
-        console.print("inferd: python -m inferd serve")
-        port = free_port()
-        cmd = [sys.executable, "-m", "inferd", "serve", "--port", str(port)]
-        cmd += ["--log-level", "warning", "--n-ctx", str(args.n_ctx), "--max-seqs", str(max_seqs)]
-        if args.model:
-            cmd += ["--model", str(model)]
-        cmd += shlex.split(args.inferd_args)
-        base = f"http://127.0.0.1:{port}"
-        with server(cmd, f"{base}/health/ready") as pid:
-            results["inferd"] = bench_http(
-                "inferd",
-                base,
-                pid,
-                lambda i: payload(i, ignore_eos=True, stream_options={"include_usage": True}),
-                args.concurrency,
-                args.max_tokens,
-                args.rounds,
-                args.timeout,
-                h,
+    def with_usage(i: int) -> dict[str, Any]:
+        return payload(i, ignore_eos=True, stream_options={"include_usage": True})
+
+    # Every target is started first and measured in turn, round by round; a server waiting
+    # for its turn is idle (blocked, no spinning threads).
+    targets: list[Target] = []
+    with contextlib.ExitStack() as stack:
+        backend = LlamaCppBackend(model, LlamaCppOptions(max_seqs=max_seqs, n_ctx=args.n_ctx))
+        stack.callback(backend.close)
+        eog = [t for t in range(backend.info.n_vocab) if backend.is_eog(t)]
+        if not args.skip_ceiling:
+            console.print("ceiling: in-process LlamaCppBackend loop")
+            targets.append(ceiling_target(backend, args.max_tokens))
+
+        if not args.skip_inferd:
+            console.print("inferd: python -m inferd serve")
+            port = free_port()
+            cmd = [sys.executable, "-m", "inferd", "serve", "--port", str(port)]
+            cmd += ["--log-level", "warning", "--n-ctx", str(args.n_ctx)]
+            cmd += ["--max-seqs", str(max_seqs)]
+            if args.model:
+                cmd += ["--model", str(model)]
+            cmd += shlex.split(args.inferd_args)
+            base = f"http://127.0.0.1:{port}"
+            pid = stack.enter_context(server(cmd, f"{base}/health/ready"))
+            targets.append(
+                http_target("inferd", base, pid, with_usage, args.max_tokens, args.timeout, console)
             )
 
-    if args.llama_server:
-        console.print(f"llama-server -np {max_seqs} (llama.cpp's C++ server)")
-        port = free_port()
-        cells = default_kv_cells(args.n_ctx, max_seqs)
-        cmd = llama_server_cmd(args.llama_server, model, port, cells, max_seqs)
-        cmd += shlex.split(args.llama_server_args)
-        base = f"http://127.0.0.1:{port}"
-        with server(cmd, f"{base}/health") as pid:
-            results["llama-server"] = bench_http(
-                "llama-server",
-                base,
-                pid,
-                lambda i: payload(i, ignore_eos=True, stream_options={"include_usage": True}),
-                args.concurrency,
-                args.max_tokens,
-                args.rounds,
-                args.timeout,
-                h,
+        if args.llama_server:
+            console.print(f"llama-server -np {max_seqs} (llama.cpp's C++ server)")
+            port = free_port()
+            cells = default_kv_cells(args.n_ctx, max_seqs)
+            cmd = llama_server_cmd(args.llama_server, model, port, cells, max_seqs)
+            cmd += shlex.split(args.llama_server_args)
+            base = f"http://127.0.0.1:{port}"
+            pid = stack.enter_context(server(cmd, f"{base}/health"))
+            targets.append(
+                http_target(
+                    "llama-server", base, pid, with_usage, args.max_tokens, args.timeout, console
+                )
             )
 
-    if not args.skip_llama_cpp_server:
-        console.print("llama_cpp.server (serves one request at a time)")
-        port = free_port()
-        threads = str(os.cpu_count() or 1)
-        cmd = [sys.executable, "-c", LLAMA_SERVER_LAUNCHER, "--model", str(model)]
-        cmd += ["--model_alias", BUNDLED_NAME, "--host", "127.0.0.1", "--port", str(port)]
-        cmd += ["--n_ctx", str(args.n_ctx), "--n_threads", threads, "--n_threads_batch", threads]
-        cmd += ["--flash_attn", "false", "--interrupt_requests", "false"]
-        base = f"http://127.0.0.1:{port}"
-        # It has no ignore_eos: a -100 logit bias on every end-of-generation token instead.
-        bias = {str(t): -100.0 for t in eog}
-        with server(cmd, f"{base}/v1/models") as pid:
-            results["llama_cpp.server"] = bench_http(
-                "llama_cpp.server",
-                base,
-                pid,
-                lambda i: payload(i, logit_bias=bias),
-                args.concurrency,
-                args.max_tokens,
-                args.server_rounds,
-                args.timeout,
-                h,
+        if not args.skip_llama_cpp_server:
+            console.print("llama_cpp.server (serves one request at a time)")
+            port = free_port()
+            threads = str(os.cpu_count() or 1)
+            cmd = [sys.executable, "-c", LLAMA_SERVER_LAUNCHER, "--model", str(model)]
+            cmd += ["--model_alias", BUNDLED_NAME, "--host", "127.0.0.1", "--port", str(port)]
+            cmd += ["--n_ctx", str(args.n_ctx), "--n_threads", threads]
+            cmd += ["--n_threads_batch", threads]
+            cmd += ["--flash_attn", "false", "--interrupt_requests", "false"]
+            base = f"http://127.0.0.1:{port}"
+            # It has no ignore_eos: a -100 logit bias on every end-of-generation token instead.
+            bias = {str(t): -100.0 for t in eog}
+            pid = stack.enter_context(server(cmd, f"{base}/v1/models"))
+            targets.append(
+                http_target(
+                    "llama_cpp.server",
+                    base,
+                    pid,
+                    lambda i: payload(i, logit_bias=bias),
+                    args.max_tokens,
+                    args.timeout,
+                    console,
+                    max_rounds=args.server_rounds,
+                )
             )
+
+        for c in args.concurrency:
+            for label, point in h.collect(targets, c, args.rounds).items():
+                results.setdefault(label, {})[c] = point
 
     # The table goes to stdout, or to stderr when stdout carries the JSON.
     out = Console(stderr=args.json, width=None if sys.stdout.isatty() else 160)
