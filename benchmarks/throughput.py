@@ -34,6 +34,7 @@ import re
 import shlex
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -50,6 +51,9 @@ from rich.table import Table
 from inferd.engine.backends.llamacpp import LlamaCppBackend, LlamaCppOptions, default_kv_cells
 from inferd.engine.types import SamplingParams
 from inferd.models.spec import BUNDLED_NAME, bundled_model_path
+
+# Tokens of the untimed warm-up request before each round.
+WARM_TOKENS = 8
 
 # Short, distinct prompts (request i uses PROMPTS[i % len(PROMPTS)]).
 PROMPTS = [
@@ -211,6 +215,7 @@ class Hygiene:
                 point, label = points[t.label], f"{t.label} C={concurrency}"
                 self.wait_idle(t.pids)
                 try:
+                    t.warm()
                     r = t.run(concurrency)
                 except (OSError, ValueError, RuntimeError, httpx.HTTPError) as exc:
                     point.errors.append(f"{type(exc).__name__}: {exc}"[:200])
@@ -225,12 +230,15 @@ class Hygiene:
 
 @dataclass
 class Target:
-    """Something measured: `run(concurrency)` does one round. `pids` are its processes (the
-    CPU they use is not noise); `max_rounds` caps its rounds (a slow server)."""
+    """Something measured: `run(concurrency)` does one round, `warm()` a short untimed one
+    just before it (the targets take turns, and each round should find its own process's
+    memory in the CPU caches, not the previous target's). `pids` are its processes (the CPU
+    they use is not noise); `max_rounds` caps its rounds (a slow server)."""
 
     label: str
     pids: list[int]
     run: Callable[[int], Round]
+    warm: Callable[[], None]
     max_rounds: int | None = None
 
     def rounds(self, wanted: int) -> int:
@@ -295,13 +303,15 @@ def ceiling_round(backend: LlamaCppBackend, prompts: list[list[int]], max_tokens
 
 def ceiling_target(backend: LlamaCppBackend, max_tokens: int) -> Target:
     tokenized = [backend.tokenize(p, add_special=True, parse_special=True) for p in PROMPTS]
-    ceiling_round(backend, tokenized[:1], 8)  # warm-up
+
+    def warm() -> None:
+        ceiling_round(backend, tokenized[:1], WARM_TOKENS)
 
     def run(c: int) -> Round:
         prompts = [tokenized[i % len(tokenized)] for i in range(c)]
         return ceiling_round(backend, prompts, max_tokens)
 
-    return Target("ceiling", [os.getpid()], run)
+    return Target("ceiling", [os.getpid()], run, warm)
 
 
 # ---- HTTP targets ------------------------------------------------------------------------------
@@ -474,10 +484,15 @@ def http_target(
     check_tokens(base, make_payload(0), max_tokens, console)
     pids = [os.getpid(), server_pid]
 
+    def warm() -> None:
+        body = {**make_payload(0), "max_tokens": WARM_TOKENS, "stream": False}
+        body.pop("stream_options", None)
+        httpx.post(f"{base}/v1/completions", json=body, timeout=limit_s).raise_for_status()
+
     def run(c: int) -> Round:
         return run_http_round(base, [make_payload(i) for i in range(c)], limit_s, pids)
 
-    return Target(label, pids, run, max_rounds)
+    return Target(label, pids, run, warm, max_rounds)
 
 
 # ---- the report --------------------------------------------------------------------------------
@@ -548,6 +563,27 @@ def table(results: Results, concurrency: list[int]) -> Table:
             f"{max(noise):.0%}" if noise else "—",
         )
     return t
+
+
+def paired_ratios(results: Results, concurrency: list[int]) -> list[str]:
+    """Each HTTP target's rounds against the ceiling round just before it (rounds alternate),
+    as the median of those ratios: less sensitive to one lucky round than the best-of."""
+    lines = []
+    for label, points in results.items():
+        if label == "ceiling":
+            continue
+        parts = []
+        for c in concurrency:
+            ceil, point = results.get("ceiling", {}).get(c), points.get(c)
+            if ceil is None or point is None:
+                continue
+            pairs = zip(ceil.rounds, point.rounds, strict=False)
+            ratios = sorted(r.tok_s / k.tok_s for k, r in pairs if not (k.noisy or r.noisy))
+            if ratios:
+                parts.append(f"C={c} {statistics.median(ratios):.2f} ({len(ratios)} pairs)")
+        if parts:
+            lines.append(f"{label} / ceiling, median of paired rounds: " + ", ".join(parts))
+    return lines
 
 
 def to_json(results: Results, meta: dict[str, Any]) -> str:
@@ -725,6 +761,8 @@ def main(argv: list[str] | None = None) -> int:
         "ceiling+prefill: incl. the prompt pass. others' CPU: the most that other processes "
         f"took in a kept round; * = no round under {args.max_others:.0%}."
     )
+    for line in paired_ratios(results, args.concurrency):
+        out.print(line)
     if args.json:
         print(to_json(results, meta))
     return 0
