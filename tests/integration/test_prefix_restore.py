@@ -12,7 +12,7 @@ from inferd.engine.client import AsyncEngine
 from inferd.engine.types import GenerateRequest, SamplingParams
 from inferd.errors import BackendError
 from inferd.models.loading import llamacpp_loader
-from tests.conftest import bundled_spec
+from tests.conftest import bundled_spec, wait_for
 
 
 async def test_a_repeated_prompt_restores_its_prefix_and_answers_the_same(
@@ -34,6 +34,8 @@ async def test_a_repeated_prompt_restores_its_prefix_and_answers_the_same(
             return "".join(o.text for o in outs), outs[-1].usage.cached_tokens
 
         first, cached_first = await answer("a")
+        # the core thread saves the prefix right after sending the last output
+        assert await wait_for(lambda: engine.stats().cached_prefixes == 1, 2.0)
         stats = engine.stats()
         assert stats.kv_cells_used == 0  # the finished request holds no cells
         assert stats.cached_prefixes == 1 and stats.prefix_cache_bytes > 0

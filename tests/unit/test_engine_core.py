@@ -136,10 +136,12 @@ async def test_kv_pressure_preempts_and_output_is_unchanged(engine_factory) -> N
     expected = (reply * 2)[:30]
     assert [text_of(r) for r in results] == [expected] * 4
     assert all(r[-1].usage.completion_tokens == 30 for r in results)
+    backend: FakeBackend = engine.backend  # type: ignore[assignment]
+    # finished sequences leave no cells behind (their prefixes are saved in host memory,
+    # right after their last outputs are sent)
+    assert await wait_for(lambda: backend.cells_used == 0, 1.0)
     stats = engine.stats()
     assert stats.preemptions > 0
-    backend: FakeBackend = engine.backend  # type: ignore[assignment]
-    # finished sequences leave no cells behind (their prefixes are saved in host memory)
     assert stats.kv_cells_used == backend.cells_used == 0
 
 

@@ -10,7 +10,14 @@ from inferd.engine.backends.fake import FakeBackend
 from inferd.engine.client import AsyncEngine
 from inferd.engine.prefix_cache import PrefixStore, SavedPrefix, common_prefix
 from inferd.engine.scheduler import MAX_SAVE_RUNS
-from inferd.engine.types import FinishReason, GenerateRequest, GenerationOutput, SamplingParams
+from inferd.engine.types import (
+    EngineStats,
+    FinishReason,
+    GenerateRequest,
+    GenerationOutput,
+    SamplingParams,
+)
+from tests.conftest import wait_for
 
 
 async def run(
@@ -18,6 +25,14 @@ async def run(
 ) -> list[GenerationOutput]:
     req = GenerateRequest(rid, tuple(prompt), SamplingParams(**sp))  # type: ignore[arg-type]
     return [o async for o in engine.generate(req)]
+
+
+async def settled(engine: AsyncEngine, backend: FakeBackend) -> EngineStats:
+    """The engine's stats once the core thread has applied the KV operations of sequences
+    that just finished (it sends their last outputs first): its accounting and the backend's
+    cells then agree."""
+    assert await wait_for(lambda: engine.stats().kv_cells_used == backend.cells_used, 1.0)
+    return engine.stats()
 
 
 def make(**kwargs: object) -> tuple[AsyncEngine, FakeBackend]:
@@ -48,7 +63,7 @@ async def test_second_request_reuses_the_first_ones_prefix() -> None:
         # the second prompt fed only its 3 new tokens (the last one alone, then sampled)
         fed = [n for n, _ in backend.batches[prefill_steps:]]
         assert fed[:2] == [2, 1]
-        stats = engine.stats()
+        stats = await settled(engine, backend)
         assert stats.prefix_hits == 1 and stats.reused_tokens_total == 40
         assert stats.kv_cells_used == backend.cells_used
     finally:
@@ -62,7 +77,7 @@ async def test_identical_prompt_reuses_all_but_the_last_token() -> None:
         await run(engine, "a", prompt, max_tokens=5)
         again = await run(engine, "b", prompt, max_tokens=5)
         assert again[-1].usage.cached_tokens == len(prompt) - 1
-        assert engine.stats().kv_cells_used == backend.cells_used
+        await settled(engine, backend)
     finally:
         await engine.stop()
 
@@ -78,7 +93,7 @@ async def test_concurrent_requests_share_a_running_prefix() -> None:
         )
         await first
         assert all(o[-1].usage.cached_tokens == 60 for o in others)
-        stats = engine.stats()
+        stats = await settled(engine, backend)
         assert stats.kv_cells_used == backend.cells_used
         # shared cells counted once: far less than four copies of the system prompt
         assert backend.cells_used < 2 * 60 + 4 * 35
@@ -111,7 +126,7 @@ async def test_ledger_stays_exact_under_churn_pressure_and_aborts() -> None:
         for batch in range(5):
             await asyncio.gather(*(one(batch * 12 + i) for i in range(12)))
             await asyncio.sleep(0.05)  # let aborts land
-            stats = engine.stats()
+            stats = await settled(engine, backend)
             assert stats.running == 0
             assert stats.kv_cells_used == backend.cells_used
             assert stats.kv_cells_used <= 400
@@ -130,7 +145,7 @@ async def test_a_partial_reuse_keeps_the_cached_entry_whole() -> None:
         assert b[-1].usage.cached_tokens == 30
         again = await run(engine, "a2", a, max_tokens=3)
         assert again[-1].usage.cached_tokens == len(a) - 1  # a's own suffix survived b
-        assert engine.stats().kv_cells_used == backend.cells_used
+        await settled(engine, backend)
     finally:
         await engine.stop()
 
@@ -140,7 +155,7 @@ async def test_a_finished_sequence_frees_its_cells_and_leaves_a_saved_prefix() -
     try:
         prompt = list(range(1, 50))
         await run(engine, "a", prompt, max_tokens=4)
-        stats = engine.stats()
+        stats = await settled(engine, backend)
         assert stats.kv_cells_used == backend.cells_used == 0
         assert stats.cached_prefixes == 1 and stats.prefix_cache_bytes > 0
         # the next turn of a conversation: the answer is part of the prompt
@@ -174,7 +189,7 @@ async def test_a_sequence_decoded_among_others_saves_only_its_first_runs_of_cell
         # every decode step was shared: the first MAX_SAVE_RUNS runs end 14 tokens in
         assert cached == len(prompt) + MAX_SAVE_RUNS - 2
         assert "".join(o.text for o in again) == "rrrr"
-        assert engine.stats().kv_cells_used == backend.cells_used
+        await settled(engine, backend)
     finally:
         await engine.stop()
 
@@ -190,7 +205,7 @@ async def test_a_failed_restore_recomputes_the_prompt_with_the_same_answer() -> 
         assert again[-1].usage.cached_tokens == 0
         assert [o.text for o in again] == [o.text for o in first]
         assert sum(n for n, _ in backend.batches[steps:]) >= len(prompt)  # fed it all
-        stats = engine.stats()
+        stats = await settled(engine, backend)
         assert stats.prefix_restore_failures == 1
         assert stats.prefix_hits == 0 and stats.reused_tokens_total == 0
         assert stats.kv_cells_used == backend.cells_used == 0

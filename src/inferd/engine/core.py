@@ -76,6 +76,9 @@ class EngineCore:
             prefill_per_decode=info.prefill_per_decode,
         )
         self._seqs: dict[str, Sequence] = {}
+        # KV operations of sequences finished this step (save the prefix, free the cells):
+        # applied after their outputs are sent, before the next plan (see _emit)
+        self._finished_ops: list[KVOp] = []
         self._thread = threading.Thread(target=self._run, name=f"inferd-core-{name}", daemon=True)
         self._steps = 0
         self._step_tokens = 0
@@ -161,8 +164,7 @@ class EngineCore:
         except queue.Empty:
             pass
         finally:
-            if outputs:
-                self._sink(outputs)
+            self._emit(outputs)
         return True
 
     def _add(self, req: GenerateRequest, outputs: list[GenerationOutput]) -> None:
@@ -270,9 +272,19 @@ class EngineCore:
         self._prompt_tokens += sum(
             max(0, min(c.end, c.seq.n_prompt) - c.start) for c in plan.chunks
         )
-        outputs = [self._sample(seq, row) for seq, row in sample_rows]
+        self._emit([self._sample(seq, row) for seq, row in sample_rows])
+
+    def _emit(self, outputs: list[GenerationOutput]) -> None:
+        """Send outputs, then apply the KV operations of the sequences that finished: saving
+        a finished prefix takes milliseconds (~3 ms for 140 tokens here), and the answer's
+        last token should not wait for it. The scheduler has already given back their slots
+        and cells in its accounting; nothing uses them before the next plan, and every path
+        to it runs through here."""
         if outputs:
             self._sink(outputs)
+        ops, self._finished_ops = self._finished_ops, []
+        if ops:
+            self._apply(ops)
 
     def _sample(self, seq: Sequence, row: int) -> GenerationOutput:
         if seq.sampler is None:
@@ -314,7 +326,7 @@ class EngineCore:
             text += seq.detokenizer.flush()
         # a finished answer leaves its prefix cached; an aborted or failed one frees its cells
         keep = reason in (FinishReason.STOP, FinishReason.LENGTH)
-        self._apply(self._sched.finish(seq, keep_prefix=keep))
+        self._finished_ops += self._sched.finish(seq, keep_prefix=keep)
         if seq.sampler is not None:
             seq.sampler.close()
             seq.sampler = None
@@ -348,13 +360,11 @@ class EngineCore:
             return
         running = self._sched.running
         log.error("KV cache exhausted with %d running sequence(s)", len(running))
-        self._sink(
+        self._emit(
             [self._finish(s, FinishReason.ERROR, "", error="KV cache exhausted") for s in running]
         )
 
     def _fail_all(self, error: str | None) -> None:
         """End every sequence: with an error, or as aborted when the engine stops."""
         reason = FinishReason.ERROR if error else FinishReason.ABORT
-        outputs = [self._finish(s, reason, "", error=error) for s in list(self._seqs.values())]
-        if outputs:
-            self._sink(outputs)
+        self._emit([self._finish(s, reason, "", error=error) for s in list(self._seqs.values())])
