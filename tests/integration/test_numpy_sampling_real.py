@@ -13,7 +13,6 @@ import pytest
 from inferd.engine.backends.llamacpp import (
     LlamaCppBackend,
     LlamaCppOptions,
-    LlamaCppSampler,
     NumpySampler,
 )
 from inferd.engine.types import SamplingParams

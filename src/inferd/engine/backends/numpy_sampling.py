@@ -142,10 +142,12 @@ class RowSampler:
         def enough(ids: Ids) -> bool:
             return float(weights[ids].sum(dtype=np.float64)) >= target
 
+        band: Ids | None
         if floor is not None:
-            band: Ids | None = np.flatnonzero(logits >= floor)
-            if not enough(band):
-                return band
+            kept = np.flatnonzero(logits >= floor)
+            if not enough(kept):
+                return kept
+            band = kept
         else:
             band = _band(logits, top, enough)
         return _prefix(logits, np.arange(logits.shape[0]) if band is None else band, top, target)
