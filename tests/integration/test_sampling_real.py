@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from inferd.engine.backends.llamacpp import (
-    GreedySampler,
     LlamaCppBackend,
     LlamaCppOptions,
     LlamaCppSampler,
+    NumpySampler,
 )
 from inferd.engine.types import SamplingParams
 
@@ -36,7 +36,7 @@ def _run_both(backend: LlamaCppBackend, params: SamplingParams, steps: int) -> l
     with the llama.cpp chain's pick. Returns each sequence's generated tokens."""
     fast = [backend.new_sampler(params) for _ in PROMPTS]
     chain = [backend.new_sampler(params, llama_chain=True) for _ in PROMPTS]
-    assert all(isinstance(s, GreedySampler) for s in fast)
+    assert all(isinstance(s, NumpySampler) for s in fast)
     assert all(isinstance(s, LlamaCppSampler) for s in chain)
     prompts = [backend.tokenize(p, add_special=True, parse_special=False) for p in PROMPTS]
     out: list[list[int]] = [[] for _ in PROMPTS]
@@ -91,7 +91,7 @@ def test_samplers_that_keep_state_stay_llama_chains(backend: LlamaCppBackend) ->
     cases = [
         SamplingParams(temperature=0.0, repetition_penalty=1.2),
         SamplingParams(temperature=0.0, json_mode=True),
-        SamplingParams(temperature=0.7, seed=1),
+        SamplingParams(temperature=0.7, seed=1, presence_penalty=0.5),
     ]
     for params in cases:
         sampler = backend.new_sampler(params)

@@ -18,6 +18,7 @@ import llama_cpp.llama_grammar as llama_grammar
 import numpy as np
 
 from inferd.engine.backends.base import BackendInfo
+from inferd.engine.backends.numpy_sampling import RowSampler
 from inferd.engine.types import SamplingParams
 from inferd.errors import BackendError, EngineStopped, InvalidRequest
 
@@ -137,6 +138,15 @@ def _kv_override_array(overrides: Sequence[tuple[str, bool | int | float | str]]
     return arr
 
 
+def _penalized(params: SamplingParams) -> bool:
+    """Repetition, presence or frequency penalties: a sampler that keeps the tokens it saw."""
+    return (
+        params.repetition_penalty != 1.0
+        or params.presence_penalty != 0.0
+        or params.frequency_penalty != 0.0
+    )
+
+
 class _LoadProgress:
     """Logs a model's loading progress in quarters (the CLI shows these lines)."""
 
@@ -154,31 +164,34 @@ class _LoadProgress:
         return True  # go on loading
 
 
-class GreedySampler:
-    """Greedy decoding without penalties or a grammar: an argmax over the row's logits, after
-    any logit bias (the same token llama.cpp's logit-bias + greedy chain picks: the first
-    maximum). No llama.cpp sampler: its chain copies the whole vocabulary into a candidates
-    array for every token, ~0.14 ms a row just after a 16-sequence decode, where numpy's
-    argmax over the logits in place takes ~0.02 ms. A greedy chain keeps no state, so there
-    is nothing to accept."""
+class NumpySampler:
+    """Sampling without penalties or a grammar, in numpy over the row's logits in place
+    (`numpy_sampling.RowSampler`: logit bias, top-k, top-p, min-p, temperature, a seeded draw;
+    greedy is an argmax). llama.cpp's chain copies the whole vocabulary into a candidates
+    array for every token and sorts it for top-p: after a 16-sequence decode ~0.14 ms a row
+    for greedy, 0.31 ms at a temperature, 1.4 ms with top_p 0.95 alone; the numpy sampler
+    keeps no state but its random generator, so there is nothing to accept."""
 
-    __slots__ = ("_bias_ids", "_bias_vals", "_ctx", "_n_vocab")
+    __slots__ = ("_ctx", "_n_vocab", "_rows")
 
-    def __init__(self, ctx: Any, n_vocab: int, bias: Sequence[tuple[int, float]] = ()) -> None:
+    def __init__(self, ctx: Any, n_vocab: int, rows: RowSampler) -> None:
         self._ctx = ctx
         self._n_vocab = n_vocab
-        self._bias_ids = np.array([t for t, _ in bias], dtype=np.intp)
-        self._bias_vals = np.array([b for _, b in bias], dtype=np.float32)
+        self._rows = rows
 
-    def sample(self, row: int) -> int:
+    def logits(self, row: int) -> np.ndarray:
+        """The batch row's logits, a view into llama.cpp's buffer (valid until the next decode)."""
         ptr = llama_cpp.llama_get_logits_ith(self._ctx, row)
         if not ptr:
             raise BackendError(f"no logits for batch row {row}")
-        logits = np.ctypeslib.as_array(ptr, shape=(self._n_vocab,))
-        if self._bias_ids.size:
-            logits = logits.copy()
-            np.add.at(logits, self._bias_ids, self._bias_vals)  # repeated ids add up
-        return int(logits.argmax())
+        return np.ctypeslib.as_array(ptr, shape=(self._n_vocab,))
+
+    def sample(self, row: int) -> int:
+        return self._rows.sample(self.logits(row))
+
+    def candidates(self, row: int) -> list[int]:
+        """The token ids top-k, top-p and min-p keep on this row (for tests)."""
+        return sorted(int(t) for t in self._rows.candidates(self.logits(row)))
 
     def close(self) -> None:
         pass
@@ -419,25 +432,19 @@ class LlamaCppBackend:
             raise InvalidRequest("the JSON schema cannot be used for structured output")
         llama_cpp.llama_sampler_free(sampler)
 
-    def new_sampler(
-        self, params: SamplingParams, *, llama_chain: bool = False
-    ) -> LlamaCppSampler | GreedySampler:
-        """A sampler for one sequence. Greedy without penalties or a grammar is an argmax in
-        numpy; anything else, or `llama_chain`, a llama.cpp sampler chain (the benchmark
-        ceiling samples with llama.cpp's own, and tests compare the two)."""
-        penalties = (
-            params.repetition_penalty != 1.0
-            or params.presence_penalty != 0.0
-            or params.frequency_penalty != 0.0
-        )
+    def _bias(self, params: SamplingParams) -> list[tuple[int, float]]:
+        """The request's logit bias, with every end-of-generation token banned for ignore_eos."""
         bias = list(params.logit_bias)
         if params.ignore_eos:
             bias.extend((t, float("-inf")) for t in self._eog)
-        if params.greedy and not penalties and not params.constrained and not llama_chain:
-            return GreedySampler(self._ctx, self._n_vocab, bias)
+        return bias
+
+    def _filter_chain(self, params: SamplingParams, bias: Sequence[tuple[int, float]]) -> Any:
+        """A llama.cpp sampler chain up to the draw: penalties, logit bias, then (sampling at
+        a temperature) top-k, top-p, min-p."""
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         add = llama_cpp.llama_sampler_chain_add
-        if penalties:
+        if _penalized(params):
             add(
                 chain,
                 llama_cpp.llama_sampler_init_penalties(
@@ -453,15 +460,30 @@ class LlamaCppBackend:
                 *(llama_cpp.llama_logit_bias(t, b) for t, b in bias)
             )
             add(chain, llama_cpp.llama_sampler_init_logit_bias(self._n_vocab, len(bias), arr))
-        if params.greedy:
-            add(chain, llama_cpp.llama_sampler_init_greedy())
-        else:
+        if not params.greedy:
             if params.top_k > 0:
                 add(chain, llama_cpp.llama_sampler_init_top_k(params.top_k))
             if params.top_p < 1.0:
                 add(chain, llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
             if params.min_p > 0.0:
                 add(chain, llama_cpp.llama_sampler_init_min_p(params.min_p, 1))
+        return chain
+
+    def new_sampler(
+        self, params: SamplingParams, *, llama_chain: bool = False
+    ) -> LlamaCppSampler | NumpySampler:
+        """A sampler for one sequence. Without penalties (they keep state) or a grammar, a
+        numpy sampler over the logits row; anything else, or `llama_chain`, a llama.cpp
+        sampler chain (the benchmark ceiling samples with llama.cpp's own, and tests compare
+        the two)."""
+        bias = self._bias(params)
+        if not _penalized(params) and not params.constrained and not llama_chain:
+            return NumpySampler(self._ctx, self._n_vocab, RowSampler(params, bias))
+        chain = self._filter_chain(params, bias)
+        add = llama_cpp.llama_sampler_chain_add
+        if params.greedy:
+            add(chain, llama_cpp.llama_sampler_init_greedy())
+        else:
             add(chain, llama_cpp.llama_sampler_init_temp(params.temperature))
             seed = params.seed if params.seed is not None else random.getrandbits(32)
             add(chain, llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
@@ -473,6 +495,24 @@ class LlamaCppBackend:
             llama_cpp.llama_sampler_free(chain)
             raise BackendError("the grammar for structured output failed to load")
         return LlamaCppSampler(chain, self._ctx, constraint, self._n_vocab)
+
+    def chain_candidates(self, params: SamplingParams, row: int) -> list[int]:
+        """The token ids llama.cpp's own logit-bias, top-k, top-p and min-p samplers keep on
+        a batch row, without a draw (tests hold the numpy sampler to it)."""
+        ptr = llama_cpp.llama_get_logits_ith(self._ctx, row)
+        if not ptr:
+            raise BackendError(f"no logits for batch row {row}")
+        cands = np.zeros(self._n_vocab, dtype=_TOKEN_DATA)
+        cands["id"] = np.arange(self._n_vocab, dtype=np.int32)
+        cands["logit"] = np.ctypeslib.as_array(ptr, shape=(self._n_vocab,))
+        data = cands.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token_data))
+        arr = llama_cpp.llama_token_data_array(data, self._n_vocab, -1, False)
+        chain = self._filter_chain(params, self._bias(params))
+        try:
+            llama_cpp.llama_sampler_apply(chain, ctypes.byref(arr))
+            return sorted(int(arr.data[i].id) for i in range(arr.size))
+        finally:
+            llama_cpp.llama_sampler_free(chain)
 
     # ---- the step -------------------------------------------------------------------------
 
