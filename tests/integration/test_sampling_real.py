@@ -114,3 +114,37 @@ def test_greedy_sampler_reads_the_requested_row(backend: LlamaCppBackend) -> Non
         assert np.all(np.array(picks) >= 0)
     finally:
         backend.free_seq(0)
+
+
+def _draws(backend: LlamaCppBackend, params: SamplingParams, n: int) -> list[int]:
+    """`n` draws from one sampler on every row of one decoded prompt."""
+    p = backend.tokenize(PROMPTS[2], add_special=True, parse_special=False)
+    assert backend.decode(p, list(range(len(p))), [0] * len(p), [True] * len(p))
+    sampler = backend.new_sampler(params)
+    try:
+        assert isinstance(sampler, NumpySampler)
+        return [sampler.sample(i % len(p)) for i in range(n)]
+    finally:
+        sampler.close()
+        backend.free_seq(0)
+
+
+def test_a_seed_repeats_its_draws_and_another_seed_does_not(backend: LlamaCppBackend) -> None:
+    a = _draws(backend, SamplingParams(temperature=1.0, seed=7), 200)
+    assert a == _draws(backend, SamplingParams(temperature=1.0, seed=7), 200)
+    assert a != _draws(backend, SamplingParams(temperature=1.0, seed=8), 200)
+    assert len(set(a)) > 20  # really drawn, not the argmax every time
+
+
+def test_banned_tokens_are_never_drawn(backend: LlamaCppBackend) -> None:
+    free = _draws(backend, SamplingParams(temperature=1.5, seed=3), 300)
+    banned = sorted(set(free))[:5]
+    params = SamplingParams(
+        temperature=1.5,
+        seed=3,
+        ignore_eos=True,
+        logit_bias=tuple((t, float("-inf")) for t in banned),
+    )
+    drawn = _draws(backend, params, 2000)
+    assert not set(drawn) & set(banned)
+    assert not any(backend.is_eog(t) for t in drawn)
