@@ -107,12 +107,21 @@ class Round:
     ttft: float | None = None  # mean time to first token (HTTP targets)
     prefill_seconds: float = 0.0
     prefill_tokens: int = 0
+    # HTTP targets: text events that arrived once every stream had its first one, and the
+    # time from then to the last (the steady decode phase, comparable to the ceiling's steps)
+    decode_tokens: int = 0
+    decode_seconds: float = 0.0
     others_cpu: float | None = None  # share of the machine's CPU other processes took
     noisy: bool = False  # others_cpu above the limit: not used for the figures
 
     @property
     def tok_s(self) -> float:
         return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def decode_tok_s(self) -> float:
+        """The ceiling's decode steps; an HTTP target's steady decode phase."""
+        return self.decode_tokens / self.decode_seconds if self.decode_seconds > 0 else 0.0
 
     @property
     def e2e_tok_s(self) -> float:
@@ -295,6 +304,8 @@ def ceiling_round(backend: LlamaCppBackend, prompts: list[list[int]], max_tokens
     return Round(
         tokens=n * (max_tokens - 1),
         seconds=t2 - t1,
+        decode_tokens=n * (max_tokens - 1),
+        decode_seconds=t2 - t1,
         prefill_seconds=t1 - t0,
         prefill_tokens=n,
         others_cpu=watch.others(),
@@ -407,9 +418,39 @@ def count_tokens(raw: bytes) -> int:
     return usage if usage is not None else chunks
 
 
-async def stream_one(host: str, port: int, payload: dict[str, Any]) -> tuple[bytes, float]:
-    """One streaming POST /v1/completions on its own connection: (the raw response,
-    seconds to the first text).
+@dataclass
+class Stream:
+    """One streaming response as received: its bytes, and when each read ended."""
+
+    raw: bytes
+    ttft: float  # seconds from connecting to the first text
+    reads: list[tuple[float, int]]  # (perf_counter, bytes received so far) after each read
+
+    def text_events(self) -> list[tuple[float, int]]:
+        """(time, text events in it) for each read that brought any."""
+        out, start = [], 0
+        for t, end in self.reads:
+            n = len(_TEXT.findall(self.raw, start, end))
+            if n:
+                out.append((t, n))
+            start = end
+        return out
+
+
+def decode_phase(streams: list[Stream]) -> tuple[int, float]:
+    """(text events, seconds) of a round's steady decode phase: from the moment every
+    stream has its first text to the last text. Each event is one token for these servers'
+    streams of plain ASCII text (one that carried two would be counted once: conservative)."""
+    events = [s.text_events() for s in streams]
+    if not all(events):
+        return 0, 0.0
+    start = max(e[0][0] for e in events)
+    end = max(e[-1][0] for e in events)
+    return sum(n for e in events for t, n in e if t > start), end - start
+
+
+async def stream_one(host: str, port: int, payload: dict[str, Any]) -> Stream:
+    """One streaming POST /v1/completions on its own connection.
 
     The load generator shares the machine's two cores with the server it measures, so
     while the round runs it only receives bytes and looks for the first text; the stream
@@ -426,14 +467,19 @@ async def stream_one(host: str, port: int, payload: dict[str, Any]) -> tuple[byt
     try:
         writer.write(head + body)
         parts: list[bytes] = []
+        reads: list[tuple[float, int]] = []
+        size = 0
         ttft: float | None = None
         while data := await reader.read(1 << 16):
+            now = time.perf_counter()
             parts.append(data)
+            size += len(data)
+            reads.append((now, size))
             if ttft is None and _TEXT.search(data):
-                ttft = time.perf_counter() - t0
+                ttft = now - t0
     finally:
         writer.close()
-    return b"".join(parts), ttft or 0.0
+    return Stream(b"".join(parts), ttft or 0.0, reads)
 
 
 async def http_round(
@@ -447,10 +493,13 @@ async def http_round(
         results = await asyncio.gather(*(stream_one(host, port, p) for p in payloads))
     seconds = time.perf_counter() - t0
     others = watch.others()
+    decode_tokens, decode_seconds = decode_phase(results)
     return Round(
-        tokens=sum(count_tokens(raw) for raw, _ in results),
+        tokens=sum(count_tokens(r.raw) for r in results),
         seconds=seconds,
-        ttft=sum(t for _, t in results) / len(results),
+        ttft=sum(r.ttft for r in results) / len(results),
+        decode_tokens=decode_tokens,
+        decode_seconds=decode_seconds,
         others_cpu=others,
     )
 
@@ -565,6 +614,43 @@ def table(results: Results, concurrency: list[int]) -> Table:
     return t
 
 
+def decode_table(results: Results, concurrency: list[int]) -> Table:
+    """The steady decode phase of each HTTP target (once every stream has its first token)
+    against the ceiling's decode steps: like for like, both without the prompts."""
+    labels = [k for k in ("inferd", "llama-server", "llama_cpp.server") if k in results]
+    t = Table(title="decode phase: tokens/s once every stream has its first token")
+    for col in ("C", "ceiling", *labels, *(f"{k}/ceiling" for k in labels), "paired"):
+        t.add_column(col, justify="right")
+    for c in concurrency:
+        ceil = results.get("ceiling", {}).get(c)
+        kc = max((r.decode_tok_s for r in ceil.clean), default=None) if ceil else None
+        best = {
+            k: max((r.decode_tok_s for r in p.clean), default=None)
+            for k in labels
+            if (p := results[k].get(c)) is not None
+        }
+        paired = []
+        for k in labels:
+            point = results[k].get(c)
+            if ceil and point:
+                pairs = zip(ceil.rounds, point.rounds, strict=False)
+                ratios = [
+                    r.decode_tok_s / q.decode_tok_s
+                    for q, r in pairs
+                    if not (q.noisy or r.noisy) and q.decode_tok_s and r.decode_tok_s
+                ]
+                if ratios:
+                    paired.append(f"{k} {statistics.median(ratios):.2f}")
+        t.add_row(
+            str(c),
+            fmt(kc),
+            *(fmt(best.get(k)) for k in labels),
+            *(fmt(ratio(best.get(k), kc), ".2f") for k in labels),
+            ", ".join(paired) or "—",
+        )
+    return t
+
+
 def paired_ratios(results: Results, concurrency: list[int]) -> list[str]:
     """Each HTTP target's rounds against the ceiling round just before it (rounds alternate),
     as the median of those ratios: less sensitive to one lucky round than the best-of."""
@@ -593,8 +679,15 @@ def to_json(results: Results, meta: dict[str, Any]) -> str:
             str(c): {
                 "best_tok_s": p.best.tok_s if p.best else None,
                 "best_e2e_tok_s": p.best.e2e_tok_s if p.best and target == "ceiling" else None,
+                "best_decode_tok_s": max((r.decode_tok_s for r in p.clean), default=None),
                 "rounds": [
-                    {**asdict(r), "tok_s": r.tok_s, "e2e_tok_s": r.e2e_tok_s} for r in p.rounds
+                    {
+                        **asdict(r),
+                        "tok_s": r.tok_s,
+                        "e2e_tok_s": r.e2e_tok_s,
+                        "decode_tok_s": r.decode_tok_s,
+                    }
+                    for r in p.rounds
                 ],
                 "errors": p.errors,
             }
@@ -763,6 +856,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     for line in paired_ratios(results, args.concurrency):
         out.print(line)
+    out.print(decode_table(results, args.concurrency))
     if args.json:
         print(to_json(results, meta))
     return 0

@@ -87,6 +87,18 @@ def test_greedy_with_ignore_eos_and_bias_matches_llama_chain(backend: LlamaCppBa
     assert not any(backend.is_eog(t) for toks in biased for t in toks)
 
 
+def test_greedy_with_only_bans_matches_llama_chain(backend: LlamaCppBackend) -> None:
+    """Bans alone take the argmax of the row as it is unless that token is banned: both
+    ways must agree with llama.cpp's chain."""
+    plain = _run_both(backend, SamplingParams(temperature=0.0), steps=3)
+    assert _run_both(backend, SamplingParams(temperature=0.0, ignore_eos=True), steps=3) == plain
+    bans = tuple((toks[0], float("-inf")) for toks in plain)  # every sequence's first pick
+    params = SamplingParams(temperature=0.0, ignore_eos=True, logit_bias=bans)
+    banned = _run_both(backend, params, steps=6)
+    assert all(toks[0] != p[0] for toks, p in zip(banned, plain, strict=True))
+    assert not {t for t, _ in bans} & {t for toks in banned for t in toks}
+
+
 def test_samplers_that_keep_state_stay_llama_chains(backend: LlamaCppBackend) -> None:
     cases = [
         SamplingParams(temperature=0.0, repetition_penalty=1.2),

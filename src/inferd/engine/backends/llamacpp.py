@@ -164,6 +164,14 @@ class _LoadProgress:
         return True  # go on loading
 
 
+def _row_logits(ctx: Any, row: int, n_vocab: int) -> np.ndarray:
+    """A batch row's logits, a view into llama.cpp's buffer (valid until the next decode)."""
+    ptr = llama_cpp.llama_get_logits_ith(ctx, row)
+    if not ptr:
+        raise BackendError(f"no logits for batch row {row}")
+    return np.ctypeslib.as_array(ptr, shape=(n_vocab,))
+
+
 class NumpySampler:
     """Sampling without penalties or a grammar, in numpy over the row's logits in place
     (`numpy_sampling.RowSampler`: logit bias, top-k, top-p, min-p, temperature, a seeded draw;
@@ -180,11 +188,7 @@ class NumpySampler:
         self._rows = rows
 
     def logits(self, row: int) -> np.ndarray:
-        """The batch row's logits, a view into llama.cpp's buffer (valid until the next decode)."""
-        ptr = llama_cpp.llama_get_logits_ith(self._ctx, row)
-        if not ptr:
-            raise BackendError(f"no logits for batch row {row}")
-        return np.ctypeslib.as_array(ptr, shape=(self._n_vocab,))
+        return _row_logits(self._ctx, row, self._n_vocab)
 
     def sample(self, row: int) -> int:
         return self._rows.sample(self.logits(row))
@@ -222,9 +226,7 @@ class LlamaCppSampler:
     def sample(self, row: int) -> int:
         if self._grammar is None:
             return int(llama_cpp.llama_sampler_sample(self._chain, self._ctx, row))
-        logits = np.ctypeslib.as_array(
-            llama_cpp.llama_get_logits_ith(self._ctx, row), shape=(self._n_vocab,)
-        )
+        logits = _row_logits(self._ctx, row, self._n_vocab)
         token = self._pick(logits, constrained=False)
         one = llama_cpp.llama_token_data(token, 1.0, 0.0)
         single = llama_cpp.llama_token_data_array(ctypes.pointer(one), 1, -1, False)
@@ -499,12 +501,9 @@ class LlamaCppBackend:
     def chain_candidates(self, params: SamplingParams, row: int) -> list[int]:
         """The token ids llama.cpp's own logit-bias, top-k, top-p and min-p samplers keep on
         a batch row, without a draw (tests hold the numpy sampler to it)."""
-        ptr = llama_cpp.llama_get_logits_ith(self._ctx, row)
-        if not ptr:
-            raise BackendError(f"no logits for batch row {row}")
         cands = np.zeros(self._n_vocab, dtype=_TOKEN_DATA)
         cands["id"] = np.arange(self._n_vocab, dtype=np.int32)
-        cands["logit"] = np.ctypeslib.as_array(ptr, shape=(self._n_vocab,))
+        cands["logit"] = _row_logits(self._ctx, row, self._n_vocab)
         data = cands.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token_data))
         arr = llama_cpp.llama_token_data_array(data, self._n_vocab, -1, False)
         chain = self._filter_chain(params, self._bias(params))

@@ -60,7 +60,16 @@ class RowSampler:
     """One sequence's sampler: its filters, logit bias and random generator. Keeps no state but
     the generator's, so a sequence preempted and resumed goes on drawing the same stream."""
 
-    __slots__ = ("_bias_ids", "_bias_vals", "_log_min_p", "_rng", "_temp", "_top_k", "_top_p")
+    __slots__ = (
+        "_banned",
+        "_bias_ids",
+        "_bias_vals",
+        "_log_min_p",
+        "_rng",
+        "_temp",
+        "_top_k",
+        "_top_p",
+    )
 
     def __init__(self, params: SamplingParams, bias: Sequence[tuple[int, float]] = ()) -> None:
         self._bias_ids = np.array([t for t, _ in bias], dtype=np.intp)
@@ -70,6 +79,11 @@ class RowSampler:
         self._top_p = params.top_p
         # llama.cpp's min-p keeps logit >= max + logf(min_p), in float32
         self._log_min_p = np.float32(math.log(params.min_p)) if params.min_p > 0.0 else None
+        # Greedy whose bias only bans tokens (ignore_eos bans every end-of-generation token):
+        # the row's first maximum is the answer unless it is banned, with no copy of the row.
+        self._banned: frozenset[int] | None = None
+        if params.greedy and bias and all(b == -math.inf for _, b in bias):
+            self._banned = frozenset(t for t, _ in bias)
         self._rng: np.random.Generator | None = None
         if not params.greedy:
             seed = None if params.seed is None else params.seed & 0xFFFFFFFF
@@ -85,6 +99,10 @@ class RowSampler:
 
     def sample(self, logits: np.ndarray) -> int:
         """One token from a float32 row of the whole vocabulary (read, never written)."""
+        if self._banned is not None:
+            token = int(logits.argmax())
+            if token not in self._banned:
+                return token
         logits = self.biased(logits)
         if self._rng is None:
             return int(logits.argmax())  # the first maximum, as llama.cpp's greedy sampler
