@@ -21,6 +21,10 @@ once the machine is idle (bounded by --retries and --budget).
     .venv/bin/python benchmarks/throughput.py --concurrency 1,8,16 --max-tokens 128
     make bench ARGS="--skip-llama-cpp-server --json"
     .venv/bin/python benchmarks/throughput.py --llama-server /path/to/llama-server
+
+With --llama-server, llama.cpp's server is measured twice by default: in inferd's KV layout
+and kernels ("llama-server": one unified KV cache, no flash attention) and with its own
+defaults ("llama-server defaults": one KV stream per slot, flash attention auto).
 """
 
 from __future__ import annotations
@@ -328,14 +332,20 @@ def ceiling_target(backend: LlamaCppBackend, max_tokens: int) -> Target:
 # ---- HTTP targets ------------------------------------------------------------------------------
 
 
-def llama_server_cmd(binary: Path, model: Path, port: int, cells: int, slots: int) -> list[str]:
-    """llama.cpp's server with inferd's KV cells, slots, threads and attention kernels (no
-    flash attention, inferd's CPU default; later `--llama-server-args` override it).
-    `--no-repack` is the same AMX workaround as inferd's extra_buffers=False: without it the
-    server dies in warm-up."""
+def llama_server_cmd(
+    binary: Path, model: Path, port: int, cells: int, slots: int, *, defaults: bool = False
+) -> list[str]:
+    """llama.cpp's server with inferd's KV cells, slots and threads. By default also inferd's
+    KV layout and attention kernels (one unified KV cache, no flash attention: inferd's CPU
+    defaults); with `defaults`, llama-server's own (one KV stream per slot, so each slot gets
+    cells / slots of context, and flash attention "auto"). Later `--llama-server-args`
+    override these. `--no-repack` is the same AMX workaround as inferd's
+    extra_buffers=False: without it the server dies in warm-up."""
     cmd = [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port)]
-    cmd += ["-c", str(cells), "-np", str(slots), "--kv-unified", "-t", str(os.cpu_count() or 1)]
-    return [*cmd, "-fa", "off", "--no-webui", "--no-repack", "-a", BUNDLED_NAME]
+    cmd += ["-c", str(cells), "-np", str(slots), "-t", str(os.cpu_count() or 1)]
+    if not defaults:
+        cmd += ["--kv-unified", "-fa", "off"]
+    return [*cmd, "--no-webui", "--no-repack", "-a", BUNDLED_NAME]
 
 
 def free_port() -> int:
@@ -555,121 +565,75 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
+def _paired(ceil: Point | None, point: Point | None, key: Callable[[Round], float]) -> float | None:
+    """Median over the rounds of `point` of each one against the ceiling round just before
+    it (rounds alternate): less sensitive to one lucky round than the best-of."""
+    if ceil is None or point is None:
+        return None
+    ratios = [
+        key(r) / key(k)
+        for k, r in zip(ceil.rounds, point.rounds, strict=False)
+        if not (k.noisy or r.noisy) and key(k) and key(r)
+    ]
+    return statistics.median(ratios) if ratios else None
+
+
 def table(results: Results, concurrency: list[int]) -> Table:
+    """One row per target and concurrency. "decode" is the steady decode phase (an HTTP
+    target's tokens once every stream has its first one; the ceiling's decode steps), the
+    like-for-like comparison with the ceiling; "paired" ratios are medians over rounds."""
     t = Table(title="completion tokens/s, aggregate over concurrent requests (best clean round)")
     for col in (
         "C",
-        "ceiling",
-        "ceiling+prefill",
-        "inferd",
+        "target",
+        "tok/s",
         "TTFT ms",
-        "llama-server",
-        "TTFT ms",
-        "llama_cpp.server",
-        "TTFT ms",
-        "inferd/ceiling",
-        "inferd/ceil+pf",
-        "inferd/l-s",
-        "inferd/l.c.s.",
+        "decode tok/s",
+        "/ ceiling",
+        "paired",
+        "/ ceiling+prefill",
+        "decode / ceiling",
+        "paired",
+        "inferd / target",
         "others' CPU",
     ):
         t.add_column(col, justify="right")
     for c in concurrency:
-        ceil, inf, ls, lcs = (
-            results.get(k, {}).get(c)
-            for k in ("ceiling", "inferd", "llama-server", "llama_cpp.server")
-        )
-        kept = [p.best for p in (ceil, inf, ls, lcs) if p and p.best]
-        noise = [r.others_cpu for r in kept if r.others_cpu is not None]
-
-        def tps(p: Point | None) -> float | None:
-            return p.best.tok_s if p and p.best else None
-
-        def cell(p: Point | None) -> str:
-            if p and not p.rounds and p.errors:
-                return "failed"
-            return fmt(tps(p)) + ("*" if p and p.best and p.best.noisy else "")
-
-        def ttft(p: Point | None) -> str:
-            r = p.best if p else None
-            return fmt(r.ttft * 1000 if r and r.ttft is not None else None, ".0f")
-
-        ceil_e2e = ceil.best.e2e_tok_s if ceil and ceil.best else None
-        t.add_row(
-            str(c),
-            cell(ceil),
-            fmt(ceil_e2e),
-            cell(inf),
-            ttft(inf),
-            cell(ls),
-            ttft(ls),
-            cell(lcs),
-            ttft(lcs),
-            fmt(ratio(tps(inf), tps(ceil)), ".2f"),
-            fmt(ratio(tps(inf), ceil_e2e), ".2f"),
-            fmt(ratio(tps(inf), tps(ls)), ".2f"),
-            fmt(ratio(tps(inf), tps(lcs)), ".2f"),
-            f"{max(noise):.0%}" if noise else "—",
-        )
-    return t
-
-
-def decode_table(results: Results, concurrency: list[int]) -> Table:
-    """The steady decode phase of each HTTP target (once every stream has its first token)
-    against the ceiling's decode steps: like for like, both without the prompts."""
-    labels = [k for k in ("inferd", "llama-server", "llama_cpp.server") if k in results]
-    t = Table(title="decode phase: tokens/s once every stream has its first token")
-    for col in ("C", "ceiling", *labels, *(f"{k}/ceiling" for k in labels), "paired"):
-        t.add_column(col, justify="right")
-    for c in concurrency:
         ceil = results.get("ceiling", {}).get(c)
-        kc = max((r.decode_tok_s for r in ceil.clean), default=None) if ceil else None
-        best = {
-            k: max((r.decode_tok_s for r in p.clean), default=None)
-            for k in labels
-            if (p := results[k].get(c)) is not None
-        }
-        paired = []
-        for k in labels:
-            point = results[k].get(c)
-            if ceil and point:
-                pairs = zip(ceil.rounds, point.rounds, strict=False)
-                ratios = [
-                    r.decode_tok_s / q.decode_tok_s
-                    for q, r in pairs
-                    if not (q.noisy or r.noisy) and q.decode_tok_s and r.decode_tok_s
-                ]
-                if ratios:
-                    paired.append(f"{k} {statistics.median(ratios):.2f}")
-        t.add_row(
-            str(c),
-            fmt(kc),
-            *(fmt(best.get(k)) for k in labels),
-            *(fmt(ratio(best.get(k), kc), ".2f") for k in labels),
-            ", ".join(paired) or "—",
-        )
-    return t
-
-
-def paired_ratios(results: Results, concurrency: list[int]) -> list[str]:
-    """Each HTTP target's rounds against the ceiling round just before it (rounds alternate),
-    as the median of those ratios: less sensitive to one lucky round than the best-of."""
-    lines = []
-    for label, points in results.items():
-        if label == "ceiling":
-            continue
-        parts = []
-        for c in concurrency:
-            ceil, point = results.get("ceiling", {}).get(c), points.get(c)
-            if ceil is None or point is None:
+        kc = ceil.best if ceil else None
+        k_tok = kc.tok_s if kc else None
+        k_e2e = kc.e2e_tok_s if kc else None
+        k_dec = max((r.decode_tok_s for r in ceil.clean), default=None) if ceil else None
+        inf = results.get("inferd", {}).get(c)
+        inf_tok = inf.best.tok_s if inf and inf.best else None
+        if kc is not None:
+            t.add_row(str(c), "ceiling (decode steps)", fmt(k_tok), "", fmt(k_dec))
+            t.add_row(str(c), "ceiling+prefill", fmt(k_e2e))
+        for label, points in results.items():
+            point = points.get(c)
+            if label == "ceiling" or point is None:
                 continue
-            pairs = zip(ceil.rounds, point.rounds, strict=False)
-            ratios = sorted(r.tok_s / k.tok_s for k, r in pairs if not (k.noisy or r.noisy))
-            if ratios:
-                parts.append(f"C={c} {statistics.median(ratios):.2f} ({len(ratios)} pairs)")
-        if parts:
-            lines.append(f"{label} / ceiling, median of paired rounds: " + ", ".join(parts))
-    return lines
+            r = point.best
+            if r is None:
+                t.add_row(str(c), label, "failed" if point.errors else "—")
+                continue
+            dec = max((q.decode_tok_s for q in point.clean), default=None)
+            t.add_row(
+                str(c),
+                label,
+                fmt(r.tok_s) + ("*" if r.noisy else ""),
+                fmt(r.ttft * 1000 if r.ttft is not None else None, ".0f"),
+                fmt(dec),
+                fmt(ratio(r.tok_s, k_tok), ".2f"),
+                fmt(_paired(ceil, point, lambda q: q.tok_s), ".2f"),
+                fmt(ratio(r.tok_s, k_e2e), ".2f"),
+                fmt(ratio(dec, k_dec), ".2f"),
+                fmt(_paired(ceil, point, lambda q: q.decode_tok_s), ".2f"),
+                "" if label == "inferd" else fmt(ratio(inf_tok, r.tok_s), ".2f"),
+                fmt(r.others_cpu, ".0%") if r.others_cpu is not None else "—",
+            )
+        t.add_section()
+    return t
 
 
 def to_json(results: Results, meta: dict[str, Any]) -> str:
@@ -735,9 +699,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=Path,
         help="a llama-server binary (llama.cpp's C++ server) to measure too",
     )
+    ap.add_argument(
+        "--llama-server-layouts",
+        default="same,default",
+        help="llama-server configurations: 'same' (inferd's unified KV cache, no flash "
+        "attention), 'default' (llama-server's own: a KV stream per slot, flash attention "
+        "auto); comma-separated (same,default)",
+    )
     ap.add_argument("--json", action="store_true", help="print JSON (the table goes to stderr)")
     args = ap.parse_args(argv)
     args.concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
+    args.llama_server_layouts = [x.strip() for x in args.llama_server_layouts.split(",")]
+    if not set(args.llama_server_layouts) <= {"same", "default"}:
+        ap.error("--llama-server-layouts takes 'same' and/or 'default'")
     return args
 
 
@@ -800,18 +774,20 @@ def main(argv: list[str] | None = None) -> int:
                 http_target("inferd", base, pid, with_usage, args.max_tokens, args.timeout, console)
             )
 
-        if args.llama_server:
-            console.print(f"llama-server -np {max_seqs} (llama.cpp's C++ server)")
+        for layout in args.llama_server_layouts if args.llama_server else []:
+            defaults = layout == "default"
+            label = "llama-server defaults" if defaults else "llama-server"
+            console.print(f"{label}: llama-server -np {max_seqs} (llama.cpp's C++ server)")
             port = free_port()
             cells = default_kv_cells(args.n_ctx, max_seqs)
-            cmd = llama_server_cmd(args.llama_server, model, port, cells, max_seqs)
+            cmd = llama_server_cmd(
+                args.llama_server, model, port, cells, max_seqs, defaults=defaults
+            )
             cmd += shlex.split(args.llama_server_args)
             base = f"http://127.0.0.1:{port}"
             pid = stack.enter_context(server(cmd, f"{base}/health"))
             targets.append(
-                http_target(
-                    "llama-server", base, pid, with_usage, args.max_tokens, args.timeout, console
-                )
+                http_target(label, base, pid, with_usage, args.max_tokens, args.timeout, console)
             )
 
         if not args.skip_llama_cpp_server:
@@ -851,12 +827,9 @@ def main(argv: list[str] | None = None) -> int:
         f"model {model.name}, {args.max_tokens} tokens/request, greedy, EOS suppressed, "
         f"n_ctx {args.n_ctx}, {os.cpu_count()} CPUs. Best of {args.rounds} clean round(s) "
         f"({args.server_rounds} for llama_cpp.server). ceiling: decode steps only; "
-        "ceiling+prefill: incl. the prompt pass. others' CPU: the most that other processes "
-        f"took in a kept round; * = no round under {args.max_others:.0%}."
+        "ceiling+prefill: incl. the prompt pass. others' CPU: what other processes took in the "
+        f"kept round; * = no round under {args.max_others:.0%}."
     )
-    for line in paired_ratios(results, args.concurrency):
-        out.print(line)
-    out.print(decode_table(results, args.concurrency))
     if args.json:
         print(to_json(results, meta))
     return 0
