@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -332,19 +333,25 @@ def ceiling_target(backend: LlamaCppBackend, max_tokens: int) -> Target:
 # ---- HTTP targets ------------------------------------------------------------------------------
 
 
+LLAMA_SERVER_LAYOUTS = ("same", "split", "default")
+
+
 def llama_server_cmd(
-    binary: Path, model: Path, port: int, cells: int, slots: int, *, defaults: bool = False
+    binary: Path, model: Path, port: int, cells: int, slots: int, layout: str = "same"
 ) -> list[str]:
-    """llama.cpp's server with inferd's KV cells, slots and threads. By default also inferd's
-    KV layout and attention kernels (one unified KV cache, no flash attention: inferd's CPU
-    defaults); with `defaults`, llama-server's own (one KV stream per slot, so each slot gets
-    cells / slots of context, and flash attention "auto"). Later `--llama-server-args`
-    override these. `--no-repack` is the same AMX workaround as inferd's
-    extra_buffers=False: without it the server dies in warm-up."""
+    """llama.cpp's server with inferd's KV cells, slots and threads, in one of three layouts:
+    "same" is inferd's default (one unified KV cache, no flash attention: inferd's CPU
+    defaults), "split" is inferd's `--kv-split` (one KV stream per slot, each with cells /
+    slots of context, no flash attention), "default" is llama-server's own (a KV stream per
+    slot, flash attention auto). Later `--llama-server-args` override these. `--no-repack` is
+    the same AMX workaround as inferd's extra_buffers=False: without it the server dies in
+    warm-up."""
     cmd = [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port)]
     cmd += ["-c", str(cells), "-np", str(slots), "-t", str(os.cpu_count() or 1)]
-    if not defaults:
-        cmd += ["--kv-unified", "-fa", "off"]
+    if layout == "same":
+        cmd += ["--kv-unified"]
+    if layout != "default":
+        cmd += ["-fa", "off"]
     return [*cmd, "--no-webui", "--no-repack", "-a", BUNDLED_NAME]
 
 
@@ -702,16 +709,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--llama-server-layouts",
         default="same,default",
-        help="llama-server configurations: 'same' (inferd's unified KV cache, no flash "
-        "attention), 'default' (llama-server's own: a KV stream per slot, flash attention "
-        "auto); comma-separated (same,default)",
+        help="llama-server configurations, comma-separated: 'same' (a unified KV cache, no "
+        "flash attention: inferd's default), 'split' (a KV stream per slot, no flash "
+        "attention: inferd's --kv-split), 'default' (llama-server's own: a KV stream per "
+        "slot, flash attention auto). Default: same,default",
+    )
+    ap.add_argument(
+        "--kv-split",
+        action="store_true",
+        help="run inferd and the ceiling with a KV stream per slot (inferd's --kv-split)",
     )
     ap.add_argument("--json", action="store_true", help="print JSON (the table goes to stderr)")
     args = ap.parse_args(argv)
     args.concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
     args.llama_server_layouts = [x.strip() for x in args.llama_server_layouts.split(",")]
-    if not set(args.llama_server_layouts) <= {"same", "default"}:
-        ap.error("--llama-server-layouts takes 'same' and/or 'default'")
+    if not set(args.llama_server_layouts) <= set(LLAMA_SERVER_LAYOUTS):
+        ap.error(f"--llama-server-layouts takes {', '.join(LLAMA_SERVER_LAYOUTS)}")
     return args
 
 
@@ -732,6 +745,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpus": os.cpu_count(),
         "max_others": args.max_others,
         "inferd_args": args.inferd_args,
+        "kv_split": args.kv_split,
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
 
@@ -752,7 +766,12 @@ def main(argv: list[str] | None = None) -> int:
     # for its turn is idle (blocked, no spinning threads).
     targets: list[Target] = []
     with contextlib.ExitStack() as stack:
-        backend = LlamaCppBackend(model, LlamaCppOptions(max_seqs=max_seqs, n_ctx=args.n_ctx))
+        # every target gets the same KV cells (with a KV stream per slot: cells / slots each)
+        cells = default_kv_cells(args.n_ctx, max_seqs)
+        options = LlamaCppOptions(max_seqs=max_seqs, n_ctx=args.n_ctx, kv_cells=cells)
+        if args.kv_split:
+            options = dataclasses.replace(options, kv_split=True)
+        backend = LlamaCppBackend(model, options)
         stack.callback(backend.close)
         eog = [t for t in range(backend.info.n_vocab) if backend.is_eog(t)]
         if not args.skip_ceiling:
@@ -764,7 +783,8 @@ def main(argv: list[str] | None = None) -> int:
             port = free_port()
             cmd = [sys.executable, "-m", "inferd", "serve", "--port", str(port)]
             cmd += ["--log-level", "warning", "--n-ctx", str(args.n_ctx)]
-            cmd += ["--max-seqs", str(max_seqs)]
+            cmd += ["--max-seqs", str(max_seqs), "--kv-cells", str(cells)]
+            cmd += ["--kv-split"] if args.kv_split else []
             if args.model:
                 cmd += ["--model", str(model)]
             cmd += shlex.split(args.inferd_args)
@@ -775,14 +795,10 @@ def main(argv: list[str] | None = None) -> int:
             )
 
         for layout in args.llama_server_layouts if args.llama_server else []:
-            defaults = layout == "default"
-            label = "llama-server defaults" if defaults else "llama-server"
+            label = "llama-server" if layout == "same" else f"llama-server {layout}"
             console.print(f"{label}: llama-server -np {max_seqs} (llama.cpp's C++ server)")
             port = free_port()
-            cells = default_kv_cells(args.n_ctx, max_seqs)
-            cmd = llama_server_cmd(
-                args.llama_server, model, port, cells, max_seqs, defaults=defaults
-            )
+            cmd = llama_server_cmd(args.llama_server, model, port, cells, max_seqs, layout)
             cmd += shlex.split(args.llama_server_args)
             base = f"http://127.0.0.1:{port}"
             pid = stack.enter_context(server(cmd, f"{base}/health"))

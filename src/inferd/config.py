@@ -53,6 +53,12 @@ class ModelConfig(BaseModel):
         None, ge=16, description="KV cache cells shared by all sequences (default: sized to slots)"
     )
     max_seqs: int = Field(16, ge=1, le=256, description="Sequences decoded together per step")
+    kv_split: bool = Field(
+        False,
+        description="One KV cache stream per sequence slot instead of one shared cache: "
+        "faster with many streams (each attends only over its own cells), but every slot "
+        "holds at most kv_cells / max_seqs tokens (default kv_cells then n_ctx x max_seqs)",
+    )
     n_batch: int | None = Field(
         None,
         ge=16,

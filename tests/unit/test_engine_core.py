@@ -213,3 +213,26 @@ async def test_prefill_is_capped_per_decoding_sequence(engine_factory) -> None: 
     # 3 decode tokens + at most max(MIN_PREFILL_CHUNK, 2 * 3) prompt tokens in steps shared
     # with the streams, and the prompt does use that room
     assert mixed and max(mixed) == 3 + max(MIN_PREFILL_CHUNK, 2 * 3)
+
+
+async def test_split_kv_keeps_running_slots_consecutive_and_in_order(engine_factory) -> None:  # type: ignore[no-untyped-def]
+    """With a KV stream per slot, llama.cpp runs one micro-batch per run of consecutive
+    sequence ids: every step's batch must list its slots in order, without gaps, even as
+    sequences in the middle finish; nothing is ever preempted for cells."""
+    backend = FakeBackend(reply="x" * 64, max_seqs=4, kv_split=True, kv_cells=4 * 48)
+    engine = AsyncEngine(backend)
+    engine.start()
+    try:
+        lengths = [30, 6, 12, 30]  # the second and third finish while the others run on
+        results = await asyncio.gather(
+            *(run(engine, f"r{i}", max_tokens=n, ignore_eos=True) for i, n in enumerate(lengths))
+        )
+        assert [r[-1].usage.completion_tokens for r in results] == lengths
+        assert backend.moves  # the sequence in the highest slot moved down
+        for seq_ids in backend.seq_id_batches:
+            slots = list(dict.fromkeys(seq_ids))  # in batch order, each once
+            assert slots == list(range(len(slots))), seq_ids
+        assert engine.stats().preemptions == 0
+        assert engine.stats().kv_moves == len(backend.moves)
+    finally:
+        await engine.stop()

@@ -18,6 +18,7 @@ _MODEL_FIELDS = (
     "n_ctx",
     "kv_cells",
     "max_seqs",
+    "kv_split",
     "n_batch",
     "prefill_per_decode",
     "prefix_cache",

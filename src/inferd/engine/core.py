@@ -74,6 +74,7 @@ class EngineCore:
             max_batch_tokens=info.max_batch_tokens,
             prefix_cache_bytes=prefix_cache_bytes,
             prefill_per_decode=info.prefill_per_decode,
+            kv_split=info.kv_split,
         )
         self._seqs: dict[str, Sequence] = {}
         # KV operations of sequences finished this step (save the prefix, free the cells):
@@ -128,6 +129,7 @@ class EngineCore:
             prefix_queries=sched.prefix_queries,
             prefix_hits=sched.prefix_hits,
             reused_tokens_total=sched.reused_tokens,
+            kv_moves=sched.moves,
         )
 
     # ---- the loop ------------------------------------------------------------------------
@@ -201,14 +203,18 @@ class EngineCore:
         self._sched.add(seq)
 
     def _apply(self, ops: list[KVOp]) -> list[int]:
-        """Run KV operations in order. Returns the sequence ids whose `load` failed."""
+        """Run KV operations in order. Returns the sequence ids whose `load` or `cp` failed."""
         backend = self.backend
         failed: list[int] = []
         for op in ops:
             if op.kind == "rm":
                 backend.free_seq(op.seq_id)
             elif op.kind == "cp":
-                backend.copy_prefix(op.seq_id, op.dst, op.n)
+                if not backend.copy_prefix(op.seq_id, op.dst, op.n):
+                    log.debug("no KV room to copy a running sequence's prefix; recomputing")
+                    failed.append(op.dst)
+            elif op.kind == "move":
+                backend.move_seq(op.seq_id, op.dst)
             elif op.kind == "save":
                 assert op.prefix is not None
                 backend.trim_seq(op.seq_id, op.n)  # it is removed next anyway

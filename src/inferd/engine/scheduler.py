@@ -9,10 +9,18 @@ a running sequence holds (shared cells) or a finished one left saved in host mem
 once. When the KV cache cannot hold the next step, the newest running sequence is
 preempted: it drops its cells and goes back to the front of the queue, to be recomputed
 later (its sampler keeps its state, so the output continues unchanged).
+
+With a split KV cache (one llama.cpp stream per slot) a sequence's room is its own stream,
+so nothing is ever short of cells. llama.cpp then cuts a batch into one micro-batch (a full
+pass over the weights) per run of consecutive sequence ids in batch order, so a step's chunks
+go in slot order and the running slots are kept at 0..n-1: slots are handed out lowest
+first, and when a sequence leaves a gap the one in the highest slot moves into it.
 """
 
 from __future__ import annotations
 
+import heapq
+import sys
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -55,7 +63,7 @@ class KVOp:
     (a sequence about to be removed) into `prefix`, or `load` `prefix` into `seq_id` keeping
     its first `n` positions."""
 
-    kind: str
+    kind: str  # also `move`: `seq_id` with all its positions to the empty `dst`
     seq_id: int
     n: int = 0
     dst: int = -1
@@ -95,6 +103,7 @@ class Scheduler:
         prefix_cache: bool = True,
         prefix_cache_bytes: int = 0,
         prefill_per_decode: int = 0,
+        kv_split: bool = False,
     ) -> None:
         if max_batch_tokens < max_seqs:
             raise ValueError("the step token budget must be at least the number of slots")
@@ -105,12 +114,14 @@ class Scheduler:
         # decoding sequence (at least MIN_PREFILL_CHUNK), so a long prompt arriving under load
         # is spread over many steps instead of stalling every stream. 0: no limit.
         self.prefill_per_decode = prefill_per_decode
+        self.kv_split = kv_split
         self.prefix_cache = prefix_cache
         self.saved = PrefixStore(prefix_cache_bytes if prefix_cache else 0)
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []  # in admission order
-        self._free_ids = list(range(max_seqs - 1, -1, -1))
+        self._free_ids = list(range(max_seqs))  # a heap: the lowest free id first
         self.preemptions = 0
+        self.moves = 0
         self.restore_failures = 0
         self.prefix_queries = 0
         self.prefix_hits = 0
@@ -133,7 +144,7 @@ class Scheduler:
         if seq.state is not SeqState.RUNNING:
             return ops
         self.running.remove(seq)
-        n = _savable(seq)
+        n = seq.n_computed if self.kv_split else _savable(seq)  # a stream is one run
         if keep_prefix and self.saved.budget > 0 and n >= MIN_REUSE:
             ops.append(KVOp("save", seq.slot, n, prefix=SavedPrefix(seq.tokens[:n])))
         self._drop(seq, ops)
@@ -181,10 +192,15 @@ class Scheduler:
             plan.chunks.append(Chunk(s, s.n_computed, s.n_computed + n))
             budget -= n
             claimed += s.n_pending  # the whole rest of the prompt is spoken for
+        if self.kv_split:
+            plan.chunks.sort(key=lambda c: c.seq.slot)
         return plan
 
     def _room(self, claimed: int) -> int:
-        """KV cells free for this step, after the `claimed` ones."""
+        """KV cells free for this step, after the `claimed` ones (split: every sequence has
+        its own stream, as long as its context may grow)."""
+        if self.kv_split:
+            return sys.maxsize
         return self.kv_cells - self.kv_used - claimed
 
     def commit(self, plan: StepPlan) -> None:
@@ -238,7 +254,7 @@ class Scheduler:
             saved, m = None, 0  # sharing is free; a restore briefly needs all its cells
         if len(seq.tokens) - n > room or not self._free_ids:
             return False
-        seq.slot = self._free_ids.pop()
+        seq.slot = heapq.heappop(self._free_ids)
         seq.n_computed = 0
         del seq.run_starts[:]
         reused = 0
@@ -248,7 +264,10 @@ class Scheduler:
             seq.n_computed = reused = m
         elif holder is not None:
             plan.ops.append(KVOp("cp", holder.slot, n, seq.slot))
-            KVLedger.share(holder, seq, n)
+            if self.kv_split:  # a copy: no cells shared
+                seq.n_computed = n
+            else:
+                KVLedger.share(holder, seq, n)
             reused = n
         if reused:
             self.prefix_hits += 1
@@ -271,6 +290,21 @@ class Scheduler:
     def _drop(self, seq: Sequence, ops: list[KVOp]) -> None:
         if seq.slot >= 0:
             ops.append(KVOp("rm", seq.slot))
-            self._free_ids.append(seq.slot)
+            heapq.heappush(self._free_ids, seq.slot)
             seq.slot = -1
         KVLedger.release(seq)
+        if self.kv_split:
+            self._compact(ops)
+
+    def _compact(self, ops: list[KVOp]) -> None:
+        """Move the sequences in the highest slots into lower free ones, so the running
+        slots are 0..n-1 again (see the module docstring)."""
+        while self._free_ids and self.running:
+            top = max(self.running, key=lambda s: s.slot)
+            if self._free_ids[0] > top.slot:
+                return
+            low = heapq.heappop(self._free_ids)
+            ops.append(KVOp("move", top.slot, dst=low))
+            heapq.heappush(self._free_ids, top.slot)
+            top.slot = low
+            self.moves += 1

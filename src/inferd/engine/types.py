@@ -109,3 +109,4 @@ class EngineStats:
     prefix_queries: int = 0
     prefix_hits: int = 0
     reused_tokens_total: int = 0
+    kv_moves: int = 0  # split KV: sequences moved down into a freed slot

@@ -21,6 +21,7 @@ def llamacpp_loader(*, verbose: bool = False) -> BackendLoader:
                 n_ctx=c.n_ctx,
                 kv_cells=c.kv_cells,
                 max_seqs=c.max_seqs,
+                kv_split=c.kv_split,
                 n_batch=c.n_batch,
                 n_ctx_embed=c.n_ctx_embed,
                 prefill_per_decode=c.prefill_per_decode,

@@ -105,6 +105,7 @@ class EngineCollector(Collector):
         prefix_hits = counter("engine_prefix_cache_hits", "Prefix cache lookups that hit")
         reused = counter("engine_prefix_cache_reused_tokens", "Prompt tokens reused from cache")
         preemptions = counter("engine_preemptions", "Sequences preempted for KV room")
+        moves = counter("engine_kv_moves", "Split KV: sequences moved into a freed lower slot")
         prompt_tokens = counter("engine_prompt_tokens", "Prompt tokens admitted")
         gen_tokens = counter("engine_generation_tokens", "Tokens generated")
         steps = counter("engine_steps", "Engine steps (one batch decode each)")
@@ -138,6 +139,7 @@ class EngineCollector(Collector):
             prefix_hits.add_metric(name, st.prefix_hits)
             reused.add_metric(name, st.reused_tokens_total)
             preemptions.add_metric(name, st.preemptions)
+            moves.add_metric(name, st.kv_moves)
             prompt_tokens.add_metric(name, st.prompt_tokens_total)
             gen_tokens.add_metric(name, st.generated_tokens_total)
             steps.add_metric(name, st.steps)
@@ -151,8 +153,8 @@ class EngineCollector(Collector):
         loaded.add_metric([], n_loaded)
         yield from (
             loaded, ready, load_seconds, failures, running, waiting, kv_usage, kv_total,
-            cached, cached_bytes, prefix_queries, prefix_hits, reused, preemptions, prompt_tokens,
-            gen_tokens, steps, step_tokens, step_seqs,
+            cached, cached_bytes, prefix_queries, prefix_hits, reused, preemptions, moves,
+            prompt_tokens, gen_tokens, steps, step_tokens, step_seqs,
         )  # fmt: skip
 
     def describe(self) -> Iterator[Metric]:

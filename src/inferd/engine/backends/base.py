@@ -15,7 +15,7 @@ class BackendInfo:
 
     n_vocab: int
     n_ctx: int  # the largest context one sequence may use (prompt + completion)
-    kv_cells: int  # KV cells shared by all sequences (unified cache)
+    kv_cells: int  # KV cells of all sequences (split: kv_cells / max_seqs per sequence)
     max_seqs: int  # sequence slots that can run in one step
     max_batch_tokens: int  # tokens per step (the step budget)
     prefill_per_decode: int  # prompt tokens per decoding sequence in a mixed step (0: no cap)
@@ -24,6 +24,7 @@ class BackendInfo:
     bos_token: str
     eos_token: str
     chat_template: str | None
+    kv_split: bool = False  # one KV stream per sequence slot instead of one unified cache
     n_params: int = 0
     size_bytes: int = 0
     n_embd: int = 0  # size of an embedding vector
@@ -110,8 +111,15 @@ class Backend(Protocol):
         """Keep only the first `keep` cells (positions) of sequence id `seq_id`."""
         ...
 
-    def copy_prefix(self, src: int, dst: int, n: int) -> None:
-        """Let `dst` share the first `n` cells of `src` (no copy: the cells gain an owner)."""
+    def copy_prefix(self, src: int, dst: int, n: int) -> bool:
+        """Give the empty `dst` the first `n` positions of `src`: shared cells in a unified
+        cache (no copy: the cells gain an owner), a copy between split streams. False when
+        it does not fit (nothing is changed)."""
+        ...
+
+    def move_seq(self, src: int, dst: int) -> None:
+        """Move sequence id `src` with all its positions to the empty id `dst` (split KV:
+        keeps the running slots consecutive)."""
         ...
 
     def save_seq(self, seq_id: int) -> bytes | bytearray | None:

@@ -57,6 +57,7 @@ class FakeBackend:
     max_seqs: int = 4
     prefill_per_decode: int = 0
     max_batch_tokens: int = 64
+    kv_split: bool = False  # report a KV stream per slot (cells are still counted together)
     step_delay: float = 0.0
     fail_after_steps: int | None = None
     n_embd: int = 8
@@ -72,6 +73,8 @@ class FakeBackend:
     samplers_closed: int = 0
     restore_fails: bool = False  # make every restore_seq fail (no contiguous room)
     restores: int = 0
+    moves: list[tuple[int, int]] = field(default_factory=list)  # (src, dst) of move_seq
+    seq_id_batches: list[list[int]] = field(default_factory=list)  # each decode's seq ids
     sampling_seen: list[SamplingParams] = field(default_factory=list)
     embed_calls: list[int] = field(default_factory=list)  # inputs per embed call
     _next_cell: int = 0
@@ -85,6 +88,7 @@ class FakeBackend:
             max_seqs=self.max_seqs,
             max_batch_tokens=self.max_batch_tokens,
             prefill_per_decode=self.prefill_per_decode,
+            kv_split=self.kv_split,
             n_ctx_train=self.n_ctx,
             add_bos=False,
             bos_token="",
@@ -139,6 +143,11 @@ class FakeBackend:
             raise BackendError("fake backend failure")
         if len(self.cell_owners) + len(tokens) > self.kv_cells:
             return False
+        if self.kv_split:  # a stream per slot: kv_cells / max_seqs each
+            per_slot = self.kv_cells // self.max_seqs
+            for s in set(seq_ids):
+                if len(self.seq_cells.get(s, {})) + seq_ids.count(s) > per_slot:
+                    return False
         for pos, s in zip(positions, seq_ids, strict=True):
             if not 0 <= s < self.max_seqs:
                 raise BackendError(f"sequence id {s} out of range")
@@ -151,6 +160,7 @@ class FakeBackend:
             cells[pos] = cell
         self.steps += 1
         self.batches.append((len(tokens), len(set(seq_ids))))
+        self.seq_id_batches.append(list(seq_ids))
         if self.step_delay:
             time.sleep(self.step_delay)
         return True
@@ -171,13 +181,30 @@ class FakeBackend:
             if not owners:
                 del self.cell_owners[cell]
 
-    def copy_prefix(self, src: int, dst: int, n: int) -> None:
+    def copy_prefix(self, src: int, dst: int, n: int) -> bool:
         source = self.seq_cells.get(src, {})
         target = self.seq_cells.setdefault(dst, {})
         for pos in range(n):
-            cell = source[pos]
+            if self.kv_split:  # streams share nothing: new cells
+                cell = self._next_cell
+                self._next_cell += 1
+                self.cell_owners[cell] = {dst}
+            else:
+                cell = source[pos]
+                self.cell_owners[cell].add(dst)
             target[pos] = cell
-            self.cell_owners[cell].add(dst)
+        return True
+
+    def move_seq(self, src: int, dst: int) -> None:
+        if self.seq_cells.get(dst):
+            raise BackendError(f"sequence {dst} is not empty")
+        cells = self.seq_cells.pop(src, {})
+        for cell in cells.values():
+            owners = self.cell_owners[cell]
+            owners.discard(src)
+            owners.add(dst)
+        self.seq_cells[dst] = cells
+        self.moves.append((src, dst))
 
     # a saved state: 4 bytes of cell count, then 16 bytes per cell (as if K and V)
     def save_seq(self, seq_id: int) -> bytes | None:

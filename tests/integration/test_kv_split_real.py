@@ -1,0 +1,159 @@
+"""A split KV cache (one llama.cpp stream per slot) on the real backend: each slot's context
+is bounded by its stream, copies and moves between streams keep the KV state bit for bit,
+and the engine keeps the running slots consecutive while answers stay exact."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from inferd.config import Settings
+from inferd.engine.backends.llamacpp import LlamaCppBackend, LlamaCppOptions
+from inferd.engine.client import AsyncEngine
+from inferd.engine.types import GenerateRequest, GenerationOutput, SamplingParams
+from inferd.models.loading import llamacpp_loader
+from inferd.models.registry import ModelRegistry
+from tests.conftest import AppHandle, bundled_spec
+
+PROMPT = (
+    "<|im_start|>user\nWrite a short poem about the sea, the wind and a small boat that "
+    "sails home at night.<|im_end|>\n<|im_start|>assistant\n"
+)
+
+
+@pytest.fixture(scope="module")
+def split(model_path: Path) -> Iterator[LlamaCppBackend]:
+    b = LlamaCppBackend(model_path, LlamaCppOptions(n_ctx=512, max_seqs=4, kv_split=True))
+    yield b
+    b.close()
+
+
+def test_each_slot_gets_its_own_stream_of_cells(model_path: Path, split: LlamaCppBackend) -> None:
+    # by default every slot keeps the whole n_ctx
+    assert split.info.kv_split and split.info.n_ctx == 512 and split.info.kv_cells == 4 * 512
+    # given fewer cells, a slot holds kv_cells / max_seqs (llama.cpp pads to 256)
+    small = LlamaCppBackend(
+        model_path, LlamaCppOptions(n_ctx=4096, kv_cells=1024, max_seqs=4, kv_split=True)
+    )
+    try:
+        assert small.info.n_ctx == 256 and small.info.kv_cells == 1024
+    finally:
+        small.close()
+
+
+def _prefill(backend: LlamaCppBackend, seq: int, tokens: list[int]) -> None:
+    step = backend.info.max_batch_tokens
+    for s in range(0, len(tokens), step):
+        part = tokens[s : s + step]
+        assert backend.decode(part, range(s, s + len(part)), [seq] * len(part), [False] * len(part))
+
+
+def _next_logits(backend: LlamaCppBackend, seq: int, token: int, pos: int) -> np.ndarray:
+    """The logits after feeding `token` at `pos` to `seq` alone; the position is then
+    dropped again."""
+    assert backend.decode([token], [pos], [seq], [True])
+    sampler = backend.new_sampler(SamplingParams(temperature=0.0))
+    try:
+        row = np.array(sampler.logits(0))  # type: ignore[attr-defined]
+    finally:
+        sampler.close()
+    backend.trim_seq(seq, pos)
+    return row
+
+
+def test_moves_and_prefix_copies_between_streams_keep_the_state(split: LlamaCppBackend) -> None:
+    tokens = split.tokenize(PROMPT, add_special=True, parse_special=True)
+    n = len(tokens)
+    try:
+        _prefill(split, 3, tokens[:-1])
+        before = _next_logits(split, 3, tokens[-1], n - 1)
+        split.move_seq(3, 1)
+        full = split.save_seq(1)
+        assert full is not None and len(full) > 100_000  # 23 KB a position
+        assert len(split.save_seq(3) or b"") < 64  # the old slot is empty: a bare header
+        assert np.array_equal(_next_logits(split, 1, tokens[-1], n - 1), before)
+        # a prefix copied into another stream continues exactly like the original
+        keep = n - 10
+        assert split.copy_prefix(1, 2, keep)
+        split.trim_seq(1, keep)
+        original = _next_logits(split, 1, tokens[keep], keep)
+        assert np.array_equal(_next_logits(split, 2, tokens[keep], keep), original)
+        assert not np.array_equal(original, before)  # a different position, other logits
+    finally:
+        for s in range(4):
+            split.free_seq(s)
+
+
+async def _answer(engine: AsyncEngine, rid: str, prompt: tuple[int, ...], n: int) -> list[int]:
+    req = GenerateRequest(
+        rid, prompt, SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True)
+    )
+    outs: list[GenerationOutput] = [o async for o in engine.generate(req)]
+    assert outs[-1].usage.completion_tokens == n
+    return [t for o in outs for t in o.token_ids]
+
+
+async def test_a_sequence_moved_into_a_freed_slot_answers_as_if_alone(model_path: Path) -> None:
+    engine = AsyncEngine(
+        llamacpp_loader()(bundled_spec(model_path, max_seqs=4, kv_split=True, prefix_cache=False))
+    )
+    engine.start()
+    try:
+        prompts = [
+            tuple(await engine.tokenize(PROMPT.replace("the sea", topic)))
+            for topic in ("the sea", "a forest", "the mountains")
+        ]
+        alone = await _answer(engine, "alone", prompts[2], 40)
+        # slots 0, 1, 2: the one in slot 1 ends early and the one in slot 2 moves into it
+        a, b, c = await asyncio.gather(
+            _answer(engine, "a", prompts[0], 40),
+            _answer(engine, "b", prompts[1], 5),
+            _answer(engine, "c", prompts[2], 40),
+        )
+        assert len(a) == 40 and len(b) == 5
+        assert engine.stats().kv_moves >= 1
+        assert c == alone
+        assert engine.stats().running == 0
+    finally:
+        await engine.stop()
+
+
+async def test_a_prefix_shared_with_a_running_sequence_is_copied(model_path: Path) -> None:
+    engine = AsyncEngine(
+        llamacpp_loader()(bundled_spec(model_path, max_seqs=4, kv_split=True, prefix_cache=False))
+    )
+    engine.start()
+    try:
+        prompt = tuple(await engine.tokenize(PROMPT))
+        cold = await _answer(engine, "cold", prompt, 12)
+        req = GenerateRequest("holder", prompt, SamplingParams(max_tokens=60, temperature=0.0))
+        holder = engine.generate(req)
+        await holder.__anext__()  # running: its prompt is in its stream
+        second = GenerateRequest("copy", prompt, SamplingParams(max_tokens=12, temperature=0.0))
+        outs = [o async for o in engine.generate(second)]
+        await holder.aclose()
+        assert outs[-1].usage.cached_tokens == len(prompt) - 1
+        assert [t for o in outs for t in o.token_ids] == cold
+    finally:
+        await engine.stop()
+
+
+async def test_a_prompt_longer_than_a_slot_is_a_400(model_path: Path) -> None:
+    spec = bundled_spec(model_path, max_seqs=4, kv_cells=1024, kv_split=True)
+    async with AppHandle(Settings(), ModelRegistry([spec], llamacpp_loader())) as h:
+        long_prompt = "word " * 400  # over the 256 tokens of a slot
+        r = await h.client.post(
+            "/v1/completions",
+            json={"model": spec.name, "prompt": long_prompt, "max_tokens": 4},
+        )
+        assert r.status_code == 400
+        err = r.json()["error"]
+        assert err["param"] == "prompt" and "256" in err["message"]
+        ok = await h.client.post(
+            "/v1/completions", json={"model": spec.name, "prompt": "Hi", "max_tokens": 4}
+        )
+        assert ok.status_code == 200
