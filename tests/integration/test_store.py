@@ -278,6 +278,8 @@ async def test_bad_store_queries_are_400(store_app: AppHandle) -> None:
         ("/v1/stats", {"hours": "nan"}, "hours"),
         ("/v1/conversations/s", {"limit": "0"}, "limit"),
         ("/v1/conversations/s", {"limit": "a"}, "limit"),
+        ("/v1/conversations/s", {"key_id": "a/b"}, "key_id"),
+        ("/v1/conversations/s", {"key_id": "k" * 65}, "key_id"),
     ]:
         r = await c.get(path, params=params)
         assert r.status_code == 400, (path, params, r.text)
@@ -387,6 +389,42 @@ async def test_the_spool_is_replayed_at_start_without_duplicates(
         await second.close()
 
 
+async def test_a_database_at_0001_upgrades_and_keeps_its_sessions(database_url: str) -> None:
+    """Revision 0002 widens session ids for `key_id/session_id`: an existing conversation
+    stays readable (the namespace without a key), and a key's longest session id fits."""
+    from alembic import command
+
+    from inferd.storage import db
+    from inferd.storage.repository import Repository
+
+    engine = db.create_engine(database_url)
+    try:
+
+        def to_0001(connection: Any) -> None:
+            cfg = db.alembic_config()
+            cfg.attributes["connection"] = connection
+            command.upgrade(cfg, "0001")
+
+        async with engine.begin() as conn:
+            await conn.run_sync(to_0001)
+        assert await db.current_revision(engine) == "0001"
+        repo = Repository(engine)
+        now = datetime.now(UTC)
+
+        def message(session: str, rid: str) -> MessageRecord:
+            return MessageRecord(session, rid, 0, "user", "hello", now, "m")
+
+        await repo.write_batch([], [message("old", "r0")])
+        await db.upgrade(engine)
+        assert await db.current_revision(engine) == db.head_revision() == "0002"
+        longest = "key_0123456789ab/" + "s" * 128
+        await repo.write_batch([], [message(longest, "r1")])
+        assert [m.content for m in await repo.conversation("old")] == ["hello"]
+        assert [m.session_id for m in await repo.conversation(longest)] == [longest]
+    finally:
+        await engine.dispose()
+
+
 async def test_retention_deletes_old_usage_and_content(database_url: str, tmp_path: Path) -> None:
     store = open_store(
         database_url, tmp_path / "s.jsonl", usage_retention_days=7, content_retention_days=1
@@ -433,6 +471,65 @@ async def test_the_callers_key_is_recorded(fake_app: FakeFactory, store: Store) 
     assert list(by_key) == [user_key.record.id]
     (record,) = await store.usage_records()
     assert record.key_id == user_key.record.id
+
+
+async def test_sessions_belong_to_the_key_that_uses_them(
+    fake_app: FakeFactory, store: Store
+) -> None:
+    """The same session id under two keys is two conversations: neither key's history goes
+    into the other's prompt, and neither adds to the other's session."""
+    async with fake_app(store=store) as h:
+        ring = h.app.state.keys
+        alice, bob = await ring.create("alice"), await ring.create("bob")
+        admin = await ring.create("ops", admin=True)
+
+        async def chat(key: Any, text: str, *, history: bool = False) -> dict[str, Any]:
+            body = {"messages": user(text), "max_tokens": 2, "session_history": history}
+            r = await h.client.post(
+                CHAT,
+                json={**body, "session_id": "s"},
+                headers={"Authorization": f"Bearer {key.secret}"},
+            )
+            assert r.status_code == 200, r.text
+            return r.json()  # type: ignore[no-any-return]
+
+        await chat(alice, "My secret is 42.")
+        bare = (await chat(bob, "What is the secret?"))["usage"]["prompt_tokens"]
+        again = await chat(bob, "What is the secret?", history=True)
+        mine = await chat(alice, "What is the secret?", history=True)
+        assert again["usage"]["prompt_tokens"] > bare  # bob's own first turn is in
+        # each got exactly its own one earlier exchange (the fake model counts bytes, and
+        # both earlier answers are the same 2 tokens): only the first messages differ
+        diff = mine["usage"]["prompt_tokens"] - again["usage"]["prompt_tokens"]
+        assert diff == len("My secret is 42.") - len("What is the secret?")
+
+        async def conversation(key_id: str | None) -> list[str]:
+            params = {"key_id": key_id} if key_id else {}
+            r = await h.client.get(
+                "/v1/conversations/s",
+                params=params,
+                headers={"Authorization": f"Bearer {admin.secret}"},
+            )
+            assert r.status_code == 200, r.text
+            return [m["content"] for m in r.json()["messages"] if m["role"] == "user"]
+
+        assert await conversation(alice.record.id) == ["My secret is 42.", "What is the secret?"]
+        assert await conversation(bob.record.id) == ["What is the secret?"] * 2
+        assert await conversation(None) == []
+        # a key that is not an admin cannot read conversations at all
+        r = await h.client.get(
+            "/v1/conversations/s",
+            params={"key_id": alice.record.id},
+            headers={"Authorization": f"Bearer {bob.secret}"},
+        )
+        assert r.status_code == 403
+        gone = await h.client.delete(
+            "/v1/conversations/s",
+            params={"key_id": bob.record.id},
+            headers={"Authorization": f"Bearer {admin.secret}"},
+        )
+        assert gone.json()["messages"] == 4
+        assert len(await conversation(alice.record.id)) == 2
 
 
 async def test_log_content_stores_chats_without_a_session(

@@ -9,11 +9,14 @@ from pydantic import BaseModel
 
 from inferd.api.access import require_admin
 from inferd.api.deps import StoreDep
-from inferd.api.sessions import SESSION_PATTERN
+from inferd.api.sessions import SESSION_PATTERN, scoped_session
 
 router = APIRouter(prefix="/v1", tags=["store"])
 
 SessionPath = Annotated[str, Path(pattern=SESSION_PATTERN)]
+# whose session: the id of the API key that used it (`inferd keys list`); none: the sessions
+# of requests made without a key
+KeyIdQuery = Annotated[str | None, Query(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
 
 
 class ConversationMessage(BaseModel):
@@ -47,9 +50,11 @@ async def get_conversation(
     session_id: SessionPath,
     store: StoreDep,
     limit: Annotated[int | None, Query(ge=1, le=10000)] = None,
+    key_id: KeyIdQuery = None,
 ) -> Conversation:
-    """The session's last `limit` messages (all by default), oldest first."""
-    records = await store.conversation(session_id, limit)
+    """The session's last `limit` messages (all by default), oldest first; `key_id`: the
+    session of that API key (sessions belong to the key that used them)."""
+    records = await store.conversation(scoped_session(key_id, session_id), limit)
     return Conversation(
         session_id=session_id,
         messages=[
@@ -71,7 +76,9 @@ async def get_conversation(
     response_model=ConversationDeleted,
     dependencies=[Depends(require_admin)],
 )
-async def delete_conversation(session_id: SessionPath, store: StoreDep) -> ConversationDeleted:
-    """Forget a session and its messages."""
-    gone = await store.delete_conversation(session_id)
+async def delete_conversation(
+    session_id: SessionPath, store: StoreDep, key_id: KeyIdQuery = None
+) -> ConversationDeleted:
+    """Forget a session (of API key `key_id`, if given) and its messages."""
+    gone = await store.delete_conversation(scoped_session(key_id, session_id))
     return ConversationDeleted(session_id=session_id, deleted=gone > 0, messages=gone)

@@ -1,5 +1,6 @@
 """Sessions: `session_id` (or X-Session-ID) stores a chat's exchange under that session;
-`session_history: true` puts the stored conversation before the request's messages."""
+`session_history: true` puts the stored conversation before the request's messages. A
+session belongs to the API key that uses it (`scoped_session`)."""
 
 from __future__ import annotations
 
@@ -30,16 +31,27 @@ SessionId = Annotated[StrictStr, Field(pattern=SESSION_PATTERN)]
 _ANSWERED = (FinishReason.STOP, FinishReason.LENGTH)
 
 
+def scoped_session(key_id: str | None, session_id: str) -> str:
+    """Where a session is stored: in the namespace of the API key that uses it, so the same
+    session id under two keys is two conversations and no key reads another's (`key_id/id`;
+    a session id never holds a `/`). Without authentication there is one namespace."""
+    return session_id if key_id is None else f"{key_id}/{session_id}"
+
+
 def session_of(body_value: str | None, request: Request) -> str | None:
-    """The request's session: the body field, else the X-Session-ID header."""
-    if body_value is not None:
-        return body_value
-    value = request.headers.get(SESSION_HEADER)
-    if value is not None and not _SESSION_ID.fullmatch(value):
-        raise InvalidRequest(
-            "X-Session-ID must be 1-128 letters, digits or . _ : @ -", param="X-Session-ID"
-        )
-    return value
+    """The request's session, as stored: the body field, else the X-Session-ID header, in the
+    namespace of the caller's key."""
+    value = body_value
+    if value is None:
+        value = request.headers.get(SESSION_HEADER)
+        if value is not None and not _SESSION_ID.fullmatch(value):
+            raise InvalidRequest(
+                "X-Session-ID must be 1-128 letters, digits or . _ : @ -", param="X-Session-ID"
+            )
+    if value is None:
+        return None
+    key_id = getattr(request.state, "key_id", None)
+    return scoped_session(key_id if isinstance(key_id, str) else None, value)
 
 
 def new_inputs(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -63,7 +63,7 @@ usage = sa.Table(
 sessions = sa.Table(
     "sessions",
     metadata,
-    sa.Column("id", sa.String(128), primary_key=True),
+    sa.Column("id", sa.String(256), primary_key=True),  # key_id/session_id
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False, index=True),
 )
@@ -74,7 +74,7 @@ messages = sa.Table(
     sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
     sa.Column(
         "session_id",
-        sa.String(128),
+        sa.String(256),
         sa.ForeignKey("sessions.id", ondelete="CASCADE"),
         nullable=False,
         index=True,
