@@ -162,6 +162,8 @@ class Scheduler:
 
     def schedule(self) -> StepPlan:
         plan = StepPlan()
+        if self.kv_split:
+            self._compact(plan.ops)
         decoding = [s for s in self.running if s.decoding]
         while len(decoding) > self._room(0) and self.running:
             victim = self._preempt_newest(plan)
@@ -293,12 +295,11 @@ class Scheduler:
             heapq.heappush(self._free_ids, seq.slot)
             seq.slot = -1
         KVLedger.release(seq)
-        if self.kv_split:
-            self._compact(ops)
 
     def _compact(self, ops: list[KVOp]) -> None:
         """Move the sequences in the highest slots into lower free ones, so the running
-        slots are 0..n-1 again (see the module docstring)."""
+        slots are 0..n-1 again (see the module docstring). Done when a step is planned, after
+        every sequence that finished in the last one has left."""
         while self._free_ids and self.running:
             top = max(self.running, key=lambda s: s.slot)
             if self._free_ids[0] > top.slot:
