@@ -227,6 +227,7 @@ def report(results: list[Result], model_mb: float, kv_mb: float) -> Table:
         "ITL p95 admitting",
         "admit/alone",
         "long prompt tok",
+        "long prompt TTFT",
         "RSS",
         "peak RSS",
         "prefix store",
@@ -247,6 +248,7 @@ def report(results: list[Result], model_mb: float, kv_mb: float) -> Table:
             fmt(r.itl_admit_p95_ms),
             fmt(ratio(r.itl_admit_p95_ms, r.itl_alone_p95_ms), ".2f"),
             str(r.long_prompt_tokens),
+            fmt(r.long_prompt_ttft_ms),
             fmt(r.rss_mb),
             fmt(r.peak_rss_mb),
             fmt(r.prefix_store_mb),
@@ -270,6 +272,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--timeout", type=float, default=300.0)
     ap.add_argument("--inferd-args", default="", help="extra `inferd serve` flags")
     ap.add_argument("--skip-inferd", action="store_true")
+    ap.add_argument(
+        "--kv-split",
+        action="store_true",
+        help="a KV stream per slot, each of n_ctx cells (inferd --kv-split; llama-server "
+        "without --kv-unified)",
+    )
     ap.add_argument("--llama-server", type=Path, help="a llama-server binary to measure too")
     ap.add_argument("--llama-server-args", default="", help="extra llama-server flags")
     ap.add_argument("--json", action="store_true", help="print JSON (the table goes to stderr)")
@@ -280,7 +288,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     console = Console(stderr=True)
     model = bundled_model_path()
-    cells = default_kv_cells(args.n_ctx, args.max_seqs)
+    # with a KV stream per slot every slot holds the whole n_ctx (inferd's default for it)
+    cells = (
+        args.n_ctx * args.max_seqs if args.kv_split else default_kv_cells(args.n_ctx, args.max_seqs)
+    )
     model_mb = model.stat().st_size / 2**20
     kv_mb = kv_cache_mb(model, cells)
     budget = model_mb + kv_mb + 200
@@ -290,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         port = free_port()
         cmd = [sys.executable, "-m", "inferd", "serve", "--port", str(port), "--log-level"]
         cmd += ["warning", "--n-ctx", str(args.n_ctx), "--max-seqs", str(args.max_seqs)]
+        cmd += ["--kv-split"] if args.kv_split else []
         cmd += shlex.split(args.inferd_args)
         base = f"http://127.0.0.1:{port}"
         with server(cmd, f"{base}/health/ready") as pid:
@@ -297,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.llama_server:
         console.print("llama-server")
         port = free_port()
-        cmd = llama_server_cmd(args.llama_server, model, port, cells, args.max_seqs)
+        layout = "split" if args.kv_split else "same"
+        cmd = llama_server_cmd(args.llama_server, model, port, cells, args.max_seqs, layout)
         cmd += shlex.split(args.llama_server_args)
         base = f"http://127.0.0.1:{port}"
         try:
@@ -309,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     out.print(report(results, model_mb, kv_mb))
     out.print(
         f"model {model.name} ({model_mb:.0f} MB), KV cache {cells} cells ({kv_mb:.0f} MB f16), "
-        f"{args.max_seqs} slots, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M')}"
+        f"{args.max_seqs} slots{' (a KV stream each)' if args.kv_split else ''}, "
+        f"{os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M')}"
     )
     if args.json:
         meta = {"model_mb": model_mb, "kv_mb": kv_mb, "cells": cells, "args": vars(args)}
