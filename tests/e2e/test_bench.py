@@ -63,3 +63,12 @@ def test_bench_rejects_bad_concurrency() -> None:
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
+
+
+def test_the_ceiling_measures_both_kv_layouts(model_path: Path) -> None:
+    from inferd.bench.ceiling import measure_ceiling
+
+    for kv_split in (False, True):
+        results = measure_ceiling(model_path, [1, 3], 4, n_ctx=256, kv_split=kv_split)
+        assert [r.batch for r in results] == [1, 3]
+        assert all(r.tokens == r.batch * 4 and r.tokens_per_s > 0 for r in results)

@@ -22,11 +22,18 @@ class CeilingResult:
 
 
 def measure_ceiling(
-    path: Path, batch_sizes: list[int], max_tokens: int, *, n_ctx: int = 4096
+    path: Path,
+    batch_sizes: list[int],
+    max_tokens: int,
+    *,
+    n_ctx: int = 4096,
+    kv_split: bool = False,
 ) -> list[CeilingResult]:
     """For each batch size B: prefill B short prompts, then time `max_tokens` steps of one
-    `llama_decode` over B sequences with greedy sampling in C."""
-    backend = LlamaCppBackend(path, LlamaCppOptions(n_ctx=n_ctx, max_seqs=max(batch_sizes)))
+    `llama_decode` over B sequences with greedy sampling in C. `kv_split`: a KV stream per
+    sequence, as a server started with --kv-split."""
+    options = LlamaCppOptions(n_ctx=n_ctx, max_seqs=max(batch_sizes), kv_split=kv_split)
+    backend = LlamaCppBackend(path, options)
     try:
         out = []
         for b in batch_sizes:

@@ -93,6 +93,12 @@ def bench(
     model_path: Annotated[
         Path | None, typer.Option(help="GGUF for --ceiling (default: the bundled model)")
     ] = None,
+    kv_split: Annotated[
+        bool,
+        typer.Option(
+            help="The ceiling with a KV stream per sequence (compare a server run --kv-split)"
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")] = False,
     plot_file: Annotated[
         Path | None, typer.Option("--plot", help="Draw throughput and TTFT to this PNG")
@@ -117,7 +123,7 @@ def bench(
 
         with console.status("measuring the in-process ceiling"):
             for measured in measure_ceiling(
-                model_path or bundled_model_path(), levels_c, max_tokens
+                model_path or bundled_model_path(), levels_c, max_tokens, kv_split=kv_split
             ):
                 ceilings[measured.batch] = measured
     with contextlib.ExitStack() as stack:
