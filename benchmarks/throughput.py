@@ -795,7 +795,9 @@ def main(argv: list[str] | None = None) -> int:
             )
 
         for layout in args.llama_server_layouts if args.llama_server else []:
-            label = "llama-server" if layout == "same" else f"llama-server {layout}"
+            label = {"same": "llama-server", "split": "llama-server split"}.get(
+                layout, "llama-server defaults"
+            )
             console.print(f"{label}: llama-server -np {max_seqs} (llama.cpp's C++ server)")
             port = free_port()
             cmd = llama_server_cmd(args.llama_server, model, port, cells, max_seqs, layout)
