@@ -157,3 +157,38 @@ async def test_a_prompt_longer_than_a_slot_is_a_400(model_path: Path) -> None:
             "/v1/completions", json={"model": spec.name, "prompt": "Hi", "max_tokens": 4}
         )
         assert ok.status_code == 200
+
+
+async def test_sixteen_concurrent_requests_finish_with_exact_counts(model_path: Path) -> None:
+    engine = AsyncEngine(
+        llamacpp_loader()(bundled_spec(model_path, max_seqs=16, kv_split=True, prefix_cache=False))
+    )
+    engine.start()
+    try:
+        prompt = tuple(await engine.tokenize(PROMPT))
+        outs = await asyncio.gather(*(_answer(engine, f"r{i}", prompt, 24) for i in range(16)))
+        assert all(len(o) == 24 for o in outs)
+        assert engine.detokenize(outs[0]).strip()  # text, not nothing
+        assert len(set(map(tuple, outs))) == 1  # greedy, same prompt: the same answer in every slot
+        assert engine.stats().running == 0
+    finally:
+        await engine.stop()
+
+
+async def test_a_prefix_of_a_finished_request_is_restored(model_path: Path) -> None:
+    engine = AsyncEngine(
+        llamacpp_loader()(bundled_spec(model_path, max_seqs=4, kv_split=True, prefix_cache=True))
+    )
+    engine.start()
+    try:
+        prompt = tuple(await engine.tokenize(PROMPT))
+        first = GenerateRequest("first", prompt, SamplingParams(max_tokens=12, temperature=0.0))
+        cold_outs = [o async for o in engine.generate(first)]
+        assert cold_outs[-1].usage.cached_tokens == 0
+        again = GenerateRequest("again", prompt, SamplingParams(max_tokens=12, temperature=0.0))
+        outs = [o async for o in engine.generate(again)]
+        assert outs[-1].usage.cached_tokens > 0
+        cold = [t for o in cold_outs for t in o.token_ids]
+        assert [t for o in outs for t in o.token_ids] == cold
+    finally:
+        await engine.stop()
