@@ -15,6 +15,7 @@ from inferd.config import Settings
 from inferd.engine.backends.llamacpp import LlamaCppBackend, LlamaCppOptions
 from inferd.engine.client import AsyncEngine
 from inferd.engine.types import GenerateRequest, GenerationOutput, SamplingParams
+from inferd.errors import BackendError
 from inferd.models.loading import llamacpp_loader
 from inferd.models.registry import ModelRegistry
 from tests.conftest import AppHandle, bundled_spec
@@ -192,3 +193,8 @@ async def test_a_prefix_of_a_finished_request_is_restored(model_path: Path) -> N
         assert [t for o in outs for t in o.token_ids] == cold
     finally:
         await engine.stop()
+
+
+def test_a_partial_copy_across_streams_is_refused_not_aborted(split: LlamaCppBackend) -> None:
+    with pytest.raises(BackendError, match="across KV streams"):
+        split._seq_cp(0, 1, 0, 5)

@@ -569,7 +569,7 @@ class LlamaCppBackend:
 
     def copy_prefix(self, src: int, dst: int, n: int) -> bool:
         if not self._split:
-            llama_cpp.llama_memory_seq_cp(self._mem, src, dst, 0, n)
+            self._seq_cp(src, dst, 0, n)
             return True
         # Streams share no cells, and llama.cpp copies between streams only whole (a partial
         # seq_cp aborts the process): copy src's state, then keep its first n positions.
@@ -578,6 +578,13 @@ class LlamaCppBackend:
             return False
         self.trim_seq(dst, n)
         return True
+
+    def _seq_cp(self, src: int, dst: int, p0: int, p1: int) -> None:
+        """The one call of llama_memory_seq_cp: between streams llama.cpp copies only whole
+        sequences and aborts the process on a range, so a range in split mode is an error here."""
+        if self._split and (p0, p1) != (-1, -1):
+            raise BackendError(f"a partial copy of sequence {src} to {dst} across KV streams")
+        llama_cpp.llama_memory_seq_cp(self._mem, src, dst, p0, p1)
 
     def move_seq(self, src: int, dst: int) -> None:
         state = self.save_seq(src)
