@@ -5,7 +5,8 @@ and the engine keeps the running slots consecutive while answers stay exact."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import contextlib
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +90,19 @@ def test_moves_and_prefix_copies_between_streams_keep_the_state(split: LlamaCppB
             split.free_seq(s)
 
 
+@contextlib.asynccontextmanager
+async def split_engine(model_path: Path, max_seqs: int) -> AsyncIterator[AsyncEngine]:
+    """A running engine on a split KV cache (the host prefix store on, as AsyncEngine has it)."""
+    engine = AsyncEngine(
+        llamacpp_loader()(bundled_spec(model_path, max_seqs=max_seqs, kv_split=True))
+    )
+    engine.start()
+    try:
+        yield engine
+    finally:
+        await engine.stop()
+
+
 async def _answer(engine: AsyncEngine, rid: str, prompt: tuple[int, ...], n: int) -> list[int]:
     req = GenerateRequest(
         rid, prompt, SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True)
@@ -99,11 +113,7 @@ async def _answer(engine: AsyncEngine, rid: str, prompt: tuple[int, ...], n: int
 
 
 async def test_a_sequence_moved_into_a_freed_slot_answers_as_if_alone(model_path: Path) -> None:
-    engine = AsyncEngine(
-        llamacpp_loader()(bundled_spec(model_path, max_seqs=4, kv_split=True, prefix_cache=False))
-    )
-    engine.start()
-    try:
+    async with split_engine(model_path, 4) as engine:
         prompts = [
             tuple(await engine.tokenize(PROMPT.replace("the sea", topic)))
             for topic in ("the sea", "a forest", "the mountains")
@@ -119,16 +129,10 @@ async def test_a_sequence_moved_into_a_freed_slot_answers_as_if_alone(model_path
         assert engine.stats().kv_moves >= 1
         assert c == alone
         assert engine.stats().running == 0
-    finally:
-        await engine.stop()
 
 
 async def test_a_prefix_shared_with_a_running_sequence_is_copied(model_path: Path) -> None:
-    engine = AsyncEngine(
-        llamacpp_loader()(bundled_spec(model_path, max_seqs=4, kv_split=True, prefix_cache=False))
-    )
-    engine.start()
-    try:
+    async with split_engine(model_path, 4) as engine:
         prompt = tuple(await engine.tokenize(PROMPT))
         cold = await _answer(engine, "cold", prompt, 12)
         req = GenerateRequest("holder", prompt, SamplingParams(max_tokens=60, temperature=0.0))
@@ -139,8 +143,6 @@ async def test_a_prefix_shared_with_a_running_sequence_is_copied(model_path: Pat
         await holder.aclose()
         assert outs[-1].usage.cached_tokens == len(prompt) - 1
         assert [t for o in outs for t in o.token_ids] == cold
-    finally:
-        await engine.stop()
 
 
 async def test_a_prompt_longer_than_a_slot_is_a_400(model_path: Path) -> None:
@@ -161,27 +163,17 @@ async def test_a_prompt_longer_than_a_slot_is_a_400(model_path: Path) -> None:
 
 
 async def test_sixteen_concurrent_requests_finish_with_exact_counts(model_path: Path) -> None:
-    engine = AsyncEngine(
-        llamacpp_loader()(bundled_spec(model_path, max_seqs=16, kv_split=True, prefix_cache=False))
-    )
-    engine.start()
-    try:
+    async with split_engine(model_path, 16) as engine:
         prompt = tuple(await engine.tokenize(PROMPT))
         outs = await asyncio.gather(*(_answer(engine, f"r{i}", prompt, 24) for i in range(16)))
         assert all(len(o) == 24 for o in outs)
         assert engine.detokenize(outs[0]).strip()  # text, not nothing
         assert len(set(map(tuple, outs))) == 1  # greedy, same prompt: the same answer in every slot
         assert engine.stats().running == 0
-    finally:
-        await engine.stop()
 
 
 async def test_a_prefix_of_a_finished_request_is_restored(model_path: Path) -> None:
-    engine = AsyncEngine(
-        llamacpp_loader()(bundled_spec(model_path, max_seqs=4, kv_split=True, prefix_cache=True))
-    )
-    engine.start()
-    try:
+    async with split_engine(model_path, 4) as engine:
         prompt = tuple(await engine.tokenize(PROMPT))
         first = GenerateRequest("first", prompt, SamplingParams(max_tokens=12, temperature=0.0))
         cold_outs = [o async for o in engine.generate(first)]
@@ -191,8 +183,6 @@ async def test_a_prefix_of_a_finished_request_is_restored(model_path: Path) -> N
         assert outs[-1].usage.cached_tokens > 0
         cold = [t for o in cold_outs for t in o.token_ids]
         assert [t for o in outs for t in o.token_ids] == cold
-    finally:
-        await engine.stop()
 
 
 def test_a_partial_copy_across_streams_is_refused_not_aborted(split: LlamaCppBackend) -> None:

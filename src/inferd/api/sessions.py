@@ -13,6 +13,7 @@ from typing import Annotated, Any
 from pydantic import Field, StrictStr
 from starlette.requests import Request
 
+from inferd.api.access import principal_of
 from inferd.api.generation import ChoiceResult
 from inferd.api.usage import current_tally
 from inferd.config import Settings
@@ -50,8 +51,8 @@ def session_of(body_value: str | None, request: Request) -> str | None:
             )
     if value is None:
         return None
-    key_id = getattr(request.state, "key_id", None)
-    return scoped_session(key_id if isinstance(key_id, str) else None, value)
+    principal = principal_of(request)
+    return scoped_session(principal.key_id if principal is not None else None, value)
 
 
 def new_inputs(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -573,8 +573,7 @@ class LlamaCppBackend:
             return True
         # Streams share no cells, and llama.cpp copies between streams only whole (a partial
         # seq_cp aborts the process): copy src's state, then keep its first n positions.
-        state = self.save_seq(src)
-        if state is None or not self.restore_seq(dst, state):
+        if not self._copy_state(src, dst):
             return False
         self.trim_seq(dst, n)
         return True
@@ -587,10 +586,14 @@ class LlamaCppBackend:
         llama_cpp.llama_memory_seq_cp(self._mem, src, dst, p0, p1)
 
     def move_seq(self, src: int, dst: int) -> None:
-        state = self.save_seq(src)
-        if state is None or not self.restore_seq(dst, state):
+        if not self._copy_state(src, dst):
             raise BackendError(f"could not move sequence {src} to the empty slot {dst}")
         self.free_seq(src)
+
+    def _copy_state(self, src: int, dst: int) -> bool:
+        """Copy all of `src`'s positions into the empty `dst` through its saved state."""
+        state = self.save_seq(src)
+        return state is not None and self.restore_seq(dst, state)
 
     def save_seq(self, seq_id: int) -> bytearray | None:
         size = int(llama_cpp.llama_state_seq_get_size(self._ctx, seq_id))
