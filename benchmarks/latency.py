@@ -36,7 +36,7 @@ from rich.console import Console
 from rich.table import Table
 from throughput import CpuWatch, free_port, llama_server_cmd, server
 
-from inferd.engine.backends.llamacpp import LlamaCppBackend, LlamaCppOptions, default_kv_cells
+from inferd.engine.backends.llamacpp import LlamaCppBackend, LlamaCppOptions
 from inferd.models.spec import BUNDLED_NAME, bundled_model_path
 
 _WORDS = (
@@ -164,19 +164,18 @@ def rss(pid: int) -> tuple[float, float]:
     return kb("VmRSS"), kb("VmHWM")
 
 
-def kv_cache_mb(model: Path, cells: int) -> float:
-    """f16 K and V for every layer and cell, from the model's GGUF metadata."""
-    backend = LlamaCppBackend(model, LlamaCppOptions(n_ctx=256, max_seqs=1))
-    try:
-        meta = backend.metadata()
-    finally:
-        backend.close()
-    arch = meta["general.architecture"]
-    layers = int(meta[f"{arch}.block_count"])
-    heads = int(meta[f"{arch}.attention.head_count"])
-    kv_heads = int(meta.get(f"{arch}.attention.head_count_kv", heads))
-    head_dim = int(meta[f"{arch}.embedding_length"]) // heads
-    return layers * kv_heads * head_dim * 2 * 2 * cells / 2**20
+KV_FLAGS = {"auto": [], "split": ["--kv-split"], "unified": ["--no-kv-split"]}
+
+
+def kv_layout(model: Path, args: argparse.Namespace) -> tuple[bool, int, float]:
+    """(a KV stream per slot?, KV cells, KV cache MB) of `inferd serve` with these flags:
+    a backend with the same options, loaded and closed again."""
+    split = {"auto": None, "split": True, "unified": False}[args.kv_layout]
+    options = LlamaCppOptions(n_ctx=args.n_ctx, max_seqs=args.max_seqs, kv_split=split)
+    backend = LlamaCppBackend(model, options)
+    info = backend.info
+    backend.close()
+    return info.kv_split, info.kv_cells, info.kv_cells * info.kv_cell_bytes / 2**20
 
 
 async def measure(
@@ -273,10 +272,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--inferd-args", default="", help="extra `inferd serve` flags")
     ap.add_argument("--skip-inferd", action="store_true")
     ap.add_argument(
-        "--kv-split",
-        action="store_true",
-        help="a KV stream per slot, each of n_ctx cells (inferd --kv-split; llama-server "
-        "without --kv-unified)",
+        "--kv-layout",
+        choices=tuple(KV_FLAGS),
+        default="auto",
+        help="inferd's KV layout: 'auto' (its default), 'split' (--kv-split: a KV stream per "
+        "slot, each of n_ctx cells) or 'unified' (--no-kv-split: one shared cache); "
+        "llama-server gets the same cells and layout",
     )
     ap.add_argument("--llama-server", type=Path, help="a llama-server binary to measure too")
     ap.add_argument("--llama-server-args", default="", help="extra llama-server flags")
@@ -288,12 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     console = Console(stderr=True)
     model = bundled_model_path()
-    # with a KV stream per slot every slot holds the whole n_ctx (inferd's default for it)
-    cells = (
-        args.n_ctx * args.max_seqs if args.kv_split else default_kv_cells(args.n_ctx, args.max_seqs)
-    )
+    split, cells, kv_mb = kv_layout(model, args)
     model_mb = model.stat().st_size / 2**20
-    kv_mb = kv_cache_mb(model, cells)
     budget = model_mb + kv_mb + 200
     results: list[Result] = []
     if not args.skip_inferd:
@@ -301,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         port = free_port()
         cmd = [sys.executable, "-m", "inferd", "serve", "--port", str(port), "--log-level"]
         cmd += ["warning", "--n-ctx", str(args.n_ctx), "--max-seqs", str(args.max_seqs)]
-        cmd += ["--kv-split"] if args.kv_split else []
+        cmd += KV_FLAGS[args.kv_layout]
         cmd += shlex.split(args.inferd_args)
         base = f"http://127.0.0.1:{port}"
         with server(cmd, f"{base}/health/ready") as pid:
@@ -309,8 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.llama_server:
         console.print("llama-server")
         port = free_port()
-        layout = "split" if args.kv_split else "same"
-        cmd = llama_server_cmd(args.llama_server, model, port, cells, args.max_seqs, layout)
+        cmd = llama_server_cmd(args.llama_server, model, port, cells, args.max_seqs, split=split)
         cmd += shlex.split(args.llama_server_args)
         base = f"http://127.0.0.1:{port}"
         try:
@@ -322,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     out.print(report(results, model_mb, kv_mb))
     out.print(
         f"model {model.name} ({model_mb:.0f} MB), KV cache {cells} cells ({kv_mb:.0f} MB f16), "
-        f"{args.max_seqs} slots{' (a KV stream each)' if args.kv_split else ''}, "
+        f"{args.max_seqs} slots{' (a KV stream each)' if split else ' (one shared KV cache)'}, "
         f"{os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M')}"
     )
     if args.json:

@@ -333,25 +333,30 @@ def ceiling_target(backend: LlamaCppBackend, max_tokens: int) -> Target:
 # ---- HTTP targets ------------------------------------------------------------------------------
 
 
-LLAMA_SERVER_LAYOUTS = ("same", "split", "default")
+LLAMA_SERVER_LAYOUTS = ("same", "default")
+KV_FLAGS = {"auto": [], "split": ["--kv-split"], "unified": ["--no-kv-split"]}
 
 
 def llama_server_cmd(
-    binary: Path, model: Path, port: int, cells: int, slots: int, layout: str = "same"
+    binary: Path,
+    model: Path,
+    port: int,
+    cells: int,
+    slots: int,
+    *,
+    split: bool,
+    layout: str = "same",
 ) -> list[str]:
-    """llama.cpp's server with inferd's KV cells, slots and threads, in one of three layouts:
-    "same" is inferd's default (one unified KV cache, no flash attention: inferd's CPU
-    defaults), "split" is inferd's `--kv-split` (one KV stream per slot, each with cells /
-    slots of context, no flash attention), "default" is llama-server's own (a KV stream per
-    slot, flash attention auto). Later `--llama-server-args` override these. `--no-repack` is
-    the same AMX workaround as inferd's extra_buffers=False: without it the server dies in
+    """llama.cpp's server with inferd's KV cells, slots and threads, in one of two layouts:
+    "same" is inferd's (a KV stream per slot when `split`, else one unified cache; no flash
+    attention, inferd's CPU default), "default" is llama-server's own (a KV stream per slot,
+    flash attention auto). Later `--llama-server-args` override these. `--no-repack` is the
+    same AMX workaround as inferd's extra_buffers=False: without it the server dies in
     warm-up."""
     cmd = [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port)]
     cmd += ["-c", str(cells), "-np", str(slots), "-t", str(os.cpu_count() or 1)]
     if layout == "same":
-        cmd += ["--kv-unified"]
-    if layout != "default":
-        cmd += ["-fa", "off"]
+        cmd += ["-fa", "off"] + ([] if split else ["--kv-unified"])
     return [*cmd, "--no-webui", "--no-repack", "-a", BUNDLED_NAME]
 
 
@@ -709,15 +714,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--llama-server-layouts",
         default="same,default",
-        help="llama-server configurations, comma-separated: 'same' (a unified KV cache, no "
-        "flash attention: inferd's default), 'split' (a KV stream per slot, no flash "
-        "attention: inferd's --kv-split), 'default' (llama-server's own: a KV stream per "
-        "slot, flash attention auto). Default: same,default",
+        help="llama-server configurations, comma-separated: 'same' (inferd's KV layout in "
+        "this run, no flash attention), 'default' (llama-server's own: a KV stream per slot, "
+        "flash attention auto). Both get inferd's KV cells. Default: same,default",
     )
     ap.add_argument(
-        "--kv-split",
-        action="store_true",
-        help="run inferd and the ceiling with a KV stream per slot (inferd's --kv-split)",
+        "--kv-layout",
+        choices=tuple(KV_FLAGS),
+        default="auto",
+        help="inferd's KV layout, the ceiling's too: 'auto' (inferd's default: a stream per "
+        "slot where n_ctx x slots cells fit, see docs/configuration.md), 'split' (--kv-split) "
+        "or 'unified' (--no-kv-split); 'split' and 'unified' use the unified default's cells",
     )
     ap.add_argument("--json", action="store_true", help="print JSON (the table goes to stderr)")
     args = ap.parse_args(argv)
@@ -745,7 +752,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpus": os.cpu_count(),
         "max_others": args.max_others,
         "inferd_args": args.inferd_args,
-        "kv_split": args.kv_split,
+        "kv_layout": args.kv_layout,
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
 
@@ -766,13 +773,20 @@ def main(argv: list[str] | None = None) -> int:
     # for its turn is idle (blocked, no spinning threads).
     targets: list[Target] = []
     with contextlib.ExitStack() as stack:
-        # every target gets the same KV cells (with a KV stream per slot: cells / slots each)
-        cells = default_kv_cells(args.n_ctx, max_seqs)
-        options = LlamaCppOptions(max_seqs=max_seqs, n_ctx=args.n_ctx, kv_cells=cells)
-        if args.kv_split:
-            options = dataclasses.replace(options, kv_split=True)
+        # every target gets the ceiling's KV cells and layout (a stream per slot: cells / slots
+        # each); "auto" lets the backend pick them as `inferd serve` does
+        options = LlamaCppOptions(max_seqs=max_seqs, n_ctx=args.n_ctx)
+        if args.kv_layout != "auto":
+            options = dataclasses.replace(
+                options,
+                kv_cells=default_kv_cells(args.n_ctx, max_seqs),
+                kv_split=args.kv_layout == "split",
+            )
         backend = LlamaCppBackend(model, options)
         stack.callback(backend.close)
+        cells, split = backend.info.kv_cells, backend.info.kv_split
+        meta.update(kv_cells=cells, kv_split=split)
+        console.print(f"KV cache: {cells} cells, {'a stream per slot' if split else 'unified'}")
         eog = [t for t in range(backend.info.n_vocab) if backend.is_eog(t)]
         if not args.skip_ceiling:
             console.print("ceiling: in-process LlamaCppBackend loop")
@@ -783,8 +797,9 @@ def main(argv: list[str] | None = None) -> int:
             port = free_port()
             cmd = [sys.executable, "-m", "inferd", "serve", "--port", str(port)]
             cmd += ["--log-level", "warning", "--n-ctx", str(args.n_ctx)]
-            cmd += ["--max-seqs", str(max_seqs), "--kv-cells", str(cells)]
-            cmd += ["--kv-split"] if args.kv_split else []
+            cmd += ["--max-seqs", str(max_seqs)]
+            if args.kv_layout != "auto":
+                cmd += ["--kv-cells", str(cells), *KV_FLAGS[args.kv_layout]]
             if args.model:
                 cmd += ["--model", str(model)]
             cmd += shlex.split(args.inferd_args)
@@ -795,12 +810,12 @@ def main(argv: list[str] | None = None) -> int:
             )
 
         for layout in args.llama_server_layouts if args.llama_server else []:
-            label = {"same": "llama-server", "split": "llama-server split"}.get(
-                layout, "llama-server defaults"
-            )
+            label = "llama-server" if layout == "same" else "llama-server defaults"
             console.print(f"{label}: llama-server -np {max_seqs} (llama.cpp's C++ server)")
             port = free_port()
-            cmd = llama_server_cmd(args.llama_server, model, port, cells, max_seqs, layout)
+            cmd = llama_server_cmd(
+                args.llama_server, model, port, cells, max_seqs, split=split, layout=layout
+            )
             cmd += shlex.split(args.llama_server_args)
             base = f"http://127.0.0.1:{port}"
             pid = stack.enter_context(server(cmd, f"{base}/health"))

@@ -53,11 +53,13 @@ class ModelConfig(BaseModel):
         None, ge=16, description="KV cache cells shared by all sequences (default: sized to slots)"
     )
     max_seqs: int = Field(16, ge=1, le=256, description="Sequences decoded together per step")
-    kv_split: bool = Field(
-        False,
+    kv_split: bool | None = Field(
+        None,
         description="One KV cache stream per sequence slot instead of one shared cache: "
         "faster with many streams (each attends only over its own cells), but every slot "
-        "holds at most kv_cells / max_seqs tokens (default kv_cells then n_ctx x max_seqs)",
+        "holds at most kv_cells / max_seqs tokens (default kv_cells then n_ctx x max_seqs). "
+        "Default: split on a CPU when n_ctx x max_seqs cells fit in 1/8 of the memory and "
+        "kv_cells is not set, else shared",
     )
     n_batch: int | None = Field(
         None,

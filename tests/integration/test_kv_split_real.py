@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from inferd.config import Settings
-from inferd.engine.backends.llamacpp import LlamaCppBackend, LlamaCppOptions
+from inferd.engine.backends.llamacpp import LlamaCppBackend, LlamaCppOptions, kv_cell_bytes
 from inferd.engine.client import AsyncEngine
 from inferd.engine.types import GenerateRequest, GenerationOutput, SamplingParams
 from inferd.errors import BackendError
@@ -45,6 +45,35 @@ def test_each_slot_gets_its_own_stream_of_cells(model_path: Path, split: LlamaCp
         assert small.info.n_ctx == 256 and small.info.kv_cells == 1024
     finally:
         small.close()
+
+
+def test_the_default_layout_is_split_when_it_fits_and_shared_for_a_sized_pool(
+    model_path: Path,
+) -> None:
+    # 4 x 512 cells of 23 KB, 47 MB: far below an eighth of any machine the tests run on
+    auto = LlamaCppBackend(model_path, LlamaCppOptions(n_ctx=512, max_seqs=4))
+    try:
+        assert auto.info.kv_split and auto.info.kv_cells == 4 * 512 and auto.info.n_ctx == 512
+    finally:
+        auto.close()
+    pool = LlamaCppBackend(model_path, LlamaCppOptions(n_ctx=512, kv_cells=1024, max_seqs=4))
+    try:  # a pool of cells the sequences share: every one may use the whole n_ctx
+        assert not pool.info.kv_split and pool.info.kv_cells == 1024 and pool.info.n_ctx == 512
+    finally:
+        pool.close()
+
+
+def test_the_kv_cell_size_estimate_matches_llama_cpps_state(split: LlamaCppBackend) -> None:
+    tokens = split.tokenize(PROMPT, add_special=True, parse_special=True)
+    try:
+        _prefill(split, 0, tokens)
+        state = split.save_seq(0)
+        assert state is not None
+        per_cell = kv_cell_bytes(split._model)
+        assert per_cell == 23_040  # SmolLM2-135M: 30 layers x K, V x 3 KV heads x 64 x f16
+        assert len(tokens) * per_cell <= len(state) <= len(tokens) * per_cell * 1.05
+    finally:
+        split.free_seq(0)
 
 
 def _prefill(backend: LlamaCppBackend, seq: int, tokens: list[int]) -> None:

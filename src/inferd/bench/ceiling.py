@@ -27,11 +27,12 @@ def measure_ceiling(
     max_tokens: int,
     *,
     n_ctx: int = 4096,
-    kv_split: bool = False,
+    kv_split: bool | None = None,
 ) -> list[CeilingResult]:
     """For each batch size B: prefill B short prompts, then time `max_tokens` steps of one
     `llama_decode` over B sequences with greedy sampling in C. `kv_split`: a KV stream per
-    sequence, as a server started with --kv-split."""
+    sequence or one unified cache, as a server started with --kv-split or --no-kv-split;
+    None: the layout a server with the same n_ctx and slots picks itself."""
     options = LlamaCppOptions(n_ctx=n_ctx, max_seqs=max(batch_sizes), kv_split=kv_split)
     backend = LlamaCppBackend(path, options)
     try:

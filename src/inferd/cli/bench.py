@@ -94,11 +94,13 @@ def bench(
         Path | None, typer.Option(help="GGUF for --ceiling (default: the bundled model)")
     ] = None,
     kv_split: Annotated[
-        bool,
+        bool | None,
         typer.Option(
-            help="The ceiling with a KV stream per sequence (compare a server run --kv-split)"
+            help="The ceiling with a KV stream per sequence, or one unified cache (compare a "
+            "server run with the same flag; default: the layout a server picks itself)",
+            show_default=False,
         ),
-    ] = False,
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")] = False,
     plot_file: Annotated[
         Path | None, typer.Option("--plot", help="Draw throughput and TTFT to this PNG")

@@ -533,12 +533,13 @@ class ModelRegistry:
         entry.last_used = time.monotonic()
         entry.acquired = 0
         log.info(
-            "model %s ready in %.2fs (context %d, %d slots, %d KV cells)",
+            "model %s ready in %.2fs (context %d, %d slots, %d KV cells, %s)",
             spec.name,
             time.perf_counter() - started,
             info.n_ctx,
             info.max_seqs,
             info.kv_cells,
+            "a KV stream per slot" if info.kv_split else "one shared KV cache",
         )
 
     def _finished(self, model: str, output: GenerationOutput, seconds: float) -> None:

@@ -126,6 +126,7 @@ def model_info(entry: ModelEntry) -> s.ModelInfo:
             vocab_size=info.n_vocab,
             max_seqs=info.max_seqs,
             kv_cells=info.kv_cells,
+            kv_split=info.kv_split,
         )
     return s.ModelInfo(
         name=spec.name,

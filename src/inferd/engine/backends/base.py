@@ -25,6 +25,7 @@ class BackendInfo:
     eos_token: str
     chat_template: str | None
     kv_split: bool = False  # one KV stream per sequence slot instead of one unified cache
+    kv_cell_bytes: int = 0  # memory of one KV cell (0: unknown)
     n_params: int = 0
     size_bytes: int = 0
     n_embd: int = 0  # size of an embedding vector

@@ -68,8 +68,8 @@ class LlamaCppOptions:
     # own stream (measured: 16 x 128-token streams 177 -> 193 tok/s in-process; 8 streams
     # beside one 1,900-token sequence 61 -> 44 ms a step). Each slot then holds at most
     # kv_cells / max_seqs cells; default kv_cells becomes n_ctx x max_seqs, so every slot
-    # keeps the full n_ctx.
-    kv_split: bool = False
+    # keeps the full n_ctx. None: `choose_split` decides.
+    kv_split: bool | None = None
     # llama.cpp's extra CPU buffer types (AMX / repacked weights). Off by default: on CPUs
     # with AMX, llama-cpp-python 0.3.36 segfaults in ggml_backend_amx_mul_mat as soon as a
     # batch holds more than one token (measured on this project's machines).
@@ -93,11 +93,11 @@ def flash_attn_type(options: LlamaCppOptions) -> int:
 
 
 def _context_params(
-    options: LlamaCppOptions, *, cells: int, batch: int, seqs: int, threads: int
+    *, split: bool, cells: int, batch: int, seqs: int, threads: int, flash_attn: int
 ) -> Any:
     """llama.cpp context parameters as inferd uses them: a KV cache of `cells` (unified, or
-    split into one stream per sequence),
-    one `batch`-token micro-batch per decode, `seqs` sequence ids, no perf counters."""
+    split into one stream per sequence), one `batch`-token micro-batch per decode, `seqs`
+    sequence ids, no perf counters."""
     cparams = llama_cpp.llama_context_default_params()
     cparams.n_ctx = cells
     cparams.n_batch = batch
@@ -105,10 +105,49 @@ def _context_params(
     cparams.n_seq_max = seqs
     cparams.n_threads = threads
     cparams.n_threads_batch = threads
-    cparams.kv_unified = not options.kv_split
-    cparams.flash_attn_type = flash_attn_type(options)
+    cparams.kv_unified = not split
+    cparams.flash_attn_type = flash_attn
     cparams.no_perf = True
     return cparams
+
+
+# The automatic layout splits the KV cache only while n_ctx x max_seqs cells take at most
+# this share of the host's memory: split is faster on a CPU but costs up to max_seqs times
+# the memory of the unified default (SmolLM2-135M: 1.5 GB for 16 x 4096 cells; an 8B model
+# with grouped-query attention would need ~8.6 GB).
+SPLIT_MAX_RAM_SHARE = 1 / 8
+
+
+def choose_split(
+    options: LlamaCppOptions, *, n_ctx: int, max_seqs: int, cell_bytes: int, ram_bytes: int
+) -> bool:
+    """Whether the KV cache is split into one stream per slot. An explicit kv_split wins.
+    Automatically: split on a CPU when every slot can keep the full n_ctx within
+    SPLIT_MAX_RAM_SHARE of the host's memory; unified when kv_cells is given (a pool sized
+    for all sequences to share), with GPU offload (flash attention there; not measured) or
+    with a single slot (the layouts are then the same)."""
+    if options.kv_split is not None:
+        return options.kv_split
+    if options.kv_cells is not None or options.n_gpu_layers or max_seqs < 2:
+        return False
+    return n_ctx * max_seqs * cell_bytes <= ram_bytes * SPLIT_MAX_RAM_SHARE
+
+
+def host_ram_bytes() -> int:
+    """Physical memory of this host (0 where the platform does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def kv_cell_bytes(model: Any) -> int:
+    """Bytes of one KV cell (K and V of every layer, f16) for this model: an estimate that
+    takes a head's size as n_embd / n_head, as most architectures do."""
+    n_head = max(1, int(llama_cpp.llama_model_n_head(model)))
+    head_dim = int(llama_cpp.llama_model_n_embd(model)) // n_head
+    n_head_kv = int(llama_cpp.llama_model_n_head_kv(model))
+    return int(llama_cpp.llama_model_n_layer(model)) * 2 * n_head_kv * head_dim * 2
 
 
 def default_kv_cells(n_ctx: int, max_seqs: int) -> int:
@@ -306,7 +345,15 @@ class LlamaCppBackend:
         n_ctx_train = int(llama_cpp.llama_model_n_ctx_train(model))
         n_ctx = min(options.n_ctx, n_ctx_train) if n_ctx_train > 0 else options.n_ctx
         max_seqs = min(options.max_seqs, int(llama_cpp.llama_max_parallel_sequences()))
-        if options.kv_split:
+        cell_bytes = kv_cell_bytes(model)
+        split = choose_split(
+            options,
+            n_ctx=n_ctx,
+            max_seqs=max_seqs,
+            cell_bytes=cell_bytes,
+            ram_bytes=host_ram_bytes(),
+        )
+        if split:
             kv_cells = options.kv_cells or n_ctx * max_seqs
         else:
             kv_cells = max(options.kv_cells or default_kv_cells(n_ctx, max_seqs), n_ctx)
@@ -315,7 +362,12 @@ class LlamaCppBackend:
 
         n_batch = max(options.n_batch or (512 if options.n_gpu_layers else 128), options.max_seqs)
         cparams = _context_params(
-            options, cells=kv_cells, batch=n_batch, seqs=max_seqs, threads=n_threads
+            split=split,
+            cells=kv_cells,
+            batch=n_batch,
+            seqs=max_seqs,
+            threads=n_threads,
+            flash_attn=flash_attn_type(options),
         )
         ctx = llama_cpp.llama_init_from_model(model, cparams)
         if not ctx:
@@ -332,7 +384,7 @@ class LlamaCppBackend:
         self._ones = array("i", [1]) * n_batch
         self._piece_buf = ctypes.create_string_buffer(256)
         template = llama_cpp.llama_model_chat_template(model, None)
-        self._split = options.kv_split
+        self._split = split
         if self._split:  # a sequence never holds more than its stream's cells
             n_ctx = min(n_ctx, int(llama_cpp.llama_n_ctx_seq(ctx)))
         self.info = BackendInfo(
@@ -340,6 +392,7 @@ class LlamaCppBackend:
             n_ctx=n_ctx,
             kv_cells=int(llama_cpp.llama_n_ctx(ctx)),
             kv_split=self._split,
+            kv_cell_bytes=cell_bytes,
             max_seqs=max_seqs,
             max_batch_tokens=n_batch,
             prefill_per_decode=(
@@ -670,8 +723,13 @@ class _Embedder:
         self, model: Any, info: BackendInfo, pooling: int, options: LlamaCppOptions, threads: int
     ) -> None:
         n_ctx = info.embed_limit
-        cparams = _context_params(
-            options, cells=n_ctx, batch=n_ctx, seqs=_EMBED_SEQS, threads=threads
+        cparams = _context_params(  # whole inputs packed into one decode: one stream
+            split=False,
+            cells=n_ctx,
+            batch=n_ctx,
+            seqs=_EMBED_SEQS,
+            threads=threads,
+            flash_attn=flash_attn_type(options),
         )
         cparams.embeddings = True
         cparams.pooling_type = pooling
