@@ -22,9 +22,10 @@ once the machine is idle (bounded by --retries and --budget).
     make bench ARGS="--skip-llama-cpp-server --json"
     .venv/bin/python benchmarks/throughput.py --llama-server /path/to/llama-server
 
-With --llama-server, llama.cpp's server is measured twice by default: in inferd's KV layout
-and kernels ("llama-server": one unified KV cache, no flash attention) and with its own
-defaults ("llama-server defaults": one KV stream per slot, flash attention auto).
+With --llama-server, llama.cpp's server is measured twice by default, both with inferd's KV
+cells and slots: in inferd's KV layout and kernels ("llama-server": a KV stream per slot or
+one unified cache, as inferd picked; no flash attention) and with its own defaults
+("llama-server defaults": one KV stream per slot, flash attention auto).
 """
 
 from __future__ import annotations
@@ -346,17 +347,18 @@ def llama_server_cmd(
     *,
     split: bool,
     layout: str = "same",
+    flash_attn: str = "off",
 ) -> list[str]:
     """llama.cpp's server with inferd's KV cells, slots and threads, in one of two layouts:
-    "same" is inferd's (a KV stream per slot when `split`, else one unified cache; no flash
-    attention, inferd's CPU default), "default" is llama-server's own (a KV stream per slot,
-    flash attention auto). Later `--llama-server-args` override these. `--no-repack` is the
-    same AMX workaround as inferd's extra_buffers=False: without it the server dies in
-    warm-up."""
+    "same" is inferd's (a KV stream per slot when `split`, else one unified cache; flash
+    attention `flash_attn`, off as inferd's CPU default), "default" is llama-server's own (a
+    KV stream per slot, flash attention auto). Later `--llama-server-args` override these.
+    `--no-repack` is the same AMX workaround as inferd's extra_buffers=False: without it the
+    server dies in warm-up."""
     cmd = [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port)]
     cmd += ["-c", str(cells), "-np", str(slots), "-t", str(os.cpu_count() or 1)]
     if layout == "same":
-        cmd += ["-fa", "off"] + ([] if split else ["--kv-unified"])
+        cmd += ["-fa", flash_attn] + ([] if split else ["--kv-unified"])
     return [*cmd, "--no-webui", "--no-repack", "-a", BUNDLED_NAME]
 
 
@@ -726,6 +728,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "slot where n_ctx x slots cells fit, see docs/configuration.md), 'split' (--kv-split) "
         "or 'unified' (--no-kv-split); 'split' and 'unified' use the unified default's cells",
     )
+    ap.add_argument(
+        "--flash-attn",
+        choices=("on", "off", "auto"),
+        help="flash attention for inferd and the ceiling (default: inferd's, off on CPU)",
+    )
     ap.add_argument("--json", action="store_true", help="print JSON (the table goes to stderr)")
     args = ap.parse_args(argv)
     args.concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
@@ -753,6 +760,7 @@ def main(argv: list[str] | None = None) -> int:
         "max_others": args.max_others,
         "inferd_args": args.inferd_args,
         "kv_layout": args.kv_layout,
+        "flash_attn": args.flash_attn,
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
 
@@ -775,7 +783,7 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         # every target gets the ceiling's KV cells and layout (a stream per slot: cells / slots
         # each); "auto" lets the backend pick them as `inferd serve` does
-        options = LlamaCppOptions(max_seqs=max_seqs, n_ctx=args.n_ctx)
+        options = LlamaCppOptions(max_seqs=max_seqs, n_ctx=args.n_ctx, flash_attn=args.flash_attn)
         if args.kv_layout != "auto":
             options = dataclasses.replace(
                 options,
@@ -798,6 +806,7 @@ def main(argv: list[str] | None = None) -> int:
             cmd = [sys.executable, "-m", "inferd", "serve", "--port", str(port)]
             cmd += ["--log-level", "warning", "--n-ctx", str(args.n_ctx)]
             cmd += ["--max-seqs", str(max_seqs)]
+            cmd += ["--flash-attn", args.flash_attn] if args.flash_attn else []
             if args.kv_layout != "auto":
                 cmd += ["--kv-cells", str(cells), *KV_FLAGS[args.kv_layout]]
             if args.model:
@@ -814,7 +823,14 @@ def main(argv: list[str] | None = None) -> int:
             console.print(f"{label}: llama-server -np {max_seqs} (llama.cpp's C++ server)")
             port = free_port()
             cmd = llama_server_cmd(
-                args.llama_server, model, port, cells, max_seqs, split=split, layout=layout
+                args.llama_server,
+                model,
+                port,
+                cells,
+                max_seqs,
+                split=split,
+                layout=layout,
+                flash_attn=args.flash_attn or "off",
             )
             cmd += shlex.split(args.llama_server_args)
             base = f"http://127.0.0.1:{port}"
