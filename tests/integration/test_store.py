@@ -516,20 +516,47 @@ async def test_sessions_belong_to_the_key_that_uses_them(
         assert await conversation(alice.record.id) == ["My secret is 42.", "What is the secret?"]
         assert await conversation(bob.record.id) == ["What is the secret?"] * 2
         assert await conversation(None) == []
-        # a key that is not an admin cannot read conversations at all
-        r = await h.client.get(
-            "/v1/conversations/s",
-            params={"key_id": alice.record.id},
-            headers={"Authorization": f"Bearer {bob.secret}"},
+        # a key that is not an admin reads its own sessions only: naming another key is a 403
+        # (naming itself is allowed), and without key_id it gets its own, not the key-less one
+        for other in (alice.record.id, "key_unknown"):
+            r = await h.client.get(
+                "/v1/conversations/s",
+                params={"key_id": other},
+                headers={"Authorization": f"Bearer {bob.secret}"},
+            )
+            assert r.status_code == 403, r.text
+            assert r.json()["error"]["param"] == "key_id"
+            r = await h.client.delete(
+                "/v1/conversations/s",
+                params={"key_id": other},
+                headers={"Authorization": f"Bearer {bob.secret}"},
+            )
+            assert r.status_code == 403, r.text
+        for params in ({}, {"key_id": bob.record.id}):
+            r = await h.client.get(
+                "/v1/conversations/s",
+                params=params,
+                headers={"Authorization": f"Bearer {bob.secret}"},
+            )
+            assert r.status_code == 200, r.text
+            assert [m["content"] for m in r.json()["messages"] if m["role"] == "user"] == [
+                "What is the secret?"
+            ] * 2
+        gone = await h.client.delete(
+            "/v1/conversations/s", headers={"Authorization": f"Bearer {bob.secret}"}
         )
-        assert r.status_code == 403
+        assert gone.status_code == 200 and gone.json()["messages"] == 4
+        assert await conversation(bob.record.id) == []
+        # alice's session of the same id is untouched
+        assert await conversation(alice.record.id) == ["My secret is 42.", "What is the secret?"]
+        # an admin deletes another key's session by naming it
         gone = await h.client.delete(
             "/v1/conversations/s",
-            params={"key_id": bob.record.id},
+            params={"key_id": alice.record.id},
             headers={"Authorization": f"Bearer {admin.secret}"},
         )
         assert gone.json()["messages"] == 4
-        assert len(await conversation(alice.record.id)) == 2
+        assert await conversation(alice.record.id) == []
 
 
 async def test_log_content_stores_chats_without_a_session(

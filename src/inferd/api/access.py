@@ -116,6 +116,25 @@ async def acquire_model(request: Request, registry: ModelRegistry, name: str | N
     return await registry.acquire(name)
 
 
+def session_owner(request: Request, key_id: str | None) -> str | None:
+    """Whose stored sessions a request may read or delete: a caller without authentication
+    or with an admin key names the key (`key_id`; none: requests made without a key); any
+    other key has only its own, and naming another key is a 403."""
+    ticket = ticket_of(request)
+    if ticket is None or not ticket.auth:
+        return key_id
+    principal = ticket.principal
+    if principal is None:
+        raise PermissionDenied("This route needs an API key")
+    if principal.admin:
+        return key_id
+    if key_id is not None and key_id != principal.key_id:
+        raise PermissionDenied(
+            "An API key that is not an admin reads only its own sessions", param="key_id"
+        )
+    return principal.key_id
+
+
 def require_admin(request: Request) -> None:
     """Dependency of management routes: with authentication on, only admin keys pass."""
     ticket = ticket_of(request)

@@ -1,22 +1,31 @@
-"""Stored conversations: read the last messages of a session, delete a session."""
+"""Stored conversations: read the last messages of a session, delete a session. Every key
+reaches its own sessions; an admin key (or any caller without authentication) names the key
+whose session it means."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel
 
-from inferd.api.access import require_admin
+from inferd.api.access import session_owner
 from inferd.api.deps import StoreDep
 from inferd.api.sessions import SESSION_PATTERN, scoped_session
 
 router = APIRouter(prefix="/v1", tags=["store"])
 
 SessionPath = Annotated[str, Path(pattern=SESSION_PATTERN)]
-# whose session: the id of the API key that used it (`inferd keys list`); none: the sessions
-# of requests made without a key
+# whose session: the id of the API key that used it (`inferd keys list`); none: the caller's
+# own (the sessions of requests made without a key, for an admin or without authentication)
 KeyIdQuery = Annotated[str | None, Query(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
+
+
+def owner(request: Request, key_id: KeyIdQuery = None) -> str | None:
+    return session_owner(request, key_id)
+
+
+OwnerDep = Annotated[str | None, Depends(owner)]
 
 
 class ConversationMessage(BaseModel):
@@ -41,19 +50,15 @@ class ConversationDeleted(BaseModel):
     messages: int
 
 
-@router.get(
-    "/conversations/{session_id}",
-    response_model=Conversation,
-    dependencies=[Depends(require_admin)],
-)
+@router.get("/conversations/{session_id}", response_model=Conversation)
 async def get_conversation(
     session_id: SessionPath,
     store: StoreDep,
+    key_id: OwnerDep,
     limit: Annotated[int | None, Query(ge=1, le=10000)] = None,
-    key_id: KeyIdQuery = None,
 ) -> Conversation:
-    """The session's last `limit` messages (all by default), oldest first; `key_id`: the
-    session of that API key (sessions belong to the key that used them)."""
+    """The session's last `limit` messages (all by default), oldest first. Sessions belong
+    to the key that used them: a key reads its own; an admin key names the key (`key_id`)."""
     records = await store.conversation(scoped_session(key_id, session_id), limit)
     return Conversation(
         session_id=session_id,
@@ -71,14 +76,11 @@ async def get_conversation(
     )
 
 
-@router.delete(
-    "/conversations/{session_id}",
-    response_model=ConversationDeleted,
-    dependencies=[Depends(require_admin)],
-)
+@router.delete("/conversations/{session_id}", response_model=ConversationDeleted)
 async def delete_conversation(
-    session_id: SessionPath, store: StoreDep, key_id: KeyIdQuery = None
+    session_id: SessionPath, store: StoreDep, key_id: OwnerDep
 ) -> ConversationDeleted:
-    """Forget a session (of API key `key_id`, if given) and its messages."""
+    """Forget a session and its messages: the caller's own, or (an admin key) that of API
+    key `key_id`."""
     gone = await store.delete_conversation(scoped_session(key_id, session_id))
     return ConversationDeleted(session_id=session_id, deleted=gone > 0, messages=gone)
