@@ -34,7 +34,7 @@ from typing import Any
 import httpx
 from rich.console import Console
 from rich.table import Table
-from throughput import CpuWatch, free_port, llama_server_cmd, server
+from throughput import KV_FLAGS, CpuWatch, free_port, llama_server_cmd, server
 
 from inferd.engine.backends.llamacpp import LlamaCppBackend, LlamaCppOptions
 from inferd.models.spec import BUNDLED_NAME, bundled_model_path
@@ -162,9 +162,6 @@ def rss(pid: int) -> tuple[float, float]:
     )
     kb = lambda k: float(fields[k].split()[0]) / 1024  # noqa: E731
     return kb("VmRSS"), kb("VmHWM")
-
-
-KV_FLAGS = {"auto": [], "split": ["--kv-split"], "unified": ["--no-kv-split"]}
 
 
 def kv_layout(model: Path, args: argparse.Namespace) -> tuple[bool, int, float]:

@@ -716,8 +716,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--llama-server-layouts",
         default="same,default",
-        help="llama-server configurations, comma-separated: 'same' (inferd's KV layout in "
-        "this run, no flash attention), 'default' (llama-server's own: a KV stream per slot, "
+        help="llama-server configurations, comma-separated: 'same' (inferd's KV layout and "
+        "flash attention in this run), 'default' (llama-server's own: a KV stream per slot, "
         "flash attention auto). Both get inferd's KV cells. Default: same,default",
     )
     ap.add_argument(
