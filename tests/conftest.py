@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -98,6 +99,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _remove_dirs(*dirs: str) -> None:
+    for d in dirs:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 class LiveServer:
     """`inferd serve` in a subprocess on a free 127.0.0.1 port."""
 
@@ -112,6 +118,8 @@ class LiveServer:
         cmd += ["--n-ctx", str(TEST_N_CTX), "--log-level", "warning", *args]
         # the store's SQLite file and spool go to a temporary directory, not the user's
         self.data_dir = tempfile.mkdtemp(prefix="inferd-data-")
+        # tests read the data directory after stop(); it goes with this object (or at exit)
+        weakref.finalize(self, _remove_dirs, self._models_dir, self.data_dir)
         self.proc = subprocess.Popen(
             cmd,
             env={

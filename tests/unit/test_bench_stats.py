@@ -1,3 +1,5 @@
+import os
+
 from inferd.bench.load import RequestResult, percentile, summarize
 from inferd.bench.workload import Workload
 
@@ -37,3 +39,25 @@ def test_shared_prefix_workload_interleaves_prefixes() -> None:
     assert prompts[0].split("\n\n")[0] == prompts[2].split("\n\n")[0]
     assert len(set(prompts)) == 4
     assert Workload().prompts(3) == Workload().prompts(3)  # deterministic
+
+
+def _render(width: int, **kwargs: object) -> str:
+    from rich.console import Console
+
+    from inferd.bench.ceiling import CeilingResult
+    from inferd.bench.report import table
+
+    results = [RequestResult(True, 1.5, 1.2345, [0.0123, 0.0456, 0.1789], 128, 40, 20)] * 4
+    level = summarize(16, None, results, 2.0)
+    console = Console(width=width, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
+    console.print(table([level], {16: CeilingResult(16, 2000, 5.0)}, "inferd bench: url"))
+    return console.export_text()
+
+
+def test_the_report_table_shows_every_figure_whole() -> None:
+    wide = _render(120)
+    for figure in ("1234/1234/1234", "46/179/179", "80/160", "256.0", "400.0", "0.64x"):
+        assert figure in wide, figure
+    assert "rate" not in wide  # closed loop: no rate column
+    narrow = _render(60)
+    assert "…" not in narrow  # too narrow: columns fold, nothing is cut off

@@ -15,27 +15,20 @@ def _ms(v: float | None) -> str:
 
 
 def table(levels: list[LevelResult], ceiling: dict[int, CeilingResult], title: str) -> Table:
+    """One row per level. Columns fold instead of truncating, so no figure is ever cut."""
     t = Table(title=title)
-    for col in (
-        "conc",
-        "rate",
-        "reqs",
-        "err",
-        "tok/s",
-        "req/s",
-        "TTFT p50/p95/p99 ms",
-        "TPOT p50 ms",
-        "ITL p50/p95/p99 ms",
-        "cached",
-    ):
-        t.add_column(col, justify="right")
+    paced = any(lv.rate is not None for lv in levels)
+    columns = ["conc", *(["rate"] if paced else []), "reqs", "err", "tok/s", "req/s"]
+    columns += ["TTFT ms\np50/p95/p99", "TPOT ms\np50", "ITL ms\np50/p95/p99", "cached"]
     if ceiling:
-        t.add_column("ceiling tok/s", justify="right")
-        t.add_column("vs ceiling", justify="right")
+        columns += ["ceiling\ntok/s", "vs\nceiling"]
+    for col in columns:
+        t.add_column(col, justify="right", overflow="fold")
     for lv in levels:
-        row = [
-            str(lv.concurrency),
-            "-" if lv.rate is None else f"{lv.rate:g}/s",
+        row = [str(lv.concurrency)]
+        if paced:
+            row.append("-" if lv.rate is None else f"{lv.rate:g}/s")
+        row += [
             str(lv.requests),
             str(lv.errors),
             f"{lv.output_tokens_per_s:.1f}",

@@ -21,6 +21,9 @@ from inferd.bench.load import LevelResult, RequestResult, run_level
 from inferd.bench.report import plot, table
 from inferd.bench.workload import Workload
 
+# the report's width when it goes to a file or a pipe (rich would assume 80 columns)
+REPORT_WIDTH = 120
+
 
 def _ints(text: str) -> list[int]:
     try:
@@ -113,6 +116,8 @@ def bench(
     """Load a server at each concurrency level; report throughput, TTFT, TPOT and ITL."""
     levels_c = _ints(concurrency)
     console = Console(stderr=as_json)
+    if not console.is_terminal:  # piped or redirected: wide enough that no column folds
+        console.width = max(console.width, REPORT_WIDTH)
     workload = Workload(
         prompt_words=prompt_words,
         max_tokens=max_tokens,
