@@ -10,10 +10,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from inferd.config import Settings
+from inferd.config import ModelConfig, Settings
 from inferd.models.registry import ModelRegistry
 from inferd.storage.records import MessageRecord, UsageRecord, UsageStatus
 from inferd.storage.spool import encode
@@ -591,3 +592,38 @@ async def test_retention_runs_once_at_start(database_url: str, tmp_path: Path) -
         assert [r.request_id for r in await second.usage_records()] == ["new"]
     finally:
         await second.close()
+
+
+async def test_the_lifespan_runs_a_given_store_whose_engine_the_keys_share(
+    database_url: str, tmp_path: Path
+) -> None:
+    """How `inferd serve` wires it: one database engine for the keys and the store; with
+    open_store the app's lifespan starts the store (migrating it) and closes it at the end."""
+    from inferd.api.app import create_app
+    from inferd.engine.backends.fake import FakeBackend
+    from inferd.models.spec import ModelSpec
+    from inferd.security.keys import KeyRing
+    from inferd.storage.repository import Repository
+
+    store = open_store(database_url, tmp_path / "spool.jsonl")
+    keys = KeyRing(Repository(store.engine), max_age=60)
+    spec = ModelSpec("fake", Path("fake.gguf"), ModelConfig(path=Path("fake.gguf")), ("default",))
+    registry = ModelRegistry([spec], lambda _spec: FakeBackend())  # type: ignore[arg-type]
+    app = create_app(Settings(), registry, keys=keys, store=store, open_store=True)
+    async with app.router.lifespan_context(app):
+        assert app.state.store is store and store.migrated
+        key = await keys.create("user")  # written through the store's engine
+        await registry.load_all()
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1"
+        ) as client:
+            r = await client.post(
+                CHAT,
+                json={"messages": user("hi"), "max_tokens": 2},
+                headers={"Authorization": f"Bearer {key.secret}"},
+            )
+            assert r.status_code == 200
+        assert await store.writer.flush(10)
+        (record,) = await store.usage_records()
+        assert record.key_id == key.record.id
+    assert store.writer.closed  # the lifespan closed the store it was given

@@ -52,8 +52,8 @@ def create_app(
     `tracer_provider` (default: OTLP from the environment when configured, else none),
     `keys` (default: an empty in-memory key store) and `limits` (default: from the
     rate_limit_storage setting) can be injected. `store` (usage records, conversations) is
-    used as given, its owner starts and closes it; with `open_store` the lifespan opens the
-    configured one instead."""
+    used as given, its owner starts and closes it; with `open_store` the lifespan starts and
+    closes it (the configured one when none is given)."""
     metrics = metrics or Metrics(registry)
     tracing = Tracing(tracer_provider)
     keys = keys or KeyRing(MemoryKeyStore(), max_age=settings.key_cache_seconds)
@@ -65,11 +65,11 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await keys.refresh()
-        own_store = Store.from_settings(settings) if open_store else None
-        if own_store is not None:
+        own_store = (store or Store.from_settings(settings)) if open_store else None
+        if own_store is not None:  # first: it migrates the schema the keys are read from
             await own_store.start()
             app.state.store = own_store
+        await keys.refresh()
         loading = asyncio.create_task(registry.load_all())
         try:
             yield

@@ -85,7 +85,7 @@ def serve(
     """Start the HTTP server."""
     from inferd.api.app import create_app
     from inferd.cli import server
-    from inferd.cli.keys import database_url, open_keys
+    from inferd.cli.keys import open_keys
     from inferd.models.loading import llamacpp_loader
     from inferd.models.registry import ModelRegistry, RegistryOptions
     from inferd.models.spec import specs_from_settings
@@ -93,8 +93,8 @@ def serve(
     from inferd.observability.logging import configure_logging
     from inferd.security.keys import KeyRing
     from inferd.security.limits import RateLimits
-    from inferd.storage import db
     from inferd.storage.repository import Repository
+    from inferd.storage.store import Store
 
     err = Console(stderr=True)
     try:
@@ -132,8 +132,9 @@ def serve(
         + ("" if auth else " (no API keys: authentication off)"),
         highlight=False,
     )
-    # the server's own engine: created here, first used (and disposed) in the server's loop
-    engine = db.create_engine(database_url(settings))
-    keys = KeyRing(Repository(engine), max_age=settings.key_cache_seconds)
-    app = create_app(settings, registry, keys=keys, limits=limits, open_store=True)
-    server.serve(app, settings, cleanup=(engine.dispose,))
+    # one database engine for the keys and the store: created here, first used in the
+    # server's loop, where the app's lifespan starts the store and closes it (disposing it)
+    store = Store.from_settings(settings)
+    keys = KeyRing(Repository(store.engine), max_age=settings.key_cache_seconds)
+    app = create_app(settings, registry, keys=keys, limits=limits, store=store, open_store=True)
+    server.serve(app, settings, cleanup=(store.engine.dispose,))

@@ -31,18 +31,12 @@ DataDirOpt = Annotated[
 ]
 
 
-def database_url(settings: Settings) -> str:
-    """The configured URL, else the SQLite file in the data directory."""
-    from inferd.storage import db
-
-    return settings.database_url or db.sqlite_url(settings.data_dir / "inferd.db")
-
-
 @contextlib.asynccontextmanager
 async def open_keys(settings: Settings) -> AsyncIterator[KeyRing]:
     """A key ring over the configured store, migrated to the current schema."""
     from inferd.storage import db
     from inferd.storage.repository import Repository
+    from inferd.storage.store import database_url
 
     engine = db.create_engine(database_url(settings))
     try:

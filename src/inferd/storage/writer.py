@@ -56,6 +56,11 @@ class UsageWriter:
         """Bytes of records in the spool that the database does not have yet."""
         return self._spool.pending
 
+    @property
+    def closed(self) -> bool:
+        """Closed: records submitted now go to the spool only."""
+        return self._closed
+
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="inferd-usage-writer")
 
