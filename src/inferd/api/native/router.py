@@ -14,6 +14,7 @@ from inferd.api.deps import OptionalStoreDep, RegistryDep, SettingsDep
 from inferd.api.generation import (
     ChoiceResult,
     collect_choices,
+    render_chat,
     stream_choices,
     tokenize_prompt,
 )
@@ -52,7 +53,7 @@ async def _prepare(
     if isinstance(body, s.GenerateBody):
         text, prompt = body.prompt, body.prompt
     else:
-        text = model.template.render(messages)
+        text = await render_chat(model.template, messages)
         prompt = None
     return model, await tokenize_prompt(model.engine, text), prompt, exchange
 

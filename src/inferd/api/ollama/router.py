@@ -23,6 +23,7 @@ from inferd.api.generation import (
     ChoiceResult,
     collect_choices,
     infill_tokens,
+    render_chat,
     stream_choices,
     tokenize_prompt,
 )
@@ -246,7 +247,7 @@ async def _generate_prompt(body: s.GenerateRequest, model: LoadedModel) -> list[
         info = engine.info
         text = prompt.render(body, bos_token=info.bos_token, eos_token=info.eos_token)
     else:
-        text = model.template.render(adapter.generate_messages(body))
+        text = await render_chat(model.template, adapter.generate_messages(body))
     if context:
         return [*context, *await engine.tokenize(text, add_special=False)]
     return await tokenize_prompt(engine, text)
@@ -289,7 +290,7 @@ async def chat(
     load_seconds = time.perf_counter() - started
     if not body.messages:
         return JSONResponse(await _load_only(registry, model, keep_alive, chat=True))
-    text = model.template.render(adapter.chat_messages(body))
+    text = await render_chat(model.template, adapter.chat_messages(body))
     tokens = await tokenize_prompt(model.engine, text)
     return await _run(
         request,

@@ -11,6 +11,7 @@ from inferd.api.generation import (
     check_insert,
     collect_choices,
     infill_tokens,
+    render_chat,
     stream_choices,
     tokenize_prompt,
 )
@@ -69,7 +70,7 @@ async def chat_completions(
     )
     model = await acquire_model(request, registry, body.model)
     engine = model.engine
-    prompt = model.template.render(messages)
+    prompt = await render_chat(model.template, messages)
     tokens = await tokenize_prompt(engine, prompt)
     rid = adapter.new_id("chatcmpl")
     max_tokens, param = (
