@@ -164,8 +164,8 @@ class Settings(BaseSettings):
     )
     max_memory: ByteSize | None = Field(
         None,
-        description="Memory budget for loaded models' weights, e.g. '8GB'; least recently "
-        "used idle models are unloaded to make room (default: no limit)",
+        description="Memory budget for loaded models' weights and KV caches, e.g. '8GB'; "
+        "least recently used idle models are unloaded to make room (default: no limit)",
     )
     keep_alive: float = Field(
         -1.0,

@@ -12,13 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from inferd.config import Settings
+from inferd.config import ModelConfig, Settings
 from inferd.engine.backends.llamacpp import LlamaCppBackend, LlamaCppOptions, kv_cell_bytes
 from inferd.engine.client import AsyncEngine
 from inferd.engine.types import GenerateRequest, GenerationOutput, SamplingParams
 from inferd.errors import BackendError
-from inferd.models.loading import llamacpp_loader
+from inferd.models.loading import llamacpp_footprint, llamacpp_loader
 from inferd.models.registry import ModelRegistry
+from inferd.models.spec import ModelSpec
 from tests.conftest import AppHandle, bundled_spec
 
 PROMPT = (
@@ -61,6 +62,30 @@ def test_the_default_layout_is_split_when_it_fits_and_shared_for_a_sized_pool(
         assert not pool.info.kv_split and pool.info.kv_cells == 1024 and pool.info.n_ctx == 512
     finally:
         pool.close()
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"n_ctx": 512, "max_seqs": 4},  # split: every slot keeps the whole n_ctx
+        {"n_ctx": 512, "max_seqs": 4, "kv_cells": 1024},  # a shared pool
+        {"n_ctx": 1 << 20, "max_seqs": 2, "kv_split": False},  # capped at the trained context
+    ],
+)
+def test_the_memory_estimate_before_loading_is_what_loading_gives(
+    model_path: Path, config: dict[str, object]
+) -> None:
+    """The registry's max_memory budget counts a model before loading it from its GGUF
+    header: weights (the file) and the KV cache its settings get on this host."""
+    spec = ModelSpec("m", model_path, ModelConfig(path=model_path, **config))  # type: ignore[arg-type]
+    backend = llamacpp_loader()(spec)
+    try:
+        info = backend.info
+        kv = info.kv_cells * info.kv_cell_bytes
+        assert kv > 0
+        assert llamacpp_footprint(spec) == model_path.stat().st_size + kv
+    finally:
+        backend.close()
 
 
 def test_the_kv_cell_size_estimate_matches_llama_cpps_state(split: LlamaCppBackend) -> None:

@@ -116,6 +116,48 @@ async def test_memory_budget(tmp_path: Path) -> None:
         assert sorted(loaded(reg)) == ["b", "c"]
 
 
+async def test_the_memory_budget_counts_kv_caches(tmp_path: Path) -> None:
+    """Weights of 100 bytes and a KV cache of 10 x 5: two models fit 250 bytes of weights
+    but not of weights and KV. Before loading, the footprint estimate is what counts; once
+    loaded, what the backend reports."""
+    estimates: list[str] = []
+
+    def footprint(s: ModelSpec) -> int:
+        estimates.append(s.name)
+        return s.path.stat().st_size + 50
+
+    def loader(s: ModelSpec) -> FakeBackend:
+        return FakeBackend(kv_cells=10, kv_cell_bytes=5, size_bytes=s.path.stat().st_size)
+
+    reg = ModelRegistry(
+        [spec(tmp_path, "a", size=100), spec(tmp_path, "b", size=100)],
+        loader,  # type: ignore[arg-type]
+        options=RegistryOptions(max_memory=250),
+        footprint=footprint,
+    )
+    await reg.load_all()
+    try:
+        assert loaded(reg) == ["a"]
+        await generate(reg, "b")  # a is idle: unloaded to make room
+        assert loaded(reg) == ["b"]
+        assert reg.entry("b").model.engine.info.kv_cell_bytes == 5  # type: ignore[union-attr]
+        assert "b" in estimates
+    finally:
+        await reg.close()
+    small = ModelRegistry(
+        [spec(tmp_path, "c", size=100)],
+        loader,  # type: ignore[arg-type]
+        options=RegistryOptions(max_memory=120),
+        footprint=footprint,
+    )
+    await small.load_all()
+    try:
+        with pytest.raises(ModelNotReady, match=r"weights and KV cache \(150 bytes\) exceed"):
+            await small.acquire("c")
+    finally:
+        await small.close()
+
+
 async def test_idle_unload_after_keep_alive(tmp_path: Path) -> None:
     a = spec(tmp_path, "a")
     b = spec(tmp_path, "b")

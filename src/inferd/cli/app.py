@@ -86,7 +86,7 @@ def serve(
     from inferd.api.app import create_app
     from inferd.cli import server
     from inferd.cli.keys import open_keys
-    from inferd.models.loading import llamacpp_loader
+    from inferd.models.loading import llamacpp_footprint, llamacpp_loader
     from inferd.models.registry import ModelRegistry, RegistryOptions
     from inferd.models.spec import specs_from_settings
     from inferd.models.store import ModelStore
@@ -109,6 +109,7 @@ def serve(
             options=RegistryOptions.from_settings(settings),
             store=ModelStore(settings.models_dir),
             model_overrides=model_flags,
+            footprint=llamacpp_footprint,
         )
 
         async def any_keys() -> bool:

@@ -1,36 +1,53 @@
-"""Turns a ModelSpec into a running llama.cpp backend."""
+"""Turns a ModelSpec into a running llama.cpp backend, and says how much memory it will take."""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from inferd.engine.backends.base import Backend
 from inferd.models.gguf_header import read_header
 from inferd.models.registry import BackendLoader
 from inferd.models.spec import ModelSpec
 
+if TYPE_CHECKING:
+    from inferd.engine.backends.llamacpp import LlamaCppOptions
+
+
+def llamacpp_options(spec: ModelSpec, *, verbose: bool = False) -> LlamaCppOptions:
+    from inferd.engine.backends.llamacpp import LlamaCppOptions
+
+    c = spec.config
+    return LlamaCppOptions(
+        n_ctx=c.n_ctx,
+        kv_cells=c.kv_cells,
+        max_seqs=c.max_seqs,
+        kv_split=c.kv_split,
+        n_batch=c.n_batch,
+        n_ctx_embed=c.n_ctx_embed,
+        prefill_per_decode=c.prefill_per_decode,
+        n_threads=c.n_threads,
+        n_gpu_layers=c.n_gpu_layers,
+        flash_attn=c.flash_attn,
+        kv_overrides=tuple(c.kv_overrides.items()),
+        verbose=verbose,
+    )
+
 
 def llamacpp_loader(*, verbose: bool = False) -> BackendLoader:
     def load(spec: ModelSpec) -> Backend:
-        from inferd.engine.backends.llamacpp import LlamaCppBackend, LlamaCppOptions
+        from inferd.engine.backends.llamacpp import LlamaCppBackend
 
         # a clean error for garbage, before llama.cpp parses (and allocates for) it
         read_header(spec.path)
-        c = spec.config
-        return LlamaCppBackend(
-            spec.path,
-            LlamaCppOptions(
-                n_ctx=c.n_ctx,
-                kv_cells=c.kv_cells,
-                max_seqs=c.max_seqs,
-                kv_split=c.kv_split,
-                n_batch=c.n_batch,
-                n_ctx_embed=c.n_ctx_embed,
-                prefill_per_decode=c.prefill_per_decode,
-                n_threads=c.n_threads,
-                n_gpu_layers=c.n_gpu_layers,
-                flash_attn=c.flash_attn,
-                kv_overrides=tuple(c.kv_overrides.items()),
-                verbose=verbose,
-            ),
-        )
+        return LlamaCppBackend(spec.path, llamacpp_options(spec, verbose=verbose))
 
     return load
+
+
+def llamacpp_footprint(spec: ModelSpec) -> int:
+    """Bytes a model will take once loaded, without loading it: its file (the weights) and
+    the KV cache its settings give it on this host, from the GGUF header."""
+    from inferd.engine.backends.llamacpp import estimate_kv_bytes
+
+    header = read_header(spec.path)
+    return spec.path.stat().st_size + estimate_kv_bytes(llamacpp_options(spec), header.metadata)

@@ -31,6 +31,8 @@ from inferd.models.store import ModelStore, check_name
 log = logging.getLogger(__name__)
 
 BackendLoader = Callable[[ModelSpec], Backend]
+# bytes a model will take once loaded (weights and KV cache), estimated before loading it
+Footprint = Callable[[ModelSpec], int]
 
 
 class ModelStatus(enum.StrEnum):
@@ -94,7 +96,7 @@ class RegistryOptions:
     """Limits and naming rules of a registry (from the settings)."""
 
     max_loaded_models: int | None = None
-    max_memory: int | None = None  # bytes of model weights
+    max_memory: int | None = None  # bytes of model weights and KV caches
     keep_alive: float = -1.0  # seconds idle before unloading; negative: never
     allowed_models: frozenset[str] | None = None
     model_map: Mapping[str, str] = field(default_factory=dict)
@@ -118,7 +120,7 @@ class ModelRegistry:
     Models come from `specs` (the settings or the bundled model) and from the .gguf files of
     `store` (the models directory, rescanned when it changes). Loading runs off the event
     loop, one load at a time; `options` bounds how many models (and how many bytes of
-    weights) stay loaded, unloading the least recently used idle one to make room, and
+    weights and KV caches) stay loaded, unloading the least recently used idle one to make room, and
     unloads models idle for longer than their keep_alive.
     """
 
@@ -132,8 +134,10 @@ class ModelRegistry:
         options: RegistryOptions | None = None,
         store: ModelStore | None = None,
         model_overrides: Mapping[str, object] | None = None,
+        footprint: Footprint | None = None,
     ) -> None:
         self._loader = loader
+        self._footprint = footprint
         # called when a generation finishes on any model's engine (metrics, traces, logs);
         # the app sets it when it is built
         self.on_finish = on_finish
@@ -343,26 +347,33 @@ class ModelRegistry:
         recent = time.monotonic() - entry.last_used < _ACQUIRE_GRACE_SECONDS
         return recent and entry.acquired > model.engine.submitted
 
-    @staticmethod
-    def _weights(entry: ModelEntry) -> int:
+    def _memory(self, entry: ModelEntry) -> int:
+        """Bytes of a model's weights and KV cache: as loaded, else as estimated (the file's
+        size where there is no estimate)."""
         if entry.model is not None and entry.model.engine.info.size_bytes:
-            return entry.model.engine.info.size_bytes
+            info = entry.model.engine.info
+            return info.size_bytes + info.kv_cells * info.kv_cell_bytes
         try:
+            if self._footprint is not None:
+                return self._footprint(entry.spec)
             return entry.spec.path.stat().st_size
-        except OSError:
+        except (OSError, InferdError):  # a missing or broken file: its load will say so
             return 0
 
     async def _make_room(self, entry: ModelEntry, *, evict: bool) -> str | None:
         """Unload least recently used idle models until `entry` fits the limits.
         None when it fits, else why it does not."""
         budget, most = self.options.max_memory, self.options.max_loaded_models
-        need = self._weights(entry)
+        need = self._memory(entry)
         if budget is not None and need > budget:
-            return f"its weights ({need} bytes) exceed max_memory ({budget} bytes)"
+            return (
+                f"its weights and KV cache ({need} bytes) exceed max_memory ({budget} bytes); "
+                "a smaller n_ctx, max_seqs or kv_cells shrinks the KV cache"
+            )
         while True:
             loaded = [e for e in self._entries.values() if e.model is not None and e is not entry]
             over_count = most is not None and len(loaded) >= most
-            used = sum(self._weights(e) for e in loaded)
+            used = sum(self._memory(e) for e in loaded)
             over_memory = budget is not None and used + need > budget
             if not (over_count or over_memory):
                 return None
@@ -493,7 +504,7 @@ class ModelRegistry:
     async def _load_now(self, entry: ModelEntry) -> None:
         spec = entry.spec
         started = time.perf_counter()
-        log.info("loading model %s (%d MB)", spec.name, self._weights(entry) // 1_000_000)
+        log.info("loading model %s (%d MB)", spec.name, self._memory(entry) // 1_000_000)
         try:
             backend = await asyncio.to_thread(self._loader, spec)
         except InferdError as exc:

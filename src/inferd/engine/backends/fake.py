@@ -58,6 +58,8 @@ class FakeBackend:
     prefill_per_decode: int = 0
     max_batch_tokens: int = 64
     kv_split: bool = False  # report a KV stream per slot (cells are still counted together)
+    kv_cell_bytes: int = 0  # reported memory per KV cell (0: unknown)
+    size_bytes: int = 0  # reported weights
     step_delay: float = 0.0
     fail_after_steps: int | None = None
     n_embd: int = 8
@@ -89,6 +91,8 @@ class FakeBackend:
             max_batch_tokens=self.max_batch_tokens,
             prefill_per_decode=self.prefill_per_decode,
             kv_split=self.kv_split,
+            kv_cell_bytes=self.kv_cell_bytes,
+            size_bytes=self.size_bytes,
             n_ctx_train=self.n_ctx,
             add_bos=False,
             bos_token="",

@@ -8,7 +8,7 @@ import os
 import random
 import threading
 from array import array
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -133,6 +133,47 @@ def choose_split(
     return n_ctx * max_seqs * cell_bytes <= ram_bytes * SPLIT_MAX_RAM_SHARE
 
 
+@dataclass(frozen=True)
+class KvPlan:
+    """A context's KV cache: the window per sequence, the slots, the layout, the cells."""
+
+    n_ctx: int
+    max_seqs: int
+    split: bool
+    cells: int
+
+
+def plan_kv(options: LlamaCppOptions, *, n_ctx_train: int, cell_bytes: int) -> KvPlan:
+    """The KV cache a context for these options gets on this host: decided here for loading
+    and for estimating a model's memory before it is loaded (the registry's budget)."""
+    n_ctx = min(options.n_ctx, n_ctx_train) if n_ctx_train > 0 else options.n_ctx
+    max_seqs = min(options.max_seqs, int(llama_cpp.llama_max_parallel_sequences()))
+    split = choose_split(
+        options, n_ctx=n_ctx, max_seqs=max_seqs, cell_bytes=cell_bytes, ram_bytes=host_ram_bytes()
+    )
+    if split:
+        cells = options.kv_cells or n_ctx * max_seqs
+    else:
+        cells = max(options.kv_cells or default_kv_cells(n_ctx, max_seqs), n_ctx)
+    return KvPlan(n_ctx, max_seqs, split, cells)
+
+
+def estimate_kv_bytes(options: LlamaCppOptions, metadata: Mapping[str, str]) -> int:
+    """Bytes of the KV cache a model would get, from its GGUF header's metadata, without
+    loading it (0 when the header does not say enough)."""
+    arch = metadata.get("general.architecture", "")
+    try:
+        n_layer = int(metadata[f"{arch}.block_count"])
+        n_head = max(1, int(metadata[f"{arch}.attention.head_count"]))
+        n_head_kv = int(metadata.get(f"{arch}.attention.head_count_kv", n_head))
+        n_embd = int(metadata[f"{arch}.embedding_length"])
+        n_ctx_train = int(metadata.get(f"{arch}.context_length", 0))
+    except (KeyError, ValueError):  # per-layer head counts (arrays), or an unknown layout
+        return 0
+    cell_bytes = _cell_bytes(n_layer=n_layer, n_head=n_head, n_head_kv=n_head_kv, n_embd=n_embd)
+    return plan_kv(options, n_ctx_train=n_ctx_train, cell_bytes=cell_bytes).cells * cell_bytes
+
+
 def host_ram_bytes() -> int:
     """Physical memory of this host (0 where the platform does not say)."""
     try:
@@ -144,10 +185,17 @@ def host_ram_bytes() -> int:
 def kv_cell_bytes(model: Any) -> int:
     """Bytes of one KV cell (K and V of every layer, f16) for this model: an estimate that
     takes a head's size as n_embd / n_head, as most architectures do."""
-    n_head = max(1, int(llama_cpp.llama_model_n_head(model)))
-    head_dim = int(llama_cpp.llama_model_n_embd(model)) // n_head
-    n_head_kv = int(llama_cpp.llama_model_n_head_kv(model))
-    return int(llama_cpp.llama_model_n_layer(model)) * 2 * n_head_kv * head_dim * 2
+    return _cell_bytes(
+        n_layer=int(llama_cpp.llama_model_n_layer(model)),
+        n_head=max(1, int(llama_cpp.llama_model_n_head(model))),
+        n_head_kv=int(llama_cpp.llama_model_n_head_kv(model)),
+        n_embd=int(llama_cpp.llama_model_n_embd(model)),
+    )
+
+
+def _cell_bytes(*, n_layer: int, n_head: int, n_head_kv: int, n_embd: int) -> int:
+    """K and V of every layer, f16."""
+    return n_layer * 2 * n_head_kv * (n_embd // n_head) * 2
 
 
 def default_kv_cells(n_ctx: int, max_seqs: int) -> int:
@@ -342,21 +390,10 @@ class LlamaCppBackend:
             raise BackendError(f"failed to load model file {path.name}: not a valid GGUF model")
         self._model = model
         self._vocab = llama_cpp.llama_model_get_vocab(model)
-        n_ctx_train = int(llama_cpp.llama_model_n_ctx_train(model))
-        n_ctx = min(options.n_ctx, n_ctx_train) if n_ctx_train > 0 else options.n_ctx
-        max_seqs = min(options.max_seqs, int(llama_cpp.llama_max_parallel_sequences()))
         cell_bytes = kv_cell_bytes(model)
-        split = choose_split(
-            options,
-            n_ctx=n_ctx,
-            max_seqs=max_seqs,
-            cell_bytes=cell_bytes,
-            ram_bytes=host_ram_bytes(),
-        )
-        if split:
-            kv_cells = options.kv_cells or n_ctx * max_seqs
-        else:
-            kv_cells = max(options.kv_cells or default_kv_cells(n_ctx, max_seqs), n_ctx)
+        n_ctx_train = int(llama_cpp.llama_model_n_ctx_train(model))
+        kv = plan_kv(options, n_ctx_train=n_ctx_train, cell_bytes=cell_bytes)
+        n_ctx, max_seqs, split, kv_cells = kv.n_ctx, kv.max_seqs, kv.split, kv.cells
         n_threads = options.n_threads or max(1, os.cpu_count() or 1)
         self._n_threads = n_threads
 
