@@ -360,16 +360,10 @@ class ModelRegistry:
         except (OSError, InferdError):  # a missing or broken file: its load will say so
             return 0
 
-    async def _make_room(self, entry: ModelEntry, *, evict: bool) -> str | None:
+    async def _make_room(self, entry: ModelEntry, need: int, *, evict: bool) -> str | None:
         """Unload least recently used idle models until `entry` fits the limits.
         None when it fits, else why it does not."""
         budget, most = self.options.max_memory, self.options.max_loaded_models
-        need = self._memory(entry)
-        if budget is not None and need > budget:
-            return (
-                f"its weights and KV cache ({need} bytes) exceed max_memory ({budget} bytes); "
-                "a smaller n_ctx, max_seqs or kv_cells shrinks the KV cache"
-            )
         while True:
             loaded = [e for e in self._entries.values() if e.model is not None and e is not entry]
             over_count = most is not None and len(loaded) >= most
@@ -493,7 +487,16 @@ class ModelRegistry:
             if entry.model is not None:  # loaded meanwhile
                 entry.status = ModelStatus.READY
                 return
-            why = await self._make_room(entry, evict=evict)
+            budget, need = self.options.max_memory, self._memory(entry)
+            if budget is not None and need > budget:  # never fits: a failed load, not a wait
+                entry.status = ModelStatus.FAILED
+                entry.error = (
+                    f"its weights and KV cache ({need} bytes) exceed max_memory ({budget} "
+                    "bytes); a smaller n_ctx, max_seqs or kv_cells shrinks the KV cache"
+                )
+                log.error("model %s cannot load: %s", entry.spec.name, entry.error)
+                return
+            why = await self._make_room(entry, need, evict=evict)
             if why is not None:
                 entry.status = ModelStatus.UNLOADED
                 entry.error = why if evict else None
