@@ -120,8 +120,8 @@ class ModelRegistry:
     Models come from `specs` (the settings or the bundled model) and from the .gguf files of
     `store` (the models directory, rescanned when it changes). Loading runs off the event
     loop, one load at a time; `options` bounds how many models (and how many bytes of
-    weights and KV caches) stay loaded, unloading the least recently used idle one to make room, and
-    unloads models idle for longer than their keep_alive.
+    weights and KV caches) stay loaded, unloading the least recently used idle one to make
+    room, and unloads models idle for longer than their keep_alive.
     """
 
     def __init__(
@@ -487,7 +487,8 @@ class ModelRegistry:
             if entry.model is not None:  # loaded meanwhile
                 entry.status = ModelStatus.READY
                 return
-            budget, need = self.options.max_memory, self._memory(entry)
+            # the estimate parses the GGUF header (~30 ms here): off the event loop
+            budget, need = self.options.max_memory, await asyncio.to_thread(self._memory, entry)
             if budget is not None and need > budget:  # never fits: a failed load, not a wait
                 entry.status = ModelStatus.FAILED
                 entry.error = (
@@ -502,12 +503,12 @@ class ModelRegistry:
                 entry.error = why if evict else None
                 log.info("model %s not loaded: %s", entry.spec.name, why)
                 return
-            await self._load_now(entry)
+            await self._load_now(entry, need)
 
-    async def _load_now(self, entry: ModelEntry) -> None:
+    async def _load_now(self, entry: ModelEntry, need: int) -> None:
         spec = entry.spec
         started = time.perf_counter()
-        log.info("loading model %s (%d MB)", spec.name, self._memory(entry) // 1_000_000)
+        log.info("loading model %s (%d MB)", spec.name, need // 1_000_000)
         try:
             backend = await asyncio.to_thread(self._loader, spec)
         except InferdError as exc:
