@@ -140,7 +140,7 @@ async def test_the_memory_budget_counts_kv_caches(tmp_path: Path) -> None:
         assert loaded(reg) == ["a"]
         await generate(reg, "b")  # a is idle: unloaded to make room
         assert loaded(reg) == ["b"]
-        assert reg.entry("b").model.engine.info.kv_cell_bytes == 5  # type: ignore[union-attr]
+        assert reg.entry("b").model.engine.info.kv_bytes == 50  # type: ignore[union-attr]
         assert "b" in estimates
     finally:
         await reg.close()

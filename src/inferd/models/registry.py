@@ -352,7 +352,7 @@ class ModelRegistry:
         size where there is no estimate)."""
         if entry.model is not None and entry.model.engine.info.size_bytes:
             info = entry.model.engine.info
-            return info.size_bytes + info.kv_cells * info.kv_cell_bytes
+            return info.size_bytes + info.kv_bytes
         try:
             if self._footprint is not None:
                 return self._footprint(entry.spec)
@@ -536,25 +536,26 @@ class ModelRegistry:
             backend,
             name=spec.name,
             on_finish=self._finished,
-            prefix_cache_bytes=cfg.prefix_cache_mb << 20 if cfg.prefix_cache else 0,
+            prefix_cache=cfg.prefix_cache,
+            prefix_cache_bytes=cfg.prefix_cache_mb << 20,
         )
         engine.start()
         entry.model = LoadedModel(spec, engine, template)
         entry.status = ModelStatus.READY
         entry.error = None
         entry.load_seconds = time.perf_counter() - started
-        entry.metadata = backend.metadata()
+        facts = engine.facts()
+        entry.metadata = facts.get("metadata", {})
         entry.n_params = info.n_params
         entry.last_used = time.monotonic()
         entry.acquired = 0
         log.info(
-            "model %s ready in %.2fs (context %d, %d slots, %d KV cells, %s)",
+            "model %s ready in %.2fs (context %d, %d slots, %s)",
             spec.name,
             time.perf_counter() - started,
             info.n_ctx,
             info.max_seqs,
-            info.kv_cells,
-            "a KV stream per slot" if info.kv_split else "one shared KV cache",
+            ", ".join(f"{k} {v}" for k, v in facts.items() if k != "metadata"),
         )
 
     def _finished(self, model: str, output: GenerationOutput, seconds: float) -> None:

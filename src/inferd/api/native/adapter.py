@@ -118,6 +118,7 @@ def model_info(entry: ModelEntry) -> s.ModelInfo:
         }
     if entry.model is not None:
         info = entry.model.engine.info
+        facts = entry.model.engine.facts()
         config.update(
             parameters=info.n_params,
             parameter_size=describe.parameter_size(info.n_params),
@@ -125,8 +126,8 @@ def model_info(entry: ModelEntry) -> s.ModelInfo:
             context_length_train=info.n_ctx_train,
             vocab_size=info.n_vocab,
             max_seqs=info.max_seqs,
-            kv_cells=info.kv_cells,
-            kv_split=info.kv_split,
+            kv_cells=facts.get("kv_cells"),
+            kv_split=facts.get("kv_layout") == "split",
         )
     return s.ModelInfo(
         name=spec.name,
