@@ -29,6 +29,20 @@ from tests.postgres import PostgresServer, postgres_bindir
 # Small enough to keep the tests quick, big enough for every test's prompts.
 TEST_N_CTX = 2048
 
+# Fixtures that load the bundled model (in-process or in a server subprocess): a test using one,
+# or living under tests/e2e or tests/conformance (servers on the real model), is marked `model`.
+# `make test-fast` runs the rest (`-m "not model"`): unit tests and the fake backend.
+_MODEL_FIXTURES = frozenset({"model_path", "real", "live_server", "store_registry", "store_app"})
+_MODEL_DIRS = ("e2e", "conformance")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        in_model_dir = any(part in _MODEL_DIRS for part in item.path.parts)
+        if in_model_dir or fixtures & _MODEL_FIXTURES:
+            item.add_marker(pytest.mark.model)
+
 
 @pytest.fixture(scope="session")
 def model_path() -> Path:
