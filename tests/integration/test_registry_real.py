@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from inferd.config import Settings
-from inferd.models.loading import llamacpp_loader
+from inferd.models.loading import llamacpp_factory
 from inferd.models.registry import ModelRegistry, RegistryOptions
 from inferd.models.spec import BUNDLED_ALIASES, BUNDLED_NAME, ModelSpec, Source
 from inferd.models.store import ModelStore
@@ -36,7 +36,7 @@ async def app(
     st = Settings(**settings)
     registry = ModelRegistry(
         specs,
-        llamacpp_loader(),
+        llamacpp_factory(),
         options=RegistryOptions.from_settings(st),
         store=None if models_dir is None else ModelStore(models_dir),
         model_overrides={"n_ctx": TEST_N_CTX, "max_seqs": 4},

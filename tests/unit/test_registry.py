@@ -8,6 +8,7 @@ import pytest
 from inferd.config import ModelConfig
 from inferd.engine.backends.fake import FakeBackend
 from inferd.errors import BackendError, ModelNotFound, ModelNotReady
+from inferd.models.engines import BackendEngineFactory
 from inferd.models.registry import ModelRegistry, ModelStatus
 from inferd.models.spec import ModelSpec
 
@@ -23,7 +24,7 @@ async def test_names_aliases_and_latest() -> None:
         loads.append(s.name)
         return FakeBackend()
 
-    reg = ModelRegistry([spec("a:1b", "a"), spec("b")], loader)
+    reg = ModelRegistry([spec("a:1b", "a"), spec("b")], BackendEngineFactory(loader))
     await reg.load_all()
     try:
         assert reg.get(None).name == "a:1b"
@@ -45,7 +46,7 @@ async def test_unload_then_acquire_loads_once_for_concurrent_requests() -> None:
         loads += 1
         return FakeBackend()
 
-    reg = ModelRegistry([spec("m")], loader)
+    reg = ModelRegistry([spec("m")], BackendEngineFactory(loader))
     await reg.load_all()
     try:
         assert await reg.unload("m")
@@ -66,7 +67,7 @@ async def test_a_model_that_fails_to_load_does_not_stop_the_others() -> None:
             raise BackendError("failed to load model file broken.gguf: not a valid GGUF model")
         return FakeBackend()
 
-    reg = ModelRegistry([spec("good"), spec("broken")], loader)
+    reg = ModelRegistry([spec("good"), spec("broken")], BackendEngineFactory(loader))
     await reg.load_all()
     try:
         assert reg.get("good").name == "good"

@@ -269,7 +269,7 @@ def details(entry: ModelEntry) -> s.ModelDetails:
 
 def show(model: LoadedModel, entry: ModelEntry) -> s.ShowResponse:
     info = model.engine.info
-    meta = model.engine.backend.metadata()
+    meta = model.metadata
     params = {
         "num_ctx": info.n_ctx,
         "stop": info.eos_token,
