@@ -119,8 +119,10 @@ async def test_idle_unload_after_keep_alive(model_path: Path) -> None:
         t0 = time.monotonic()
         assert await wait_for(lambda: h.registry.entry("one").model is None, 10)
         assert time.monotonic() - t0 < 5
-        assert (await h.client.get("/health/ready")).status_code == 200  # loads on demand
+        # the default model is not loaded: not ready (its next request loads it again)
+        assert (await h.client.get("/health/ready")).status_code == 503
         await generate(h, "one")
+        assert (await h.client.get("/health/ready")).status_code == 200
 
 
 async def test_ollama_keep_alive_schedules_an_idle_unload(model_path: Path) -> None:

@@ -11,6 +11,7 @@ from inferd.errors import BackendError, ModelNotFound, ModelNotReady
 from inferd.models.engines import BackendEngineFactory
 from inferd.models.registry import ModelRegistry, ModelStatus
 from inferd.models.spec import ModelSpec
+from tests.conftest import FakeFactory
 
 
 def spec(name: str, *aliases: str) -> ModelSpec:
@@ -51,12 +52,13 @@ async def test_unload_then_acquire_loads_once_for_concurrent_requests() -> None:
     try:
         assert await reg.unload("m")
         assert reg.entry("m").status is ModelStatus.UNLOADED
-        assert reg.ready  # loadable on demand
+        assert not reg.ready  # the default model is not loaded (its next request loads it)
         with pytest.raises(ModelNotReady):
             reg.get("m")
         models = await asyncio.gather(*(reg.acquire("m") for _ in range(5)))
         assert loads == 2
         assert len({id(m) for m in models}) == 1
+        assert reg.ready
     finally:
         await reg.close()
 
@@ -77,3 +79,19 @@ async def test_a_model_that_fails_to_load_does_not_stop_the_others() -> None:
             await reg.acquire("broken")
     finally:
         await reg.close()
+
+
+# ---- through the app (fake backend) ------------------------------------------------------
+
+
+async def test_ready_is_503_while_the_default_model_is_unloaded(fake_app: FakeFactory) -> None:
+    """/health/ready says what the docs say: 200 when the default model is loaded, else 503
+    (an unloaded default is not ready: its next request waits for a load)."""
+    async with fake_app() as h:
+        assert (await h.client.get("/health/ready")).status_code == 200
+        assert (await h.client.delete("/models/fake/unload")).status_code == 200
+        resp = await h.client.get("/health/ready")
+        assert resp.status_code == 503 and resp.headers["retry-after"]
+        chat = {"model": "fake", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+        assert (await h.client.post("/v1/chat/completions", json=chat)).status_code == 200
+        assert (await h.client.get("/health/ready")).status_code == 200

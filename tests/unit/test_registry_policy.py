@@ -216,8 +216,9 @@ async def test_idle_unload_after_keep_alive(tmp_path: Path) -> None:
         await reg.reap()
         assert loaded(reg) == ["b"]
         assert reg.entry("a").status is ModelStatus.UNLOADED
+        assert not reg.ready  # a, the default, is not loaded
         await generate(reg, "a")  # loads again on demand
-        assert "a" in loaded(reg)
+        assert "a" in loaded(reg) and reg.ready
 
 
 async def test_a_request_keep_alive_overrides_and_busy_models_stay(tmp_path: Path) -> None:

@@ -103,9 +103,9 @@ class ModelRegistry:
 
     @property
     def ready(self) -> bool:
-        """The default model is loaded, or was unloaded on purpose and loads on demand."""
-        status = self._names.entry(None).status
-        return status in (ModelStatus.READY, ModelStatus.UNLOADED)
+        """The default model is loaded (an unloaded one is not: its first request waits
+        for a load)."""
+        return self._names.entry(None).status is ModelStatus.READY
 
     # ---- loading and unloading -------------------------------------------------------------
 
