@@ -95,3 +95,32 @@ async def test_ready_is_503_while_the_default_model_is_unloaded(fake_app: FakeFa
         chat = {"model": "fake", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
         assert (await h.client.post("/v1/chat/completions", json=chat)).status_code == 200
         assert (await h.client.get("/health/ready")).status_code == 200
+
+
+HUGE_KEEP_ALIVES = ["1000000000h", 1e18, 1e308, "1e308", -1e308, "-1000000000h", 10**400]
+
+
+@pytest.mark.parametrize("keep_alive", HUGE_KEEP_ALIVES)
+async def test_a_huge_keep_alive_is_forever(fake_app: FakeFactory, keep_alive: object) -> None:
+    async with fake_app() as h:
+        body = {"model": "fake", "prompt": "hi", "stream": False, "keep_alive": keep_alive}
+        resp = await h.client.post("/api/generate", json={**body, "options": {"num_predict": 2}})
+        assert resp.status_code == 200, resp.text
+        ps = await h.client.get("/api/ps")
+        assert ps.status_code == 200, ps.text
+        (running,) = ps.json()["models"]
+        assert running["expires_at"] > "2100"  # forever
+        # a load-only request (no prompt) takes the same path
+        resp = await h.client.post("/api/chat", json={"model": "fake", "keep_alive": keep_alive})
+        assert resp.status_code == 200 and resp.json()["done_reason"] == "load"
+        assert (await h.client.get("/api/ps")).status_code == 200
+
+
+@pytest.mark.parametrize("keep_alive", ["1e400h", "inf", "-inf", "nan", "Infinity", "1e309"])
+async def test_a_non_finite_keep_alive_is_a_400(fake_app: FakeFactory, keep_alive: str) -> None:
+    async with fake_app() as h:
+        body = {"model": "fake", "prompt": "hi", "stream": False, "keep_alive": keep_alive}
+        resp = await h.client.post("/api/generate", json=body)
+        assert resp.status_code == 400, resp.text
+        assert "keep_alive" in resp.json()["error"]
+        assert (await h.client.get("/api/ps")).status_code == 200

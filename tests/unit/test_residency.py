@@ -1,17 +1,20 @@
 """The residency policy alone, on a fake clock: LRU order, the memory budget with KV caches,
-keep_alive expiry, busy models, the acquire grace."""
+keep_alive expiry (huge values are forever), busy models, the acquire grace."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 from inferd.config import ModelConfig
 from inferd.engine.types import EngineStats
 from inferd.models.chat_template import CHATML, ChatTemplate
 from inferd.models.entry import LoadedModel, ModelEntry, ModelStatus
 from inferd.models.options import RegistryOptions
-from inferd.models.residency import ACQUIRE_GRACE_SECONDS, ResidencyPolicy
+from inferd.models.residency import ACQUIRE_GRACE_SECONDS, FOREVER_SECONDS, ResidencyPolicy
 from inferd.models.spec import ModelSpec
 
 
@@ -183,10 +186,29 @@ def test_keep_alive_expiry() -> None:
     assert policy.expired([unloaded]) == [] and policy.next_check([unloaded]) == 0.25
 
 
-def test_a_keep_alive_of_zero_expires_at_once() -> None:
+@pytest.mark.parametrize(
+    "keep",
+    [FOREVER_SECONDS, 3.6e12, 1e18, 1e308, math.inf, -1.0, -1e308, -math.inf, math.nan],
+)
+def test_a_huge_negative_or_nan_keep_alive_is_forever(keep: float) -> None:
     clock = Clock()
     policy = policy_with(clock)
     a = make_entry("a")
     load(policy, a)
+    policy.set_keep_alive(a, keep)
+    assert policy.keep_alive_of(a) is None and policy.expires_in(a) is None
+    clock.advance(1e12)
+    assert policy.expired([a]) == []
+    # the same for a configured keep_alive
+    assert policy_with(clock, keep_alive=keep).keep_alive_of(make_entry("b")) is None
+
+
+def test_just_below_forever_is_a_deadline() -> None:
+    clock = Clock()
+    policy = policy_with(clock)
+    a = make_entry("a")
+    load(policy, a)
+    policy.set_keep_alive(a, FOREVER_SECONDS - 1)
+    assert policy.expires_in(a) == FOREVER_SECONDS - 1
     policy.set_keep_alive(a, 0)
     assert policy.expires_in(a) == 0 and policy.expired([a]) == [a]

@@ -15,6 +15,9 @@ Clock = Callable[[], float]
 # bytes a model will take once loaded (weights and KV cache), estimated before loading it
 Footprint = Callable[[ModelSpec], int]
 
+# A keep_alive this long or longer means forever: clients send huge values (Ollama's
+# "1000000000h", 1e308) for it, and a deadline centuries away cannot even be dated.
+FOREVER_SECONDS = 100 * 365 * 86400.0
 # A request that acquired a model but has not reached its engine yet (it is being tokenized)
 # protects the model from eviction for this long.
 ACQUIRE_GRACE_SECONDS = 2.0
@@ -66,12 +69,13 @@ class ResidencyPolicy:
     # ---- keep_alive ----------------------------------------------------------------------
 
     def keep_alive_of(self, entry: ModelEntry) -> float | None:
-        """Seconds idle before the model is unloaded; None: never (a negative keep_alive)."""
+        """Seconds idle before the model is unloaded; None: never (a negative keep_alive,
+        or one of FOREVER_SECONDS or more)."""
         keep = entry.keep_alive
         if keep is None:
             configured = entry.spec.config.keep_alive
             keep = self.options.keep_alive if configured is None else configured
-        return None if keep < 0 else keep
+        return keep if 0 <= keep < FOREVER_SECONDS else None
 
     def expires_in(self, entry: ModelEntry) -> float | None:
         """Seconds until an idle unload, None for never."""
