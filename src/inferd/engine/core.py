@@ -87,6 +87,7 @@ class EngineCore:
         self._step_seqs = [0] * (len(STEP_SEQ_BUCKETS) + 1)
         self._prompt_tokens = 0
         self._generated_tokens = 0
+        self._submitted = 0  # counted by the submitting thread (the event loop's)
 
     # ---- thread-safe API -------------------------------------------------------------------
 
@@ -94,6 +95,7 @@ class EngineCore:
         self._thread.start()
 
     def submit(self, request: GenerateRequest) -> None:
+        self._submitted += 1
         self._inbox.put(_Add(request))
 
     def abort(self, request_id: str) -> None:
@@ -130,6 +132,7 @@ class EngineCore:
             prefix_hits=sched.prefix_hits,
             reused_tokens_total=sched.reused_tokens,
             kv_moves=sched.moves,
+            submitted=self._submitted,
         )
 
     # ---- the loop ------------------------------------------------------------------------

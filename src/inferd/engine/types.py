@@ -110,3 +110,4 @@ class EngineStats:
     prefix_hits: int = 0
     reused_tokens_total: int = 0
     kv_moves: int = 0  # split KV: sequences moved down into a freed slot
+    submitted: int = 0  # requests handed to the core so far
