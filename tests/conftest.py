@@ -20,7 +20,8 @@ import pytest
 from inferd.api.app import create_app
 from inferd.config import ModelConfig, Settings
 from inferd.engine.backends.fake import FakeBackend
-from inferd.models.loading import llamacpp_loader
+from inferd.models.engines import BackendEngineFactory
+from inferd.models.loading import llamacpp_factory
 from inferd.models.registry import ModelRegistry
 from inferd.models.spec import BUNDLED_ALIASES, BUNDLED_NAME, ModelSpec, bundled_model_path
 from inferd.storage.store import Store
@@ -28,6 +29,20 @@ from tests.postgres import PostgresServer, postgres_bindir
 
 # Small enough to keep the tests quick, big enough for every test's prompts.
 TEST_N_CTX = 2048
+
+# Fixtures that load the bundled model (in-process or in a server subprocess): a test using one,
+# or living under tests/e2e or tests/conformance (servers on the real model), is marked `model`.
+# `make test-fast` runs the rest (`-m "not model"`): unit tests and the fake backend.
+_MODEL_FIXTURES = frozenset({"model_path", "real", "live_server", "store_registry", "store_app"})
+_MODEL_DIRS = ("e2e", "conformance")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        in_model_dir = any(part in _MODEL_DIRS for part in item.path.parts)
+        if in_model_dir or fixtures & _MODEL_FIXTURES:
+            item.add_marker(pytest.mark.model)
 
 
 @pytest.fixture(scope="session")
@@ -69,7 +84,7 @@ class AppHandle:
 @pytest.fixture(scope="session")
 async def real(model_path: Path) -> AsyncIterator[AppHandle]:
     """The app on the real engine and the bundled model, shared by the integration tests."""
-    registry = ModelRegistry([bundled_spec(model_path)], llamacpp_loader())
+    registry = ModelRegistry([bundled_spec(model_path)], llamacpp_factory())
     async with AppHandle(Settings(), registry) as handle:
         yield handle
 
@@ -87,7 +102,7 @@ def fake_app() -> FakeFactory:
         spec = ModelSpec(
             "fake", Path("fake.gguf"), ModelConfig(path=Path("fake.gguf")), ("default",)
         )
-        registry = ModelRegistry([spec], lambda _spec: FakeBackend(**backend))  # type: ignore[arg-type]
+        registry = ModelRegistry([spec], BackendEngineFactory(lambda _spec: FakeBackend(**backend)))
         return AppHandle(settings or Settings(), registry, store)
 
     return make
@@ -238,7 +253,7 @@ async def store(database_url: str, tmp_path: Path) -> AsyncIterator[Store]:
 @pytest.fixture(scope="session")
 async def store_registry(model_path: Path) -> AsyncIterator[ModelRegistry]:
     """A registry of its own for apps with a store (each app sets the registry's hooks)."""
-    registry = ModelRegistry([bundled_spec(model_path)], llamacpp_loader())
+    registry = ModelRegistry([bundled_spec(model_path)], llamacpp_factory())
     await registry.load_all()
     try:
         yield registry

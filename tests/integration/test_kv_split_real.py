@@ -16,7 +16,7 @@ from inferd.config import ModelConfig, Settings
 from inferd.engine.backends.llamacpp import LlamaCppBackend, LlamaCppOptions, kv_cell_bytes
 from inferd.engine.client import AsyncEngine
 from inferd.engine.types import GenerateRequest, GenerationOutput, SamplingParams
-from inferd.models.loading import llamacpp_footprint, llamacpp_loader
+from inferd.models.loading import llamacpp_factory, llamacpp_footprint, llamacpp_loader
 from inferd.models.registry import ModelRegistry
 from inferd.models.spec import ModelSpec
 from tests.conftest import AppHandle, bundled_spec
@@ -207,7 +207,7 @@ async def test_a_prefix_shared_with_a_running_sequence_is_copied(model_path: Pat
 
 async def test_a_prompt_longer_than_a_slot_is_a_400(model_path: Path) -> None:
     spec = bundled_spec(model_path, max_seqs=4, kv_cells=1024, kv_split=True)
-    async with AppHandle(Settings(), ModelRegistry([spec], llamacpp_loader())) as h:
+    async with AppHandle(Settings(), ModelRegistry([spec], llamacpp_factory())) as h:
         long_prompt = "word " * 400  # over the 256 tokens of a slot
         r = await h.client.post(
             "/v1/completions",

@@ -12,7 +12,7 @@ from inferd.engine.backends.llamacpp import LlamaCppBackend, LlamaCppOptions
 from inferd.engine.client import AsyncEngine
 from inferd.engine.types import GenerateRequest, SamplingParams
 from inferd.errors import BackendError
-from inferd.models.loading import llamacpp_loader
+from inferd.models.loading import llamacpp_factory, llamacpp_loader
 from inferd.models.registry import ModelRegistry
 from tests.conftest import bundled_spec, wait_for
 
@@ -94,7 +94,7 @@ async def test_prefix_cache_off_reuses_nothing(model_path: Path) -> None:
     after the first answer and while it still runs, reports 0 cached tokens and answers the
     same; nothing is looked up or kept."""
     spec = bundled_spec(model_path, max_seqs=2, prefix_cache=False)
-    registry = ModelRegistry([spec], llamacpp_loader())
+    registry = ModelRegistry([spec], llamacpp_factory())
     await registry.load_all()
     try:
         engine = registry.get(spec.name).engine

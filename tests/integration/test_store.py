@@ -15,6 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from inferd.config import ModelConfig, Settings
+from inferd.models.engines import BackendEngineFactory
 from inferd.models.registry import ModelRegistry
 from inferd.storage.records import MessageRecord, UsageRecord, UsageStatus
 from inferd.storage.spool import encode
@@ -608,7 +609,7 @@ async def test_the_lifespan_runs_a_given_store_whose_engine_the_keys_share(
     store = open_store(database_url, tmp_path / "spool.jsonl")
     keys = KeyRing(Repository(store.engine), max_age=60)
     spec = ModelSpec("fake", Path("fake.gguf"), ModelConfig(path=Path("fake.gguf")), ("default",))
-    registry = ModelRegistry([spec], lambda _spec: FakeBackend())  # type: ignore[arg-type]
+    registry = ModelRegistry([spec], BackendEngineFactory(lambda _spec: FakeBackend()))  # type: ignore[arg-type]
     app = create_app(Settings(), registry, keys=keys, store=store, open_store=True)
     async with app.router.lifespan_context(app):
         assert app.state.store is store and store.migrated

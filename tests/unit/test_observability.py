@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from inferd.api.app import create_app
 from inferd.config import ModelConfig, Settings
 from inferd.engine.backends.fake import FakeBackend
+from inferd.models.engines import BackendEngineFactory
 from inferd.models.registry import ModelRegistry
 from inferd.models.spec import ModelSpec
 from inferd.observability.logging import (
@@ -164,7 +165,7 @@ async def test_load_failures_are_counted() -> None:
     def loader(_spec: ModelSpec) -> FakeBackend:
         raise RuntimeError("boom")
 
-    handle = AppHandle(Settings(), ModelRegistry([spec], loader))
+    handle = AppHandle(Settings(), ModelRegistry([spec], BackendEngineFactory(loader)))
     async with handle as h:
         m = await scrape(h.client)
         assert value(m, "inferd_model_load_failures_total", model="bad") == 1
@@ -287,7 +288,7 @@ async def test_spans_for_request_and_generation() -> None:
     provider = sdk.TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     spec = ModelSpec("fake", Path("fake.gguf"), ModelConfig(path=Path("fake.gguf")), ())
-    registry = ModelRegistry([spec], lambda _spec: FakeBackend())
+    registry = ModelRegistry([spec], BackendEngineFactory(lambda _spec: FakeBackend()))
     app = create_app(Settings(), registry, tracer_provider=provider)
     trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
     parent = "00f067aa0ba902b7"

@@ -50,6 +50,10 @@ class EngineClient(Protocol):
 
     def stats(self) -> EngineStats: ...
 
+    async def stop(self) -> None:
+        """Abort what is left and release the model (the engine is not used again)."""
+        ...
+
     async def tokenize(
         self, text: str, *, add_special: bool = True, parse_special: bool = True
     ) -> list[int]: ...

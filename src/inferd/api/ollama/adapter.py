@@ -27,23 +27,27 @@ log = logging.getLogger(__name__)
 OLLAMA_API_VERSION = "0.9.0"
 
 _DURATION = re.compile(r"(-?\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_HUGE = 10**300  # ints beyond this cannot be floats; as keep_alive they mean forever anyway
 _UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 def parse_keep_alive(value: s.KeepAlive) -> float | None:
-    """Seconds to keep the model loaded; None: the server default; negative: forever."""
+    """Seconds to keep the model loaded; None: the server default; negative: forever (a
+    huge finite value is forever too, decided by the registry's residency policy)."""
     if value is None or value == "":
         return None
-    if isinstance(value, int | float):
-        number = float(value)
+    if isinstance(value, int):  # a huge one is forever, as a huge float is
+        number = float(max(-_HUGE, min(value, _HUGE)))
+    elif isinstance(value, float):
+        number = value
     else:
         text = value.strip()
         try:
             number = float(text)
         except ValueError:
-            return _parse_duration(text)
-    if math.isnan(number):
-        raise InvalidRequest("keep_alive must be a duration or a number", param="keep_alive")
+            number = _parse_duration(text)
+    if not math.isfinite(number):
+        raise InvalidRequest("keep_alive must be a finite duration or number", param="keep_alive")
     return number
 
 
@@ -269,7 +273,7 @@ def details(entry: ModelEntry) -> s.ModelDetails:
 
 def show(model: LoadedModel, entry: ModelEntry) -> s.ShowResponse:
     info = model.engine.info
-    meta = model.engine.facts().get("metadata", {})
+    meta = model.metadata
     params = {
         "num_ctx": info.n_ctx,
         "stop": info.eos_token,

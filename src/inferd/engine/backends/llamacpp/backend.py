@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import logging
 import os
 import threading
 from array import array
@@ -22,8 +21,6 @@ from inferd.engine.backends.llamacpp.sampling import LlamaCppSampler, NumpySampl
 from inferd.engine.sequence import Chunk, Sequence
 from inferd.engine.types import SamplingParams
 from inferd.errors import BackendError, EngineStopped, InferdError
-
-log = logging.getLogger(__name__)
 
 
 class LlamaCppBackend:
