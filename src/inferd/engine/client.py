@@ -7,7 +7,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from inferd.engine.backends.base import Backend, BackendInfo
 from inferd.engine.core import DEFAULT_PREFIX_CACHE_BYTES, EngineCore
@@ -37,6 +37,10 @@ class EngineClient(Protocol):
 
     @property
     def info(self) -> BackendInfo: ...
+
+    def facts(self) -> dict[str, Any]:
+        """Runtime-specific facts about the model (`metadata`: the GGUF key-values)."""
+        ...
 
     def generate(self, request: GenerateRequest) -> AsyncGenerator[GenerationOutput, None]: ...
 
@@ -94,6 +98,9 @@ class AsyncEngine:
     @property
     def backend(self) -> Backend:
         return self._backend
+
+    def facts(self) -> dict[str, Any]:
+        return {"metadata": self._backend.metadata()}
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
