@@ -131,5 +131,9 @@ async def test_errors_take_the_shape_of_the_routes_dialect(fake_app: FakeFactory
         assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_request"
         r = await c.get("/api/generate")  # a known Ollama path, another method
         assert r.status_code == 405 and isinstance(r.json()["error"], str)
-        r = await c.get("/api/no-such-route")  # no route: no dialect, the default shape
+        r = await c.get("/api/no-such-route")  # Ollama's namespace: its shape
+        assert r.status_code == 404 and isinstance(r.json()["error"], str)
+        r = await c.post("/api/tags")  # a known path, another method: still a 405
+        assert r.status_code == 405 and isinstance(r.json()["error"], str)
+        r = await c.get("/no-such-route")  # no route: no dialect, the default shape
         assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"

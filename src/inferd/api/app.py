@@ -21,7 +21,7 @@ from inferd.api.guard import PUBLIC_PATHS, Guard, is_loopback
 from inferd.api.native.router import router as native_router
 from inferd.api.ollama.router import router as ollama_router
 from inferd.api.openai.router import router as openai_router
-from inferd.api.routing import Routing
+from inferd.api.routing import Dialect, Namespace, Routing
 from inferd.api.usage import UsageMiddleware
 from inferd.config import Settings
 from inferd.models.registry import ModelRegistry
@@ -105,6 +105,8 @@ def create_app(
     @app.get("/swagger-ui", include_in_schema=False)
     async def swagger_ui() -> HTMLResponse:
         return get_swagger_ui_html(openapi_url="/openapi.json", title="inferd API")
+
+    app.router.routes.append(Namespace("/api/", Dialect.OLLAMA))  # last: after every route
 
     # Outermost last: CORS (preflights need no key) > routing (the matched route, so its
     # dialect, for everything after) > observability (request id, access log, metrics; it

@@ -18,6 +18,7 @@ from typing import Annotated, Any, ClassVar
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -72,6 +73,25 @@ _ROUTE_CLASSES: dict[Dialect, type[DialectRoute]] = {
 }
 
 
+class Namespace(BaseRoute):
+    """Paths under `prefix` that no route serves still belong to `dialect` (Ollama's
+    `/api/`: its clients read errors as `{"error": "..."}`): a 404 in that shape. It only
+    ever matches partially, after every real route, so a real route always wins (and a
+    known path with another method stays a 405). Added last to the app's routes."""
+
+    def __init__(self, prefix: str, dialect: Dialect) -> None:
+        self.prefix = prefix
+        self.dialect = dialect
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        if scope["type"] == "http" and scope["path"].startswith(self.prefix):
+            return Match.PARTIAL, {}
+        return Match.NONE, {}
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise HTTPException(404, "Not Found")
+
+
 def dialect_router(dialect: Dialect, **kwargs: Any) -> APIRouter:
     """A router whose routes speak `dialect`."""
     return APIRouter(route_class=_ROUTE_CLASSES[dialect], **kwargs)
@@ -112,7 +132,7 @@ def dialect_of(scope: Scope) -> Dialect | None:
     route = scope.get(_ROUTE)
     if route is None:
         return None
-    return route.dialect if isinstance(route, DialectRoute) else Dialect.OPS
+    return route.dialect if isinstance(route, DialectRoute | Namespace) else Dialect.OPS
 
 
 def generates(scope: Scope) -> bool:

@@ -55,7 +55,8 @@ def check_vocabulary(tokens: Sequence[int], n_vocab: int, *, param: str) -> None
     bad = next((t for t in tokens if t < 0 or t >= n_vocab), None)
     if bad is not None:
         raise InvalidRequest(
-            f"token id {bad} is outside the vocabulary (0..{n_vocab - 1})", param=param
+            f"{param} holds token id {bad}, outside the vocabulary (0..{n_vocab - 1})",
+            param=param,
         )
 
 
