@@ -16,7 +16,7 @@ def final(
 def test_each_prompt_is_counted_once_and_every_completion() -> None:
     record = RequestRecord("r")
     # two prompts, two choices each
-    record.admitted("m", {"r-0": 0, "r-1": 0, "r-2": 1, "r-3": 1})
+    record.admitted({"r-0": 0, "r-1": 0, "r-2": 1, "r-3": 1})
     record.finished(final("r-1", 10, 4, 3, FinishReason.STOP))
     record.finished(final("r-0", 10, 0, 5, FinishReason.LENGTH))
     record.finished(final("r-2", 7, 0, 2, FinishReason.STOP))
@@ -35,7 +35,7 @@ def test_each_prompt_is_counted_once_and_every_completion() -> None:
 def test_status_of_each_exit_path() -> None:
     def status(reasons: list[FinishReason], http: int, ended: bool = True) -> UsageStatus:
         record = RequestRecord("r")
-        record.admitted("m", {f"r-{i}": 0 for i in range(len(reasons))})
+        record.admitted({f"r-{i}": 0 for i in range(len(reasons))})
         for i, reason in enumerate(reasons):
             record.finished(final(f"r-{i}", 3, 0, 1, reason))
         return record.status(http, ended=ended)

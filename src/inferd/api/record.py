@@ -35,9 +35,8 @@ class RequestRecord:
         self.model = model
         self.load_seconds = time.perf_counter() - self.started
 
-    def admitted(self, model: str, prompts: dict[str, int]) -> None:
-        """The pipeline hands the request's sequences to `model`'s engine."""
-        self.model = model
+    def admitted(self, prompts: dict[str, int]) -> None:
+        """The pipeline hands the request's sequences to the model's engine."""
         self.prompts = prompts
 
     def finished(self, out: GenerationOutput) -> None:

@@ -223,6 +223,6 @@ async def prepare(request: Request, gen: Generation, record: RequestRecord) -> R
             rid = f"{record.request_id}-{len(requests)}"
             requests.append(GenerateRequest(rid, tuple(prompt), choice_sampling(base, i)))
     await admit(request, requests, record)
-    record.admitted(model.name, {r.request_id: i // gen.n.value for i, r in enumerate(requests)})
+    record.admitted({r.request_id: i // gen.n.value for i, r in enumerate(requests)})
     observe = getattr(state, "observe_generation", None)
     return Run(model, requests, tokens, record, observe, exchange)
