@@ -9,7 +9,7 @@ from typing import Any
 import llama_cpp
 import pytest
 
-from inferd.engine.backends.base import BackendInfo
+from inferd.engine.backends.base import ModelInfo
 from inferd.engine.backends.llamacpp.loading import kv_override_array
 from inferd.errors import BackendError
 from tests.conftest import FakeFactory
@@ -21,8 +21,8 @@ def text_ids(text: str) -> list[int]:
     return [b + 1 for b in text.encode()]
 
 
-def info(pre: int, suf: int, mid: int) -> BackendInfo:
-    return BackendInfo(
+def info(pre: int, suf: int, mid: int) -> ModelInfo:
+    return ModelInfo(
         n_vocab=10,
         n_ctx=16,
         max_seqs=1,

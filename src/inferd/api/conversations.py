@@ -6,14 +6,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import Depends, Path, Query, Request
 from pydantic import BaseModel
 
 from inferd.api.access import session_owner
 from inferd.api.deps import StoreDep
+from inferd.api.routing import Dialect, dialect_router
 from inferd.api.sessions import SESSION_PATTERN, scoped_session
 
-router = APIRouter(prefix="/v1", tags=["store"])
+router = dialect_router(Dialect.OPENAI, prefix="/v1", tags=["store"])
 
 SessionPath = Annotated[str, Path(pattern=SESSION_PATTERN)]
 # whose session: the id of the API key that used it (`inferd keys list`); none: the caller's

@@ -18,7 +18,7 @@ from fastapi import Request
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from inferd.api.access import Ticket, current_ticket
+from inferd.api.access import Ticket
 from inferd.api.errors import domain_error_response, error_response
 from inferd.errors import InferdError, Unauthenticated
 from inferd.security.capacity import CapacityGate
@@ -155,7 +155,6 @@ class Guard:
                 message = {**message, "headers": [*message.get("headers", []), *extra]}
             await send(message)
 
-        token = current_ticket.set(ticket)
         try:
             try:
                 await self._admit(ticket, scope)
@@ -164,7 +163,6 @@ class Guard:
                 return
             await self.app(scope, self._limited(receive), send_with_limits)
         finally:
-            current_ticket.reset(token)
             # a cancelled request (shutdown, client gone) still gives its share back
             await asyncio.shield(ticket.close())
 

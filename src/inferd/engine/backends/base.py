@@ -66,9 +66,6 @@ class ModelInfo:
         return min(self.fim_pre, self.fim_suf, self.fim_mid) >= 0
 
 
-BackendInfo = ModelInfo  # the former name, until every caller says ModelInfo
-
-
 class Sampler(Protocol):
     """A sequence's sampler state, made and used by its backend only (kept on the sequence
     so that a step finds it without a lookup)."""
