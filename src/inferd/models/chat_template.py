@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -27,6 +28,16 @@ CHATML = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
+
+
+def with_content(
+    messages: list[dict[str, Any]], mark: Callable[[str], str]
+) -> list[dict[str, Any]]:
+    """`messages` with every string content passed through `mark` (models.content_marks)."""
+    return [
+        {**m, "content": mark(m["content"])} if isinstance(m.get("content"), str) else m
+        for m in messages
+    ]
 
 
 def _raise_exception(message: str) -> None:
