@@ -98,3 +98,29 @@ async def test_a_server_beyond_loopback_checks_no_host(fake_app: FakeFactory) ->
 
     async with fake_app(Settings(host="0.0.0.0", insecure=True)) as h:
         assert await status(h.app, [(b"host", b"[::1]evil")]) == 200
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/v1/models/fake%0A", "/v1/models/fake%0D%0A", "/api/models/fake%0A", "/v1/models/fa%00ke"],
+)
+async def test_names_with_control_characters_never_resolve(
+    fake_app: FakeFactory, path: str
+) -> None:
+    # issue 23 item 12b: Starlette's `$` matched before the final newline, so the model
+    # route found "fake" in "fake\n" (200) while the same name in a body was a 404
+    async with fake_app() as h:
+        assert (await h.client.get("/v1/models/fake")).status_code == 200
+        r = await h.client.get(path)
+        assert r.status_code == 404, path
+        error = r.json()["error"]  # in the dialect's shape: Ollama's is a string
+        assert (
+            isinstance(error, str)
+            if path.startswith("/api/")
+            else error["type"] == "not_found_error"
+        )
+        r = await h.client.post(
+            "/v1/chat/completions",
+            json={"model": "fake\n", "messages": [{"role": "user", "content": "hi"}]},
+        )
+        assert r.status_code == 404

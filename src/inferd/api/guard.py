@@ -1,8 +1,9 @@
 """The guard: a pure ASGI middleware in front of every route, on every listener (the
-Ollama port serves the same app). In order: header size (431), Host allowlist on loopback
-(400), authentication (401) unless the path is public, the key's requests per minute and
-parallel requests or, without keys, the client address's window (429), a time limit on
-receiving the body (408). Every response of a limited key carries x-ratelimit-* headers.
+Ollama port serves the same app). In order: header size (431), declared body size (413), a
+path with a control character (404), Host allowlist on loopback (400), authentication (401)
+unless the path is public, the key's requests per minute and parallel requests or, without
+keys, the client address's window (429), a time limit on receiving the body (408). Every
+response of a limited key carries x-ratelimit-* headers.
 
 Routes do the rest through `api.access`: model lists and admin routes (403), capacity (503)
 and tokens per minute (429)."""
@@ -157,6 +158,12 @@ class Guard:
         if self._declared_length(headers) > self.max_body_bytes:
             # refused before reading a byte; a chunked body is counted as it arrives
             await error_response(request, 413, "Content Too Large")(scope, receive, send)
+            return
+        if not scope["path"].isprintable():
+            # no route or name holds a control character; Starlette's path patterns end in
+            # `$`, which matches before a final newline: /v1/models/NAME%0A would find NAME
+            message = f"No route {scope['method']} {scope['path'][:200]!r}"
+            await error_response(request, 404, message)(scope, receive, send)
             return
         if self.check_host and not self._host_allowed(scope):
             await error_response(request, 400, "Invalid Host header", code="invalid_host")(
