@@ -13,6 +13,7 @@ from uvicorn.protocols.http.auto import AutoHTTPProtocol
 from inferd.api.guard import is_loopback
 from inferd.config import Settings
 from inferd.errors import ConfigError
+from inferd.observability.llama_log import LlamaLog
 
 
 class _Server(uvicorn.Server):
@@ -137,5 +138,6 @@ def serve(
     # uvicorn's own choice of event loop (uvloop where installed, as uvicorn.run would): a
     # streamed token took a quarter less of the event loop's CPU than on asyncio's loop
     # (0.44 -> 0.33 ms at one stream on 2 cores), CPU the spinning llama.cpp threads need
-    with asyncio.Runner(loop_factory=servers[0].config.get_loop_factory()) as runner:
+    # llama.cpp's log through inferd's handler while serving (JSON logs stay JSON)
+    with LlamaLog(), asyncio.Runner(loop_factory=servers[0].config.get_loop_factory()) as runner:
         runner.run(main())
