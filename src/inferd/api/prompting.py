@@ -37,8 +37,10 @@ async def tokenize_chat(
     messages: list[dict[str, Any]],
     *,
     add_generation_prompt: bool = True,
+    add_bos: bool = True,
 ) -> list[int]:
-    """The prompt ids of `messages` under `template`, in every dialect."""
+    """The prompt ids of `messages` under `template`, in every dialect; `add_bos` false when
+    the prompt continues a context (Ollama's `context`)."""
 
     def render(mark: Callable[[str], str]) -> str:
         marked = with_content(messages, mark)
@@ -46,20 +48,20 @@ async def tokenize_chat(
 
     chars = sum(len(str(m.get("content") or "")) for m in messages)
     inline = len(messages) <= _INLINE_RENDER_MESSAGES and chars <= _INLINE_RENDER_CHARS
-    return await tokenize_rendered(engine, render, inline=inline)
+    return await tokenize_rendered(engine, render, inline=inline, add_bos=add_bos)
 
 
 async def tokenize_rendered(
-    engine: EngineClient, render: Render, *, inline: bool = True
+    engine: EngineClient, render: Render, *, inline: bool = True, add_bos: bool = True
 ) -> list[int]:
     """The prompt ids of any rendering whose content strings pass through the mark it is
     given (a Go template's `.Prompt`, `.System` and messages, a Jinja template's messages);
     rendered on a worker thread unless `inline`."""
     plain = ContentMarks()
     text = await _render(render, plain, inline)
-    special = [i for i, s in enumerate(plain.seen) if await _has_special_text(engine, s)]
+    special = await _with_special_text(engine, plain.seen)
     if not special:
-        return await tokenize_prompt(engine, text)
+        return await tokenize_prompt(engine, text, add_bos=add_bos)
     marks = ContentMarks(special)
     segments = marks.segments(await _render(render, marks, inline), text)
     if segments is None:
@@ -69,20 +71,24 @@ async def tokenize_rendered(
             "markers",
             param="messages",
         )
-    return await tokenize_segments(engine, segments)
+    return await tokenize_segments(engine, segments, add_bos=add_bos)
 
 
-async def tokenize_prompt(engine: EngineClient, text: str) -> list[int]:
-    """Tokenize a rendered prompt: special tokens parsed, BOS added once if the model wants it."""
-    return await engine.tokenize(text, add_special=not _has_bos(engine, text), parse_special=True)
+async def tokenize_prompt(engine: EngineClient, text: str, *, add_bos: bool = True) -> list[int]:
+    """Tokenize a rendered prompt: special tokens parsed, BOS added once if the model wants it
+    (and `add_bos`)."""
+    add_special = add_bos and not _has_bos(engine, text)
+    return await engine.tokenize(text, add_special=add_special, parse_special=True)
 
 
-async def tokenize_segments(engine: EngineClient, segments: Segments) -> list[int]:
+async def tokenize_segments(
+    engine: EngineClient, segments: Segments, *, add_bos: bool = True
+) -> list[int]:
     """Template text with special tokens parsed, content as plain text, then concatenated;
-    BOS once at the start, if the model wants it."""
+    BOS once at the start, if the model wants it (and `add_bos`)."""
     tokens: list[int] = []
     opening = segments[0][0] if segments and not segments[0][1] else ""
-    if not _has_bos(engine, opening):
+    if add_bos and not _has_bos(engine, opening):
         # tokenizing nothing with special tokens gives exactly the BOS the model wants, if any
         tokens += await engine.tokenize("", add_special=True, parse_special=False)
     for text, is_content in segments:
@@ -93,6 +99,15 @@ async def tokenize_segments(engine: EngineClient, segments: Segments) -> list[in
 def _has_bos(engine: EngineClient, text: str) -> bool:
     bos = engine.info.bos_token
     return bool(bos) and text.startswith(bos)
+
+
+async def _with_special_text(engine: EngineClient, contents: list[str]) -> list[int]:
+    """Which contents hold special-token text: first all of them at once (two tokenizations
+    of the whole content, on a worker thread when long; an occurrence inside one content is
+    found in the joined text too), then one by one only if any does."""
+    if not await _has_special_text(engine, "\n".join(contents)):
+        return []
+    return [i for i, text in enumerate(contents) if await _has_special_text(engine, text)]
 
 
 async def _has_special_text(engine: EngineClient, text: str) -> bool:
