@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from inferd.api.pipeline.prompt import tokenize_prompt
+from inferd.api.prompting import tokenize_prompt
 from inferd.config import Settings
 from inferd.engine.backends.fake import FakeBackend
 from inferd.engine.types import EngineStats

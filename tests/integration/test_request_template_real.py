@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from inferd.api.pipeline.prompt import tokenize_prompt
+from inferd.api.prompting import tokenize_prompt
 from inferd.config import Settings
 from inferd.models import go_template
 from inferd.models.loading import llamacpp_factory

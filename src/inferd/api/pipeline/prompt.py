@@ -5,22 +5,14 @@ Tool descriptions and reasoning markers will be added here, once, for every dial
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
-from typing import Any
 
 from inferd.api.pipeline.request import ChatPrompt, InfillPrompt, Prompt, TextPrompt, TokenPrompt
+from inferd.api.prompting import tokenize_chat, tokenize_prompt
 from inferd.engine.backends.base import ModelInfo
 from inferd.engine.client import EngineClient
 from inferd.errors import InvalidRequest, UnsupportedParameter
-from inferd.models.chat_template import ChatTemplate
 from inferd.models.registry import LoadedModel
-
-# Conversations longer than this (messages, or characters of content) are rendered off the
-# event loop: a sandboxed render costs ~9 us a message here, 18 ms for 2,000 messages, and
-# every stream's next token would wait for it.
-_INLINE_RENDER_MESSAGES = 32
-_INLINE_RENDER_CHARS = 16384
 
 
 async def prompt_tokens(
@@ -41,14 +33,14 @@ async def prompt_tokens(
         )
         return [*context, *infill]
     if isinstance(prompt, ChatPrompt):
-        text = await render_chat(model.template, prompt.messages)
-    elif isinstance(prompt, TextPrompt) and isinstance(prompt.text, str):
+        # message content is tokenized as text: it can never forge the template's markers
+        chat = await tokenize_chat(engine, model.template, prompt.messages, add_bos=not context)
+        return [*context, *chat]
+    if isinstance(prompt, TextPrompt) and isinstance(prompt.text, str):
         text = prompt.text
     else:
         text = prompt.text(info.bos_token, info.eos_token)
-    if context:
-        return [*context, *await engine.tokenize(text, add_special=False)]
-    return await tokenize_prompt(engine, text)
+    return [*context, *await tokenize_prompt(engine, text, add_bos=not context)]
 
 
 def check_vocabulary(tokens: Sequence[int], n_vocab: int, *, param: str) -> None:
@@ -58,22 +50,6 @@ def check_vocabulary(tokens: Sequence[int], n_vocab: int, *, param: str) -> None
             f"{param} holds token id {bad}, outside the vocabulary (0..{n_vocab - 1})",
             param=param,
         )
-
-
-async def render_chat(template: ChatTemplate, messages: list[dict[str, Any]]) -> str:
-    """The chat template applied to `messages`: inline when short, else on a worker thread."""
-    if len(messages) <= _INLINE_RENDER_MESSAGES:
-        chars = sum(len(str(m.get("content") or "")) for m in messages)
-        if chars <= _INLINE_RENDER_CHARS:
-            return template.render(messages)
-    return await asyncio.to_thread(template.render, messages)
-
-
-async def tokenize_prompt(engine: EngineClient, text: str) -> list[int]:
-    """Tokenize a rendered prompt: special tokens parsed, BOS added once if the model wants it."""
-    info = engine.info
-    has_bos = bool(info.bos_token) and text.startswith(info.bos_token)
-    return await engine.tokenize(text, add_special=not has_bos, parse_special=True)
 
 
 def check_insert(info: ModelInfo, model_name: str) -> None:
