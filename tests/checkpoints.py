@@ -127,21 +127,23 @@ def mixtral_dir(checkpoint_root: Path, smollm2_dir: Path) -> Path:
     return cached(checkpoint_root, "mixtral", key, lambda out: build_tiny_mixtral(smollm2_dir, out))
 
 
-# a logit gap below this is a near-tie that f16 arithmetic may flip
-NEAR_TIE = 0.02
+# a gap below this is a near-tie that rounding may flip (a tiny random Mixtral's answer
+# parted from transformers' at a router margin of 0.001, and at no larger one)
+NEAR_TIE = 0.01
 
 
 @dataclass(frozen=True)
 class Greedy:
-    """transformers' greedy answer to one prompt: its tokens (EOS dropped), and at each step the
-    gap between the best and the second-best logit (how decided the pick was)."""
+    """transformers' greedy answer to one prompt: its tokens (EOS dropped), and at each step how
+    decided it was: the gap between the best and the second-best logit, or, if smaller, the
+    margin of a Mixture-of-Experts router between the last expert it picked and the next."""
 
     tokens: list[int]
     gaps: list[float]
 
     def decided(self, tolerance: float = NEAR_TIE) -> list[int]:
         """The tokens before the first near-tie: where float rounding (f16 vs f32, another
-        summation order) may pick the runner-up, two correct engines can part ways."""
+        summation order) may pick the runner-up token or expert, two correct engines part ways."""
         n = next((i for i, g in enumerate(self.gaps) if g < tolerance), len(self.gaps))
         return self.tokens[:n]
 
@@ -172,7 +174,7 @@ def assert_agrees(got: list[list[int]], expected: list[Greedy], at_least: int) -
 
 
 _HF_GREEDY = """
-import json, sys
+import json, math, sys
 import torch
 from transformers import AutoModelForCausalLM
 
@@ -180,21 +182,35 @@ folder, prompts, n = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
 model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
 eos = model.generation_config.eos_token_id
 stops = set(eos if isinstance(eos, list) else [eos])
+# a MoE router's margin at each forward pass: its k-th best expert logit over the (k+1)-th
+margins = []
+def new_pass(module, args, kwargs):
+    margins.append(math.inf)
+def router(module, args, out):
+    top = torch.topk(out[0].float(), module.top_k + 1, dim=-1).values
+    margin = (top[..., module.top_k - 1] - top[..., module.top_k]).min()
+    margins[-1] = min(margins[-1], float(margin))
+model.register_forward_pre_hook(new_pass, with_kwargs=True)
+for module in model.modules():
+    if hasattr(module, "top_k") and hasattr(module, "num_experts") and hasattr(module, "weight"):
+        module.register_forward_hook(router)
 answers = []
 with torch.no_grad():
     for prompt in prompts:
+        margins.clear()
         ids = torch.tensor([prompt])
         out = model.generate(
             ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
             output_scores=True, return_dict_in_generate=True,
         )
         tokens, gaps = [], []
-        for token, scores in zip(out.sequences[0, len(prompt):].tolist(), out.scores):
+        steps = zip(out.sequences[0, len(prompt):].tolist(), out.scores, margins)
+        for token, scores, margin in steps:
             if token in stops:
                 break
             top = torch.topk(scores[0].float(), 2).values
             tokens.append(token)
-            gaps.append(float(top[0] - top[1]))
+            gaps.append(min(float(top[0] - top[1]), margin))
         answers.append([tokens, gaps])
 print(json.dumps(answers))
 """
