@@ -4,8 +4,8 @@
   saved as a safetensors checkpoint with its tokenizer (~25 s). transformers refuses
   `save_pretrained` on a GGUF-loaded model, so a fresh model built from its config takes the
   state dict and is saved instead.
-- `build_tiny_mixtral`: a Mixture-of-Experts checkpoint (4 experts, top-2, small dims, random
-  weights from a fixed seed) with the SmolLM2 tokenizer.
+- `build_tiny_moe`: a Mixture-of-Experts checkpoint, Mixtral or Qwen2-MoE (4 experts, top-2,
+  small dims, random weights from a fixed seed) with the SmolLM2 tokenizer.
 
 Both write into a temporary folder and rename it into place, so a folder that exists is whole;
 `cached` keys a folder by what it was built from, so a later session reuses it.
@@ -71,20 +71,27 @@ def build_smollm2(gguf: Path, out: Path) -> None:
     AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(out)
 
 
-def build_tiny_mixtral(tokenizer_dir: Path, out: Path) -> None:
-    """A random Mixtral (4 experts, top-2) with the tokenizer found in `tokenizer_dir`."""
+def build_tiny_moe(kind: str, tokenizer_dir: Path, out: Path) -> None:
+    """A random Mixture-of-Experts model, `kind` "mixtral" or "qwen2moe" (4 experts, top-2,
+    Qwen's with its shared expert), with the tokenizer found in `tokenizer_dir`."""
     import torch
-    from transformers import AutoTokenizer, MixtralConfig, MixtralForCausalLM
+    from transformers import (
+        AutoTokenizer,
+        MixtralConfig,
+        MixtralForCausalLM,
+        PreTrainedModel,
+        Qwen2MoeConfig,
+        Qwen2MoeForCausalLM,
+    )
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = MixtralConfig(
+    common = dict(
         vocab_size=len(tokenizer),
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        num_local_experts=4,
         num_experts_per_tok=2,
         max_position_embeddings=2048,
         bos_token_id=tokenizer.bos_token_id,
@@ -92,11 +99,22 @@ def build_tiny_mixtral(tokenizer_dir: Path, out: Path) -> None:
         tie_word_embeddings=False,
     )
     torch.manual_seed(SEED)
-    model = MixtralForCausalLM(config)
-    with torch.no_grad():  # larger than the default init, so greedy picks are not near-ties
+    model: PreTrainedModel
+    if kind == "mixtral":
+        model = MixtralForCausalLM(MixtralConfig(num_local_experts=4, **common))
+    else:
+        config = Qwen2MoeConfig(
+            num_experts=4,
+            moe_intermediate_size=64,
+            shared_expert_intermediate_size=128,
+            norm_topk_prob=False,
+            **common,
+        )
+        model = Qwen2MoeForCausalLM(config)
+    with torch.no_grad():  # wider than the default init, so greedy picks are rarely near-ties
         for p in model.parameters():
             if p.dim() > 1:
-                p.normal_(0.0, 0.5 / p.shape[-1] ** 0.5 * 4)
+                p.normal_(0.0, 2 / p.shape[-1] ** 0.5)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
 
@@ -121,10 +139,19 @@ def smollm2_dir(checkpoint_root: Path) -> Path:
     return cached(checkpoint_root, "smollm2", key, lambda out: build_smollm2(gguf, out))
 
 
+@pytest.fixture(scope="session", params=["mixtral", "qwen2moe"])
+def moe_dir(request: pytest.FixtureRequest, checkpoint_root: Path, smollm2_dir: Path) -> Path:
+    kind = request.param
+    key = f"{kind}|{smollm2_dir.name}|seed {SEED}|v1"
+    return cached(checkpoint_root, kind, key, lambda out: build_tiny_moe(kind, smollm2_dir, out))
+
+
 @pytest.fixture(scope="session")
 def mixtral_dir(checkpoint_root: Path, smollm2_dir: Path) -> Path:
-    key = f"{smollm2_dir.name}|seed {SEED}|v1"
-    return cached(checkpoint_root, "mixtral", key, lambda out: build_tiny_mixtral(smollm2_dir, out))
+    key = f"mixtral|{smollm2_dir.name}|seed {SEED}|v1"
+    return cached(
+        checkpoint_root, "mixtral", key, lambda out: build_tiny_moe("mixtral", smollm2_dir, out)
+    )
 
 
 # a gap below this is a near-tie that rounding may flip (a tiny random Mixtral's answer

@@ -24,7 +24,8 @@ from inferd.errors import InvalidCheckpoint, UnsupportedArchitecture
 from inferd.models.hf_cache import hub_dir
 
 # Hugging Face architecture -> the llama.cpp architecture its conversion loads as: the ones
-# the pinned converter writes and the pinned llama.cpp serves (Llama and Mixtral are tested).
+# the pinned converter writes and the pinned llama.cpp serves (Llama, Mixtral and Qwen2-MoE
+# are tested end to end).
 SUPPORTED_ARCHITECTURES: Mapping[str, str] = {
     "LlamaForCausalLM": "llama",
     "MistralForCausalLM": "llama",
