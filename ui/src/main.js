@@ -268,6 +268,7 @@ async function openConversation(id) {
     report(err);
     return;
   }
+  if (state.controller) return; // a message sent meanwhile: that chat goes on
   state.session = id;
   state.history = conversation.messages.map((m) => ({ role: m.role, content: m.content }));
   history.replaceState(null, "", `#c=${encodeURIComponent(id)}`);
@@ -496,9 +497,9 @@ async function start() {
   ui.key.value = sessionStorage.getItem(KEY) || "";
   applyTheme();
   wire();
-  const ok = await refresh();
   const id = sessionInAddress();
-  if (ok && id) await openConversation(id);
+  const ok = await refresh();
+  if (ok && id && !state.session) await openConversation(id); // unless a chat began meanwhile
   if (ok) ui.prompt.focus();
 }
 
