@@ -36,6 +36,7 @@ fmt: install
 
 test: install lint
 	.ci/ensure-postgres
+	.ci/ensure-chromium
 	.ci/ensure-redis
 	$(PY) -m pytest -q -ra $(ARGS)
 
