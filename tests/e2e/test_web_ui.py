@@ -80,6 +80,9 @@ def server(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterat
 
 @pytest.fixture(scope="module")
 def playwright() -> Iterator[Any]:
+    # every expectation waits up to 30 s (not 5): a page's first API calls can take seconds
+    # on a busy 2-core machine
+    expect.set_options(timeout=30_000)
     with sync_api.sync_playwright() as p:
         yield p
 
@@ -223,7 +226,7 @@ def test_stream_stop_reload_rename_delete(server: LiveServer, page: Page, tmp_pa
     wait_until(page, lambda: answer_length(page) > 30)
     page.click("#stop")
     stopped = page.locator(".message.assistant").last
-    expect(stopped).to_have_class(re.compile(r"\bstopped\b"), timeout=5_000)
+    expect(stopped).to_have_class(re.compile(r"\bstopped\b"), timeout=10_000)
     expect(stopped.locator(".stats")).to_contain_text("Stopped after")
     expect(page.locator("#send")).to_be_visible()
     length = answer_length(page)
@@ -231,6 +234,8 @@ def test_stream_stop_reload_rename_delete(server: LiveServer, page: Page, tmp_pa
     assert answer_length(page) == length
     page.unroute("**/v1/chat/completions")
     assert len(stored(server, f"/v1/conversations/{session}")["messages"]) == 2
+    # the server stopped generating too: its usage record of the request says cancelled
+    wait_until(page, lambda: stored(server, "/v1/stats")["total"]["cancelled"] == 1, 30_000)
 
     # reload: the conversation is back (from the address), and listed
     page.reload()
