@@ -35,7 +35,7 @@ FLAGS = [
     "--disable-sync",
 ]
 TWIN = "twin"  # the bundled model's file again, under a second name
-WAIT_MS = 120_000  # the longest wait for an answer, on a loaded 2-core machine
+WAIT_MS = 180_000  # the longest wait for an answer, on a 2-core machine busy with other suites
 
 sync_api = pytest.importorskip(
     "playwright.sync_api", reason="playwright-python is not installed (pip install '.[dev]')"
@@ -49,7 +49,7 @@ pytestmark = [
         reason="Debian's Chromium is not installed: .ci/ensure-chromium installs it "
         "(apt-get install chromium chromium-driver, as root)",
     ),
-    pytest.mark.timeout(300),
+    pytest.mark.timeout(600),
 ]
 
 
@@ -182,7 +182,7 @@ def test_stream_stop_reload_rename_delete(server: LiveServer, page: Page, tmp_pa
     assert page.url == f"{server.url}/ui"
     expect(page.locator("#model")).to_have_value("smollm2:135m")
     expect(page.locator("#conversations-note")).to_have_text("No conversations yet.")
-    set_max_tokens(page, 40)
+    set_max_tokens(page, 24)
     record_growth(page)
 
     # send: the answer grows while it streams, then shows its counts and speed
@@ -210,7 +210,7 @@ def test_stream_stop_reload_rename_delete(server: LiveServer, page: Page, tmp_pa
     assert kept[0]["content"] == "Write a Python function that reverses a string."
     assert kept[1]["content"] and kept[1]["model"] == "smollm2:135m"
     completion = int(stats.split(" · ")[1].split()[0])
-    assert 0 < completion <= 40
+    assert 0 < completion <= 24
     listed = page.locator("#conversations li")
     expect(listed).to_have_count(1)
     expect(listed.locator(".open")).to_have_text(kept[0]["content"])

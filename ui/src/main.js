@@ -24,6 +24,7 @@ const ui = {
   maxTokens: $("max-tokens"),
   notice: $("notice"),
   log: $("log"),
+  emptyNote: $("log").querySelector(".empty").cloneNode(true), // what an empty chat shows
   composer: $("composer"),
   prompt: $("prompt"),
   send: $("send"),
@@ -238,17 +239,11 @@ function newChat() {
   state.session = null;
   state.history = [];
   history.replaceState(null, "", location.pathname);
-  ui.log.replaceChildren(emptyNote());
+  ui.log.replaceChildren(ui.emptyNote.cloneNode(true));
   markCurrent();
   ui.prompt.focus();
 }
 
-function emptyNote() {
-  const p = document.createElement("p");
-  p.className = "empty muted";
-  p.textContent = "Ask anything. Enter sends, Shift+Enter starts a new line, Esc stops an answer.";
-  return p;
-}
 
 function markCurrent() {
   for (const li of ui.list.children) {
@@ -272,7 +267,7 @@ async function openConversation(id) {
   state.session = id;
   state.history = conversation.messages.map((m) => ({ role: m.role, content: m.content }));
   history.replaceState(null, "", `#c=${encodeURIComponent(id)}`);
-  ui.log.replaceChildren();
+  ui.log.replaceChildren(ui.emptyNote.cloneNode(true));
   for (const m of conversation.messages) addMessage(m.role, m.content, m.model);
   const last = conversation.messages.at(-1);
   if (last && last.model && [...ui.model.options].some((o) => o.value === last.model)) {
