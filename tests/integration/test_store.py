@@ -418,7 +418,7 @@ async def test_a_database_at_0001_upgrades_and_keeps_its_sessions(database_url: 
 
         await repo.write_batch([], [message("old", "r0")])
         await db.upgrade(engine)
-        assert await db.current_revision(engine) == db.head_revision() == "0002"
+        assert await db.current_revision(engine) == db.head_revision()
         longest = "key_0123456789ab/" + "s" * 128
         await repo.write_batch([], [message(longest, "r1")])
         assert [m.content for m in await repo.conversation("old")] == ["hello"]

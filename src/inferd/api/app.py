@@ -15,7 +15,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 
 from inferd import __version__
-from inferd.api import conversations, ops, stats
+from inferd.api import conversations, ops, stats, ui
 from inferd.api.errors import install_error_handlers
 from inferd.api.guard import PUBLIC_PATHS, Guard, is_loopback
 from inferd.api.native.router import router as native_router
@@ -101,6 +101,7 @@ def create_app(
     app.include_router(stats.router)
     app.include_router(native_router)
     app.include_router(ollama_router)
+    app.include_router(ui.router)
 
     @app.get("/swagger-ui", include_in_schema=False)
     async def swagger_ui() -> HTMLResponse:
@@ -118,7 +119,7 @@ def create_app(
         if settings.metrics_require_key is not None
         else is_loopback(settings.host)
     )
-    app.state.public_paths = PUBLIC_PATHS | ({"/metrics"} if metrics_public else set())
+    app.state.public_paths = PUBLIC_PATHS | ui.PATHS | ({"/metrics"} if metrics_public else set())
     app.add_middleware(
         Guard,
         keys=keys,

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import Depends, Request, Response
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse
 
 from inferd import __version__
 from inferd.api.access import acquire_model, require_admin
@@ -32,9 +32,12 @@ router = dialect_router(Dialect.OLLAMA, tags=["ollama"])
 
 @router.get("/", response_class=PlainTextResponse)
 @router.head("/", response_class=PlainTextResponse)
-async def root() -> str:
-    """Ollama tools probe this."""
-    return "Ollama is running"
+async def root(request: Request) -> Response:
+    """Ollama tools probe this; a browser (it accepts text/html) is sent to the chat page."""
+    vary = {"Vary": "Accept"}
+    if "text/html" in request.headers.get("accept", ""):
+        return RedirectResponse("/ui", status_code=307, headers=vary)
+    return PlainTextResponse("Ollama is running", headers=vary)
 
 
 @router.get("/api/version")
