@@ -81,6 +81,7 @@ class Namespace(BaseRoute):
 
     def __init__(self, prefix: str, dialect: Dialect) -> None:
         self.prefix = prefix
+        self.path = prefix + "{path:path}"  # its label in metrics and the access log
         self.dialect = dialect
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
