@@ -81,12 +81,12 @@ def _history() -> Iterator[None]:
 
 
 def _prompt(words: list[str] | None) -> str | None:
-    """The one message to send: standard input when piped, then the words; None: chat."""
-    parts = []
-    if not sys.stdin.isatty():
-        parts.append(sys.stdin.read())
-    parts += words or []
-    return " ".join(parts) if parts else None
+    """The one message to send: standard input when it is not a terminal, then the words
+    (joined by spaces, as `ollama run` joins them); None: a chat."""
+    if sys.stdin.isatty() and not words:
+        return None
+    piped = "" if sys.stdin.isatty() else sys.stdin.read()
+    return " ".join(part for part in [piped, *(words or [])] if part)
 
 
 def run(
