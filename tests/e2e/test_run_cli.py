@@ -139,9 +139,15 @@ def test_a_chat_in_a_terminal(url: str, home: Path) -> None:
     assert "Count from 1 to 500" in history and "/set parameter num_predict 24" in history
 
 
-def test_ctrl_d_leaves(server: LiveServer, home: Path) -> None:
+def test_arrow_keys_recall_history_and_ctrl_d_leaves(server: LiveServer, home: Path) -> None:
     child = spawn(server.url, home)
     try:
+        child.expect_exact(PROMPT)
+        child.sendline("/set parameter seed 7")
+        child.expect_exact("Set parameter 'seed' to '7'")
+        child.expect_exact(PROMPT)
+        child.send("\x1b[A\r")  # up arrow, enter: the line again
+        child.expect_exact("Set parameter 'seed' to '7'")
         child.expect_exact(PROMPT)
         child.sendeof()
         child.expect(pexpect.EOF, timeout=30)

@@ -83,7 +83,7 @@ def test_compose_wires_inferd_to_its_neighbours() -> None:
         assert services["inferd"]["depends_on"][dep] == {"condition": "service_healthy"}
         assert services[dep]["healthcheck"]["test"]
     # volumes for models and data, at the image's directories
-    mounts = dict(v.split(":")[::-1][-2:][::-1] for v in services["inferd"]["volumes"])
+    mounts = dict(v.split(":")[:2] for v in services["inferd"]["volumes"])
     assert mounts == {"models": "/models", "data": "/data"}
     for service in services.values():
         for volume in service.get("volumes", []):
