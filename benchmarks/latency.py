@@ -170,9 +170,9 @@ def kv_layout(model: Path, args: argparse.Namespace) -> tuple[bool, int, float]:
     split = {"auto": None, "split": True, "unified": False}[args.kv_layout]
     options = LlamaCppOptions(n_ctx=args.n_ctx, max_seqs=args.max_seqs, kv_split=split)
     backend = LlamaCppBackend(model, options)
-    info = backend.info
+    facts, kv_bytes = backend.facts(), backend.info.kv_bytes
     backend.close()
-    return info.kv_split, info.kv_cells, info.kv_cells * info.kv_cell_bytes / 2**20
+    return facts["kv_layout"] == "split", facts["kv_cells"], kv_bytes / 2**20
 
 
 async def measure(

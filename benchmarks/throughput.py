@@ -792,7 +792,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         backend = LlamaCppBackend(model, options)
         stack.callback(backend.close)
-        cells, split = backend.info.kv_cells, backend.info.kv_split
+        facts = backend.facts()
+        cells, split = facts["kv_cells"], facts["kv_layout"] == "split"
         meta.update(kv_cells=cells, kv_split=split)
         console.print(f"KV cache: {cells} cells, {'a stream per slot' if split else 'unified'}")
         eog = [t for t in range(backend.info.n_vocab) if backend.is_eog(t)]

@@ -20,7 +20,8 @@ import pytest
 from inferd.api.app import create_app
 from inferd.config import ModelConfig, Settings
 from inferd.engine.backends.fake import FakeBackend
-from inferd.models.loading import llamacpp_loader
+from inferd.models.engines import BackendEngineFactory
+from inferd.models.loading import llamacpp_factory
 from inferd.models.registry import ModelRegistry
 from inferd.models.spec import BUNDLED_ALIASES, BUNDLED_NAME, ModelSpec, bundled_model_path
 from inferd.storage.store import Store
@@ -83,7 +84,7 @@ class AppHandle:
 @pytest.fixture(scope="session")
 async def real(model_path: Path) -> AsyncIterator[AppHandle]:
     """The app on the real engine and the bundled model, shared by the integration tests."""
-    registry = ModelRegistry([bundled_spec(model_path)], llamacpp_loader())
+    registry = ModelRegistry([bundled_spec(model_path)], llamacpp_factory())
     async with AppHandle(Settings(), registry) as handle:
         yield handle
 
@@ -101,7 +102,7 @@ def fake_app() -> FakeFactory:
         spec = ModelSpec(
             "fake", Path("fake.gguf"), ModelConfig(path=Path("fake.gguf")), ("default",)
         )
-        registry = ModelRegistry([spec], lambda _spec: FakeBackend(**backend))  # type: ignore[arg-type]
+        registry = ModelRegistry([spec], BackendEngineFactory(lambda _spec: FakeBackend(**backend)))
         return AppHandle(settings or Settings(), registry, store)
 
     return make
@@ -252,7 +253,7 @@ async def store(database_url: str, tmp_path: Path) -> AsyncIterator[Store]:
 @pytest.fixture(scope="session")
 async def store_registry(model_path: Path) -> AsyncIterator[ModelRegistry]:
     """A registry of its own for apps with a store (each app sets the registry's hooks)."""
-    registry = ModelRegistry([bundled_spec(model_path)], llamacpp_loader())
+    registry = ModelRegistry([bundled_spec(model_path)], llamacpp_factory())
     await registry.load_all()
     try:
         yield registry

@@ -233,6 +233,15 @@ class Settings(BaseSettings):
     request_timeout: float = Field(
         60.0, gt=0, description="Seconds a client gets to send its request body; slower: 408"
     )
+    header_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a connection gets to send a request's headers (a new connection, "
+        "or the next request on a kept-alive one); slower: closed",
+    )
+    max_connections: int = Field(
+        512, ge=1, description="Open client connections per listener; beyond: closed at once"
+    )
     max_concurrent_requests: int | None = Field(
         64, ge=1, description="Generation requests running at once (none: no limit)"
     )

@@ -98,3 +98,23 @@ class StoreUnavailable(InferdError):
     """The usage and conversation store is not configured or cannot answer."""
 
     code = "store_unavailable"
+
+
+class InvalidCheckpoint(InvalidModelFile):
+    """A Hugging Face checkpoint that cannot be converted: no config, weights or tokenizer,
+    garbage or truncated weights, a config that lies."""
+
+    code = "invalid_checkpoint"
+
+
+class UnsupportedArchitecture(InvalidCheckpoint):
+    """A checkpoint whose architecture the converter or llama.cpp does not handle."""
+
+    code = "unsupported_architecture"
+
+
+class ConversionFailed(InferdError):
+    """Converting or quantizing a model failed (the converter crashed or was killed, or the
+    disk is too full)."""
+
+    code = "conversion_failed"

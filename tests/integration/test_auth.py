@@ -113,8 +113,9 @@ async def test_every_route_needs_a_key_except_the_public_ones(fake_app: FakeFact
             r = await send(h.client, method, path, headers=bearer(good))
             assert r.status_code not in (401, 403), (method, path, r.text)
             assert "x-ratelimit" not in str(r.headers)  # no limits on this key
-        # /, HEAD /, the three health routes and /metrics (public on loopback by default)
-        assert public == 6
+        # /, HEAD /, the three health routes, /metrics (public on loopback by default) and
+        # the web page, /ui and /ui/ (its two files: tests/unit/test_web_ui_routes.py)
+        assert public == 8
 
 
 async def test_messages_never_quote_the_key(fake_app: FakeFactory) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from inferd.config import Settings
-from inferd.models.loading import llamacpp_loader
+from inferd.models.loading import llamacpp_factory
 from inferd.models.registry import ModelRegistry
 from tests.conftest import TEST_N_CTX, AppHandle, bundled_spec
 
@@ -227,7 +227,7 @@ async def test_embeddings_beside_a_token_stream(real: AppHandle) -> None:
 
 async def test_a_smaller_embeddings_window(model_path: Path) -> None:
     """n_ctx_embed bounds each embeddings decode and input, below the generation context."""
-    registry = ModelRegistry([bundled_spec(model_path, n_ctx_embed=32)], llamacpp_loader())
+    registry = ModelRegistry([bundled_spec(model_path, n_ctx_embed=32)], llamacpp_factory())
     async with AppHandle(Settings(), registry) as h:
         assert h.engine().info.embed_limit == 32
         text = "one two three four five six seven eight nine ten " * 5

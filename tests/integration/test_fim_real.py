@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from inferd.config import Settings
-from inferd.models.loading import llamacpp_loader
+from inferd.models.loading import llamacpp_factory
 from inferd.models.registry import ModelRegistry
 from tests.conftest import AppHandle, bundled_spec
 
@@ -37,7 +37,7 @@ async def fim(model_path: Path) -> AsyncIterator[AppHandle]:
     """The bundled model with FIM tokens; no saved prefixes, so that a prompt's
     prompt_eval_count is its whole length."""
     spec = bundled_spec(model_path, kv_overrides=FIM_OVERRIDES, prefix_cache=False)
-    async with AppHandle(Settings(), ModelRegistry([spec], llamacpp_loader())) as handle:
+    async with AppHandle(Settings(), ModelRegistry([spec], llamacpp_factory())) as handle:
         yield handle
 
 

@@ -16,8 +16,7 @@ from inferd.config import ModelConfig, Settings
 from inferd.engine.backends.llamacpp import LlamaCppBackend, LlamaCppOptions, kv_cell_bytes
 from inferd.engine.client import AsyncEngine
 from inferd.engine.types import GenerateRequest, GenerationOutput, SamplingParams
-from inferd.errors import BackendError
-from inferd.models.loading import llamacpp_footprint, llamacpp_loader
+from inferd.models.loading import llamacpp_factory, llamacpp_footprint, llamacpp_loader
 from inferd.models.registry import ModelRegistry
 from inferd.models.spec import ModelSpec
 from tests.conftest import AppHandle, bundled_spec
@@ -26,6 +25,11 @@ PROMPT = (
     "<|im_start|>user\nWrite a short poem about the sea, the wind and a small boat that "
     "sails home at night.<|im_end|>\n<|im_start|>assistant\n"
 )
+
+
+def layout(backend: LlamaCppBackend) -> tuple[str, int]:
+    facts = backend.facts()
+    return facts["kv_layout"], facts["kv_cells"]
 
 
 @pytest.fixture(scope="module")
@@ -37,13 +41,13 @@ def split(model_path: Path) -> Iterator[LlamaCppBackend]:
 
 def test_each_slot_gets_its_own_stream_of_cells(model_path: Path, split: LlamaCppBackend) -> None:
     # by default every slot keeps the whole n_ctx
-    assert split.info.kv_split and split.info.n_ctx == 512 and split.info.kv_cells == 4 * 512
+    assert layout(split) == ("split", 4 * 512) and split.info.n_ctx == 512
     # given fewer cells, a slot holds kv_cells / max_seqs (llama.cpp pads to 256)
     small = LlamaCppBackend(
         model_path, LlamaCppOptions(n_ctx=4096, kv_cells=1024, max_seqs=4, kv_split=True)
     )
     try:
-        assert small.info.n_ctx == 256 and small.info.kv_cells == 1024
+        assert small.info.n_ctx == 256 and layout(small) == ("split", 1024)
     finally:
         small.close()
 
@@ -54,12 +58,12 @@ def test_the_default_layout_is_split_when_it_fits_and_shared_for_a_sized_pool(
     # 4 x 512 cells of 23 KB, 47 MB: far below an eighth of any machine the tests run on
     auto = LlamaCppBackend(model_path, LlamaCppOptions(n_ctx=512, max_seqs=4))
     try:
-        assert auto.info.kv_split and auto.info.kv_cells == 4 * 512 and auto.info.n_ctx == 512
+        assert layout(auto) == ("split", 4 * 512) and auto.info.n_ctx == 512
     finally:
         auto.close()
     pool = LlamaCppBackend(model_path, LlamaCppOptions(n_ctx=512, kv_cells=1024, max_seqs=4))
     try:  # a pool of cells the sequences share: every one may use the whole n_ctx
-        assert not pool.info.kv_split and pool.info.kv_cells == 1024 and pool.info.n_ctx == 512
+        assert layout(pool) == ("unified", 1024) and pool.info.n_ctx == 512
     finally:
         pool.close()
 
@@ -81,7 +85,9 @@ def test_the_memory_estimate_before_loading_is_what_loading_gives(
     backend = llamacpp_loader()(spec)
     try:
         info = backend.info
-        kv = info.kv_cells * info.kv_cell_bytes
+        facts = backend.facts()
+        kv = info.kv_bytes
+        assert kv == facts["kv_cells"] * facts["kv_cell_bytes"]
         assert kv > 0
         assert llamacpp_footprint(spec) == model_path.stat().st_size + kv
     finally:
@@ -94,7 +100,7 @@ def test_the_kv_cell_size_estimate_matches_llama_cpps_state(split: LlamaCppBacke
         _prefill(split, 0, tokens)
         state = split.save_seq(0)
         assert state is not None
-        per_cell = kv_cell_bytes(split._model)
+        per_cell = kv_cell_bytes(split._model.model)
         assert per_cell == 23_040  # SmolLM2-135M: 30 layers x K, V x 3 KV heads x 64 x f16
         assert len(tokens) * per_cell <= len(state) <= len(tokens) * per_cell * 1.05
     finally:
@@ -201,7 +207,7 @@ async def test_a_prefix_shared_with_a_running_sequence_is_copied(model_path: Pat
 
 async def test_a_prompt_longer_than_a_slot_is_a_400(model_path: Path) -> None:
     spec = bundled_spec(model_path, max_seqs=4, kv_cells=1024, kv_split=True)
-    async with AppHandle(Settings(), ModelRegistry([spec], llamacpp_loader())) as h:
+    async with AppHandle(Settings(), ModelRegistry([spec], llamacpp_factory())) as h:
         long_prompt = "word " * 400  # over the 256 tokens of a slot
         r = await h.client.post(
             "/v1/completions",
@@ -237,8 +243,3 @@ async def test_a_prefix_of_a_finished_request_is_restored(model_path: Path) -> N
         assert outs[-1].usage.cached_tokens > 0
         cold = [t for o in cold_outs for t in o.token_ids]
         assert [t for o in outs for t in o.token_ids] == cold
-
-
-def test_a_partial_copy_across_streams_is_refused_not_aborted(split: LlamaCppBackend) -> None:
-    with pytest.raises(BackendError, match="across KV streams"):
-        split._seq_cp(0, 1, 0, 5)

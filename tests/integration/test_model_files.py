@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from inferd.config import ModelConfig, Settings
-from inferd.models.loading import llamacpp_loader
+from inferd.models.loading import llamacpp_factory
 from inferd.models.registry import ModelRegistry, ModelStatus
 from inferd.models.spec import ModelSpec
 from tests.conftest import TEST_N_CTX, AppHandle, bundled_spec
@@ -40,7 +40,7 @@ async def app_with(model_path: Path) -> AsyncIterator[object]:
     handles: list[AppHandle] = []
 
     async def make(*specs: ModelSpec) -> AppHandle:
-        registry = ModelRegistry([bundled_spec(model_path), *specs], llamacpp_loader())
+        registry = ModelRegistry([bundled_spec(model_path), *specs], llamacpp_factory())
         handle = await AppHandle(Settings(), registry).__aenter__()
         handles.append(handle)
         return handle

@@ -15,11 +15,11 @@ from typing import Any
 import httpx
 import pytest
 
-from inferd.api.generation import tokenize_prompt
+from inferd.api.prompting import tokenize_prompt
 from inferd.config import Settings
 from inferd.engine.backends.fake import FakeBackend
 from inferd.engine.types import EngineStats
-from inferd.models.loading import llamacpp_loader
+from inferd.models.loading import llamacpp_factory
 from inferd.models.registry import ModelRegistry, ModelStatus
 from tests.conftest import AppHandle, FakeFactory, bundled_spec, wait_for
 
@@ -151,7 +151,7 @@ async def fresh(model_path: Path) -> AsyncIterator[AppHandle]:
     identical requests (same seed, temperature 1) were seen to give different texts, on both
     dialects, even with only the last prompt token computed (cause not established: KV
     cells placed elsewhere after evictions, or a fault in prefix reuse)."""
-    registry = ModelRegistry([bundled_spec(model_path)], llamacpp_loader())
+    registry = ModelRegistry([bundled_spec(model_path)], llamacpp_factory())
     async with AppHandle(Settings(), registry) as handle:
         yield handle
 

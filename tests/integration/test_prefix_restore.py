@@ -1,5 +1,6 @@
 """Saved prefixes on the real llama.cpp backend: a finished request's KV state goes to host
-memory and comes back bit for bit, and a restore that does not fit changes nothing."""
+memory and comes back bit for bit, a restore that does not fit changes nothing, and a model
+configured with `prefix_cache = false` reuses nothing at all."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from inferd.engine.backends.llamacpp import LlamaCppBackend, LlamaCppOptions
 from inferd.engine.client import AsyncEngine
 from inferd.engine.types import GenerateRequest, SamplingParams
 from inferd.errors import BackendError
-from inferd.models.loading import llamacpp_loader
+from inferd.models.loading import llamacpp_factory, llamacpp_loader
+from inferd.models.registry import ModelRegistry
 from tests.conftest import bundled_spec, wait_for
 
 
@@ -85,3 +87,33 @@ def test_a_batch_larger_than_the_step_budget_is_refused_not_written(model_path: 
         assert backend.decode([100] * 32, range(32), [0] * 32, [False] * 31 + [True])
     finally:
         backend.close()
+
+
+async def test_prefix_cache_off_reuses_nothing(model_path: Path) -> None:
+    """`prefix_cache = false` in a model's config, through the registry: a repeated prompt,
+    after the first answer and while it still runs, reports 0 cached tokens and answers the
+    same; nothing is looked up or kept."""
+    spec = bundled_spec(model_path, max_seqs=2, prefix_cache=False)
+    registry = ModelRegistry([spec], llamacpp_factory())
+    await registry.load_all()
+    try:
+        engine = registry.get(spec.name).engine
+        prompt = tuple(await engine.tokenize("<|im_start|>user\nName three rivers.<|im_end|>\n"))
+
+        def request(rid: str, n: int) -> GenerateRequest:
+            return GenerateRequest(rid, prompt, SamplingParams(max_tokens=n, temperature=0))
+
+        first = [o async for o in engine.generate(request("a", 12))]
+        again = [o async for o in engine.generate(request("b", 12))]
+        holder = engine.generate(request("holder", 60))
+        await holder.__anext__()  # running: its prompt is in the KV cache
+        beside = [o async for o in engine.generate(request("c", 12))]
+        await holder.aclose()
+        assert [o[-1].usage.cached_tokens for o in (first, again, beside)] == [0, 0, 0]
+        text = "".join(o.text for o in first)
+        assert "".join(o.text for o in again) == text == "".join(o.text for o in beside)
+        stats = engine.stats()
+        assert stats.prefix_queries == 0 and stats.prefix_hits == 0
+        assert stats.cached_prefixes == 0 and stats.prefix_cache_bytes == 0
+    finally:
+        await registry.close()

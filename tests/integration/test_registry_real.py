@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from inferd.config import Settings
-from inferd.models.loading import llamacpp_loader
+from inferd.models.loading import llamacpp_factory
 from inferd.models.registry import ModelRegistry, RegistryOptions
 from inferd.models.spec import BUNDLED_ALIASES, BUNDLED_NAME, ModelSpec, Source
 from inferd.models.store import ModelStore
@@ -36,7 +36,7 @@ async def app(
     st = Settings(**settings)
     registry = ModelRegistry(
         specs,
-        llamacpp_loader(),
+        llamacpp_factory(),
         options=RegistryOptions.from_settings(st),
         store=None if models_dir is None else ModelStore(models_dir),
         model_overrides={"n_ctx": TEST_N_CTX, "max_seqs": 4},
@@ -119,8 +119,10 @@ async def test_idle_unload_after_keep_alive(model_path: Path) -> None:
         t0 = time.monotonic()
         assert await wait_for(lambda: h.registry.entry("one").model is None, 10)
         assert time.monotonic() - t0 < 5
-        assert (await h.client.get("/health/ready")).status_code == 200  # loads on demand
+        # the default model is not loaded: not ready (its next request loads it again)
+        assert (await h.client.get("/health/ready")).status_code == 503
         await generate(h, "one")
+        assert (await h.client.get("/health/ready")).status_code == 200
 
 
 async def test_ollama_keep_alive_schedules_an_idle_unload(model_path: Path) -> None:

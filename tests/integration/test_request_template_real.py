@@ -13,10 +13,10 @@ from typing import Any
 import httpx
 import pytest
 
-from inferd.api.generation import tokenize_prompt
+from inferd.api.prompting import tokenize_prompt
 from inferd.config import Settings
 from inferd.models import go_template
-from inferd.models.loading import llamacpp_loader
+from inferd.models.loading import llamacpp_factory
 from inferd.models.registry import ModelRegistry
 from tests.conftest import AppHandle, bundled_spec
 
@@ -43,7 +43,7 @@ CHATML_LEGACY = """{{ if .System }}<|im_start|>system
 async def app(model_path: Path) -> AsyncIterator[AppHandle]:
     """No saved prefixes: a prompt's prompt_eval_count is its whole length."""
     spec = bundled_spec(model_path, prefix_cache=False)
-    async with AppHandle(Settings(), ModelRegistry([spec], llamacpp_loader())) as handle:
+    async with AppHandle(Settings(), ModelRegistry([spec], llamacpp_factory())) as handle:
         yield handle
 
 

@@ -271,11 +271,12 @@ def slow_app(load: Any) -> AppHandle:
     from pathlib import Path
 
     from inferd.config import ModelConfig, Settings
+    from inferd.models.engines import BackendEngineFactory
     from inferd.models.registry import ModelRegistry
     from inferd.models.spec import ModelSpec
 
     spec = ModelSpec("slow", Path("slow.gguf"), ModelConfig(path=Path("slow.gguf")), ())
-    return AppHandle(Settings(), ModelRegistry([spec], load))
+    return AppHandle(Settings(), ModelRegistry([spec], BackendEngineFactory(load)))
 
 
 def test_loading_waits_for_a_load_under_way() -> None:

@@ -17,6 +17,7 @@ from inferd.cli.local import LocalServer
 from inferd.cli.remote import until
 from inferd.config import ModelConfig, Settings
 from inferd.engine.backends.fake import FakeBackend
+from inferd.models.engines import BackendEngineFactory
 from inferd.models.registry import ModelRegistry
 from inferd.models.spec import ModelSpec
 from inferd.models.store import ModelStore
@@ -99,7 +100,7 @@ def test_ps_without_a_server(tmp_path: Path) -> None:
 def test_cp_through_the_server_then_without_one(tmp_path: Path) -> None:
     spec = ModelSpec("fake", Path("fake.gguf"), ModelConfig(path=Path("fake.gguf")), ())
     store = ModelStore(tmp_path / "served")
-    registry = ModelRegistry([spec], lambda _spec: FakeBackend(), store=store)
+    registry = ModelRegistry([spec], BackendEngineFactory(lambda _spec: FakeBackend()), store=store)
     handle = AppHandle(Settings(), registry)
     with LocalServer(handle.app) as local:
         code, text = inferd(local.url, "cp", "fake", "mine")

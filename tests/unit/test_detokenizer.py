@@ -63,3 +63,17 @@ def test_stop_string_with_multibyte_characters() -> None:
 def test_invalid_utf8_becomes_replacement_characters() -> None:
     chunks, _ = feed(Detokenizer(byte_piece), b"a\xffb")
     assert "".join(chunks) == "a\ufffdb"
+
+
+def test_a_character_cut_off_by_the_end_is_dropped_not_replaced() -> None:
+    # a length limit after the first 2 bytes of a 4-byte emoji: the text ends before it
+    detok = Detokenizer(byte_piece)
+    out = [detok.add(b)[0] for b in "hi 😊".encode()[:-2]]
+    assert "".join(out) == "hi "
+    assert detok.flush() == ""
+
+
+def test_a_cut_character_is_dropped_behind_held_stop_text() -> None:
+    detok = Detokenizer(byte_piece, ("xyz",))
+    out = [detok.add(b)[0] for b in b"abx" + "é".encode()[:1]]
+    assert "".join(out) + detok.flush() == "abx"

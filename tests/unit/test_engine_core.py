@@ -9,7 +9,7 @@ import pytest
 from inferd.engine.backends.fake import FakeBackend
 from inferd.engine.client import AsyncEngine
 from inferd.engine.detokenizer import Detokenizer
-from inferd.engine.scheduler import MIN_PREFILL_CHUNK, Scheduler
+from inferd.engine.scheduler import MIN_PREFILL_CHUNK, Scheduler, StepPlan
 from inferd.engine.sequence import Sequence
 from inferd.engine.types import FinishReason, GenerateRequest, GenerationOutput, SamplingParams
 from tests.conftest import wait_for
@@ -162,7 +162,12 @@ async def test_backend_failure_ends_every_sequence_with_an_error(engine_factory)
 
 
 def test_scheduler_gives_decoding_sequences_their_token_first() -> None:
-    sched = Scheduler(max_seqs=2, kv_cells=1000, max_batch_tokens=8)
+    backend = FakeBackend(max_seqs=2, kv_cells=1000)
+    sched = Scheduler(backend.pool, max_seqs=2, max_batch_tokens=8)
+
+    def run(plan: StepPlan) -> None:
+        assert backend.execute(plan.chunks) is not None
+        sched.commit(plan)
 
     def seq(rid: str, n: int) -> Sequence:
         req = GenerateRequest(rid, tuple(range(1, n + 1)))
@@ -181,20 +186,21 @@ def test_scheduler_gives_decoding_sequences_their_token_first() -> None:
     assert [(c.seq.request_id, c.start, c.end, c.samples) for c in plan.chunks] == [
         ("a", 0, 3, False)
     ]
-    sched.commit(plan)
+    run(plan)
     plan = sched.schedule()
     assert [(c.seq.request_id, c.start, c.end, c.samples) for c in plan.chunks] == [
         ("a", 3, 4, True)
     ]
-    sched.commit(plan)
-    a.tokens.append(99)  # sampled
+    run(plan)
+    a.tokens.append(99)  # sampled (the core appends what the step sampled)
     b = seq("b", 20)
     sched.add(b)
     plan = sched.schedule()
-    # a decodes its one token; b gets the rest of the budget as a prefill chunk
-    assert [(c.seq.request_id, c.end - c.start, c.samples) for c in plan.chunks] == [
-        ("a", 1, True),
-        ("b", 7, False),
+    # a decodes its one token; b shares a's first 4 tokens and gets the rest of the budget
+    # as a prefill chunk
+    assert [(c.seq.request_id, c.start, c.end, c.samples) for c in plan.chunks] == [
+        ("a", 4, 5, True),
+        ("b", 4, 11, False),
     ]
 
 

@@ -9,8 +9,8 @@ from typing import Any
 import llama_cpp
 import pytest
 
-from inferd.engine.backends.base import BackendInfo
-from inferd.engine.backends.llamacpp import _kv_override_array
+from inferd.engine.backends.base import ModelInfo
+from inferd.engine.backends.llamacpp.loading import kv_override_array
 from inferd.errors import BackendError
 from tests.conftest import FakeFactory
 
@@ -21,11 +21,10 @@ def text_ids(text: str) -> list[int]:
     return [b + 1 for b in text.encode()]
 
 
-def info(pre: int, suf: int, mid: int) -> BackendInfo:
-    return BackendInfo(
+def info(pre: int, suf: int, mid: int) -> ModelInfo:
+    return ModelInfo(
         n_vocab=10,
         n_ctx=16,
-        kv_cells=16,
         max_seqs=1,
         max_batch_tokens=16,
         prefill_per_decode=0,
@@ -91,7 +90,7 @@ async def test_without_fim_tokens_a_suffix_is_refused(fake_app: FakeFactory, pat
 
 
 def test_kv_override_array_holds_each_type_and_ends_with_an_empty_key() -> None:
-    arr = _kv_override_array(
+    arr = kv_override_array(
         [("a.int", -5), ("a.bool", True), ("a.float", 0.25), ("a.str", "héllo")]
     )
     assert len(arr) == 5
@@ -115,4 +114,4 @@ def test_kv_override_array_holds_each_type_and_ends_with_an_empty_key() -> None:
 )
 def test_kv_override_array_refuses_what_does_not_fit(pair: tuple[str, Any]) -> None:
     with pytest.raises(BackendError):
-        _kv_override_array([pair])
+        kv_override_array([pair])

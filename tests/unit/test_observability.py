@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from inferd.api.app import create_app
 from inferd.config import ModelConfig, Settings
 from inferd.engine.backends.fake import FakeBackend
+from inferd.models.engines import BackendEngineFactory
 from inferd.models.registry import ModelRegistry
 from inferd.models.spec import ModelSpec
 from inferd.observability.logging import (
@@ -107,7 +108,8 @@ async def test_metrics_count_requests_and_generations(fake_app: FakeFactory) -> 
         assert (
             value(m, req, dialect="ollama", route="/api/generate", method="POST", status="200") == 1
         )
-        assert value(m, req, dialect="native", route="<unmatched>", method="GET", status="404") == 1
+        # no route: no dialect (nothing is guessed from the path)
+        assert value(m, req, dialect="none", route="<unmatched>", method="GET", status="404") == 1
         assert value(m, req, dialect="ops", route="/health", method="GET", status="200") == 1
         # never the raw URL
         assert not any("/no/such/route" in str(k) for k in m)
@@ -164,7 +166,7 @@ async def test_load_failures_are_counted() -> None:
     def loader(_spec: ModelSpec) -> FakeBackend:
         raise RuntimeError("boom")
 
-    handle = AppHandle(Settings(), ModelRegistry([spec], loader))
+    handle = AppHandle(Settings(), ModelRegistry([spec], BackendEngineFactory(loader)))
     async with handle as h:
         m = await scrape(h.client)
         assert value(m, "inferd_model_load_failures_total", model="bad") == 1
@@ -175,28 +177,31 @@ async def test_load_failures_are_counted() -> None:
 # ---- request ids and logs -----------------------------------------------------------------
 
 
-async def test_request_id_round_trips_to_header_and_log_lines(
+async def test_request_id_is_in_the_header_and_on_every_log_line(
     fake_app: FakeFactory, log_lines: io.StringIO
 ) -> None:
     async with fake_app() as h:
-        inner = h.registry.on_finish
-        assert inner is not None
+        observe = h.app.state.observe_generation
 
         def hook(*args: Any) -> None:  # a line logged while the request is handled
             logging.getLogger("test.inner").info("generation finished")
-            inner(*args)
+            observe(*args)
 
-        h.registry.on_finish = hook
-        rid = "client-id_1.2"
-        r = await h.client.post("/v1/chat/completions", json=CHAT, headers={"X-Request-ID": rid})
+        h.app.state.observe_generation = hook
+        sent = "client-id_1.2"
+        r = await h.client.post("/v1/chat/completions", json=CHAT, headers={"X-Request-ID": sent})
         assert r.status_code == 200
-        assert r.headers["x-request-id"] == rid
+        rid = r.headers["x-request-id"]
+        # the server's own id, unique (a client's id may repeat); the client's is logged
+        assert HEX32.fullmatch(rid)
+        assert r.json()["id"] == f"chatcmpl-{rid}"
 
     records = parsed(log_lines)
     inner_line = next(r for r in records if r["logger"] == "test.inner")
     assert inner_line["request_id"] == rid
     (access,) = access_lines(log_lines)
     assert access["request_id"] == rid
+    assert access["client_request_id"] == sent
     assert access["dialect"] == "openai"
     assert access["method"] == "POST"
     assert access["route"] == "/v1/chat/completions"
@@ -230,25 +235,18 @@ async def test_streams_keep_working_and_log_when_they_end(
 ) -> None:
     async with fake_app() as h:
         c = h.client
-        async with c.stream(
-            "POST",
-            "/v1/chat/completions",
-            json={**CHAT, "stream": True},
-            headers={"X-Request-ID": "sse1"},
-        ) as r:
-            assert r.headers["x-request-id"] == "sse1"
+        async with c.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as r:
+            sse1 = r.headers["x-request-id"]
             events = [line async for line in r.aiter_lines() if line.startswith("data:")]
         assert events[-1] == "data: [DONE]"
-        async with c.stream(
-            "POST", "/api/chat", json={**CHAT, "stream": True}, headers={"X-Request-ID": "nd1"}
-        ) as r:
-            assert r.headers["x-request-id"] == "nd1"
+        async with c.stream("POST", "/api/chat", json={**CHAT, "stream": True}) as r:
+            nd1 = r.headers["x-request-id"]
             lines = [json.loads(line) async for line in r.aiter_lines() if line]
         assert lines[-1]["done"] is True
     by_id = {a["request_id"]: a for a in access_lines(log_lines)}
-    assert by_id["sse1"]["status"] == 200 and by_id["sse1"]["completion_tokens"] == 5
-    assert by_id["nd1"]["dialect"] == "ollama" and by_id["nd1"]["route"] == "/api/chat"
-    assert by_id["nd1"]["completion_tokens"] == 5
+    assert by_id[sse1]["status"] == 200 and by_id[sse1]["completion_tokens"] == 5
+    assert by_id[nd1]["dialect"] == "ollama" and by_id[nd1]["route"] == "/api/chat"
+    assert by_id[nd1]["completion_tokens"] == 5
 
 
 def test_sanitize_request_id() -> None:
@@ -287,7 +285,7 @@ async def test_spans_for_request_and_generation() -> None:
     provider = sdk.TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     spec = ModelSpec("fake", Path("fake.gguf"), ModelConfig(path=Path("fake.gguf")), ())
-    registry = ModelRegistry([spec], lambda _spec: FakeBackend())
+    registry = ModelRegistry([spec], BackendEngineFactory(lambda _spec: FakeBackend()))
     app = create_app(Settings(), registry, tracer_provider=provider)
     trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
     parent = "00f067aa0ba902b7"
@@ -312,7 +310,7 @@ async def test_spans_for_request_and_generation() -> None:
     assert server.parent is not None and format(server.parent.span_id, "016x") == parent
     assert server.attributes["http.route"] == "/v1/chat/completions"
     assert server.attributes["http.response.status_code"] == 200
-    assert server.attributes["inferd.request_id"] == "t1"
+    assert server.attributes["inferd.request_id"] == r.headers["x-request-id"]
     for g in gens:
         assert g.parent is not None and g.parent.span_id == server.context.span_id
         assert g.attributes["inferd.model"] == "fake"

@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 
-from inferd.api.ollama import adapter
+from inferd.api.ollama import adapter, prompt
 from inferd.api.ollama import schemas as s
+from inferd.api.pipeline.sampling import sampling_params
 from inferd.config import ModelConfig, Settings
-from inferd.engine.backends.base import BackendInfo
+from inferd.engine.backends.base import ModelInfo
 from inferd.engine.backends.fake import FakeBackend
 from inferd.engine.types import FinishReason, SamplingParams, Usage
 from inferd.errors import ContextTooLong, InvalidRequest, UnsupportedParameter
@@ -23,7 +24,7 @@ from inferd.models import describe
 from inferd.models.spec import ModelSpec
 
 N_CTX = 1024
-INFO: BackendInfo = dataclasses.replace(FakeBackend().info, n_ctx=N_CTX)
+INFO: ModelInfo = dataclasses.replace(FakeBackend().info, n_ctx=N_CTX)
 SETTINGS = Settings()
 PROMPT_LEN = 24
 ROOM = N_CTX - PROMPT_LEN
@@ -41,13 +42,23 @@ def chat(**fields: Any) -> s.ChatRequest:
 def sampling(
     req: s.GenerateRequest | s.ChatRequest | None = None,
     prompt_len: int = PROMPT_LEN,
-    info: BackendInfo = INFO,
+    info: ModelInfo = INFO,
     settings: Settings = SETTINGS,
     **options: Any,
 ) -> SamplingParams:
     if req is None:
         req = gen(options=options) if options else gen()
-    return adapter.sampling(req, prompt_len, info, settings)
+    return to_sampling(req, prompt_len, info, settings)
+
+
+def to_sampling(
+    req: s.GenerateRequest | s.ChatRequest,
+    prompt_len: int = PROMPT_LEN,
+    info: ModelInfo = INFO,
+    settings: Settings = SETTINGS,
+) -> SamplingParams:
+    """The request through the Ollama adapter and the pipeline's one sampling builder."""
+    return sampling_params(adapter.generation(req), prompt_len, info, settings)
 
 
 # ---- keep_alive --------------------------------------------------------------------------------
@@ -146,7 +157,7 @@ def test_positive_num_predict_is_capped_at_the_room(num_predict: int, expected: 
 def test_num_predict_zero_is_refused() -> None:
     for req in (gen(options={"num_predict": 0}), chat(options={"num_predict": 0})):
         with pytest.raises(InvalidRequest) as info:
-            adapter.sampling(req, PROMPT_LEN, INFO, SETTINGS)
+            to_sampling(req, PROMPT_LEN, INFO, SETTINGS)
         assert info.value.param == "options.num_predict"
 
 
@@ -175,7 +186,7 @@ def test_prompt_that_fills_the_context_is_refused(prompt_len: int, num_ctx: int 
     limit = num_ctx or N_CTX
     for req, param in ((gen(options=options), "prompt"), (chat(options=options), "messages")):
         with pytest.raises(ContextTooLong) as info:
-            adapter.sampling(req, prompt_len, INFO, SETTINGS)
+            to_sampling(req, prompt_len, INFO, SETTINGS)
         assert info.value.param == param
         assert str(prompt_len) in info.value.message and str(limit) in info.value.message
 
@@ -224,7 +235,7 @@ def test_options_are_mapped() -> None:
 def test_defaults_without_options() -> None:
     settings = Settings(temperature=0.6, top_p=0.9, top_k=30, min_p=0.02)
     for req in (gen(), gen(options=None), gen(options={}), chat()):
-        sp = adapter.sampling(req, PROMPT_LEN, INFO, settings)
+        sp = to_sampling(req, PROMPT_LEN, INFO, settings)
         assert sp.temperature == 0.6 and sp.top_p == 0.9
         assert sp.top_k == 30 and sp.min_p == 0.02
         assert sp.repetition_penalty == 1.0
@@ -280,7 +291,7 @@ def test_options_win_over_top_level_aliases() -> None:
 def test_unknown_options_are_ignored() -> None:
     req = gen(options={"num_thread": 4, "mirostat": 2, "numa": True, "num_gpu": 99, "top_k": 3})
     adapter.check_generate(req)
-    sp = adapter.sampling(req, PROMPT_LEN, INFO, SETTINGS)
+    sp = to_sampling(req, PROMPT_LEN, INFO, SETTINGS)
     assert sp.top_k == 3
     assert sp.max_tokens == ROOM
 
@@ -307,13 +318,13 @@ def test_bad_format_is_a_400_naming_format(fmt: Any) -> None:
 
 
 def test_format_json_and_schema_reach_the_sampling_parameters() -> None:
-    sp = adapter.sampling(chat(format="json"), PROMPT_LEN, INFO, SETTINGS)
+    sp = to_sampling(chat(format="json"), PROMPT_LEN, INFO, SETTINGS)
     assert sp.json_mode and sp.json_schema is None
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
-    sp = adapter.sampling(gen(format=schema), PROMPT_LEN, INFO, SETTINGS)
+    sp = to_sampling(gen(format=schema), PROMPT_LEN, INFO, SETTINGS)
     assert not sp.json_mode and sp.json_schema is not None
     assert json.loads(sp.json_schema) == schema
-    sp = adapter.sampling(gen(), PROMPT_LEN, INFO, SETTINGS)
+    sp = to_sampling(gen(), PROMPT_LEN, INFO, SETTINGS)
     assert not sp.constrained
 
 
@@ -355,8 +366,8 @@ def test_chat_refuses_tools_and_images() -> None:
 
 
 def test_generate_and_chat_messages() -> None:
-    assert adapter.generate_messages(gen(prompt="hi")) == [{"role": "user", "content": "hi"}]
-    assert adapter.generate_messages(gen(prompt="hi", system="be brief")) == [
+    assert prompt.generate_messages(gen(prompt="hi")) == [{"role": "user", "content": "hi"}]
+    assert prompt.generate_messages(gen(prompt="hi", system="be brief")) == [
         {"role": "system", "content": "be brief"},
         {"role": "user", "content": "hi"},
     ]

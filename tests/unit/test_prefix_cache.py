@@ -7,9 +7,9 @@ import asyncio
 import random
 
 from inferd.engine.backends.fake import FakeBackend
+from inferd.engine.backends.llamacpp.cells import MAX_SAVE_RUNS
 from inferd.engine.client import AsyncEngine
 from inferd.engine.prefix_cache import PrefixStore, SavedPrefix, common_prefix
-from inferd.engine.scheduler import MAX_SAVE_RUNS
 from inferd.engine.types import (
     EngineStats,
     FinishReason,
@@ -229,25 +229,26 @@ async def test_no_prefix_cache_budget_saves_nothing() -> None:
 
 def test_prefix_store_evicts_least_recently_used_past_its_budget() -> None:
     store = PrefixStore(budget=300)
-    a, b, c = (SavedPrefix([k, 1, 2, 3, 4, 5]) for k in (10, 20, 30))
-    store.add(a, bytes(100))
-    store.add(b, bytes(100))
+    a, b = (SavedPrefix([k, 1, 2, 3, 4, 5], bytes(100)) for k in (10, 20))
+    c = SavedPrefix([30, 1, 2, 3, 4, 5], bytes(150))
+    store.add(a)
+    store.add(b)
     assert store.best([10, 1, 2, 3, 4, 5, 6]) == (a, 6)
     store.touch(a)  # b is now the least recently used
-    store.add(c, bytes(150))
+    store.add(c)
     assert len(store) == 2 and store.nbytes == 250
     assert store.best([20, 1, 2, 3, 4, 5, 6]) == (None, 0)
-    store.add(SavedPrefix([40, 1, 2, 3]), bytes(400))  # larger than the budget: not kept
+    store.add(SavedPrefix([40, 1, 2, 3], bytes(400)))  # larger than the budget: not kept
     assert len(store) == 2
 
 
 def test_prefix_store_keeps_only_the_latest_turn_of_a_conversation() -> None:
     store = PrefixStore(budget=10_000)
-    turn1 = SavedPrefix(list(range(1, 20)))
-    turn2 = SavedPrefix(list(range(1, 40)))
-    other = SavedPrefix(list(range(100, 120)))
+    turn1 = SavedPrefix(list(range(1, 20)), bytes(10))
+    turn2 = SavedPrefix(list(range(1, 40)), bytes(10))
+    other = SavedPrefix(list(range(100, 120)), bytes(10))
     for e in (turn1, other, turn2):
-        store.add(e, bytes(10))
+        store.add(e)
     assert len(store) == 2
     assert store.best([*range(1, 40), 99]) == (turn2, 39)
     # a request shorter than the saved prefix reuses part of it, leaving one token to feed

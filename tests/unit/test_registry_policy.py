@@ -1,28 +1,47 @@
 """Registry policy on the fake backend: LRU eviction, memory budget, idle unload, allowlist,
-name mapping, the models directory, persisted copies and deletes."""
+name mapping, the models directory, persisted copies and deletes. Time is a fake clock."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from inferd.config import ModelConfig, Settings
 from inferd.engine.backends.fake import FakeBackend
-from inferd.engine.types import GenerateRequest, SamplingParams
+from inferd.engine.types import GenerateRequest, GenerationOutput, SamplingParams
 from inferd.errors import ConfigError, InvalidRequest, ModelNotFound, ModelNotReady, ProtectedModel
+from inferd.models.engines import BackendEngineFactory
 from inferd.models.registry import ModelRegistry, ModelStatus, RegistryOptions
+from inferd.models.residency import ACQUIRE_GRACE_SECONDS
 from inferd.models.spec import ModelSpec, Source
 from inferd.models.store import ModelStore
+from tests.conftest import wait_for
+
+Outputs = AsyncGenerator[GenerationOutput, None]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 def spec(tmp: Path, name: str, *aliases: str, size: int = 10, source: str = Source.SETTINGS):
     path = tmp / f"{name.replace(':', '_')}.gguf"
     path.write_bytes(b"x" * size)
     return ModelSpec(name, path, ModelConfig(path=path), aliases, source)
+
+
+def fakes(**backend: object) -> BackendEngineFactory:
+    return BackendEngineFactory(lambda _spec: FakeBackend(**backend))  # type: ignore[arg-type]
 
 
 @contextlib.asynccontextmanager
@@ -33,7 +52,7 @@ async def registry(*specs: ModelSpec, **kw: object) -> AsyncIterator[ModelRegist
         loads.append(s.name)
         return FakeBackend(step_delay=0.01)
 
-    reg = ModelRegistry(list(specs), loader, **kw)  # type: ignore[arg-type]
+    reg = ModelRegistry(list(specs), BackendEngineFactory(loader), **kw)  # type: ignore[arg-type]
     reg.loads = loads  # type: ignore[attr-defined]
     await reg.load_all()
     try:
@@ -47,10 +66,26 @@ def loaded(reg: ModelRegistry) -> list[str]:
 
 
 async def generate(reg: ModelRegistry, name: str, tokens: int = 5) -> None:
-    model = await reg.acquire(name)
-    req = GenerateRequest(f"r-{name}-{id(model)}", (1, 2, 3), SamplingParams(max_tokens=tokens))
-    async for _ in model.engine.generate(req):
+    async for _ in await started(reg, name, tokens):
         pass
+
+
+async def started(reg: ModelRegistry, name: str, tokens: int) -> Outputs:
+    """A generation on `name` that has reached its engine and is running there (its first
+    output is out): the rest of its outputs."""
+    model = await reg.acquire(name)
+    params = SamplingParams(max_tokens=tokens, ignore_eos=True)
+    outputs = model.engine.generate(GenerateRequest(f"r-{name}-{id(model)}", (1, 2, 3), params))
+    first = await anext(outputs)
+    assert not first.finished
+    return outputs
+
+
+async def stop(reg: ModelRegistry, name: str, outputs: Outputs) -> None:
+    """The client of a generation from `started` goes; returns once the engine let it go."""
+    await outputs.aclose()
+    engine = reg.get(name).engine
+    assert await wait_for(lambda: engine.stats().running == 0, 10)
 
 
 async def test_lru_eviction_with_max_loaded_models_1(tmp_path: Path) -> None:
@@ -69,35 +104,46 @@ async def test_lru_eviction_with_max_loaded_models_1(tmp_path: Path) -> None:
 async def test_the_least_recently_used_goes_first(tmp_path: Path) -> None:
     opts = RegistryOptions(max_loaded_models=2)
     specs = [spec(tmp_path, n) for n in "abc"]
-    async with registry(*specs, options=opts) as reg:
+    clock = Clock()
+    async with registry(*specs, options=opts, clock=clock) as reg:
         assert loaded(reg) == ["a", "b"]
+        clock.advance(1)
         await generate(reg, "a")  # b is now the least recently used
+        clock.advance(1)
         await generate(reg, "c")
         assert sorted(loaded(reg)) == ["a", "c"]
+        clock.advance(1)
+        await generate(reg, "b")  # and now a
+        assert sorted(loaded(reg)) == ["b", "c"]
 
 
 async def test_a_busy_model_is_never_evicted(tmp_path: Path) -> None:
     opts = RegistryOptions(max_loaded_models=1, load_wait=5)
-    async with registry(spec(tmp_path, "a"), spec(tmp_path, "b"), options=opts) as reg:
-        running = asyncio.create_task(generate(reg, "a", tokens=60))  # ~0.6 s of steps
-        await asyncio.sleep(0.1)
+    clock = Clock()
+    async with registry(spec(tmp_path, "a"), spec(tmp_path, "b"), options=opts, clock=clock) as reg:
+        running = await started(reg, "a", tokens=400)  # ~4 s of steps
+        clock.advance(ACQUIRE_GRACE_SECONDS)  # busy because it runs, not because it is recent
         with pytest.raises(ModelNotReady, match="every loaded model is busy") as err:
             await reg.acquire("b")
         assert "max_loaded_models" in err.value.message
         assert loaded(reg) == ["a"]
-        await running
+        await stop(reg, "a", running)
         await generate(reg, "b")  # idle now: evicted
         assert loaded(reg) == ["b"]
 
 
 async def test_acquired_but_not_yet_generating_counts_as_busy(tmp_path: Path) -> None:
     opts = RegistryOptions(max_loaded_models=1)
-    async with registry(spec(tmp_path, "a"), spec(tmp_path, "b"), options=opts) as reg:
+    clock = Clock()
+    async with registry(spec(tmp_path, "a"), spec(tmp_path, "b"), options=opts, clock=clock) as reg:
         await reg.acquire("a")  # a request tokenizing its prompt
         with pytest.raises(ModelNotReady, match="busy"):
             await reg.acquire("b")
         # one that never reaches the engine (say, a 400) protects it for 2 s at most
-        await asyncio.sleep(2.1)
+        clock.advance(ACQUIRE_GRACE_SECONDS - 0.1)
+        with pytest.raises(ModelNotReady, match="busy"):
+            await reg.acquire("b")
+        clock.advance(0.1)
         await generate(reg, "b")
         assert loaded(reg) == ["b"]
 
@@ -129,26 +175,23 @@ async def test_the_memory_budget_counts_kv_caches(tmp_path: Path) -> None:
     def loader(s: ModelSpec) -> FakeBackend:
         return FakeBackend(kv_cells=10, kv_cell_bytes=5, size_bytes=s.path.stat().st_size)
 
+    factory = BackendEngineFactory(loader, footprint)  # type: ignore[arg-type]
     reg = ModelRegistry(
         [spec(tmp_path, "a", size=100), spec(tmp_path, "b", size=100)],
-        loader,  # type: ignore[arg-type]
+        factory,
         options=RegistryOptions(max_memory=250),
-        footprint=footprint,
     )
     await reg.load_all()
     try:
         assert loaded(reg) == ["a"]
         await generate(reg, "b")  # a is idle: unloaded to make room
         assert loaded(reg) == ["b"]
-        assert reg.entry("b").model.engine.info.kv_cell_bytes == 5  # type: ignore[union-attr]
+        assert reg.entry("b").model.memory == 100 + 10 * 5  # type: ignore[union-attr]
         assert "b" in estimates
     finally:
         await reg.close()
     small = ModelRegistry(
-        [spec(tmp_path, "c", size=100)],
-        loader,  # type: ignore[arg-type]
-        options=RegistryOptions(max_memory=120),
-        footprint=footprint,
+        [spec(tmp_path, "c", size=100)], factory, options=RegistryOptions(max_memory=120)
     )
     await small.load_all()
     try:  # it can never fit: a failed load (/health/ready says 503), not one on demand
@@ -163,27 +206,38 @@ async def test_idle_unload_after_keep_alive(tmp_path: Path) -> None:
     a = spec(tmp_path, "a")
     b = spec(tmp_path, "b")
     b = ModelSpec("b", b.path, b.config.model_copy(update={"keep_alive": -1}))
-    async with registry(a, b, options=RegistryOptions(keep_alive=0.3)) as reg:
-        assert reg.expires_in(reg.entry("a")) is not None
+    clock = Clock()
+    async with registry(a, b, options=RegistryOptions(keep_alive=0.5), clock=clock) as reg:
+        assert reg.expires_in(reg.entry("a")) == 0.5
         assert reg.expires_in(reg.entry("b")) is None  # the model's own setting wins
-        await asyncio.sleep(0.8)
+        clock.advance(0.4375)
+        assert await reg.reap() == 0.0625 and loaded(reg) == ["a", "b"]
+        clock.advance(0.0625)
+        await reg.reap()
         assert loaded(reg) == ["b"]
         assert reg.entry("a").status is ModelStatus.UNLOADED
+        assert not reg.ready  # a, the default, is not loaded
         await generate(reg, "a")  # loads again on demand
-        assert "a" in loaded(reg)
+        assert "a" in loaded(reg) and reg.ready
 
 
 async def test_a_request_keep_alive_overrides_and_busy_models_stay(tmp_path: Path) -> None:
-    async with registry(spec(tmp_path, "a")) as reg:  # default: forever
-        reg.set_keep_alive("a", 0.2)
-        long = asyncio.create_task(generate(reg, "a", tokens=80))  # ~0.8 s
-        await asyncio.sleep(0.5)
+    clock = Clock()
+    async with registry(spec(tmp_path, "a"), clock=clock) as reg:  # default: forever
+        reg.set_keep_alive("a", 0.25)
+        long = await started(reg, "a", tokens=400)  # ~4 s of steps
+        clock.advance(0.5)
+        await reg.reap()
         assert loaded(reg) == ["a"]  # past keep_alive, but busy
-        await long
-        await asyncio.sleep(0.6)
+        await stop(reg, "a", long)
+        await reg.reap()
+        assert loaded(reg) == ["a"]  # its last request just ended: the countdown restarts
+        clock.advance(0.25)
+        await reg.reap()
         assert loaded(reg) == []
         await generate(reg, "a")
         assert reg.entry("a").keep_alive is None  # a reload starts from the default
+        assert reg.expires_in(reg.entry("a")) is None
         assert loaded(reg) == ["a"]
 
 
@@ -196,7 +250,7 @@ async def test_allowlist(tmp_path: Path) -> None:
             reg.entry("a")
         assert reg.entry("b:latest").spec.name == "b:1b"
     with pytest.raises(ConfigError, match="allowed_models"):
-        ModelRegistry([spec(tmp_path, "a")], FakeBackend, options=opts)  # type: ignore[arg-type]
+        ModelRegistry([spec(tmp_path, "a")], fakes(), options=opts)
 
 
 async def test_model_map(tmp_path: Path) -> None:
@@ -280,7 +334,7 @@ async def test_copies_persist_and_deletes(tmp_path: Path) -> None:
 def test_an_unknown_or_disallowed_default_is_a_config_error(tmp_path: Path) -> None:
     specs = [spec(tmp_path, "a"), spec(tmp_path, "b")]
     with pytest.raises(ConfigError, match="default_model 'c' is not a served model"):
-        ModelRegistry(specs, FakeBackend, default="c")  # type: ignore[arg-type]
+        ModelRegistry(specs, fakes(), default="c")
     opts = RegistryOptions(allowed_models=frozenset({"a"}))
     with pytest.raises(ConfigError, match="default_model 'b'"):
-        ModelRegistry(specs, FakeBackend, default="b", options=opts)  # type: ignore[arg-type]
+        ModelRegistry(specs, fakes(), default="b", options=opts)

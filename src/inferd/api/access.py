@@ -4,12 +4,12 @@ tokens-per-minute reservation, settled to actual usage when the response ends)."
 
 from __future__ import annotations
 
-import contextvars
 from dataclasses import dataclass, field
 
 from fastapi import Request
 
-from inferd.engine.types import GenerateRequest, GenerationOutput
+from inferd.api.record import RequestRecord
+from inferd.engine.types import GenerateRequest
 from inferd.errors import PermissionDenied
 from inferd.models.registry import LoadedModel, ModelRegistry
 from inferd.security.capacity import CapacityGate
@@ -29,11 +29,10 @@ class Ticket:
     tokens: Window | None = None
     running: bool = False  # counted against the key's parallel requests
     in_gate: bool = False
-    reserved_total: int = 0
-    reserved: dict[str, int] = field(default_factory=dict)  # unfinished generations' shares
-    used: int = 0
+    reserved: dict[str, int] = field(default_factory=dict)  # each sequence's share
+    record: RequestRecord | None = None  # what the sequences used, read when settling
 
-    async def admit(self, requests: list[GenerateRequest]) -> None:
+    async def admit(self, requests: list[GenerateRequest], record: RequestRecord) -> None:
         """Before anything is generated: a capacity slot (or 503), then the key's tokens
         per minute (or 429): each sequence reserves its prompt plus max_tokens."""
         if self.in_gate:
@@ -43,14 +42,18 @@ class Ticket:
         if self.principal is None or self.principal.tpm is None:
             return
         shares = {r.request_id: len(r.prompt_tokens) + r.sampling.max_tokens for r in requests}
-        total = sum(shares.values())
-        self.tokens = await self.limits.reserve(self.principal, total)
-        self.reserved, self.reserved_total = shares, total
+        self.tokens = await self.limits.reserve(self.principal, sum(shares.values()))
+        self.reserved, self.record = shares, record
 
-    def finished(self, out: GenerationOutput) -> None:
-        """A generation ended with its usage: it replaces that sequence's reservation."""
-        if self.reserved.pop(out.request_id, None) is not None:
-            self.used += out.usage.prompt_tokens + out.usage.completion_tokens
+    def used(self) -> int:
+        """Each sequence's usage as its record says, or its reservation when it has none
+        (it never reported: cancelled before it started, failed)."""
+        finals = self.record.finals if self.record is not None else {}
+        used = 0
+        for rid, share in self.reserved.items():
+            out = finals.get(rid)
+            used += share if out is None else out.usage.total_tokens
+        return used
 
     async def close(self) -> None:
         if self.in_gate:
@@ -58,28 +61,13 @@ class Ticket:
             self.gate.leave()
         if self.principal is None:
             return
-        if self.reserved_total:
-            # sequences that never reported usage (cancelled, failed) keep their reservation
-            used = self.used + sum(self.reserved.values())
-            reserved, self.reserved_total = self.reserved_total, 0
+        if self.reserved:
+            used, reserved = self.used(), sum(self.reserved.values())
+            self.reserved = {}
             await self.limits.settle(self.principal, reserved, used)
         if self.running:
             self.running = False
             await self.limits.leave(self.principal)
-
-
-# The ticket of the request being served, for the engine's finish hook (which runs in the
-# request's task). Set by the guard for the duration of each request.
-current_ticket: contextvars.ContextVar[Ticket | None] = contextvars.ContextVar(
-    "inferd_ticket", default=None
-)
-
-
-def record_usage(model: str, out: GenerationOutput, seconds: float) -> None:
-    """Finish hook: hand a generation's usage to its request's ticket."""
-    ticket = current_ticket.get()
-    if ticket is not None:
-        ticket.finished(out)
 
 
 def ticket_of(request: Request) -> Ticket | None:
@@ -92,12 +80,12 @@ def principal_of(request: Request) -> Principal | None:
     return ticket.principal if ticket is not None else None
 
 
-async def admit(request: Request, requests: list[GenerateRequest]) -> None:
+async def admit(request: Request, requests: list[GenerateRequest], record: RequestRecord) -> None:
     """Admit a request's sequences to the engine (see Ticket.admit). Call it before the
     response starts, so a 429 or 503 is a status, not an error event in a stream."""
     ticket = ticket_of(request)
     if ticket is not None:
-        await ticket.admit(requests)
+        await ticket.admit(requests, record)
 
 
 def check_model(request: Request, registry: ModelRegistry, name: str | None) -> None:

@@ -15,15 +15,14 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 
 from inferd import __version__
-from inferd.api import conversations, ops, stats
-from inferd.api.access import record_usage
+from inferd.api import conversations, ops, stats, ui
 from inferd.api.errors import install_error_handlers
 from inferd.api.guard import PUBLIC_PATHS, Guard, is_loopback
 from inferd.api.native.router import router as native_router
-from inferd.api.ollama.middleware import JsonBodyForOllama
 from inferd.api.ollama.router import router as ollama_router
 from inferd.api.openai.router import router as openai_router
-from inferd.api.usage import UsageMiddleware, fan_out, tally_generation
+from inferd.api.routing import Dialect, Namespace, Routing
+from inferd.api.usage import UsageMiddleware
 from inferd.config import Settings
 from inferd.models.registry import ModelRegistry
 from inferd.observability.metrics import Metrics
@@ -59,9 +58,6 @@ def create_app(
     keys = keys or KeyRing(MemoryKeyStore(), max_age=settings.key_cache_seconds)
     limits = limits or RateLimits(settings.rate_limit_storage)
     gate = CapacityGate(settings.max_concurrent_requests, settings.max_queue)
-    registry.on_finish = fan_out(
-        GenerationObserver(metrics, tracing), tally_generation, record_usage
-    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -92,6 +88,7 @@ def create_app(
     app.state.started = time.monotonic()
     app.state.metrics = metrics
     app.state.tracing = tracing
+    app.state.observe_generation = GenerationObserver(metrics, tracing)  # the pipeline calls it
     app.state.keys = keys
     app.state.limits = limits
     app.state.capacity = gate
@@ -104,21 +101,25 @@ def create_app(
     app.include_router(stats.router)
     app.include_router(native_router)
     app.include_router(ollama_router)
+    app.include_router(ui.router)
 
     @app.get("/swagger-ui", include_in_schema=False)
     async def swagger_ui() -> HTMLResponse:
         return get_swagger_ui_html(openapi_url="/openapi.json", title="inferd API")
 
-    # Outermost last: CORS (preflights need no key) > JsonBodyForOllama > observability
-    # (whose scope copy the router fills in with the matched route; it logs 401s too) > guard
-    # > usage records (only for requests the guard let in: no rows for unauthenticated junk).
+    app.router.routes.append(Namespace("/api/", Dialect.OLLAMA))  # last: after every route
+
+    # Outermost last: CORS (preflights need no key) > routing (the matched route, so its
+    # dialect, for everything after) > observability (request id, access log, metrics; it
+    # logs 401s too) > guard > usage records (only for requests the guard let in: no rows
+    # for unauthenticated junk).
     app.add_middleware(UsageMiddleware, state=app.state)
     metrics_public = (
         not settings.metrics_require_key
         if settings.metrics_require_key is not None
         else is_loopback(settings.host)
     )
-    app.state.public_paths = PUBLIC_PATHS | ({"/metrics"} if metrics_public else set())
+    app.state.public_paths = PUBLIC_PATHS | ui.PATHS | ({"/metrics"} if metrics_public else set())
     app.add_middleware(
         Guard,
         keys=keys,
@@ -135,7 +136,7 @@ def create_app(
         client_seconds=settings.rate_limit_seconds,
     )
     app.add_middleware(ObservabilityMiddleware, metrics=metrics, tracing=tracing)
-    app.add_middleware(JsonBodyForOllama)
+    app.add_middleware(Routing, routes=app.router.routes)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

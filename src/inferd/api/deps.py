@@ -29,12 +29,6 @@ def _store(request: Request) -> Store:
     return store
 
 
-def _optional_store(request: Request) -> Store | None:
-    store: Store | None = getattr(request.app.state, "store", None)
-    return store
-
-
 SettingsDep = Annotated[Settings, Depends(_settings)]
 RegistryDep = Annotated[ModelRegistry, Depends(_registry)]
 StoreDep = Annotated[Store, Depends(_store)]
-OptionalStoreDep = Annotated[Store | None, Depends(_optional_store)]

@@ -9,10 +9,12 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from inferd import errors as e
+from inferd.api.record import CLIENT_CLOSED
+from inferd.api.routing import Dialect, dialect_of
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,10 @@ _HTTP_TYPES = {
 RETRY_AFTER_SECONDS = 1
 
 
+class ClientDisconnected(Exception):
+    """The client went away before the response was ready (answered CLIENT_CLOSED)."""
+
+
 def status_of(exc: e.InferdError) -> tuple[int, str]:
     for cls, status, kind in _TABLE:
         if isinstance(exc, cls):
@@ -56,10 +62,24 @@ def status_of(exc: e.InferdError) -> tuple[int, str]:
     return 500, "server_error"
 
 
-def error_body(message: str, kind: str, param: str | None, code: str | None) -> dict[str, Any]:
-    """The OpenAI-shaped error body (the native dialect uses the same shape; the Ollama
-    dialect's shape is chosen in `error_response` by the request path)."""
+def error_body(
+    dialect: Dialect | None,
+    message: str,
+    kind: str,
+    param: str | None = None,
+    code: str | None = None,
+) -> dict[str, Any]:
+    """An error in the dialect's shape: Ollama's `{"error": "..."}`, else (OpenAI, native,
+    routes of no dialect) `{"error": {"message", "type", "param", "code"}}`."""
+    if dialect is Dialect.OLLAMA:
+        return {"error": message}
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def error_event(dialect: Dialect, exc: e.InferdError) -> dict[str, Any]:
+    """The last event of a stream that failed after it started, in the dialect's shape."""
+    _, kind = status_of(exc)
+    return error_body(dialect, exc.message, kind, exc.param, exc.code)
 
 
 class ErrorResponse(JSONResponse):
@@ -82,20 +102,9 @@ def error_response(
 ) -> JSONResponse:
     if status == 503:
         headers = {"Retry-After": str(RETRY_AFTER_SECONDS), **(headers or {})}
-    if is_ollama(request):
-        return ErrorResponse({"error": message}, status, headers=headers)
     kind = kind or _HTTP_TYPES.get(status, "server_error")
-    return ErrorResponse(error_body(message, kind, param, code), status, headers=headers)
-
-
-# Routes of the native dialect under /api/; the rest of /api/ is Ollama's.
-NATIVE_API_PATHS = frozenset({"/api/llms", "/api/generate/stream", "/api/chat/stream"})
-
-
-def is_ollama(request: Request) -> bool:
-    """Ollama's routes answer errors in Ollama's shape: `{"error": "..."}`."""
-    path = request.url.path
-    return path.startswith("/api/") and path not in NATIVE_API_PATHS
+    body = error_body(dialect_of(request.scope), message, kind, param, code)
+    return ErrorResponse(body, status, headers=headers)
 
 
 def _param_of(loc: tuple[Any, ...]) -> str | None:
@@ -150,6 +159,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(e.InferdError)
     async def domain_error(request: Request, exc: e.InferdError) -> JSONResponse:
         return domain_error_response(request, exc)
+
+    @app.exception_handler(ClientDisconnected)
+    async def client_gone(request: Request, exc: ClientDisconnected) -> Response:
+        return Response(status_code=CLIENT_CLOSED)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:

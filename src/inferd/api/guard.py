@@ -1,8 +1,9 @@
 """The guard: a pure ASGI middleware in front of every route, on every listener (the
-Ollama port serves the same app). In order: header size (431), Host allowlist on loopback
-(400), authentication (401) unless the path is public, the key's requests per minute and
-parallel requests or, without keys, the client address's window (429), a time limit on
-receiving the body (408). Every response of a limited key carries x-ratelimit-* headers.
+Ollama port serves the same app). In order: header size (431), declared body size (413), a
+path with a control character (404), Host allowlist on loopback (400), authentication (401)
+unless the path is public, the key's requests per minute and parallel requests or, without
+keys, the client address's window (429), a time limit on receiving the body (408). Every
+response of a limited key carries x-ratelimit-* headers.
 
 Routes do the rest through `api.access`: model lists and admin routes (403), capacity (503)
 and tokens per minute (429)."""
@@ -12,13 +13,14 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import math
+import re
 from collections.abc import Iterable
 
 from fastapi import Request
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from inferd.api.access import Ticket, current_ticket
+from inferd.api.access import Ticket
 from inferd.api.errors import domain_error_response, error_response
 from inferd.errors import InferdError, Unauthenticated
 from inferd.security.capacity import CapacityGate
@@ -40,12 +42,35 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def host_name(header: str) -> str:
-    """The name in a Host header, without the port: `[::1]:8000` -> `::1`."""
-    header = header.strip().lower()
-    if header.startswith("["):
-        return header[1 : header.find("]")] if "]" in header else header
-    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+# a name (RFC 3986 reg-name, without percent-encoding) or an IPv4 address; a port of digits
+_NAME = re.compile(r"[a-z0-9\-._~!$&'()*+,;=]+")
+_PORT = re.compile(r"(:[0-9]{0,5})?")
+
+
+def host_name(header: str) -> str | None:
+    """The host in a Host header, without the port (`[::1]:8000` -> `::1`), or None when the
+    header is not one authority: a name or an IPv4 address, or an IPv6 address in brackets
+    as a whole, then an optional port (`[::1].evil.com`, `[::1]evil`, `::1`, `a b` are not)."""
+    value = header.strip().lower()
+    if value.startswith("["):
+        end = value.find("]")
+        host, port = value[1:end], value[end + 1 :]
+        if end < 0 or not _is_ipv6(host):
+            return None
+    else:
+        host = value.partition(":")[0]
+        port = value[len(host) :]
+        if not _NAME.fullmatch(host):
+            return None
+    return host if _PORT.fullmatch(port) else None
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def presented_key(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
@@ -134,7 +159,13 @@ class Guard:
             # refused before reading a byte; a chunked body is counted as it arrives
             await error_response(request, 413, "Content Too Large")(scope, receive, send)
             return
-        if self.check_host and not self._host_allowed(headers):
+        if not scope["path"].isprintable():
+            # no route or name holds a control character; Starlette's path patterns end in
+            # `$`, which matches before a final newline: /v1/models/NAME%0A would find NAME
+            message = f"No route {scope['method']} {scope['path'][:200]!r}"
+            await error_response(request, 404, message)(scope, receive, send)
+            return
+        if self.check_host and not self._host_allowed(scope):
             await error_response(request, 400, "Invalid Host header", code="invalid_host")(
                 scope, receive, send
             )
@@ -155,7 +186,6 @@ class Guard:
                 message = {**message, "headers": [*message.get("headers", []), *extra]}
             await send(message)
 
-        token = current_ticket.set(ticket)
         try:
             try:
                 await self._admit(ticket, scope)
@@ -164,7 +194,6 @@ class Guard:
                 return
             await self.app(scope, self._limited(receive), send_with_limits)
         finally:
-            current_ticket.reset(token)
             # a cancelled request (shutdown, client gone) still gives its share back
             await asyncio.shield(ticket.close())
 
@@ -175,11 +204,14 @@ class Guard:
                 return int(v) if v.isdigit() else 0
         return 0
 
-    def _host_allowed(self, headers: list[tuple[bytes, bytes]]) -> bool:
-        for k, v in headers:
-            if k == b"host":
-                return host_name(v.decode("latin-1")) in self.allowed_hosts
-        return True  # HTTP/1.0 without Host: nothing for a rebinding attack to use
+    def _host_allowed(self, scope: Scope) -> bool:
+        """Exactly one Host header naming an allowed host; none only in HTTP/1.0 (nothing
+        there for a rebinding attack to use; HTTP/1.1 requires one)."""
+        hosts = [v for k, v in scope["headers"] if k == b"host"]
+        if not hosts:
+            return scope.get("http_version") == "1.0"
+        name = host_name(hosts[0].decode("latin-1")) if len(hosts) == 1 else None
+        return name is not None and name in self.allowed_hosts
 
     async def _admit(self, ticket: Ticket, scope: Scope) -> None:
         path: str = scope["path"]

@@ -8,19 +8,21 @@ import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import Field, StrictStr
 from starlette.requests import Request
 
 from inferd.api.access import principal_of
-from inferd.api.generation import ChoiceResult
-from inferd.api.usage import current_tally
+from inferd.api.record import RequestRecord
 from inferd.config import Settings
 from inferd.engine.types import FinishReason, GenerationOutput
 from inferd.errors import InvalidRequest, StoreUnavailable
 from inferd.storage.records import MessageRecord
 from inferd.storage.store import Store
+
+if TYPE_CHECKING:
+    from inferd.api.pipeline.run import ChoiceResult
 
 SESSION_HEADER = "x-session-id"
 SESSION_PATTERN = r"^[A-Za-z0-9._:@-]{1,128}$"
@@ -131,6 +133,7 @@ async def open_exchange(
     session_id: str | None,
     history: bool,
     messages: list[dict[str, Any]],
+    record: RequestRecord,
 ) -> tuple[list[dict[str, Any]], Exchange | None]:
     """The messages to render (with the stored history when asked) and the exchange to
     store (None when the request has no session and content is not logged)."""
@@ -145,14 +148,13 @@ async def open_exchange(
             "session_history needs a session_id (or an X-Session-ID header)",
             param="session_history",
         )
-    tally = current_tally()
-    if tally is None or (session_id is None and not settings.log_content):
+    if session_id is None and not settings.log_content:
         return messages, None
     exchange = Exchange(
         store,
-        session_id or tally.request_id,
-        tally.request_id,
-        tally.started_at,
+        session_id or record.request_id,
+        record.request_id,
+        record.started_at,
         new_inputs(messages),
     )
     if history and session_id is not None:

@@ -5,13 +5,14 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import Depends, Query
 
 from inferd.api.access import require_admin
 from inferd.api.deps import StoreDep
+from inferd.api.routing import Dialect, dialect_router
 from inferd.storage.records import UsageStats
 
-router = APIRouter(prefix="/v1", tags=["store"])
+router = dialect_router(Dialect.OPENAI, prefix="/v1", tags=["store"])
 
 MAX_HOURS = 24 * 366
 

@@ -1,4 +1,7 @@
-"""Wire framing for streams and disconnect handling for plain responses."""
+"""Wire framing for streams (SSE, NDJSON) and disconnect handling for plain responses.
+
+A stream that fails after it started ends with the error table's `error_event`, in the
+dialect of the request's route."""
 
 from __future__ import annotations
 
@@ -9,18 +12,37 @@ from typing import Any, TypeVar
 
 from sse_starlette import EventSourceResponse
 from starlette.requests import Request
+from starlette.responses import StreamingResponse
+
+from inferd.api.errors import ClientDisconnected, error_event
+from inferd.api.routing import Dialect, dialect_of
+from inferd.errors import InferdError
 
 T = TypeVar("T")
 
+DONE = "[DONE]"  # the OpenAI stream's last event
 
-class ClientDisconnected(Exception):
-    """The client went away before the response was ready."""
+
+async def _ending_in_errors(
+    request: Request, events: AsyncIterator[dict[str, Any]]
+) -> AsyncIterator[dict[str, Any]]:
+    """`events`, and an error event in the route's dialect if they fail."""
+    try:
+        async for item in events:
+            yield item
+    except InferdError as exc:
+        yield error_event(dialect_of(request.scope) or Dialect.OPENAI, exc)
 
 
 def sse_response(
-    events: AsyncIterator[dict[str, Any] | str], *, drain_timeout: float
+    request: Request,
+    events: AsyncIterator[dict[str, Any]],
+    *,
+    drain_timeout: float,
+    done: bool = False,
 ) -> EventSourceResponse:
-    """Server-sent events: each item is one `data:` line (dicts as compact JSON).
+    """Server-sent events: each item is one `data:` line of compact JSON, then `[DONE]`
+    when `done` (after an error event too).
 
     When the client disconnects, sse-starlette cancels the iteration, whose cleanup aborts
     the engine sequences behind it. On server shutdown the stream may run on for
@@ -28,9 +50,10 @@ def sse_response(
     """
 
     async def frames() -> AsyncIterator[dict[str, str]]:
-        async for item in events:
-            data = item if isinstance(item, str) else json.dumps(item, separators=(",", ":"))
-            yield {"data": data}
+        async for item in _ending_in_errors(request, events):
+            yield {"data": json.dumps(item, separators=(",", ":"))}
+        if done:
+            yield {"data": DONE}
 
     return EventSourceResponse(
         frames(),
@@ -38,6 +61,16 @@ def sse_response(
         headers={"Cache-Control": "no-cache"},
         shutdown_grace_period=drain_timeout,
     )
+
+
+def ndjson_response(request: Request, events: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
+    """Newline-delimited JSON, one object a line."""
+
+    async def lines() -> AsyncIterator[bytes]:
+        async for item in _ending_in_errors(request, events):
+            yield json.dumps(item, separators=(",", ":")).encode() + b"\n"
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")
 
 
 async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:

@@ -42,7 +42,7 @@ def schema_format(schema: Any, *, param: str) -> OutputFormat:
     if not isinstance(schema, dict):
         raise _bad(param, "the JSON schema must be a JSON object")
     _check_shape(schema, param)
-    text = json.dumps(schema, separators=(",", ":"), ensure_ascii=False)
+    text = json.dumps(inline_root_ref(schema), separators=(",", ":"), ensure_ascii=False)
     if len(text) > MAX_SCHEMA_CHARS:
         raise _bad(param, f"the JSON schema is longer than {MAX_SCHEMA_CHARS} characters")
     try:
@@ -50,6 +50,34 @@ def schema_format(schema: Any, *, param: str) -> OutputFormat:
     except SchemaError as exc:
         raise _bad(param, f"invalid JSON schema: {exc.message[:200]}") from None
     return OutputFormat(json_schema=text)
+
+
+def inline_root_ref(schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema with a root `$ref` replaced by what it refers to. pydantic writes a
+    recursive model as `{"$ref": "#/$defs/Node", "$defs": {"Node": ...}}`, and the grammar
+    converter cannot start from a reference; the definitions stay, for the recursion.
+    A reference that cannot be followed is left as it is (the converter says why)."""
+    seen: set[str] = set()
+    while isinstance(ref := schema.get("$ref"), str) and ref not in seen:
+        seen.add(ref)
+        target = _resolve(schema, ref)
+        if not isinstance(target, dict):
+            break
+        schema = {k: v for k, v in schema.items() if k != "$ref"} | target
+    return schema
+
+
+def _resolve(schema: dict[str, Any], ref: str) -> Any:
+    """`#/$defs/Node` in `schema` (JSON Pointer, with ~0 and ~1), or None."""
+    if not ref.startswith("#/"):
+        return None
+    node: Any = schema
+    for part in ref[2:].split("/"):
+        key = part.replace("~1", "/").replace("~0", "~")
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
 
 
 def _check_shape(schema: dict[str, Any], param: str) -> None:

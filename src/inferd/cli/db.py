@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -85,43 +86,54 @@ def stats(
     if as_json:
         typer.echo(json.dumps(body, indent=2))
         return
-    out = Console()
-    out.print(f"Usage over the last {hours:g} hours (since {body['since']})", highlight=False)
+    print_stats(Console(), body)
+
+
+# (header, field): the counts, then the timings (seconds), each a table of its own so that
+# both fit an 80-column terminal with room for large numbers
+_COUNTS = (
+    ("requests", "requests"),
+    ("prompt", "prompt_tokens"),
+    ("cached", "cached_tokens"),
+    ("completion", "completion_tokens"),
+    ("errors", "errors"),
+    ("cancelled", "cancelled"),
+    ("rejected", "rejected"),
+)
+_TIMINGS = (
+    ("ttft avg", "ttft_avg"),
+    ("ttft p95", "ttft_p95"),
+    ("duration avg", "duration_avg"),
+    ("duration p95", "duration_p95"),
+)
+
+
+def print_stats(out: Console, body: dict[str, Any]) -> None:
+    """The usage of /v1/stats's body as tables: per group (total, by model, dialect, key)
+    the counts and the timings. Cells fold rather than cut: a number is never shortened."""
+    out.print(
+        f"Usage over the last {body['hours']:g} hours (since {body['since']})", highlight=False
+    )
     for title, groups in [
         ("total", {"all": body["total"]}),
         ("by model", body["by_model"]),
         ("by dialect", body["by_dialect"]),
         ("by key", body["by_key"]),
     ]:
-        table = Table(title=title, title_justify="left")
-        for col in (
-            "",
-            "requests",
-            "prompt",
-            "cached",
-            "completion",
-            "errors",
-            "cancelled",
-            "rejected",
-            "ttft avg",
-            "ttft p95",
-            "duration avg",
-            "duration p95",
+        for suffix, columns, cell in (
+            ("", _COUNTS, str),
+            (", seconds", _TIMINGS, _seconds),
         ):
-            table.add_column(col, justify="left" if not col else "right")
-        for name, g in groups.items():
-            table.add_row(
-                name,
-                str(g["requests"]),
-                str(g["prompt_tokens"]),
-                str(g["cached_tokens"]),
-                str(g["completion_tokens"]),
-                str(g["errors"]),
-                str(g["cancelled"]),
-                str(g["rejected"]),
-                _seconds(g["ttft_avg"]),
-                _seconds(g["ttft_p95"]),
-                _seconds(g["duration_avg"]),
-                _seconds(g["duration_p95"]),
+            table = Table(
+                title=f"{title}{suffix}",
+                title_justify="left",
+                box=box.SIMPLE_HEAD,
+                pad_edge=False,
+                collapse_padding=True,
             )
-        out.print(table)
+            table.add_column("", overflow="fold")  # a long model name wraps, numbers never
+            for header, _ in columns:
+                table.add_column(header, justify="right", no_wrap=True, overflow="fold")
+            for name, g in groups.items():
+                table.add_row(name, *(cell(g[field]) for _, field in columns))
+            out.print(table)

@@ -30,7 +30,7 @@ def build(settings: Settings, model_flags: dict[str, Any]) -> Launch:
     """Raises InferdError for settings that cannot be served (a missing file, bad values)."""
     from inferd.api.app import create_app
     from inferd.cli.keys import open_keys
-    from inferd.models.loading import llamacpp_footprint, llamacpp_loader
+    from inferd.models.loading import engine_factory
     from inferd.models.registry import ModelRegistry, RegistryOptions
     from inferd.models.spec import specs_from_settings
     from inferd.models.store import ModelStore
@@ -41,12 +41,11 @@ def build(settings: Settings, model_flags: dict[str, Any]) -> Launch:
 
     registry = ModelRegistry(
         specs_from_settings(settings, model_flags),
-        llamacpp_loader(verbose=settings.llama_verbose),
+        engine_factory(verbose=settings.llama_verbose),
         default=settings.default_model,
         options=RegistryOptions.from_settings(settings),
         store=ModelStore(settings.models_dir),
         model_overrides=model_flags,
-        footprint=llamacpp_footprint,
     )
 
     async def any_keys() -> bool:

@@ -23,8 +23,9 @@ from rich.table import Table
 from inferd.config import Settings, load_settings
 from inferd.errors import InferdError
 from inferd.models import describe
+from inferd.models.loading import engine_factory
 from inferd.models.registry import ModelEntry, ModelRegistry, RegistryOptions
-from inferd.models.spec import ModelSpec, specs_from_settings
+from inferd.models.spec import specs_from_settings
 from inferd.models.store import ModelStore
 
 app = typer.Typer(help="List, show, pull and remove models.", no_args_is_help=True)
@@ -48,16 +49,12 @@ def _settings(config: Path | None, models_dir: Path | None) -> Settings:
         _fail(exc.message)
 
 
-def _never_load(spec: ModelSpec) -> Any:
-    raise RuntimeError("the models commands never load a model")
-
-
 def registry_of(settings: Settings) -> ModelRegistry:
     """The registry a server would have, which never loads a model (InferdError for
     settings that cannot be served)."""
     return ModelRegistry(
         specs_from_settings(settings),
-        _never_load,
+        engine_factory(),  # never used: these commands load no model
         default=settings.default_model,
         options=RegistryOptions.from_settings(settings),
         store=ModelStore(settings.models_dir),

@@ -8,10 +8,12 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from inferd.api.guard import is_loopback
 from inferd.config import Settings
 from inferd.errors import ConfigError
+from inferd.observability.llama_log import LlamaLog
 
 
 class _Server(uvicorn.Server):
@@ -20,6 +22,46 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+def bounded_protocol(header_timeout: float, max_connections: int) -> type[asyncio.Protocol]:
+    """uvicorn's HTTP protocol (httptools, else h11) with two bounds uvicorn lacks: a
+    connection beyond `max_connections` is closed as it opens, and one whose request headers
+    are not complete `header_timeout` seconds after it opened (or after its last response
+    ended) is closed: half-sent requests and silent connections (slowloris) do not pile up.
+    Headers are complete when uvicorn starts a request cycle; the body has its own deadline
+    (the guard's 408) and a response may take as long as it takes."""
+
+    class Bounded(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
+        _header_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            if len(self.connections) > max_connections:
+                transport.close()
+                return
+            self._arm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+            self._header_timer = self.loop.call_later(header_timeout, self._headers_due)
+
+        def _headers_due(self) -> None:
+            if self.cycle is None or self.cycle.response_complete:  # no request under way
+                self.transport.close()
+
+    return Bounded
 
 
 def check_exposure(settings: Settings, *, auth: bool) -> None:
@@ -71,6 +113,7 @@ def serve(
                 # the app's lifespan (model loading) runs once, with the first listener
                 lifespan="on" if i == 0 else "off",
                 h11_max_incomplete_event_size=settings.max_header_bytes,
+                http=bounded_protocol(settings.header_timeout, settings.max_connections),
                 **tls,
             )
         )
@@ -95,5 +138,6 @@ def serve(
     # uvicorn's own choice of event loop (uvloop where installed, as uvicorn.run would): a
     # streamed token took a quarter less of the event loop's CPU than on asyncio's loop
     # (0.44 -> 0.33 ms at one stream on 2 cores), CPU the spinning llama.cpp threads need
-    with asyncio.Runner(loop_factory=servers[0].config.get_loop_factory()) as runner:
+    # llama.cpp's log through inferd's handler while serving (JSON logs stay JSON)
+    with LlamaLog(), asyncio.Runner(loop_factory=servers[0].config.get_loop_factory()) as runner:
         runner.run(main())

@@ -7,9 +7,9 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
-from inferd.engine.backends.base import Backend, BackendInfo
+from inferd.engine.backends.base import Backend, ModelInfo
 from inferd.engine.core import DEFAULT_PREFIX_CACHE_BYTES, EngineCore
 from inferd.engine.types import (
     EngineStats,
@@ -33,16 +33,26 @@ FinishHook = Callable[[str, GenerationOutput, float], None]
 
 
 class EngineClient(Protocol):
-    """What the API layer sees of an engine."""
+    """What the API layer and the registry see of an engine: the only face they use. A
+    whole engine with its own scheduler, KV manager and sampler enters here."""
 
     @property
-    def info(self) -> BackendInfo: ...
+    def info(self) -> ModelInfo: ...
+
+    def facts(self) -> dict[str, Any]:
+        """What the runtime knows beyond `info`, as plain data to show (for llama.cpp its KV
+        layout and the GGUF metadata under "metadata")."""
+        ...
 
     def generate(self, request: GenerateRequest) -> AsyncGenerator[GenerationOutput, None]: ...
 
     def abort(self, request_id: str) -> None: ...
 
     def stats(self) -> EngineStats: ...
+
+    async def stop(self) -> None:
+        """Abort what is left and release the model (the engine is not used again)."""
+        ...
 
     async def tokenize(
         self, text: str, *, add_special: bool = True, parse_special: bool = True
@@ -74,25 +84,34 @@ class AsyncEngine:
         *,
         name: str = "model",
         on_finish: FinishHook | None = None,
+        prefix_cache: bool = True,
         prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES,
     ) -> None:
         self._backend = backend
         self._name = name
         self._on_finish = on_finish
         self._core = EngineCore(
-            backend, self._on_outputs, name=name, prefix_cache_bytes=prefix_cache_bytes
+            backend,
+            self._on_outputs,
+            name=name,
+            prefix_cache=prefix_cache,
+            prefix_cache_bytes=prefix_cache_bytes,
         )
         self._queues: dict[str, asyncio.Queue[GenerationOutput]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped = False
-        self.submitted = 0  # requests handed to the core so far
+        self.submitted = 0  # requests handed to the core so far (also in stats())
 
     @property
-    def info(self) -> BackendInfo:
+    def info(self) -> ModelInfo:
         return self._backend.info
+
+    def facts(self) -> dict[str, Any]:
+        return self._backend.facts()
 
     @property
     def backend(self) -> Backend:
+        """The backend this engine steps: for tests; nothing outside the engine uses it."""
         return self._backend
 
     def start(self) -> None:

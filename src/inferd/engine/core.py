@@ -10,9 +10,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from inferd.engine.backends.base import Backend
+from inferd.engine.backends.base import Backend, SequenceFailed
 from inferd.engine.detokenizer import Detokenizer
-from inferd.engine.scheduler import KVOp, Scheduler
+from inferd.engine.scheduler import Scheduler
 from inferd.engine.sequence import Sequence
 from inferd.engine.types import (
     STEP_SEQ_BUCKETS,
@@ -22,7 +22,7 @@ from inferd.engine.types import (
     GenerationOutput,
     Usage,
 )
-from inferd.errors import BackendError, InferdError
+from inferd.errors import BackendError
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,7 @@ class EngineCore:
         sink: OutputSink,
         *,
         name: str = "model",
+        prefix_cache: bool = True,
         prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES,
     ) -> None:
         info = backend.info
@@ -69,17 +70,14 @@ class EngineCore:
         self._sink = sink
         self._inbox: queue.SimpleQueue[_Add | _Abort | _Stop | _DropCache] = queue.SimpleQueue()
         self._sched = Scheduler(
+            backend.pool,
             max_seqs=info.max_seqs,
-            kv_cells=info.kv_cells,
             max_batch_tokens=info.max_batch_tokens,
+            prefix_cache=prefix_cache,
             prefix_cache_bytes=prefix_cache_bytes,
             prefill_per_decode=info.prefill_per_decode,
-            kv_split=info.kv_split,
         )
         self._seqs: dict[str, Sequence] = {}
-        # KV operations of sequences finished this step (save the prefix, free the cells):
-        # applied after their outputs are sent, before the next plan (see _emit)
-        self._finished_ops: list[KVOp] = []
         self._thread = threading.Thread(target=self._run, name=f"inferd-core-{name}", daemon=True)
         self._steps = 0
         self._step_tokens = 0
@@ -87,6 +85,7 @@ class EngineCore:
         self._step_seqs = [0] * (len(STEP_SEQ_BUCKETS) + 1)
         self._prompt_tokens = 0
         self._generated_tokens = 0
+        self._submitted = 0  # requests handed to submit (written by the submitting thread only)
 
     # ---- thread-safe API -------------------------------------------------------------------
 
@@ -94,6 +93,7 @@ class EngineCore:
         self._thread.start()
 
     def submit(self, request: GenerateRequest) -> None:
+        self._submitted += 1
         self._inbox.put(_Add(request))
 
     def abort(self, request_id: str) -> None:
@@ -111,11 +111,12 @@ class EngineCore:
 
     def stats(self) -> EngineStats:
         sched = self._sched
+        pool = sched.pool
         return EngineStats(
             running=len(sched.running),
             waiting=len(sched.waiting),
-            kv_cells_used=sched.kv_used,
-            kv_cells_total=sched.kv_cells,
+            kv_cells_used=pool.used,
+            kv_cells_total=pool.capacity,
             steps=self._steps,
             step_tokens_total=self._step_tokens,
             step_seqs_total=self._step_seq_total,
@@ -129,7 +130,8 @@ class EngineCore:
             prefix_queries=sched.prefix_queries,
             prefix_hits=sched.prefix_hits,
             reused_tokens_total=sched.reused_tokens,
-            kv_moves=sched.moves,
+            kv_moves=pool.moves,
+            submitted=self._submitted,
         )
 
     # ---- the loop ------------------------------------------------------------------------
@@ -202,104 +204,50 @@ class EngineCore:
         self._seqs[req.request_id] = seq
         self._sched.add(seq)
 
-    def _apply(self, ops: list[KVOp]) -> list[int]:
-        """Run KV operations in order. Returns the sequence ids whose `load` or `cp` failed."""
-        backend = self.backend
-        failed: list[int] = []
-        for op in ops:
-            if op.kind == "rm":
-                backend.free_seq(op.seq_id)
-            elif op.kind == "cp":
-                if not backend.copy_prefix(op.seq_id, op.dst, op.n):
-                    log.debug("no KV room to copy a running sequence's prefix; recomputing")
-                    failed.append(op.dst)
-            elif op.kind == "move":
-                backend.move_seq(op.seq_id, op.dst)
-            elif op.kind == "save":
-                assert op.prefix is not None
-                backend.trim_seq(op.seq_id, op.n)  # it is removed next anyway
-                state = backend.save_seq(op.seq_id)
-                if state is not None:
-                    self._sched.saved.add(op.prefix, state)
-            elif op.kind == "load":
-                assert op.prefix is not None
-                if backend.restore_seq(op.seq_id, op.prefix.state):
-                    backend.trim_seq(op.seq_id, op.n)
-                else:
-                    log.debug("no contiguous KV room to restore a saved prefix; recomputing")
-                    failed.append(op.seq_id)
-            else:
-                raise ValueError(f"unknown KV operation {op.kind!r}")
-        return failed
-
     def _step(self) -> None:
         plan = self._sched.schedule()
-        for slot in self._apply(plan.ops):
-            self._sched.restore_failed(plan, slot)
         for seq in plan.preempted:
             log.debug("preempted %s (KV cache full)", seq.request_id)
-        if not plan.chunks:
+        chunks = plan.chunks
+        if not chunks:
             if plan.preempted or not self._sched.running:
                 return
             time.sleep(0.001)  # nothing fits right now; should not happen, but never spin hot
             return
-        tokens: list[int] = []
-        positions: list[int] = []
-        seq_ids: list[int] = []
-        logits: list[bool] = []
-        sample_rows: list[tuple[Sequence, int]] = []
-        now = time.monotonic()
-        for c in plan.chunks:
-            seq = c.seq
-            if seq.first_scheduled is None:
-                seq.first_scheduled = now
-            n = c.end - c.start
-            tokens.extend(seq.tokens[c.start : c.end])
-            positions.extend(range(c.start, c.end))
-            seq_ids.extend([seq.slot] * n)
-            logits.extend([False] * n)
-            if c.samples:
-                logits[-1] = True
-                sample_rows.append((seq, len(tokens) - 1))
         try:
-            ok = self.backend.decode(tokens, positions, seq_ids, logits)
+            sampled = self.backend.execute(chunks)
+        except SequenceFailed as exc:  # nothing ran: fail that request, plan again
+            log.error("request %s failed: %s", exc.seq.request_id, exc.message)
+            self._emit([self._finish(exc.seq, FinishReason.ERROR, "", error=exc.message)])
+            return
         except BackendError as exc:
             log.error("decode failed: %s", exc)
             self._fail_all(str(exc))
             return
-        if not ok:
+        if sampled is None:
             self._relieve_kv_pressure()
             return
         self._steps += 1
-        self._step_tokens += len(tokens)
-        self._step_seq_total += len(plan.chunks)
-        self._step_seqs[bisect.bisect_left(STEP_SEQ_BUCKETS, len(plan.chunks))] += 1
+        self._step_tokens += plan.n_tokens
+        self._step_seq_total += len(chunks)
+        self._step_seqs[bisect.bisect_left(STEP_SEQ_BUCKETS, len(chunks))] += 1
         self._sched.commit(plan)
-        self._prompt_tokens += sum(
-            max(0, min(c.end, c.seq.n_prompt) - c.start) for c in plan.chunks
-        )
-        self._emit([self._sample(seq, row) for seq, row in sample_rows])
+        self._prompt_tokens += sum(max(0, min(c.end, c.seq.n_prompt) - c.start) for c in chunks)
+        sampling = [c.seq for c in chunks if c.samples]
+        self._emit([self._accept(seq, token) for seq, token in zip(sampling, sampled, strict=True)])
 
     def _emit(self, outputs: list[GenerationOutput]) -> None:
-        """Send outputs, then apply the KV operations of the sequences that finished: saving
-        a finished prefix takes milliseconds (~3 ms for 140 tokens here), and the answer's
-        last token should not wait for it. The scheduler has already given back their slots
-        and cells in its accounting; nothing uses them before the next plan, and every path
-        to it runs through here."""
+        """Send outputs, then let the KV pool finish the releases of the sequences that
+        finished: saving a finished prefix takes milliseconds (~3 ms for 140 tokens here),
+        and the answer's last token should not wait for it. The scheduler and the pool have
+        already given back their places in the accounting; nothing reuses them before the
+        next plan, and every path to it runs through here."""
         if outputs:
             self._sink(outputs)
-        ops, self._finished_ops = self._finished_ops, []
-        if ops:
-            self._apply(ops)
+        self._sched.settle()
 
-    def _sample(self, seq: Sequence, row: int) -> GenerationOutput:
-        if seq.sampler is None:
-            try:
-                seq.sampler = self.backend.new_sampler(seq.request.sampling)
-            except InferdError as exc:  # this request's sampler (a grammar, say): fail it alone
-                log.error("sampler for %s failed: %s", seq.request_id, exc.message)
-                return self._finish(seq, FinishReason.ERROR, "", error=exc.message)
-        token = seq.sampler.sample(row)
+    def _accept(self, seq: Sequence, token: int) -> GenerationOutput:
+        """A token sampled for `seq`: append it, and finish the sequence when it ends."""
         now = time.monotonic()
         if seq.first_token is None:
             seq.first_token = now
@@ -332,10 +280,8 @@ class EngineCore:
             text += seq.detokenizer.flush()
         # a finished answer leaves its prefix cached; an aborted or failed one frees its cells
         keep = reason in (FinishReason.STOP, FinishReason.LENGTH)
-        self._finished_ops += self._sched.finish(seq, keep_prefix=keep)
-        if seq.sampler is not None:
-            seq.sampler.close()
-            seq.sampler = None
+        self._sched.finish(seq, keep_prefix=keep)
+        self.backend.drop(seq)
         self._seqs.pop(seq.request_id, None)
         seq.finish_reason = reason
         return GenerationOutput(
@@ -360,9 +306,7 @@ class EngineCore:
     def _relieve_kv_pressure(self) -> None:
         """The backend found no KV room for the batch (the accounting says there was: a
         fragmented cache). Preempt the newest sequence; fail when only one is left."""
-        ops, _ = self._sched.relieve_pressure()
-        if ops:
-            self._apply(ops)
+        if self._sched.relieve_pressure() is not None:
             return
         running = self._sched.running
         log.error("KV cache exhausted with %d running sequence(s)", len(running))

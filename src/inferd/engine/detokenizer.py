@@ -10,9 +10,9 @@ class Detokenizer:
     """Turns a token stream into text deltas.
 
     Bytes of a multi-byte character split across tokens are held until the character is
-    whole. Text that could be the start of a stop string is held back until it is known
-    not to be one; when a stop string completes, the text before it is released and the
-    stop string itself is dropped.
+    whole (and dropped if generation ends first). Text that could be the start of a stop
+    string is held back until it is known not to be one; when a stop string completes, the
+    text before it is released and the stop string itself is dropped.
     """
 
     __slots__ = ("_decoder", "_held", "_piece", "_stop")
@@ -38,9 +38,12 @@ class Detokenizer:
         return text[: len(text) - keep], False
 
     def flush(self) -> str:
-        """The rest of the text at the end of generation (no stop string matched)."""
-        text = self._held + self._decoder.decode(b"", final=True)
+        """The rest of the text at the end of generation (no stop string matched). A
+        character cut off by the end (a length limit inside a multi-byte character) is
+        dropped, never sent as U+FFFD: its bytes are only the start of one."""
+        text = self._held
         self._held = ""
+        self._decoder.reset()
         return text
 
 

@@ -1,20 +1,16 @@
-"""Which earlier token prefix a new sequence can reuse, and who owns shared KV cells.
+"""Which earlier token prefix a new sequence can reuse.
 
 Two places hold reusable prefixes:
 
-- Running sequences, in the KV cache. llama.cpp's unified KV cache lets one cell belong to
-  several sequence ids: copying a prefix (`seq_cp`) adds the new id to the cells, and
-  removing a sequence (`seq_rm`) frees only cells no other id holds. Sharing is always of a
-  prefix, so ownership forms a tree: a sequence borrows the first `borrowed` cells of its
-  parent and owns the rest. The number of cells in use is the sum of what every holder
-  owns. When a holder goes away, the child that borrowed the most of it inherits those
-  cells, and its other children borrow from that heir instead, so the count stays exact.
+- Running sequences, in the KV cache: a new sequence whose prompt starts like a running
+  one's computed tokens gets them through the backend's KV pool (`KVPool.share`: shared
+  cells in llama.cpp's unified cache, a copy between its split streams).
 - Finished sequences, in host memory (`PrefixStore`). Their KV state is saved when they
-  finish and their cells are freed at once: with a unified cache every decode step's
+  finish and their place freed at once: with llama.cpp's unified cache every decode step's
   attention spans all occupied cells, so cells kept for later would slow every running
   sequence (measured: 12-15 % per step at 16 sequences). A new prompt that shares a saved
-  prefix gets the state restored into its own cells, which costs a memory copy instead of
-  the prefill.
+  prefix gets the state restored into its own place (`KVPool.restore`), which costs a
+  memory copy instead of the prefill.
 """
 
 from __future__ import annotations
@@ -94,8 +90,8 @@ class PrefixStore:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def add(self, entry: SavedPrefix, state: bytes | bytearray) -> None:
-        entry.state = state
+    def add(self, entry: SavedPrefix) -> None:
+        """Keep `entry` (its state saved)."""
         if entry.nbytes > self.budget:
             return
         for old in [e for e in self._entries if common_prefix(e.tokens, entry.tokens, e.n) == e.n]:
@@ -133,36 +129,3 @@ class PrefixStore:
     def _remove(self, entry: SavedPrefix) -> None:
         del self._entries[entry]
         self.nbytes -= entry.nbytes
-
-
-class KVLedger:
-    """Keeps the borrow tree in step with what llama.cpp does to shared cells."""
-
-    @staticmethod
-    def share(src: Sequence, dst: Sequence, n: int) -> None:
-        """`dst` now holds src's first n cells (after a seq_cp)."""
-        dst.parent = src
-        dst.borrowed = n
-        dst.n_computed = n
-        src.children.append(dst)
-
-    @staticmethod
-    def release(h: Sequence) -> None:
-        """`h` gives up its cells (after a seq_rm of its id): hand shared ones to an heir."""
-        parent = h.parent
-        if parent is not None:
-            parent.children.remove(h)
-        if h.children:
-            heir = max(h.children, key=lambda c: c.borrowed)
-            for c in h.children:
-                if c is not heir:
-                    c.parent = heir
-                    heir.children.append(c)
-            heir.parent = parent
-            heir.borrowed = min(h.borrowed, heir.borrowed)
-            if parent is not None:
-                parent.children.append(heir)
-        h.children = []
-        h.parent = None
-        h.borrowed = 0
-        h.n_computed = 0

@@ -6,10 +6,13 @@ import enum
 import time
 from array import array
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from inferd.engine.backends.base import Sampler
 from inferd.engine.detokenizer import Detokenizer
 from inferd.engine.types import FinishReason, GenerateRequest
+
+if TYPE_CHECKING:
+    from inferd.engine.backends.base import Sampler
 
 
 class SeqState(enum.Enum):
@@ -28,14 +31,10 @@ class Sequence:
     is fed, the step samples the next one. A preempted sequence drops its cache
     (`n_computed = 0`) and is fed again from the start, which recomputes the same state.
 
-    KV sharing: a sequence that reused the first `borrowed` cells of `parent` (a running
-    sequence with the same token prefix) shares those cells; it owns only the cells after
-    them. See `prefix_cache.KVLedger`.
-
-    `run_starts`: the positions fed in steps shared with other sequences. llama.cpp places
-    a step's tokens in consecutive cells, so each of these starts a new run of this
-    sequence's cells; saving the state costs about one copy per run and layer (per run,
-    layer and value row without flash attention), so the scheduler uses this to bound it.
+    Where its KV lives is the backend's KV pool's business: `slot` is its place there, and
+    the pool keeps its own bookkeeping in `parent`, `borrowed`, `children` and `run_starts`
+    (for llama.cpp's cells: see `backends.llamacpp.cells`). `sampler` is the backend's
+    sampler state for it.
     """
 
     request: GenerateRequest
@@ -80,3 +79,17 @@ class Sequence:
     def owned_cells(self) -> int:
         """KV cells this sequence holds that no ancestor holds for it."""
         return self.n_computed - self.borrowed
+
+
+@dataclass(slots=True)
+class Chunk:
+    """The tokens `seq.tokens[start:end]` fed to a sequence in one step."""
+
+    seq: Sequence
+    start: int
+    end: int
+
+    @property
+    def samples(self) -> bool:
+        """Whether this chunk feeds the sequence's last token, so a new one is sampled."""
+        return self.end == len(self.seq.tokens)

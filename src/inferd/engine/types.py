@@ -109,4 +109,5 @@ class EngineStats:
     prefix_queries: int = 0
     prefix_hits: int = 0
     reused_tokens_total: int = 0
-    kv_moves: int = 0  # split KV: sequences moved down into a freed slot
+    kv_moves: int = 0  # sequences the KV pool moved to keep its layout (llama.cpp split KV)
+    submitted: int = 0  # requests handed to the core so far

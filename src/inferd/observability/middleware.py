@@ -1,14 +1,22 @@
 """The request middleware (request id, access log, HTTP metrics, request span) and the
-observer of finished generations. Pure ASGI, so streaming and disconnects pass through."""
+observer of finished generations. Pure ASGI, so streaming and disconnects pass through.
+
+Every request gets a new id, unique, in `X-Request-ID` and on every log line; a generation's
+usage row and response ids carry it too. A client's own valid X-Request-ID is not reused
+(two clients may send the same one, and a usage row's id must be unique): it is kept on the
+access log line as `client_request_id`."""
 
 from __future__ import annotations
 
 import logging
 import time
+import uuid
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from inferd.api.record import RequestRecord
+from inferd.api.routing import dialect_of, route_of
 from inferd.engine.types import GenerationOutput
 from inferd.observability.logging import (
     RequestContext,
@@ -23,35 +31,13 @@ from inferd.observability.tracing import Tracing
 access_log = logging.getLogger("inferd.access")
 log = logging.getLogger(__name__)
 
-DIALECTS = ("openai", "ollama", "native", "ops")
 UNMATCHED = "<unmatched>"
-_OPS_PATHS = frozenset(
-    {"/health", "/health/live", "/health/ready", "/metrics", "/version", "/swagger-ui"}
-    | {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
-)
+NO_DIALECT = "none"  # the dialect label of a request no route matches
 
 
-def dialect_of(scope: Scope) -> str:
-    """The dialect of a request: the matched route's tag, else guessed from the path."""
-    route = scope.get("route")
-    for tag in getattr(route, "tags", None) or ():
-        if tag in DIALECTS:
-            return str(tag)
-    path: str = scope.get("path", "")
-    if path.startswith("/v1/"):
-        return "openai"
-    if path.startswith("/api/"):
-        return "ollama"
-    if route is not None or path in _OPS_PATHS:
-        return "ops"  # routes without a dialect tag: docs, swagger
-    return "native"
-
-
-def route_of(scope: Scope) -> str | None:
-    """The matched route's template (`/v1/chat/completions`), never the raw URL."""
-    route = scope.get("route")
-    path = getattr(route, "path", None)
-    return path if isinstance(path, str) else None
+def dialect_label(scope: Scope) -> str:
+    dialect = dialect_of(scope)
+    return NO_DIALECT if dialect is None else str(dialect)
 
 
 class ObservabilityMiddleware:
@@ -72,7 +58,8 @@ class ObservabilityMiddleware:
             if k == b"x-request-id":
                 incoming = v.decode("latin-1")
                 break
-        ctx = RequestContext(sanitize_request_id(incoming))
+        ctx = RequestContext(uuid.uuid4().hex)
+        scope.setdefault("state", {})["request_id"] = ctx.request_id
         rid_header = (b"x-request-id", ctx.request_id.encode("ascii"))
         method: str = scope["method"]
         status = 500
@@ -90,8 +77,8 @@ class ObservabilityMiddleware:
                 message = {**message, "headers": headers}
             await send(message)
 
-        # the dialect is known once routed; count in-flight under the path's guess
-        in_flight = self.metrics.http_in_flight.labels(dialect_of(scope))
+        dialect = dialect_label(scope)  # the Routing middleware, outside this one, found it
+        in_flight = self.metrics.http_in_flight.labels(dialect)
         in_flight.inc()
         span: Any = None
         if self.tracing.enabled:
@@ -110,18 +97,25 @@ class ObservabilityMiddleware:
             in_flight.dec()
             seconds = time.perf_counter() - ctx.started
             route = route_of(scope)
-            dialect = dialect_of(scope)
             label = route or UNMATCHED
             self.metrics.http_requests.labels(dialect, label, method, str(status)).inc()
             self.metrics.http_duration.labels(dialect, label, method).observe(seconds)
             if span is not None:
                 self.tracing.end_request(span, route, status, ctx.request_id, error=error)
-            self._access(ctx, dialect, method, label, status, seconds)
+            client_id = incoming if incoming == sanitize_request_id(incoming) else None
+            record = scope["state"].get("record")
+            self._access(dialect, method, label, status, seconds, client_id, record)
             reset_current_request(token)
 
     @staticmethod
     def _access(
-        ctx: RequestContext, dialect: str, method: str, route: str, status: int, seconds: float
+        dialect: str,
+        method: str,
+        route: str,
+        status: int,
+        seconds: float,
+        client_id: str | None,
+        record: RequestRecord | None,
     ) -> None:
         extra: dict[str, Any] = {
             "dialect": dialect,
@@ -130,18 +124,23 @@ class ObservabilityMiddleware:
             "status": status,
             "duration_ms": round(seconds * 1000, 2),
         }
-        if ctx.model is not None:
+        if client_id is not None:
+            extra["client_request_id"] = client_id
+        if record is not None and record.model is not None:
+            usage = record.usage
             extra.update(
-                model=ctx.model,
-                prompt_tokens=ctx.prompt_tokens,
-                completion_tokens=ctx.completion_tokens,
+                model=record.model,
+                prompt_tokens=usage.prompt_tokens,
+                cached_tokens=usage.cached_tokens,
+                completion_tokens=usage.completion_tokens,
             )
         access_log.info("%s %s %d %.1fms", method, route, status, extra["duration_ms"], extra=extra)
 
 
 class GenerationObserver:
-    """The engine's finish hook: metrics, the request's log fields and a generation span.
-    Runs in the task that consumed the generation, so it sees the request's context."""
+    """Called by the generation pipeline when a sequence ends (its final output, or the
+    ABORT output of one the pipeline left): metrics and a generation span, a child of the
+    request's span."""
 
     def __init__(self, metrics: Metrics, tracing: Tracing) -> None:
         self.metrics = metrics
@@ -149,14 +148,8 @@ class GenerationObserver:
 
     def __call__(self, model: str, out: GenerationOutput, seconds: float) -> None:
         self.metrics.observe_generation(model, out, seconds)
-        ctx = current_request()
-        if ctx is not None:
-            ctx.model = model
-            # choices share the prompt: count it once
-            ctx.prompt_tokens = max(ctx.prompt_tokens, out.usage.prompt_tokens)
-            ctx.completion_tokens += out.usage.completion_tokens
-            ctx.generations += 1
         if self.tracing.enabled:
+            ctx = current_request()
             self.tracing.record_generation(
                 model, out, seconds, ctx.span if ctx is not None else None
             )

@@ -64,6 +64,22 @@ class MessageRecord:
     model: str | None = None
 
 
+TITLE_LENGTH = 200  # characters of a conversation's title
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    """A stored conversation, as a list shows it. `session_id` is the id its owner uses
+    (without the namespace it is stored under)."""
+
+    session_id: str
+    title: str | None  # set by a rename; None: never named
+    preview: str  # the start of its first user message ("" when it has none)
+    messages: int
+    created_at: datetime
+    updated_at: datetime  # its last message
+
+
 @dataclass(frozen=True)
 class GroupStats:
     """Aggregates over the usage records of one group (a model, a dialect, a key, or all)."""

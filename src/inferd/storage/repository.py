@@ -16,11 +16,14 @@ from inferd.storage.records import (
     ApiKeyRecord,
     GroupStats,
     MessageRecord,
+    SessionRecord,
     UsageRecord,
     UsageStats,
     UsageStatus,
 )
 from inferd.storage.tables import api_keys, messages, sessions, usage
+
+PREVIEW_LENGTH = 100  # characters of a session's first message that a list shows
 
 
 class Repository:
@@ -140,6 +143,58 @@ class Repository:
             await conn.execute(sa.delete(sessions).where(sessions.c.id == session_id))
             return max(result.rowcount, 0)
 
+    async def sessions(self, namespace: str, limit: int) -> list[SessionRecord]:
+        """The `limit` most recently active sessions stored as `namespace` + an id without
+        `/` (a key's namespace is `key_id/`; "" holds the sessions of requests made without
+        a key), newest first."""
+        summaries = self._summaries().where(
+            sessions.c.id.startswith(namespace, autoescape=True),
+            ~sa.func.substr(sessions.c.id, len(namespace) + 1).contains("/", autoescape=True),
+        )
+        query = summaries.order_by(sessions.c.updated_at.desc(), sessions.c.id).limit(limit)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_session(r, namespace) for r in rows]
+
+    async def rename_session(
+        self, namespace: str, session_id: str, title: str | None
+    ) -> SessionRecord | None:
+        """Set (None: clear) the title of session `session_id` of `namespace`; the session,
+        or None when there is none."""
+        stored = namespace + session_id
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                sa.update(sessions).where(sessions.c.id == stored).values(title=title)
+            )
+            if not result.rowcount:
+                return None
+            row = (await conn.execute(self._summaries().where(sessions.c.id == stored))).one()
+        return _session(row, namespace)
+
+    @staticmethod
+    def _summaries() -> sa.Select[Any]:
+        """Sessions with their message count and the start of their first user message."""
+        first_user = (
+            sa.select(sa.func.substr(messages.c.content, 1, PREVIEW_LENGTH))
+            .where(messages.c.session_id == sessions.c.id, messages.c.role == "user")
+            .order_by(messages.c.created_at, messages.c.position, messages.c.id)
+            .limit(1)
+            .scalar_subquery()
+        )
+        count = (
+            sa.select(sa.func.count())
+            .where(messages.c.session_id == sessions.c.id)
+            .scalar_subquery()
+        )
+        return sa.select(
+            sessions.c.id,
+            sessions.c.title,
+            sessions.c.created_at,
+            sessions.c.updated_at,
+            first_user.label("preview"),
+            count.label("messages"),
+        )
+
     # ---- usage -----------------------------------------------------------------------------
 
     async def usage_records(self, since: datetime | None = None) -> list[UsageRecord]:
@@ -200,6 +255,17 @@ class Repository:
                 sa.delete(sessions).where(sessions.c.updated_at < cutoff, ~has_messages)
             )
             return max(result.rowcount, 0)
+
+
+def _session(row: Any, namespace: str) -> SessionRecord:
+    return SessionRecord(
+        session_id=row.id[len(namespace) :],
+        title=row.title,
+        preview=row.preview or "",
+        messages=row.messages,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
 
 
 def _p95(values: list[float]) -> float | None:

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from inferd.config import Settings
 from inferd.errors import StoreUnavailable
 from inferd.storage import db
-from inferd.storage.records import MessageRecord, UsageRecord, UsageStats
+from inferd.storage.records import MessageRecord, SessionRecord, UsageRecord, UsageStats
 from inferd.storage.repository import Repository
 from inferd.storage.writer import UsageWriter
 
@@ -135,6 +135,16 @@ class Store:
     async def delete_conversation(self, session_id: str) -> int:
         async with self._reading():
             return await self.repository.delete_conversation(session_id)
+
+    async def sessions(self, namespace: str, limit: int) -> list[SessionRecord]:
+        async with self._reading():
+            return await self.repository.sessions(namespace, limit)
+
+    async def rename_session(
+        self, namespace: str, session_id: str, title: str | None
+    ) -> SessionRecord | None:
+        async with self._reading():
+            return await self.repository.rename_session(namespace, session_id, title)
 
     async def stats(self, hours: float) -> UsageStats:
         async with self._reading():

@@ -8,6 +8,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 
+from inferd.storage.records import TITLE_LENGTH
+
 metadata = sa.MetaData(
     naming_convention={
         "ix": "ix_%(table_name)s_%(column_0_name)s",
@@ -66,6 +68,7 @@ sessions = sa.Table(
     sa.Column("id", sa.String(256), primary_key=True),  # key_id/session_id
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False, index=True),
+    sa.Column("title", sa.String(TITLE_LENGTH)),  # a name its owner gave it
 )
 
 messages = sa.Table(

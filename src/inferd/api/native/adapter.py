@@ -5,45 +5,42 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from inferd.api.generation import ChoiceResult, completion_budget
 from inferd.api.native import schemas as s
-from inferd.config import Settings
-from inferd.engine.backends.base import BackendInfo
+from inferd.api.pipeline.request import ChatPrompt, Generation, Options, Param, Session, TextPrompt
+from inferd.api.pipeline.run import ChoiceResult
 from inferd.engine.types import FinishReason, SamplingParams
-from inferd.errors import InvalidRequest
 from inferd.models import describe
 from inferd.models.registry import ModelEntry
 
 log = logging.getLogger(__name__)
 
 
-def sampling(
-    body: s.GenerateBody | s.ChatBody, prompt_len: int, info: BackendInfo, settings: Settings
-) -> SamplingParams:
+def generation(body: s.GenerateBody | s.ChatBody) -> Generation:
+    """A native request as the pipeline's request."""
     if body.model_extra:
         log.debug("ignoring unknown fields: %s", sorted(body.model_extra)[:20])
-    stops = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
-    if len(stops) > settings.max_stop or any(len(x) > settings.max_stop_length for x in stops):
-        raise InvalidRequest(
-            f"at most {settings.max_stop} stop strings of {settings.max_stop_length} characters",
-            param="stop",
-        )
-    return SamplingParams(
-        max_tokens=completion_budget(
-            body.max_tokens,
-            prompt_len,
-            info,
-            settings,
-            param="max_tokens",
-            prompt_param="prompt" if isinstance(body, s.GenerateBody) else "messages",
-        ),
-        temperature=settings.temperature if body.temperature is None else body.temperature,
-        top_p=settings.top_p if body.top_p is None else body.top_p,
-        top_k=settings.top_k if body.top_k is None else body.top_k,
-        min_p=settings.min_p if body.min_p is None else body.min_p,
-        repetition_penalty=body.repetition_penalty or 1.0,
-        seed=None if body.seed is None else body.seed & 0xFFFFFFFF,
-        stop=tuple(x for x in stops if x),
+    stop = None
+    if body.stop is not None:
+        stop = Param((body.stop,) if isinstance(body.stop, str) else tuple(body.stop), "stop")
+    options = Options(
+        max_tokens=None if body.max_tokens is None else Param(body.max_tokens, "max_tokens"),
+        temperature=body.temperature,
+        top_p=body.top_p,
+        top_k=body.top_k,
+        min_p=body.min_p,
+        repetition_penalty=body.repetition_penalty,
+        seed=body.seed,
+        stop=stop,
+    )
+    if isinstance(body, s.GenerateBody):
+        return Generation(body.model, [TextPrompt(body.prompt)], "prompt", options)
+    messages = [m.model_dump() for m in body.messages]
+    return Generation(
+        body.model,
+        [ChatPrompt(messages)],
+        "messages",
+        options,
+        session=Session(body.session_id, body.session_history),
     )
 
 
@@ -118,6 +115,7 @@ def model_info(entry: ModelEntry) -> s.ModelInfo:
         }
     if entry.model is not None:
         info = entry.model.engine.info
+        facts = entry.model.engine.facts()
         config.update(
             parameters=info.n_params,
             parameter_size=describe.parameter_size(info.n_params),
@@ -125,8 +123,8 @@ def model_info(entry: ModelEntry) -> s.ModelInfo:
             context_length_train=info.n_ctx_train,
             vocab_size=info.n_vocab,
             max_seqs=info.max_seqs,
-            kv_cells=info.kv_cells,
-            kv_split=info.kv_split,
+            kv_cells=facts.get("kv_cells"),
+            kv_split=facts.get("kv_layout") == "split",
         )
     return s.ModelInfo(
         name=spec.name,

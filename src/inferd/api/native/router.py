@@ -2,113 +2,43 @@
 
 from __future__ import annotations
 
-import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import Depends, Request, Response
 
-from inferd.api.access import acquire_model, admit, check_model, require_admin
-from inferd.api.deps import OptionalStoreDep, RegistryDep, SettingsDep
-from inferd.api.generation import (
-    ChoiceResult,
-    collect_choices,
-    render_chat,
-    stream_choices,
-    tokenize_prompt,
-)
+from inferd.api.access import check_model, require_admin
+from inferd.api.deps import RegistryDep, SettingsDep
 from inferd.api.native import adapter
 from inferd.api.native import schemas as s
-from inferd.api.sessions import Exchange, open_exchange, session_of
-from inferd.api.streaming import ClientDisconnected, cancel_on_disconnect, sse_response
+from inferd.api.pipeline.run import ChoiceResult, prepare
+from inferd.api.routing import Dialect, RecordDep, dialect_router
+from inferd.api.streaming import sse_response
 from inferd.config import Settings
-from inferd.engine.types import FinishReason, GenerateRequest
-from inferd.models.registry import LoadedModel, ModelRegistry
-from inferd.storage.store import Store
 
-router = APIRouter(tags=["native"])
-
-_CLIENT_CLOSED = 499
-
-
-async def _prepare(
-    request: Request,
-    registry: ModelRegistry,
-    settings: Settings,
-    store: Store | None,
-    body: s.GenerateBody | s.ChatBody,
-) -> tuple[LoadedModel, list[int], str | None, Exchange | None]:
-    exchange = None
-    if isinstance(body, s.ChatBody):
-        session = session_of(body.session_id, request)
-        messages, exchange = await open_exchange(
-            store,
-            settings,
-            session,
-            body.session_history,
-            [m.model_dump() for m in body.messages],
-        )
-    model = await acquire_model(request, registry, body.model)
-    if isinstance(body, s.GenerateBody):
-        text, prompt = body.prompt, body.prompt
-    else:
-        text = await render_chat(model.template, messages)
-        prompt = None
-    return model, await tokenize_prompt(model.engine, text), prompt, exchange
+router = dialect_router(Dialect.NATIVE, tags=["native"])
 
 
 async def _answer(
-    request: Request,
-    registry: ModelRegistry,
-    settings: Settings,
-    store: Store | None,
-    body: s.GenerateBody | s.ChatBody,
-) -> s.GenerationResult | Response:
-    started = time.perf_counter()
-    model, tokens, prompt, exchange = await _prepare(request, registry, settings, store, body)
-    sp = adapter.sampling(body, len(tokens), model.engine.info, settings)
-    req = GenerateRequest(f"native-{uuid.uuid4().hex}", tuple(tokens), sp)
-    await admit(request, [req])
-    try:
-        results = await cancel_on_disconnect(request, collect_choices(model.engine, [req]))
-    except ClientDisconnected:
-        return Response(status_code=_CLIENT_CLOSED)
-    if exchange is not None:
-        exchange.remember_results(results, model.name)
-    elapsed = time.perf_counter() - started
-    return adapter.result(results[0], model=model.name, prompt=prompt, sp=sp, elapsed=elapsed)
+    request: Request, record: RecordDep, body: s.GenerateBody | s.ChatBody
+) -> s.GenerationResult:
+    run = await prepare(request, adapter.generation(body), record)
+    prompt = body.prompt if isinstance(body, s.GenerateBody) else None
+    results = await run.collect(request)
+    return adapter.result(
+        results[0], model=run.model.name, prompt=prompt, sp=run.sampling, elapsed=record.seconds()
+    )
 
 
 async def _stream(
-    request: Request,
-    registry: ModelRegistry,
-    settings: Settings,
-    store: Store | None,
-    body: s.GenerateBody | s.ChatBody,
+    request: Request, record: RecordDep, settings: Settings, body: s.GenerateBody | s.ChatBody
 ) -> Response:
-    started = time.perf_counter()
-    model, tokens, prompt, exchange = await _prepare(request, registry, settings, store, body)
-    sp = adapter.sampling(body, len(tokens), model.engine.info, settings)
-    req = GenerateRequest(f"native-{uuid.uuid4().hex}", tuple(tokens), sp)
-    await admit(request, [req])
+    run = await prepare(request, adapter.generation(body), record)
+    prompt = body.prompt if isinstance(body, s.GenerateBody) else None
 
     async def events() -> AsyncIterator[dict[str, Any]]:
         r = ChoiceResult(0)
-        outputs = stream_choices(model.engine, [req])
-        if exchange is not None:
-            outputs = exchange.remembering(outputs, model.name)
-        async for _, out in outputs:
-            if out.finish_reason is FinishReason.ERROR:
-                yield {
-                    "error": {
-                        "message": out.error or "generation failed",
-                        "type": "server_error",
-                        "param": None,
-                        "code": "backend_error",
-                    }
-                }
-                return
+        async for _, out in run.stream():
             r.text += out.text
             r.token_ids.extend(out.token_ids)
             if out.text:
@@ -117,54 +47,51 @@ async def _stream(
                 r.finish_reason = out.finish_reason
                 r.usage = out.usage
                 r.time_to_first_token = out.time_to_first_token
-                elapsed = time.perf_counter() - started
-                final = adapter.result(r, model=model.name, prompt=prompt, sp=sp, elapsed=elapsed)
+                final = adapter.result(
+                    r,
+                    model=run.model.name,
+                    prompt=prompt,
+                    sp=run.sampling,
+                    elapsed=record.seconds(),
+                )
                 yield {**final.model_dump(), "done": True}
 
-    return sse_response(events(), drain_timeout=settings.drain_timeout)
+    return sse_response(request, events(), drain_timeout=settings.drain_timeout)
 
 
 @router.post("/generate", response_model=s.GenerationResult)
 async def generate(
-    body: s.GenerateBody, request: Request, registry: RegistryDep, settings: SettingsDep
+    body: s.GenerateBody, request: Request, record: RecordDep
 ) -> s.GenerationResult | Response:
     """Complete a prompt; the answer carries `text` (and `generated_text`) with statistics."""
-    return await _answer(request, registry, settings, None, body)
+    return await _answer(request, record, body)
 
 
 @router.post("/chat", response_model=s.GenerationResult)
 async def chat(
-    body: s.ChatBody,
-    request: Request,
-    registry: RegistryDep,
-    settings: SettingsDep,
-    store: OptionalStoreDep,
+    body: s.ChatBody, request: Request, record: RecordDep
 ) -> s.GenerationResult | Response:
     """Answer a conversation rendered with the model's chat template; `session_id` stores
     the exchange, `session_history: true` prepends the stored conversation."""
-    return await _answer(request, registry, settings, store, body)
+    return await _answer(request, record, body)
 
 
 @router.post("/generate/stream")
 @router.post("/api/generate/stream")
 async def generate_stream(
-    body: s.GenerateBody, request: Request, registry: RegistryDep, settings: SettingsDep
+    body: s.GenerateBody, request: Request, record: RecordDep, settings: SettingsDep
 ) -> Response:
     """SSE: `{"text", "done": false}` per delta, then the statistics with `"done": true`."""
-    return await _stream(request, registry, settings, None, body)
+    return await _stream(request, record, settings, body)
 
 
 @router.post("/chat/stream")
 @router.post("/api/chat/stream")
 async def chat_stream(
-    body: s.ChatBody,
-    request: Request,
-    registry: RegistryDep,
-    settings: SettingsDep,
-    store: OptionalStoreDep,
+    body: s.ChatBody, request: Request, record: RecordDep, settings: SettingsDep
 ) -> Response:
     """SSE, as /generate/stream, for a conversation (sessions as /chat)."""
-    return await _stream(request, registry, settings, store, body)
+    return await _stream(request, record, settings, body)
 
 
 @router.get("/api/llms")

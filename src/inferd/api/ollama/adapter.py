@@ -11,12 +11,21 @@ from datetime import UTC, datetime
 from typing import Any
 
 from inferd.api.embeddings import Embeddings
+from inferd.api.ollama import prompt
 from inferd.api.ollama import schemas as s
+from inferd.api.pipeline.request import (
+    ChatPrompt,
+    Generation,
+    InfillPrompt,
+    Options,
+    Param,
+    Prompt,
+    TextPrompt,
+)
 from inferd.api.structured import JSON_OBJECT, TEXT, OutputFormat, schema_format
-from inferd.config import Settings
-from inferd.engine.backends.base import BackendInfo
-from inferd.engine.types import FinishReason, SamplingParams, Usage
-from inferd.errors import ContextTooLong, InvalidRequest, UnsupportedParameter
+from inferd.engine.backends.base import ModelInfo
+from inferd.engine.types import FinishReason, Usage
+from inferd.errors import InvalidRequest, UnsupportedParameter
 from inferd.models import describe
 from inferd.models.registry import LoadedModel, ModelEntry
 from inferd.models.spec import ModelSpec
@@ -27,23 +36,27 @@ log = logging.getLogger(__name__)
 OLLAMA_API_VERSION = "0.9.0"
 
 _DURATION = re.compile(r"(-?\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_HUGE = 10**300  # ints beyond this cannot be floats; as keep_alive they mean forever anyway
 _UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 def parse_keep_alive(value: s.KeepAlive) -> float | None:
-    """Seconds to keep the model loaded; None: the server default; negative: forever."""
+    """Seconds to keep the model loaded; None: the server default; negative: forever (a
+    huge finite value is forever too, decided by the registry's residency policy)."""
     if value is None or value == "":
         return None
-    if isinstance(value, int | float):
-        number = float(value)
+    if isinstance(value, int):  # a huge one is forever, as a huge float is
+        number = float(max(-_HUGE, min(value, _HUGE)))
+    elif isinstance(value, float):
+        number = value
     else:
         text = value.strip()
         try:
             number = float(text)
         except ValueError:
-            return _parse_duration(text)
-    if math.isnan(number):
-        raise InvalidRequest("keep_alive must be a duration or a number", param="keep_alive")
+            number = _parse_duration(text)
+    if not math.isfinite(number):
+        raise InvalidRequest("keep_alive must be a finite duration or number", param="keep_alive")
     return number
 
 
@@ -93,6 +106,13 @@ def check_chat(req: s.ChatRequest) -> None:
             raise UnsupportedParameter("images are not supported", param=f"messages[{i}].images")
 
 
+def check(req: s.GenerateRequest | s.ChatRequest) -> None:
+    if isinstance(req, s.GenerateRequest):
+        check_generate(req)
+    else:
+        check_chat(req)
+
+
 def check_embed(req: s.EmbedRequest | s.EmbeddingsRequest) -> None:
     if req.model_extra:
         log.debug("ignoring unknown fields: %s", sorted(req.model_extra)[:20])
@@ -109,7 +129,7 @@ def embed_inputs(req: s.EmbedRequest) -> list[str]:
     return [req.input] if isinstance(req.input, str) else list(req.input)
 
 
-def embed_context(options: s.Options | None, info: BackendInfo) -> int:
+def embed_context(options: s.Options | None, info: ModelInfo) -> int:
     """The context an input is truncated to (or checked against): num_ctx or the model's."""
     num_ctx = options.num_ctx if options is not None else None
     if num_ctx is None:
@@ -134,75 +154,81 @@ def embed_response(
     )
 
 
-def generate_messages(req: s.GenerateRequest) -> list[dict[str, Any]]:
-    messages = []
-    if req.system:
-        messages.append({"role": "system", "content": req.system})
-    messages.append({"role": "user", "content": req.prompt})
-    return messages
-
-
 def chat_messages(req: s.ChatRequest) -> list[dict[str, Any]]:
     return [{"role": m.role, "content": m.content} for m in req.messages]
 
 
-def sampling(
-    req: s.GenerateRequest | s.ChatRequest,
-    prompt_len: int,
-    info: BackendInfo,
-    settings: Settings,
-) -> SamplingParams:
-    """Options to sampling parameters; num_predict is capped by the room left, as Ollama does."""
+def options(req: s.GenerateRequest | s.ChatRequest) -> Options:
+    """Ollama's options (and the top-level aliases platform clients send). num_predict is
+    cut to the room the context leaves, as Ollama does; negative: fill the context."""
     o = req.options or s.Options()
-    n_ctx = info.n_ctx
-    if o.num_ctx is not None:
-        if o.num_ctx > n_ctx:
-            raise InvalidRequest(
-                f"num_ctx {o.num_ctx} is above this model's context of {n_ctx}",
-                param="options.num_ctx",
-            )
-        n_ctx = o.num_ctx
-    prompt_param = "prompt" if isinstance(req, s.GenerateRequest) else "messages"
-    if prompt_len == 0:  # e.g. a chat template that renders nothing
-        raise InvalidRequest("the prompt is empty", param=prompt_param)
-    if prompt_len >= n_ctx:
-        raise ContextTooLong(
-            f"the prompt has {prompt_len} tokens, more than the context of {n_ctx}",
-            param=prompt_param,
-        )
-    room = n_ctx - prompt_len
-    wanted = o.num_predict if o.num_predict is not None else req.max_tokens
-    if wanted is None or wanted < 0:
-        max_tokens = min(settings.default_max_tokens or room, room)
-    elif wanted == 0:
-        raise InvalidRequest("num_predict must not be 0", param="options.num_predict")
-    else:
-        max_tokens = min(wanted, room)
+    wanted = (
+        Param(o.num_predict, "options.num_predict")
+        if o.num_predict is not None
+        else None
+        if req.max_tokens is None
+        else Param(req.max_tokens, "max_tokens")
+    )
+    if wanted is not None and wanted.value == 0:
+        raise InvalidRequest("num_predict must not be 0", param=wanted.name)
     temperature = o.temperature if o.temperature is not None else req.temperature
-    top_p = o.top_p if o.top_p is not None else req.top_p
-    stops = tuple(x for x in (o.stop or []) if x)
-    if len(stops) > settings.max_stop or any(len(x) > settings.max_stop_length for x in stops):
-        raise InvalidRequest(
-            f"at most {settings.max_stop} stop strings of {settings.max_stop_length} characters",
-            param="options.stop",
-        )
-    fmt = output_format(req)
-    return SamplingParams(
-        max_tokens=max_tokens,
-        temperature=settings.temperature if temperature is None else temperature,
-        top_p=settings.top_p if top_p is None else top_p,
-        top_k=settings.top_k if o.top_k is None else o.top_k,
-        min_p=settings.min_p if o.min_p is None else o.min_p,
-        repetition_penalty=o.repeat_penalty or 1.0,
-        presence_penalty=o.presence_penalty or 0.0,
-        frequency_penalty=o.frequency_penalty or 0.0,
-        penalty_last_n=(
-            64 if o.repeat_last_n is None else n_ctx if o.repeat_last_n == -1 else o.repeat_last_n
-        ),
-        seed=None if o.seed is None or o.seed < 0 else o.seed & 0xFFFFFFFF,
-        stop=stops,
-        json_mode=fmt.json_mode,
-        json_schema=fmt.json_schema,
+    return Options(
+        max_tokens=wanted if wanted is not None and wanted.value > 0 else None,
+        fit_max_tokens=True,
+        n_ctx=None if o.num_ctx is None else Param(o.num_ctx, "options.num_ctx"),
+        temperature=temperature,
+        top_p=o.top_p if o.top_p is not None else req.top_p,
+        top_k=o.top_k,
+        min_p=o.min_p,
+        repetition_penalty=o.repeat_penalty,
+        presence_penalty=o.presence_penalty,
+        frequency_penalty=o.frequency_penalty,
+        penalty_last_n=o.repeat_last_n,
+        seed=None if o.seed is None or o.seed < 0 else o.seed,
+        stop=None if o.stop is None else Param(tuple(o.stop), "options.stop"),
+    )
+
+
+def generate_prompt(req: s.GenerateRequest) -> tuple[Prompt, Param[tuple[int, ...]] | None]:
+    """The prompt of /api/generate and the `context` (earlier tokens) before it: fill in
+    the middle for a suffix (unless a request template places it), the prompt as it is
+    (raw: no context), the request's own template, or the model's chat template."""
+    context = None if not req.context else Param(tuple(req.context), "context")
+    if req.suffix and (req.raw or not req.template):
+        if req.system:
+            log.debug("system is ignored with suffix: a fill-in-the-middle prompt has none")
+        return InfillPrompt(req.prompt, req.suffix), context
+    if req.raw:
+        return TextPrompt(req.prompt), None
+    if req.template:
+        return TextPrompt(
+            lambda bos, eos: prompt.render(req, bos_token=bos, eos_token=eos)
+        ), context
+    return ChatPrompt(prompt.generate_messages(req)), context
+
+
+def loads_only(req: s.GenerateRequest | s.ChatRequest) -> bool:
+    """Nothing to generate: the request only loads (or, keep_alive 0, unloads) the model."""
+    if isinstance(req, s.GenerateRequest):
+        return not req.prompt and not req.suffix and not req.context
+    return not req.messages
+
+
+def generation(req: s.GenerateRequest | s.ChatRequest) -> Generation:
+    """An /api/generate or /api/chat request as the pipeline's request."""
+    check(req)
+    if isinstance(req, s.GenerateRequest):
+        first, context = generate_prompt(req)
+    else:
+        first, context = ChatPrompt(chat_messages(req)), None
+    return Generation(
+        model=req.model,
+        prompts=[first],
+        prompt_param="prompt" if isinstance(req, s.GenerateRequest) else "messages",
+        options=options(req),
+        output=output_format(req),
+        output_param="format",
+        context=context,
     )
 
 
@@ -269,7 +295,7 @@ def details(entry: ModelEntry) -> s.ModelDetails:
 
 def show(model: LoadedModel, entry: ModelEntry) -> s.ShowResponse:
     info = model.engine.info
-    meta = model.engine.backend.metadata()
+    meta = model.metadata
     params = {
         "num_ctx": info.n_ctx,
         "stop": info.eos_token,

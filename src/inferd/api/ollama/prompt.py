@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 from inferd.api.ollama import schemas as s
-from inferd.api.ollama.adapter import generate_messages
 from inferd.errors import InvalidRequest, UnsupportedParameter
 from inferd.models.chat_template import ChatTemplate
 from inferd.models.go_template import MAX_TEMPLATE_CHARS, GoTemplate, Struct, TemplateError
@@ -25,6 +24,15 @@ _MESSAGE_JSON = {
     "ToolName": "tool_name",
 }
 _MESSAGE_OPTIONAL = frozenset({"Thinking", "Images", "ToolCalls", "ToolName"})
+
+
+def generate_messages(req: s.GenerateRequest) -> list[dict[str, Any]]:
+    """/api/generate's system and prompt as chat messages."""
+    messages = []
+    if req.system:
+        messages.append({"role": "system", "content": req.system})
+    messages.append({"role": "user", "content": req.prompt})
+    return messages
 
 
 def is_jinja(source: str) -> bool:

@@ -4,50 +4,40 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request, Response
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi import Depends, Request, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse
 
 from inferd import __version__
-from inferd.api.access import acquire_model, admit, require_admin
+from inferd.api.access import acquire_model, require_admin
 from inferd.api.deps import RegistryDep, SettingsDep
 from inferd.api.embeddings import embed as embed_inputs
-from inferd.api.generation import (
-    ChoiceResult,
-    collect_choices,
-    infill_tokens,
-    render_chat,
-    stream_choices,
-    tokenize_prompt,
-)
-from inferd.api.ollama import adapter, prompt
+from inferd.api.ollama import adapter
 from inferd.api.ollama import schemas as s
-from inferd.api.streaming import ClientDisconnected, cancel_on_disconnect
-from inferd.api.structured import check_format
-from inferd.config import Settings
-from inferd.engine.types import FinishReason, GenerateRequest
+from inferd.api.pipeline.run import ChoiceResult, prepare
+from inferd.api.routing import Dialect, RecordDep, dialect_router
+from inferd.api.streaming import ndjson_response
 from inferd.errors import InvalidRequest, ModelNotFound
 from inferd.models.registry import LoadedModel, ModelRegistry, ModelStatus
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(tags=["ollama"])
-
-_CLIENT_CLOSED = 499
+router = dialect_router(Dialect.OLLAMA, tags=["ollama"])
 
 
 @router.get("/", response_class=PlainTextResponse)
 @router.head("/", response_class=PlainTextResponse)
-async def root() -> str:
-    """Ollama tools probe this."""
-    return "Ollama is running"
+async def root(request: Request) -> Response:
+    """Ollama tools probe this; a browser (it accepts text/html) is sent to the chat page."""
+    vary = {"Vary": "Accept"}
+    if "text/html" in request.headers.get("accept", ""):
+        return RedirectResponse("/ui", status_code=307, headers=vary)
+    return PlainTextResponse("Ollama is running", headers=vary)
 
 
 @router.get("/api/version")
@@ -107,14 +97,6 @@ async def show(body: s.ShowRequest, request: Request, registry: RegistryDep) -> 
     return adapter.show(await acquire_model(request, registry, name), registry.entry(name))
 
 
-def _ndjson(items: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
-    async def lines() -> AsyncIterator[bytes]:
-        async for item in items:
-            yield json.dumps(item, separators=(",", ":")).encode() + b"\n"
-
-    return StreamingResponse(lines(), media_type="application/x-ndjson")
-
-
 async def _after(registry: ModelRegistry, model: LoadedModel, keep_alive: float | None) -> None:
     """keep_alive 0: unload once the response is done (and nothing else runs on it);
     otherwise it sets when the idle model is unloaded (None: the configured default)."""
@@ -158,55 +140,53 @@ async def _load_only(
 
 async def _run(
     request: Request,
-    registry: ModelRegistry,
-    model: LoadedModel,
-    tokens: list[int],
-    req: s.GenerateRequest | s.ChatRequest,
-    settings: Settings,
+    record: RecordDep,
+    body: s.GenerateRequest | s.ChatRequest,
     *,
-    started: float,
-    load_seconds: float,
-    keep_alive: float | None,
     chat: bool,
 ) -> Response:
-    engine = model.engine
-    sp = adapter.sampling(req, len(tokens), engine.info, settings)
-    await check_format(engine, sp, param="format")
-    reqs = [GenerateRequest(f"ollama-{uuid.uuid4().hex}", tuple(tokens), sp)]
-    await admit(request, reqs)
+    """/api/generate and /api/chat: no prompt (or no messages) only loads (or unloads) the
+    model; keep_alive sets how long it stays loaded afterwards."""
+    registry: ModelRegistry = request.app.state.registry
+    if adapter.loads_only(body):
+        adapter.check(body)
+        keep_alive = adapter.parse_keep_alive(body.keep_alive)
+        model = await acquire_model(request, registry, body.model)
+        return JSONResponse(await _load_only(registry, model, keep_alive, chat=chat))
+    gen = adapter.generation(body)
+    keep_alive = adapter.parse_keep_alive(body.keep_alive)
+    run = await prepare(request, gen, record)
+    model = run.model
+    load_seconds = record.load_seconds
 
     def piece(text: str) -> dict[str, Any]:
         return {"message": {"role": "assistant", "content": text}} if chat else {"response": text}
 
     def final(result: ChoiceResult) -> dict[str, Any]:
-        body: dict[str, Any] = {
+        last: dict[str, Any] = {
             "model": model.name,
             "created_at": adapter.now_rfc3339(),
             **piece(""),
             "done": True,
             "done_reason": adapter.done_reason(result.finish_reason),
-            **adapter.final_stats(result.usage, started, result.time_to_first_token, load_seconds),
+            **adapter.final_stats(
+                result.usage, record.started, result.time_to_first_token, load_seconds
+            ),
         }
         if not chat:
-            body["context"] = [*tokens, *result.token_ids]
-        return body
+            last["context"] = [*run.prompts[0], *result.token_ids]
+        return last
 
-    if not req.stream:
-        try:
-            results = await cancel_on_disconnect(request, collect_choices(engine, reqs))
-        except ClientDisconnected:
-            return Response(status_code=_CLIENT_CLOSED)
-        body = {**final(results[0]), **piece(results[0].text)}
+    if not body.stream:
+        results = await run.collect(request)
+        answer = {**final(results[0]), **piece(results[0].text)}
         await _after(registry, model, keep_alive)
-        return JSONResponse(body)
+        return JSONResponse(answer)
 
     async def chunks() -> AsyncIterator[dict[str, Any]]:
         result = ChoiceResult(0)
         try:
-            async for _, out in stream_choices(engine, reqs):
-                if out.finish_reason is FinishReason.ERROR:
-                    yield {"error": out.error or "generation failed"}
-                    return
+            async for _, out in run.stream():
                 result.token_ids.extend(out.token_ids)
                 if out.text:
                     yield {
@@ -223,87 +203,17 @@ async def _run(
         finally:
             await asyncio.shield(_after(registry, model, keep_alive))
 
-    return _ndjson(chunks())
-
-
-async def _generate_prompt(body: s.GenerateRequest, model: LoadedModel) -> list[int]:
-    """The prompt tokens: fill-in-the-middle tokens for a suffix (unless a request template
-    places it), the prompt as it is (raw), or the request's template or the model's chat
-    template rendered; `context` (earlier tokens) goes first, except with raw."""
-    engine = model.engine
-    context = body.context or []
-    if any(t < 0 or t >= engine.info.n_vocab for t in context):
-        raise InvalidRequest("context holds token ids outside the vocabulary", param="context")
-    if body.suffix and (body.raw or not body.template):
-        if body.system:
-            log.debug("system is ignored with suffix: a fill-in-the-middle prompt has none")
-        infill = await infill_tokens(
-            engine, body.prompt, body.suffix, model_name=model.name, add_bos=not context
-        )
-        return [*context, *infill]
-    if body.raw:
-        return await tokenize_prompt(engine, body.prompt)
-    if body.template:
-        info = engine.info
-        text = prompt.render(body, bos_token=info.bos_token, eos_token=info.eos_token)
-    else:
-        text = await render_chat(model.template, adapter.generate_messages(body))
-    if context:
-        return [*context, *await engine.tokenize(text, add_special=False)]
-    return await tokenize_prompt(engine, text)
+    return ndjson_response(request, chunks())
 
 
 @router.post("/api/generate")
-async def generate(
-    body: s.GenerateRequest, request: Request, registry: RegistryDep, settings: SettingsDep
-) -> Response:
-    started = time.perf_counter()
-    adapter.check_generate(body)
-    keep_alive = adapter.parse_keep_alive(body.keep_alive)
-    model = await acquire_model(request, registry, body.model)
-    load_seconds = time.perf_counter() - started
-    if not body.prompt and not body.suffix and not body.context:
-        return JSONResponse(await _load_only(registry, model, keep_alive, chat=False))
-    tokens = await _generate_prompt(body, model)
-    return await _run(
-        request,
-        registry,
-        model,
-        tokens,
-        body,
-        settings,
-        started=started,
-        load_seconds=load_seconds,
-        keep_alive=keep_alive,
-        chat=False,
-    )
+async def generate(body: s.GenerateRequest, request: Request, record: RecordDep) -> Response:
+    return await _run(request, record, body, chat=False)
 
 
 @router.post("/api/chat")
-async def chat(
-    body: s.ChatRequest, request: Request, registry: RegistryDep, settings: SettingsDep
-) -> Response:
-    started = time.perf_counter()
-    adapter.check_chat(body)
-    keep_alive = adapter.parse_keep_alive(body.keep_alive)
-    model = await acquire_model(request, registry, body.model)
-    load_seconds = time.perf_counter() - started
-    if not body.messages:
-        return JSONResponse(await _load_only(registry, model, keep_alive, chat=True))
-    text = await render_chat(model.template, adapter.chat_messages(body))
-    tokens = await tokenize_prompt(model.engine, text)
-    return await _run(
-        request,
-        registry,
-        model,
-        tokens,
-        body,
-        settings,
-        started=started,
-        load_seconds=load_seconds,
-        keep_alive=keep_alive,
-        chat=True,
-    )
+async def chat(body: s.ChatRequest, request: Request, record: RecordDep) -> Response:
+    return await _run(request, record, body, chat=True)
 
 
 @router.post("/api/copy", dependencies=[Depends(require_admin)])

@@ -2,40 +2,38 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
-import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from typing import Any
 
 from inferd.api.embeddings import Embeddings, to_base64
-from inferd.api.generation import ChoiceResult, completion_budget, total_usage
 from inferd.api.openai import schemas as s
+from inferd.api.pipeline.request import (
+    ChatPrompt,
+    Generation,
+    InfillPrompt,
+    Options,
+    Param,
+    Prompt,
+    Session,
+    TextPrompt,
+    TokenPrompt,
+)
+from inferd.api.pipeline.run import ChoiceResult, Run
 from inferd.api.structured import JSON_OBJECT, TEXT, OutputFormat, schema_format
 from inferd.config import Settings
-from inferd.engine.backends.base import BackendInfo
-from inferd.engine.types import (
-    FinishReason,
-    GenerateRequest,
-    GenerationOutput,
-    SamplingParams,
-    Usage,
-)
+from inferd.engine.types import FinishReason, Usage
 from inferd.errors import InvalidRequest, UnsupportedParameter
 
 log = logging.getLogger(__name__)
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
 
 
 def now() -> int:
     return int(time.time())
 
 
-# ---- validation beyond the schema ---------------------------------------------------------
+# ---- to the pipeline ----------------------------------------------------------------------
 
 
 def _log_extra(req: s._Wire) -> None:
@@ -43,46 +41,79 @@ def _log_extra(req: s._Wire) -> None:
         log.debug("ignoring unknown fields: %s", sorted(req.model_extra)[:20])
 
 
-def _stops(req: s.SamplingFields) -> tuple[str, ...]:
-    if req.stop is None:
-        return ()
-    return (req.stop,) if isinstance(req.stop, str) else tuple(req.stop)
+def options(req: s.SamplingFields, max_tokens: Param[int] | None) -> Options:
+    stop = None
+    if req.stop is not None:
+        stop = Param((req.stop,) if isinstance(req.stop, str) else tuple(req.stop), "stop")
+    return Options(
+        max_tokens=max_tokens,
+        temperature=req.temperature,
+        top_p=req.top_p,
+        top_k=req.top_k,
+        min_p=req.min_p,
+        repetition_penalty=req.repetition_penalty,
+        presence_penalty=req.presence_penalty,
+        frequency_penalty=req.frequency_penalty,
+        seed=req.seed,
+        stop=stop,
+        logit_bias=None if req.logit_bias is None else Param(req.logit_bias, "logit_bias"),
+        ignore_eos=Param(req.ignore_eos, "ignore_eos"),
+    )
 
 
-def check_limits(req: s.SamplingFields, settings: Settings) -> None:
-    """Caps that protect the server, checked before anything is tokenized or allocated."""
+def chat_generation(req: s.ChatCompletionRequest) -> Generation:
+    """A chat completion request as the pipeline's request."""
     _log_extra(req)
-    if req.n > settings.max_n:
-        raise InvalidRequest(f"n must be at most {settings.max_n}", param="n")
+    check_chat(req)
+    max_tokens = (
+        Param(req.max_completion_tokens, "max_completion_tokens")
+        if req.max_completion_tokens is not None
+        else None
+        if req.max_tokens is None
+        else Param(req.max_tokens, "max_tokens")
+    )
+    return Generation(
+        model=req.model,
+        prompts=[ChatPrompt(chat_messages(req))],
+        prompt_param="messages",
+        options=options(req, max_tokens),
+        n=Param(req.n, "n"),
+        output=output_format(req),
+        output_param=RESPONSE_FORMAT_SCHEMA,
+        session=Session(req.session_id, req.session_history),
+    )
 
-    stops = _stops(req)
-    if len(stops) > settings.max_stop:
-        raise InvalidRequest(
-            f"at most {settings.max_stop} stop sequences are allowed", param="stop"
-        )
-    if any(len(x) > settings.max_stop_length for x in stops):
-        raise InvalidRequest(
-            f"stop sequences may be at most {settings.max_stop_length} characters", param="stop"
-        )
-    if req.logit_bias and len(req.logit_bias) > settings.max_logit_bias:
-        raise InvalidRequest(
-            f"logit_bias may have at most {settings.max_logit_bias} entries", param="logit_bias"
-        )
+
+def completion_generation(req: s.CompletionRequest) -> Generation:
+    """A text completion request (text or token prompts; a suffix: fill in the middle)."""
+    _log_extra(req)
+    check_completion(req)
+    max_tokens = None if req.max_tokens is None else Param(req.max_tokens, "max_tokens")
+    prompts: list[Prompt] = []
+    for p in completion_prompts(req):
+        prefix = p if isinstance(p, str) else tuple(p)
+        if req.suffix:
+            prompts.append(InfillPrompt(prefix, req.suffix))
+        elif isinstance(prefix, str):
+            prompts.append(TextPrompt(prefix))
+        else:
+            prompts.append(TokenPrompt(prefix))
+    return Generation(
+        model=req.model,
+        prompts=prompts,
+        prompt_param="prompt",
+        options=options(req, max_tokens),
+        n=Param(req.n, "n"),
+    )
 
 
-def check_chat(req: s.ChatCompletionRequest, settings: Settings) -> None:
-    check_limits(req, settings)
+def check_chat(req: s.ChatCompletionRequest) -> None:
     if req.logprobs or req.top_logprobs is not None:
         raise UnsupportedParameter("logprobs are not supported yet", param="logprobs")
     if req.tools:
         raise UnsupportedParameter("tools are not supported yet", param="tools")
     if req.functions:
         raise UnsupportedParameter("functions are not supported yet", param="functions")
-    if output_format(req) != TEXT and req.ignore_eos:
-        # the grammar ends the output with EOS: forbidding it leaves no token to sample
-        raise InvalidRequest(
-            "ignore_eos cannot be combined with a JSON response_format", param="ignore_eos"
-        )
 
 
 RESPONSE_FORMAT_SCHEMA = "response_format.json_schema.schema"
@@ -139,13 +170,7 @@ def embedding_list(model: str, result: Embeddings, encoding: str) -> s.Embedding
     )
 
 
-def check_completion(req: s.CompletionRequest, settings: Settings) -> None:
-    check_limits(req, settings)
-    if len(prompts(req)) * req.n > settings.max_batch_choices:
-        raise InvalidRequest(
-            f"prompts x n may be at most {settings.max_batch_choices} per request",
-            param="prompt",
-        )
+def check_completion(req: s.CompletionRequest) -> None:
     if req.echo:
         raise UnsupportedParameter("echo is not supported yet", param="echo")
     if req.logprobs is not None:
@@ -181,7 +206,7 @@ def chat_messages(req: s.ChatCompletionRequest) -> list[dict[str, Any]]:
     return out
 
 
-def prompts(req: s.CompletionRequest) -> list[str | list[int]]:
+def completion_prompts(req: s.CompletionRequest) -> list[str | list[int]]:
     """The prompts of a completion request: text, or token ids."""
     p = req.prompt
     if isinstance(p, str):
@@ -189,79 +214,6 @@ def prompts(req: s.CompletionRequest) -> list[str | list[int]]:
     if all(isinstance(x, int) for x in p):
         return [list(p)]  # type: ignore[arg-type]
     return list(p)  # type: ignore[arg-type]
-
-
-def check_token_prompt(tokens: Sequence[int], n_vocab: int) -> None:
-    bad = next((t for t in tokens if t < 0 or t >= n_vocab), None)
-    if bad is not None:
-        raise InvalidRequest(
-            f"token id {bad} is outside the vocabulary (0..{n_vocab - 1})", param="prompt"
-        )
-
-
-# ---- to the engine ------------------------------------------------------------------------
-
-
-def _logit_bias(req: s.SamplingFields, n_vocab: int) -> tuple[tuple[int, float], ...]:
-    out = []
-    for key, bias in (req.logit_bias or {}).items():
-        if not (key.isascii() and key.isdigit() and len(key) <= 10):
-            raise InvalidRequest(
-                f"logit_bias key {key[:32]!r} is not a token id", param="logit_bias"
-            )
-        token = int(key)
-        if not 0 <= token < n_vocab:
-            raise InvalidRequest(
-                f"logit_bias token {token} is outside the vocabulary (0..{n_vocab - 1})",
-                param="logit_bias",
-            )
-        out.append((token, float(bias)))
-    return tuple(out)
-
-
-def generate_requests(
-    req: s.SamplingFields,
-    request_id: str,
-    prompt_tokens: list[int],
-    *,
-    info: BackendInfo,
-    settings: Settings,
-    max_tokens: int | None,
-    max_tokens_param: str,
-    prompt_param: str,
-    output: OutputFormat = TEXT,
-) -> list[GenerateRequest]:
-    """One engine request per choice; seeded choices get distinct, reproducible seeds."""
-    limit = completion_budget(
-        max_tokens,
-        len(prompt_tokens),
-        info,
-        settings,
-        param=max_tokens_param,
-        prompt_param=prompt_param,
-    )
-    base = SamplingParams(
-        max_tokens=limit,
-        temperature=settings.temperature if req.temperature is None else req.temperature,
-        top_p=settings.top_p if req.top_p is None else req.top_p,
-        top_k=settings.top_k if req.top_k is None else req.top_k,
-        min_p=settings.min_p if req.min_p is None else req.min_p,
-        repetition_penalty=req.repetition_penalty or 1.0,
-        presence_penalty=req.presence_penalty or 0.0,
-        frequency_penalty=req.frequency_penalty or 0.0,
-        logit_bias=_logit_bias(req, info.n_vocab),
-        stop=_stops(req),
-        ignore_eos=req.ignore_eos,
-        json_mode=output.json_mode,
-        json_schema=output.json_schema,
-    )
-    prompt = tuple(prompt_tokens)
-    out = []
-    for i in range(req.n):
-        seed = None if req.seed is None else (req.seed + i) & 0xFFFFFFFF
-        sampling = dataclasses.replace(base, seed=seed)
-        out.append(GenerateRequest(f"{request_id}-{i}", prompt, sampling))
-    return out
 
 
 # ---- from the engine ------------------------------------------------------------------------
@@ -279,19 +231,6 @@ def usage_info(usage: Usage) -> s.UsageInfo:
         completion_tokens=usage.completion_tokens,
         total_tokens=usage.total_tokens,
         prompt_tokens_details=s.PromptTokensDetails(cached_tokens=usage.cached_tokens),
-    )
-
-
-def grouped_usage(usages: dict[int, Usage], n: int) -> Usage:
-    """Usage of choices `index // n` sharing a prompt: each prompt counted once."""
-    groups: dict[int, list[Usage]] = {}
-    for index in sorted(usages):
-        groups.setdefault(index // n, []).append(usages[index])
-    parts = [total_usage(g) for g in groups.values()]
-    return Usage(
-        prompt_tokens=sum(u.prompt_tokens for u in parts),
-        completion_tokens=sum(u.completion_tokens for u in parts),
-        cached_tokens=sum(u.cached_tokens for u in parts),
     )
 
 
@@ -318,11 +257,11 @@ def timings(results: list[ChoiceResult]) -> s.Timings:
     )
 
 
-def chat_completion(request_id: str, model: str, results: list[ChoiceResult]) -> s.ChatCompletion:
+def chat_completion(rid: str, run: Run, results: list[ChoiceResult]) -> s.ChatCompletion:
     return s.ChatCompletion(
-        id=request_id,
+        id=rid,
         created=now(),
-        model=model,
+        model=run.model.name,
         choices=[
             s.ChatChoice(
                 index=r.index,
@@ -331,55 +270,39 @@ def chat_completion(request_id: str, model: str, results: list[ChoiceResult]) ->
             )
             for r in results
         ],
-        usage=usage_info(total_usage([r.usage for r in results])),
+        usage=usage_info(run.usage),
         timings=timings(results),
     )
 
 
-def completion(request_id: str, model: str, results: list[ChoiceResult], n: int) -> s.Completion:
+def completion(rid: str, run: Run, results: list[ChoiceResult]) -> s.Completion:
     return s.Completion(
-        id=request_id,
+        id=rid,
         created=now(),
-        model=model,
+        model=run.model.name,
         choices=[
             s.CompletionChoice(
                 index=r.index, text=r.text, finish_reason=finish_reason(r.finish_reason)
             )
             for r in results
         ],
-        usage=usage_info(grouped_usage({r.index: r.usage for r in results}, n)),
+        usage=usage_info(run.usage),
         timings=timings(results),
     )
 
 
-def stream_error(out: GenerationOutput) -> dict[str, Any]:
-    return {
-        "error": {
-            "message": out.error or "generation failed",
-            "type": "server_error",
-            "param": None,
-            "code": "backend_error",
-        }
-    }
-
-
 async def chat_chunks(
-    request_id: str,
-    model: str,
-    n: int,
-    outputs: AsyncIterator[tuple[int, GenerationOutput]],
-    *,
-    include_usage: bool,
-) -> AsyncIterator[dict[str, Any] | str]:
-    """chat.completion.chunk objects, then the usage chunk if asked for, then [DONE]."""
+    rid: str, run: Run, n: int, *, include_usage: bool
+) -> AsyncIterator[dict[str, Any]]:
+    """chat.completion.chunk objects, then the usage chunk if asked for."""
     created = now()
 
     def chunk(choices: list[dict[str, Any]], usage: s.UsageInfo | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {
-            "id": request_id,
+            "id": rid,
             "object": "chat.completion.chunk",
             "created": created,
-            "model": model,
+            "model": run.model.name,
             "choices": choices,
         }
         if include_usage:
@@ -390,58 +313,38 @@ async def chat_chunks(
         yield chunk(
             [{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]
         )
-    usages: dict[int, Usage] = {}
-    async for i, out in outputs:
-        if out.finish_reason is FinishReason.ERROR:
-            yield stream_error(out)
-            break
+    async for i, out in run.stream():
         if out.text:
             yield chunk([{"index": i, "delta": {"content": out.text}, "finish_reason": None}])
         if out.finish_reason is not None:
-            usages[i] = out.usage
             yield chunk(
                 [{"index": i, "delta": {}, "finish_reason": finish_reason(out.finish_reason)}]
             )
-    else:
-        if include_usage:
-            yield chunk([], usage_info(total_usage([usages[i] for i in sorted(usages)])))
-    yield "[DONE]"
+    if include_usage:
+        yield chunk([], usage_info(run.usage))
 
 
 async def completion_chunks(
-    request_id: str,
-    model: str,
-    n: int,
-    outputs: AsyncIterator[tuple[int, GenerationOutput]],
-    *,
-    include_usage: bool,
-) -> AsyncIterator[dict[str, Any] | str]:
-    """text_completion chunks, then the usage chunk if asked for, then [DONE]."""
+    rid: str, run: Run, *, include_usage: bool
+) -> AsyncIterator[dict[str, Any]]:
+    """text_completion chunks, then the usage chunk if asked for."""
     created = now()
 
     def chunk(choices: list[dict[str, Any]], usage: s.UsageInfo | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {
-            "id": request_id,
+            "id": rid,
             "object": "text_completion",
             "created": created,
-            "model": model,
+            "model": run.model.name,
             "choices": choices,
         }
         if include_usage:
             body["usage"] = usage.model_dump() if usage else None
         return body
 
-    usages: dict[int, Usage] = {}
-    async for i, out in outputs:
-        if out.finish_reason is FinishReason.ERROR:
-            yield stream_error(out)
-            break
+    async for i, out in run.stream():
         reason = finish_reason(out.finish_reason)
         if out.text or reason:
             yield chunk([{"index": i, "text": out.text, "finish_reason": reason, "logprobs": None}])
-        if out.finish_reason is not None:
-            usages[i] = out.usage
-    else:
-        if include_usage:
-            yield chunk([], usage_info(grouped_usage(usages, n)))
-    yield "[DONE]"
+    if include_usage:
+        yield chunk([], usage_info(run.usage))

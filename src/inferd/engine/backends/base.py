@@ -1,22 +1,43 @@
-"""The seam between the engine's core loop and a model runtime."""
+"""The step-level seam between inferd's scheduler and a model runtime.
+
+A runtime that runs under inferd's own scheduler (llama.cpp now, a paged PyTorch cache
+later) implements `Backend`: one step in (`execute`), one sampled token per sampling
+sequence out, and its KV capacity behind a `KVPool`. The scheduler keeps order, budgets,
+chunking, preemption and prefix matching; everything about where a sequence's KV lives and
+how a runtime wants its batches laid out stays behind these two interfaces. (A whole engine
+with its own scheduler enters one level up, at `engine.client.EngineClient`.)
+
+Threads: `tokenize`, `token_piece`, `is_eog`, `facts`, `check_sampling` and `embed` may be
+called from any thread; everything else, the pool included, from the engine's core thread
+only.
+
+Failures: an operation documented as able to fail says so with its result (False or None)
+and then has changed nothing, neither in the runtime nor in the pool's accounting: the
+caller may go on as if it had never been called. Anything else raises `BackendError`, after
+which the engine fails every running request.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Sequence as Seq
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from inferd.engine.types import SamplingParams
 
+if TYPE_CHECKING:
+    from inferd.engine.prefix_cache import SavedPrefix
+    from inferd.engine.sequence import Chunk, Sequence
+
 
 @dataclass(frozen=True, slots=True)
-class BackendInfo:
-    """Static facts about a loaded model and its runtime context."""
+class ModelInfo:
+    """Runtime-neutral facts about a loaded model and the context it runs in. What only
+    one runtime knows (its KV layout, file metadata) is in `Backend.facts()`."""
 
     n_vocab: int
     n_ctx: int  # the largest context one sequence may use (prompt + completion)
-    kv_cells: int  # KV cells of all sequences (split: kv_cells / max_seqs per sequence)
-    max_seqs: int  # sequence slots that can run in one step
+    max_seqs: int  # sequences that can run in one step
     max_batch_tokens: int  # tokens per step (the step budget)
     prefill_per_decode: int  # prompt tokens per decoding sequence in a mixed step (0: no cap)
     n_ctx_train: int
@@ -24,10 +45,9 @@ class BackendInfo:
     bos_token: str
     eos_token: str
     chat_template: str | None
-    kv_split: bool = False  # one KV stream per sequence slot instead of one unified cache
-    kv_cell_bytes: int = 0  # memory of one KV cell (0: unknown)
     n_params: int = 0
-    size_bytes: int = 0
+    size_bytes: int = 0  # memory of the weights
+    kv_bytes: int = 0  # memory of the KV cache (0: unknown)
     n_embd: int = 0  # size of an embedding vector
     n_ctx_embed: int = 0  # the longest embeddings input, in tokens (0: n_ctx)
     # fill-in-the-middle tokens (-1: the model has none)
@@ -47,21 +67,91 @@ class BackendInfo:
 
 
 class Sampler(Protocol):
-    def sample(self, row: int) -> int:
-        """Sample (and accept) the next token from batch row `row` of the last decode."""
-        ...
+    """A sequence's sampler state, made and used by its backend only (kept on the sequence
+    so that a step finds it without a lookup)."""
 
     def close(self) -> None: ...
 
 
-class Backend(Protocol):
-    """A model loaded into a runtime context with a shared KV cache.
+class KVPool(Protocol):
+    """A runtime's KV capacity, as the scheduler sees it: room, a place per sequence,
+    reuse of a prefix, and the runtime's layout rules.
 
-    Every method except the tokenizer ones, `check_sampling` and `embed` is called from the
-    engine's core thread only.
+    A sequence's computed tokens are `seq.n_computed`; the pool says where they live. It is
+    called on the core thread only. "Nothing changed" (a False result) means the sequence
+    holds exactly what it held before the call and the accounting did not move.
     """
 
-    info: BackendInfo
+    capacity: int  # KV positions in all (for stats)
+    moves: int  # sequences moved to keep the layout (for stats)
+
+    @property
+    def used(self) -> int:
+        """KV positions the sequences holding a place use (a shared position counts once)."""
+        ...
+
+    def room(self, claimed: int) -> int:
+        """Positions still free for this step beyond `claimed` ones (sys.maxsize when each
+        sequence has room of its own up to the context window)."""
+        ...
+
+    def chunk(self, seq: Sequence, limit: int) -> int:
+        """Tokens to feed a sequence with a prompt pending this step, at most `limit` (the
+        runtime's rule for how a prompt is fed)."""
+        ...
+
+    def acquire(self, seq: Sequence) -> bool:
+        """Give an empty `seq` a place. False: none free (nothing changed)."""
+        ...
+
+    def share(self, holder: Sequence, seq: Sequence, n: int) -> bool:
+        """Give `seq`, just acquired and empty, the first `n` computed positions of the
+        running `holder`. False: nothing changed (it computes them itself)."""
+        ...
+
+    def restore(self, seq: Sequence, prefix: SavedPrefix, n: int) -> bool:
+        """Load a kept prefix's state into `seq`, just acquired and empty, keeping its first
+        `n` positions. False: nothing changed (no room of the right shape)."""
+        ...
+
+    def keepable(self, seq: Sequence) -> int:
+        """How many of a finishing sequence's computed positions are worth keeping."""
+        ...
+
+    def release(self, seq: Sequence, keep: SavedPrefix | None = None) -> None:
+        """`seq` gives up its place (finished, preempted, aborted); the accounting drops it
+        at once. With `keep`, its first `keep.n` positions are kept for later requests: that
+        work (a copy to host memory, milliseconds) waits for `settle`, and so does the reuse
+        of its place."""
+        ...
+
+    def settle(self) -> list[SavedPrefix]:
+        """Do the work releases left (called after a step's outputs are sent, before the
+        next plan). Returns the kept prefixes, each with its state."""
+        ...
+
+    def arrange(self) -> None:
+        """Before a step is planned: move sequences as the runtime's layout wants."""
+        ...
+
+    def order(self, chunks: list[Chunk]) -> None:
+        """Put a step's chunks in the order the runtime runs them best (in place)."""
+        ...
+
+    def commit(self, chunks: Seq[Chunk]) -> None:
+        """The step ran: each chunk's tokens now hold KV (`n_computed` already moved)."""
+        ...
+
+
+class Backend(Protocol):
+    """A model loaded into a runtime, stepped by inferd's core loop."""
+
+    info: ModelInfo
+
+    @property
+    def pool(self) -> KVPool:
+        """This runtime's KV capacity, for the scheduler."""
+        ...
 
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]: ...
 
@@ -71,65 +161,47 @@ class Backend(Protocol):
 
     def is_eog(self, token: int) -> bool: ...
 
-    def metadata(self) -> dict[str, str]:
-        """The model file's metadata (GGUF key/values as strings)."""
+    def facts(self) -> dict[str, Any]:
+        """What this runtime knows beyond `info`, as plain data for clients to show: at
+        least "backend" (its name); llama.cpp adds its KV layout and the GGUF metadata."""
         ...
 
     def check_sampling(self, params: SamplingParams) -> None:
         """Raise InvalidRequest when these parameters cannot be sampled (a JSON schema the
-        backend cannot turn into a grammar). Thread-safe; may be slow for a large schema."""
+        backend cannot turn into a grammar). May be slow for a large schema."""
         ...
 
-    def new_sampler(self, params: SamplingParams) -> Sampler: ...
-
-    def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
+    def embed(self, inputs: Seq[Seq[int]]) -> list[list[float]]:
         """One pooled, unnormalized embedding per input (token ids, each non-empty, in the
-        vocabulary, at most `info.embed_limit` long).
+        vocabulary, at most `info.embed_limit` long). Runs beside the core thread (its own
+        context), serialized with itself."""
+        ...
 
-        Runs on its own embeddings context, not the core thread's: thread-safe, serialized
-        with itself, called from a worker thread.
+    def execute(self, chunks: list[Chunk]) -> list[int] | None:
+        """Run one step: feed each chunk's tokens (`seq.tokens[start:end]`, at those
+        positions, into the place the pool gave `seq`); for each chunk that `samples`, in
+        order, sample the next token with the sequence's sampler (made from its
+        SamplingParams on first use) and return it.
+
+        None: no KV room for the step (nothing changed). SequenceFailed: one sequence cannot
+        be stepped (its sampler cannot be made), raised before anything changed. Any other
+        failure raises BackendError.
         """
         ...
 
-    def decode(
-        self,
-        tokens: Sequence[int],
-        positions: Sequence[int],
-        seq_ids: Sequence[int],
-        logits: Sequence[bool],
-    ) -> bool:
-        """Run one forward pass over a mixed batch. False: no KV space (nothing changed).
-
-        Raises BackendError on any other failure.
-        """
-        ...
-
-    def free_seq(self, seq_id: int) -> None:
-        """Forget every KV cell of sequence id `seq_id` (cells shared with others stay)."""
-        ...
-
-    def trim_seq(self, seq_id: int, keep: int) -> None:
-        """Keep only the first `keep` cells (positions) of sequence id `seq_id`."""
-        ...
-
-    def copy_prefix(self, src: int, dst: int, n: int) -> bool:
-        """Give the empty `dst` the first `n` positions of `src`: shared cells in a unified
-        cache (no copy: the cells gain an owner), a copy between split streams. False when
-        it does not fit (nothing is changed)."""
-        ...
-
-    def move_seq(self, src: int, dst: int) -> None:
-        """Move sequence id `src` with all its positions to the empty id `dst` (split KV:
-        keeps the running slots consecutive)."""
-        ...
-
-    def save_seq(self, seq_id: int) -> bytes | bytearray | None:
-        """The KV state of sequence id `seq_id` as bytes (None: cannot be saved)."""
-        ...
-
-    def restore_seq(self, seq_id: int, state: bytes | bytearray) -> bool:
-        """Load a state from `save_seq` into the empty sequence id `seq_id`, at the
-        positions it was saved from. False when it does not fit (nothing is changed)."""
+    def drop(self, seq: Sequence) -> None:
+        """`seq` has left the engine for good: free its per-sequence state (the sampler).
+        Its KV place is given back through the pool."""
         ...
 
     def close(self) -> None: ...
+
+
+class SequenceFailed(Exception):
+    """`Backend.execute` cannot step `seq` (nothing changed): the engine fails that request
+    alone and plans the step again."""
+
+    def __init__(self, seq: Sequence, message: str) -> None:
+        super().__init__(message)
+        self.seq = seq
+        self.message = message

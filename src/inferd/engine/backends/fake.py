@@ -1,21 +1,27 @@
-"""A deterministic backend with no model, for tests of the layers above the engine.
+"""A deterministic backend with no model, for tests of the engine and the layers above it.
 
 Tokens are bytes (id = byte + 1, id 0 is EOS). The "model" answers every prompt with
 `reply` (then EOS, or `reply` again when EOS is ignored), optionally slowly, optionally
 failing after a number of steps. It ignores grammars (structured output) but remembers the
-sampling parameters it was given. Its embeddings are the mean of fixed per-token vectors
-(`n_embd` wide): deterministic, and texts sharing bytes are closer.
+sampling parameters it was given. Its KV cache models llama.cpp's cell by cell (a cell holds
+one position and may belong to several sequence ids), under the llama.cpp backend's own
+`CellPool`, so the engine's KV accounting can be checked against it. Its embeddings are
+the mean of fixed per-token vectors (`n_embd` wide): deterministic, and texts sharing bytes
+are closer.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
+from typing import Any
 
-from inferd.engine.backends.base import BackendInfo
+from inferd.engine.backends.base import ModelInfo, SequenceFailed
+from inferd.engine.backends.llamacpp.cells import CellPool
+from inferd.engine.sequence import Chunk, Sequence
 from inferd.engine.types import SamplingParams
-from inferd.errors import BackendError
+from inferd.errors import BackendError, InferdError
 
 EOS = 0
 
@@ -36,7 +42,7 @@ class FakeSampler:
     params: SamplingParams
     emitted: int = 0
 
-    def sample(self, row: int) -> int:
+    def sample(self) -> int:
         reply = self.backend.reply_tokens
         if self.emitted >= len(reply) and not self.params.ignore_eos:
             token = EOS
@@ -64,7 +70,7 @@ class FakeBackend:
     fail_after_steps: int | None = None
     n_embd: int = 8
     n_ctx_embed: int = 0
-    reject_grammar: bool = False  # new_sampler fails for structured output
+    reject_grammar: bool = False  # a sampler for structured output cannot be made
     fim: tuple[int, int, int] | None = None  # (pre, suf, mid) token ids: can insert
     # observable state for tests, modelled on llama.cpp's unified KV cache: a cell holds
     # one position and may belong to several sequence ids
@@ -74,6 +80,7 @@ class FakeBackend:
     seq_cells: dict[int, dict[int, int]] = field(default_factory=dict)  # seq -> pos -> cell
     samplers_closed: int = 0
     restore_fails: bool = False  # make every restore_seq fail (no contiguous room)
+    copy_fails: bool = False  # make every copy_prefix fail (as a split copy may)
     restores: int = 0
     moves: list[tuple[int, int]] = field(default_factory=list)  # (src, dst) of move_seq
     seq_id_batches: list[list[int]] = field(default_factory=list)  # each decode's seq ids
@@ -83,16 +90,15 @@ class FakeBackend:
 
     def __post_init__(self) -> None:
         self.reply_tokens = [b + 1 for b in self.reply.encode()]
-        self.info = BackendInfo(
+        self.pool = CellPool(self, slots=self.max_seqs, cells=self.kv_cells, split=self.kv_split)
+        self.info = ModelInfo(
             n_vocab=257,
             n_ctx=self.n_ctx,
-            kv_cells=self.kv_cells,
             max_seqs=self.max_seqs,
             max_batch_tokens=self.max_batch_tokens,
             prefill_per_decode=self.prefill_per_decode,
-            kv_split=self.kv_split,
-            kv_cell_bytes=self.kv_cell_bytes,
             size_bytes=self.size_bytes,
+            kv_bytes=self.kv_cells * self.kv_cell_bytes,
             n_ctx_train=self.n_ctx,
             add_bos=False,
             bos_token="",
@@ -114,8 +120,17 @@ class FakeBackend:
     def is_eog(self, token: int) -> bool:
         return token == EOS
 
-    def metadata(self) -> dict[str, str]:
-        return {"general.architecture": "fake", "general.name": "Fake", "general.file_type": "1"}
+    def facts(self) -> dict[str, Any]:
+        return {
+            "backend": "fake",
+            "kv_layout": "split" if self.kv_split else "unified",
+            "kv_cells": self.kv_cells,
+            "metadata": {
+                "general.architecture": "fake",
+                "general.name": "Fake",
+                "general.file_type": "1",
+            },
+        }
 
     def check_sampling(self, params: SamplingParams) -> None:
         pass
@@ -126,7 +141,34 @@ class FakeBackend:
             raise BackendError("the grammar for structured output failed to load")
         return FakeSampler(self, params)
 
-    def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
+    def execute(self, chunks: list[Chunk]) -> list[int] | None:
+        tokens: list[int] = []
+        positions: list[int] = []
+        seq_ids: list[int] = []
+        samplers: list[FakeSampler] = []
+        for c in chunks:
+            seq = c.seq
+            tokens += seq.tokens[c.start : c.end]
+            positions += range(c.start, c.end)
+            seq_ids += [seq.slot] * (c.end - c.start)
+            if c.samples:
+                if seq.sampler is None:
+                    try:
+                        seq.sampler = self.new_sampler(seq.request.sampling)
+                    except InferdError as exc:
+                        raise SequenceFailed(seq, exc.message) from None
+                assert isinstance(seq.sampler, FakeSampler)
+                samplers.append(seq.sampler)
+        if not self.decode(tokens, positions, seq_ids):
+            return None
+        return [s.sample() for s in samplers]
+
+    def drop(self, seq: Sequence) -> None:
+        if seq.sampler is not None:
+            seq.sampler.close()
+            seq.sampler = None
+
+    def embed(self, inputs: Seq[Seq[int]]) -> list[list[float]]:
         self.embed_calls.append(len(inputs))
         out = []
         for tokens in inputs:
@@ -136,13 +178,9 @@ class FakeBackend:
             out.append([sum(col) / len(tokens) for col in zip(*vectors, strict=True)])
         return out
 
-    def decode(
-        self,
-        tokens: Sequence[int],
-        positions: Sequence[int],
-        seq_ids: Sequence[int],
-        logits: Sequence[bool],
-    ) -> bool:
+    def decode(self, tokens: Seq[int], positions: Seq[int], seq_ids: Seq[int]) -> bool:
+        """A flattened batch into the cells, as llama_decode does (False: no room, nothing
+        changed)."""
         if self.fail_after_steps is not None and self.steps >= self.fail_after_steps:
             raise BackendError("fake backend failure")
         if len(self.cell_owners) + len(tokens) > self.kv_cells:
@@ -186,6 +224,8 @@ class FakeBackend:
                 del self.cell_owners[cell]
 
     def copy_prefix(self, src: int, dst: int, n: int) -> bool:
+        if self.copy_fails:
+            return False
         source = self.seq_cells.get(src, {})
         target = self.seq_cells.setdefault(dst, {})
         for pos in range(n):

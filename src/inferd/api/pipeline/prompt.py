@@ -1,0 +1,88 @@
+"""Render and tokenize: a neutral prompt becomes the token ids the engine runs.
+
+Tool descriptions and reasoning markers will be added here, once, for every dialect.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from inferd.api.pipeline.request import ChatPrompt, InfillPrompt, Prompt, TextPrompt, TokenPrompt
+from inferd.api.prompting import tokenize_chat, tokenize_prompt
+from inferd.engine.backends.base import ModelInfo
+from inferd.engine.client import EngineClient
+from inferd.errors import InvalidRequest, UnsupportedParameter
+from inferd.models.registry import LoadedModel
+
+
+async def prompt_tokens(
+    model: LoadedModel, prompt: Prompt, *, context: Sequence[int] = (), param: str
+) -> list[int]:
+    """The token ids of `prompt`, after `context` (earlier tokens: then no BOS is added).
+    Errors name `param`."""
+    engine = model.engine
+    info = engine.info
+    if isinstance(prompt, TokenPrompt):
+        check_vocabulary(prompt.tokens, info.n_vocab, param=param)
+        return [*context, *prompt.tokens]
+    if isinstance(prompt, InfillPrompt):
+        if not isinstance(prompt.prefix, str):
+            check_vocabulary(prompt.prefix, info.n_vocab, param=param)
+        infill = await infill_tokens(
+            engine, prompt.prefix, prompt.suffix, model_name=model.name, add_bos=not context
+        )
+        return [*context, *infill]
+    if isinstance(prompt, ChatPrompt):
+        # message content is tokenized as text: it can never forge the template's markers
+        chat = await tokenize_chat(engine, model.template, prompt.messages, add_bos=not context)
+        return [*context, *chat]
+    if isinstance(prompt, TextPrompt) and isinstance(prompt.text, str):
+        text = prompt.text
+    else:
+        text = prompt.text(info.bos_token, info.eos_token)
+    return [*context, *await tokenize_prompt(engine, text, add_bos=not context)]
+
+
+def check_vocabulary(tokens: Sequence[int], n_vocab: int, *, param: str) -> None:
+    bad = next((t for t in tokens if t < 0 or t >= n_vocab), None)
+    if bad is not None:
+        raise InvalidRequest(
+            f"{param} holds token id {bad}, outside the vocabulary (0..{n_vocab - 1})",
+            param=param,
+        )
+
+
+def check_insert(info: ModelInfo, model_name: str) -> None:
+    """A 400 naming `suffix` unless the model can fill in the middle (in Ollama's words)."""
+    if not info.supports_insert:
+        raise UnsupportedParameter(
+            f"{model_name} does not support insert: suffix needs a model with "
+            "fill-in-the-middle tokens",
+            param="suffix",
+        )
+
+
+async def infill_tokens(
+    engine: EngineClient,
+    prefix: str | Sequence[int],
+    suffix: str,
+    *,
+    model_name: str,
+    add_bos: bool = True,
+) -> list[int]:
+    """A fill-in-the-middle prompt in PSM order, as llama.cpp's server builds it:
+    [BOS] FIM_PRE prefix FIM_SUF suffix FIM_MID. Prefix and suffix are tokenized as plain
+    text (special-token text in them stays text); token ids are taken as they are. BOS only
+    where the model adds one, and not when `add_bos` is false (the prompt continues a
+    context). No chat template: the model generates the middle."""
+    info = engine.info
+    check_insert(info, model_name)
+    pre = (
+        await engine.tokenize(prefix, add_special=False, parse_special=False)
+        if isinstance(prefix, str)
+        else list(prefix)
+    )
+    suf = await engine.tokenize(suffix, add_special=False, parse_special=False)
+    # tokenizing nothing with special tokens gives exactly the BOS the model wants, if any
+    bos = await engine.tokenize("", add_special=True, parse_special=False) if add_bos else []
+    return [*bos, info.fim_pre, *pre, info.fim_suf, *suf, info.fim_mid]

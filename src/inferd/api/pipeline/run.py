@@ -1,0 +1,228 @@
+"""The generation pipeline, for every dialect:
+
+validate -> resolve model -> render/tokenize -> budget -> admit -> run -> stream or collect
+-> account.
+
+`prepare` does everything up to admission (each failure a status, before any byte of the
+response); the `Run` it returns streams or collects the choices. Every sequence's end, or its
+abandonment, goes on the request's record and to the generation observer (metrics, spans),
+once, here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from fastapi import Request
+
+from inferd.api.access import acquire_model, admit
+from inferd.api.pipeline.prompt import check_vocabulary, prompt_tokens
+from inferd.api.pipeline.request import ChatPrompt, Generation
+from inferd.api.pipeline.sampling import check_limits, choice_sampling, sampling_params
+from inferd.api.record import RequestRecord
+from inferd.api.sessions import Exchange, open_exchange, session_of
+from inferd.api.streaming import cancel_on_disconnect
+from inferd.api.structured import check_format
+from inferd.config import Settings
+from inferd.engine.types import (
+    FinishReason,
+    GenerateRequest,
+    GenerationOutput,
+    SamplingParams,
+    Usage,
+)
+from inferd.errors import BackendError, EngineStopped
+from inferd.models.registry import LoadedModel
+
+if TYPE_CHECKING:
+    from inferd.observability.middleware import GenerationObserver
+
+
+@dataclass
+class ChoiceResult:
+    index: int
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    finish_reason: FinishReason | None = None
+    usage: Usage = field(default_factory=Usage)
+    time_to_first_token: float | None = None
+    queue_time: float | None = None
+    seconds: float | None = None  # from submitting to the engine to the last token
+
+
+@dataclass
+class Run:
+    """A prepared request: its model, one engine request per choice (prompt p's choices
+    are p*n .. p*n+n-1), and where its accounting goes."""
+
+    model: LoadedModel
+    requests: list[GenerateRequest]
+    prompts: list[list[int]]  # each prompt's tokens
+    record: RequestRecord
+    observe: GenerationObserver | None = None
+    exchange: Exchange | None = None
+
+    @property
+    def sampling(self) -> SamplingParams:
+        return self.requests[0].sampling
+
+    @property
+    def usage(self) -> Usage:
+        """The request's usage so far (all of it once every choice has ended)."""
+        return self.record.usage
+
+    def stream(self) -> AsyncIterator[tuple[int, GenerationOutput]]:
+        """Outputs of all choices as they come, tagged with the choice index; an engine
+        failure raises BackendError (streams end with an error event). Leaving early (the
+        client is gone) aborts every choice's sequence."""
+        outputs = self._choices()
+        if self.exchange is not None:
+            outputs = self.exchange.remembering(outputs, self.model.name)
+        return outputs
+
+    async def collect(self, request: Request) -> list[ChoiceResult]:
+        """Run every choice to its end; ClientDisconnected (answered 499) if the client
+        leaves first."""
+        results = await cancel_on_disconnect(request, self._collect())
+        if self.exchange is not None:
+            self.exchange.remember_results(results, self.model.name)
+        return results
+
+    async def _collect(self) -> list[ChoiceResult]:
+        results = [ChoiceResult(i) for i in range(len(self.requests))]
+        started = time.monotonic()
+        async for i, out in self._choices():
+            r = results[i]
+            r.text += out.text
+            r.token_ids.extend(out.token_ids)
+            r.usage = out.usage
+            if out.finish_reason is not None:
+                r.finish_reason = out.finish_reason
+                r.time_to_first_token = out.time_to_first_token
+                r.queue_time = out.queue_time
+                r.seconds = time.monotonic() - started
+        return results
+
+    async def _choices(self) -> AsyncIterator[tuple[int, GenerationOutput]]:
+        if len(self.requests) == 1:
+            async with contextlib.aclosing(self._sequence(self.requests[0])) as gen:
+                async for out in gen:
+                    yield 0, out
+            return
+        queue: asyncio.Queue[tuple[int, GenerationOutput] | BaseException | None]
+        queue = asyncio.Queue()
+
+        async def pump(index: int, req: GenerateRequest) -> None:
+            try:
+                async with contextlib.aclosing(self._sequence(req)) as gen:
+                    async for out in gen:
+                        await queue.put((index, out))
+            except Exception as exc:  # an engine failure: the request fails
+                await queue.put(exc)
+            finally:
+                await queue.put(None)
+
+        tasks = [asyncio.create_task(pump(i, r)) for i, r in enumerate(self.requests)]
+        try:
+            remaining = len(tasks)
+            while remaining:
+                item = await queue.get()
+                if item is None:
+                    remaining -= 1
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    yield item
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _sequence(self, req: GenerateRequest) -> AsyncGenerator[GenerationOutput, None]:
+        """One sequence's outputs. Its final output goes on the record (an ABORT one with
+        the usage so far when it is left early); an ERROR one raises BackendError."""
+        started = time.monotonic()
+        last: GenerationOutput | None = None
+        first_token: float | None = None
+        ended = False
+        try:
+            async with contextlib.aclosing(self.model.engine.generate(req)) as gen:
+                async for out in gen:
+                    last = out
+                    if first_token is None and out.token_ids:
+                        first_token = time.monotonic() - started
+                    if out.finish_reason is not None:
+                        ended = True
+                        self._ended(out, started)
+                    if out.finish_reason is FinishReason.ERROR:
+                        raise BackendError(out.error or "generation failed")
+                    yield out
+        except EngineStopped:
+            ended = True  # never submitted: nothing to account for
+            raise
+        finally:
+            if not ended:
+                self._ended(_abandoned(req, last, first_token), started)
+
+    def _ended(self, out: GenerationOutput, started: float) -> None:
+        self.record.finished(out)
+        if self.observe is not None:
+            self.observe(self.model.name, out, time.monotonic() - started)
+
+
+def _abandoned(
+    req: GenerateRequest, last: GenerationOutput | None, first_token: float | None
+) -> GenerationOutput:
+    """The final output of a sequence left early: what it had generated, finish ABORT."""
+    usage = last.usage if last is not None else Usage(prompt_tokens=len(req.prompt_tokens))
+    return GenerationOutput(
+        req.request_id,
+        "",
+        (),
+        usage,
+        FinishReason.ABORT,
+        queue_time=last.queue_time if last is not None else None,
+        time_to_first_token=first_token,
+    )
+
+
+async def prepare(request: Request, gen: Generation, record: RequestRecord) -> Run:
+    """Everything before the first token, each failure a status: validate, resolve the
+    model, render and tokenize, budget, admit."""
+    state = request.app.state
+    settings: Settings = state.settings
+    check_limits(gen, settings)
+    prompts = gen.prompts
+    exchange = None
+    if gen.session is not None and isinstance(prompts[0], ChatPrompt):
+        session = session_of(gen.session.id, request)
+        messages, exchange = await open_exchange(
+            state.store, settings, session, gen.session.history, prompts[0].messages, record
+        )
+        prompts = [ChatPrompt(messages)]
+    model = await acquire_model(request, state.registry, gen.model)
+    record.resolved(model.name)
+    context: tuple[int, ...] = ()
+    if gen.context is not None:
+        context = gen.context.value
+        check_vocabulary(context, model.engine.info.n_vocab, param=gen.context.name)
+    tokens = [
+        await prompt_tokens(model, p, context=context, param=gen.prompt_param) for p in prompts
+    ]
+    requests: list[GenerateRequest] = []
+    for p, prompt in enumerate(tokens):
+        base = sampling_params(gen, len(prompt), model.engine.info, settings)
+        if p == 0 and base.constrained:
+            await check_format(model.engine, base, param=gen.output_param)
+        for i in range(gen.n.value):
+            rid = f"{record.request_id}-{len(requests)}"
+            requests.append(GenerateRequest(rid, tuple(prompt), choice_sampling(base, i)))
+    await admit(request, requests, record)
+    record.admitted({r.request_id: i // gen.n.value for i, r in enumerate(requests)})
+    observe = getattr(state, "observe_generation", None)
+    return Run(model, requests, tokens, record, observe, exchange)

@@ -1,0 +1,271 @@
+"""The step-level Backend seam's contracts (`engine/backends/base.py`), held against every
+backend that implements it: llama.cpp on the bundled model with a unified KV cache and with a
+split one, and the fake backend. Each test drives a backend and its KV pool directly, as the
+core loop and the scheduler do: acquire a place, execute steps, commit, release, settle.
+
+Greedy answers are compared token for token: a prompt's last token is always fed alone
+(the pool's `chunk` rule), so its logits do not depend on how the KV before it got there."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from inferd.engine.backends.base import Backend, SequenceFailed
+from inferd.engine.backends.fake import FakeBackend
+from inferd.engine.backends.llamacpp import LlamaCppBackend, LlamaCppOptions
+from inferd.engine.detokenizer import Detokenizer
+from inferd.engine.prefix_cache import SavedPrefix
+from inferd.engine.sequence import Chunk, Sequence
+from inferd.engine.types import GenerateRequest, SamplingParams
+
+PROMPT = (
+    "<|im_start|>user\nWrite a short poem about the sea, the wind and a small boat that "
+    "sails home at night.<|im_end|>\n<|im_start|>assistant\n"
+)
+LAYOUTS = ["fake", "llamacpp-unified", "llamacpp-split"]
+
+
+@pytest.fixture(scope="module", params=LAYOUTS)
+def backend(request: pytest.FixtureRequest, model_path: Path) -> Iterator[Backend]:
+    b: Backend
+    if request.param == "fake":
+        b = FakeBackend(reply="a fixed reply", n_ctx=512, kv_cells=4 * 512)
+    else:
+        split = request.param == "llamacpp-split"
+        b = LlamaCppBackend(model_path, LlamaCppOptions(n_ctx=512, max_seqs=4, kv_split=split))
+        assert b.facts()["kv_layout"] == ("split" if split else "unified")
+    yield b
+    b.close()
+
+
+@pytest.fixture
+def pool_empty(backend: Backend) -> Iterator[None]:
+    """Every test leaves the (module-wide) backend as it found it."""
+    yield
+    assert backend.pool.settle() == [] and backend.pool.used == 0
+
+
+def make_seq(rid: str, tokens: list[int], **sampling: object) -> Sequence:
+    params = SamplingParams(temperature=0.0, ignore_eos=True, **sampling)  # type: ignore[arg-type]
+    req = GenerateRequest(rid, tuple(tokens), params)
+    return Sequence(
+        req, Detokenizer(lambda t: b""), len(tokens) + 64, list(tokens), n_prompt=len(tokens)
+    )
+
+
+def step(backend: Backend, chunks: list[Chunk]) -> list[int]:
+    """Execute and commit one step (as the scheduler does); the sampled tokens."""
+    sampled = backend.execute(chunks)
+    assert sampled is not None
+    for c in chunks:
+        c.seq.n_computed = c.end
+    backend.pool.commit(chunks)
+    for c, token in zip([c for c in chunks if c.samples], sampled, strict=True):
+        c.seq.tokens.append(token)
+    return sampled
+
+
+def prefill(backend: Backend, seq: Sequence) -> int:
+    """Feed what `seq` has pending, chunk by chunk as the pool says, alone; the first token."""
+    while True:
+        n = backend.pool.chunk(seq, backend.info.max_batch_tokens)
+        chunk = Chunk(seq, seq.n_computed, seq.n_computed + n)
+        samples = chunk.samples  # before the step appends the sampled token
+        sampled = step(backend, [chunk])
+        if samples:
+            return sampled[0]
+
+
+def finish(backend: Backend, *seqs: Sequence) -> None:
+    for s in seqs:
+        backend.pool.release(s)
+        backend.drop(s)
+
+
+def tokens_of(backend: Backend) -> list[int]:
+    return backend.tokenize(PROMPT, add_special=True, parse_special=True)
+
+
+def test_a_step_samples_one_token_per_sampling_chunk_in_order(
+    backend: Backend, pool_empty: None
+) -> None:
+    prompt = tokens_of(backend)
+    cold = make_seq("cold", prompt)
+    assert backend.pool.acquire(cold)
+    prefill(backend, cold)
+    assert cold.sampler is not None  # made on first use, kept on the sequence
+    a, b = make_seq("a", prompt), make_seq("b", prompt[:20])
+    assert backend.pool.acquire(a) and backend.pool.acquire(b)
+    # a prefill chunk that does not sample beside one that does: one token comes back
+    assert b.sampler is None
+    sampled = step(backend, [Chunk(a, 0, 10), Chunk(b, 0, 19)])
+    assert sampled == [] and b.sampler is None
+    sampled = step(backend, [Chunk(b, 19, 20), Chunk(cold, len(prompt), len(prompt) + 1)])
+    assert len(sampled) == 2 and b.sampler is not None
+    positions = len(prompt) + 1 + 10 + 20
+    assert backend.pool.used == positions
+    finish(backend, a, b, cold)
+    assert a.sampler is None and b.sampler is None and cold.sampler is None
+
+
+def test_a_shared_running_prefix_continues_exactly_like_the_original(
+    backend: Backend, pool_empty: None
+) -> None:
+    pool = backend.pool
+    prompt = tokens_of(backend)
+    cold = make_seq("cold", prompt)
+    assert pool.acquire(cold)
+    expected = prefill(backend, cold)
+    finish(backend, cold)
+    holder = make_seq("holder", prompt)
+    assert pool.acquire(holder)
+    prefill(backend, holder)
+    used = pool.used
+    n = len(prompt) - 1
+    seq = make_seq("shared", prompt)
+    assert pool.acquire(seq)
+    assert pool.share(holder, seq, n)
+    seq.n_computed = n
+    # unified: the cells are shared (counted once); split: a copy in the sequence's stream
+    assert pool.used == used + (n if backend.facts()["kv_layout"] == "split" else 0)
+    assert prefill(backend, seq) == expected
+    finish(backend, holder, seq)
+
+
+def test_a_kept_prefix_is_saved_on_settle_and_restores_exactly(
+    backend: Backend, pool_empty: None
+) -> None:
+    pool = backend.pool
+    prompt = tokens_of(backend)
+    first = make_seq("first", prompt)
+    assert pool.acquire(first)
+    expected = prefill(backend, first)
+    keep = SavedPrefix(first.tokens[: pool.keepable(first) - 1])
+    pool.release(first, keep)
+    backend.drop(first)
+    assert pool.used == 0  # the accounting drops it at once
+    assert keep.state == b""  # the copy waits for settle
+    assert pool.settle() == [keep] and len(keep.state) > 0
+    again = make_seq("again", prompt)
+    assert pool.acquire(again)
+    assert pool.restore(again, keep, keep.n - 3)
+    again.n_computed = keep.n - 3
+    assert prefill(backend, again) == expected
+    finish(backend, again)
+
+
+def test_a_sequence_that_cannot_be_stepped_fails_alone_and_changes_nothing(
+    backend: Backend, pool_empty: None
+) -> None:
+    if isinstance(backend, FakeBackend):
+        backend.reject_grammar = True
+    pool = backend.pool
+    prompt = tokens_of(backend)
+    good = make_seq("good", prompt)
+    # a schema whose reference goes nowhere: no grammar can be made from it
+    bad = make_seq("bad", prompt[:8], json_schema='{"$ref": "#/$defs/missing"}')
+    assert pool.acquire(good) and pool.acquire(bad)
+    prefill(backend, good)
+    step(backend, [Chunk(bad, 0, 7)])
+    used = pool.used
+    with pytest.raises(SequenceFailed) as failed:
+        backend.execute([Chunk(good, good.n_computed, good.n_computed + 1), Chunk(bad, 7, 8)])
+    assert failed.value.seq is bad and failed.value.message
+    assert pool.used == used
+    finish(backend, bad)
+    # the same step without it runs as if nothing had happened
+    assert len(step(backend, [Chunk(good, good.n_computed, good.n_computed + 1)])) == 1
+    finish(backend, good)
+    if isinstance(backend, FakeBackend):
+        backend.reject_grammar = False
+
+
+def test_a_step_without_room_changes_nothing(model_path: Path) -> None:
+    """None from execute: no KV room (a unified cache that is full), and nothing moved."""
+    for backend in (
+        FakeBackend(kv_cells=64, max_batch_tokens=64),
+        LlamaCppBackend(model_path, LlamaCppOptions(n_ctx=256, kv_cells=256, max_seqs=2)),
+    ):
+        try:
+            pool = backend.pool
+            big = make_seq("big", [7 + i % 50 for i in range(pool.capacity - 8)])
+            other = make_seq("other", [9] * 40)
+            assert pool.acquire(big) and pool.acquire(other)
+            prefill(backend, big)
+            used = pool.used
+            assert backend.execute([Chunk(other, 0, 39)]) is None
+            assert pool.used == used
+            # the cache is as it was: the big sequence steps on
+            assert len(step(backend, [Chunk(big, big.n_computed, big.n_computed + 1)])) == 1
+            finish(backend, big, other)
+            assert pool.used == 0
+        finally:
+            backend.close()
+
+
+def test_a_failed_share_leaves_the_accounting_exact() -> None:
+    """A unified cache's prefix share can fail only before the ledger moves: the cells the
+    pool counts are the cells the (fake) cache holds, whatever happens."""
+    backend = FakeBackend(reply="r", kv_cells=512, max_seqs=4)
+    pool = backend.pool
+    prompt = list(range(1, 60))
+    holder = make_seq("holder", prompt)
+    assert pool.acquire(holder)
+    prefill(backend, holder)
+    seq = make_seq("seq", prompt)
+    assert pool.acquire(seq)
+    backend.copy_fails = True
+    assert not pool.share(holder, seq, len(prompt) - 1)
+    assert seq.parent is None and seq.borrowed == 0 and holder.children == []
+    assert pool.used == backend.cells_used == len(prompt)
+    prefill(backend, seq)  # computes its prompt itself
+    assert pool.used == backend.cells_used == 2 * len(prompt)
+    backend.copy_fails = False
+    third = make_seq("third", prompt)
+    assert pool.acquire(third) and pool.share(seq, third, 30)
+    third.n_computed = 30
+    assert pool.used == backend.cells_used == 2 * len(prompt)  # shared: counted once
+    finish(backend, seq)  # third inherits the cells it borrowed
+    assert pool.used == backend.cells_used
+    finish(backend, holder, third)
+    assert pool.used == backend.cells_used == 0
+
+
+def test_the_layout_keeps_running_slots_low_and_in_order(
+    backend: Backend, pool_empty: None
+) -> None:
+    """Split: a sequence in the highest slot moves into a freed lower one and continues
+    exactly; chunks run in slot order. Unified: nothing moves."""
+    pool = backend.pool
+    prompt = tokens_of(backend)
+    cold = make_seq("cold", prompt)
+    assert pool.acquire(cold)
+    prefill(backend, cold)
+    expected = step(backend, [Chunk(cold, len(prompt), len(prompt) + 1)])
+    finish(backend, cold)
+    a, b, c = (make_seq(r, prompt) for r in "abc")
+    for s in (a, b, c):
+        assert pool.acquire(s)
+    assert [a.slot, b.slot, c.slot] == [0, 1, 2]
+    prefill(backend, c)
+    finish(backend, b)
+    moves = pool.moves
+    pool.arrange()
+    split = backend.facts()["kv_layout"] == "split"
+    assert c.slot == (1 if split else 2) and pool.moves == moves + split
+    chunks = [Chunk(c, len(prompt), len(prompt) + 1), Chunk(a, 0, 5)]
+    pool.order(chunks)
+    assert [ch.seq for ch in chunks] == ([a, c] if split else [c, a])
+    assert step(backend, chunks) == expected
+    finish(backend, a, c)
+
+
+def test_the_last_prompt_token_is_fed_alone(backend: Backend) -> None:
+    seq = make_seq("s", list(range(1, 11)))
+    assert backend.pool.chunk(seq, 100) == 9
+    assert backend.pool.chunk(seq, 4) == 4
+    seq.n_computed = 9
+    assert backend.pool.chunk(seq, 100) == 1
