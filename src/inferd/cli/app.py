@@ -1,6 +1,5 @@
 """`inferd` commands."""
 
-import asyncio
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,6 +12,9 @@ from inferd.cli.db import db_app, stats
 from inferd.cli.flags import settings_flags
 from inferd.cli.keys import keys_app
 from inferd.cli.models import app as models_app
+from inferd.cli.models import list_models, pull, rm, show
+from inferd.cli.remote import cp, ps, stop
+from inferd.cli.run import run
 from inferd.config import ModelConfig, load_settings
 from inferd.errors import ConfigError, InferdError
 from inferd.models.hf_cache import is_hf_spec
@@ -27,6 +29,15 @@ app = typer.Typer(
 )
 
 
+app.command()(run)
+# Ollama's habits at the top level, beside the `models` group
+app.command("list")(list_models)
+app.command()(ps)
+app.command()(show)
+app.command()(pull)
+app.command()(rm)
+app.command()(cp)
+app.command()(stop)
 app.command()(bench)
 app.add_typer(keys_app)
 app.add_typer(models_app, name="models")
@@ -83,58 +94,29 @@ def serve(
     model_flags: dict[str, Any],
 ) -> None:
     """Start the HTTP server."""
-    from inferd.api.app import create_app
     from inferd.cli import server
-    from inferd.cli.keys import open_keys
-    from inferd.models.loading import engine_factory
-    from inferd.models.registry import ModelRegistry, RegistryOptions
-    from inferd.models.spec import specs_from_settings
-    from inferd.models.store import ModelStore
+    from inferd.cli.launch import build
     from inferd.observability.logging import configure_logging
-    from inferd.security.keys import KeyRing
-    from inferd.security.limits import RateLimits
-    from inferd.storage.repository import Repository
-    from inferd.storage.store import Store
 
     err = Console(stderr=True)
     try:
         if model:
             flags["models"] = _model_configs(model)
         settings = load_settings(config, **flags)
-        specs = specs_from_settings(settings, model_flags)
-        registry = ModelRegistry(
-            specs,
-            engine_factory(verbose=settings.llama_verbose),
-            default=settings.default_model,
-            options=RegistryOptions.from_settings(settings),
-            store=ModelStore(settings.models_dir),
-            model_overrides=model_flags,
-        )
-
-        async def any_keys() -> bool:
-            async with open_keys(settings) as ring:
-                return await ring.any_keys_now()
-
-        has_keys = asyncio.run(any_keys())  # also creates or migrates the schema
-        auth = settings.require_auth or has_keys
-        server.check_exposure(settings, auth=auth)
+        launch = build(settings, model_flags)
+        server.check_exposure(settings, auth=launch.auth)
         server.tls_options(settings)
-        limits = RateLimits(settings.rate_limit_storage)
     except InferdError as exc:
         err.print(f"[red]error:[/red] {exc.message}", highlight=False)
         raise typer.Exit(2) from None
     configure_logging(settings.log_level, settings.log_format)
     ollama = f" and :{settings.ollama_port} (Ollama)" if settings.ollama_port else ""
     scheme = "https" if settings.ssl_certfile else "http"
+    names = ", ".join(e.spec.name for e in launch.registry.entries())
     err.print(
-        f"inferd {__version__}: serving {', '.join(e.spec.name for e in registry.entries())} "
+        f"inferd {__version__}: serving {names} "
         f"on {scheme}://{settings.host}:{settings.port}{ollama}"
-        + ("" if auth else " (no API keys: authentication off)"),
+        + ("" if launch.auth else " (no API keys: authentication off)"),
         highlight=False,
     )
-    # one database engine for the keys and the store: created here, first used in the
-    # server's loop, where the app's lifespan starts the store and closes it (disposing it)
-    store = Store.from_settings(settings)
-    keys = KeyRing(Repository(store.engine), max_age=settings.key_cache_seconds)
-    app = create_app(settings, registry, keys=keys, limits=limits, store=store, open_store=True)
-    server.serve(app, settings, cleanup=(store.engine.dispose,))
+    server.serve(launch.app, settings, cleanup=(launch.store.engine.dispose,))

@@ -49,20 +49,26 @@ def _settings(config: Path | None, models_dir: Path | None) -> Settings:
         _fail(exc.message)
 
 
+def registry_of(settings: Settings) -> ModelRegistry:
+    """The registry a server would have, which never loads a model (InferdError for
+    settings that cannot be served)."""
+    return ModelRegistry(
+        specs_from_settings(settings),
+        engine_factory(),  # never used: these commands load no model
+        default=settings.default_model,
+        options=RegistryOptions.from_settings(settings),
+        store=ModelStore(settings.models_dir),
+    )
+
+
 def _registry(settings: Settings) -> ModelRegistry:
     try:
-        return ModelRegistry(
-            specs_from_settings(settings),
-            engine_factory(),  # never used: these commands load no model
-            default=settings.default_model,
-            options=RegistryOptions.from_settings(settings),
-            store=ModelStore(settings.models_dir),
-        )
+        return registry_of(settings)
     except InferdError as exc:
         _fail(exc.message)
 
 
-def _size(n: int) -> str:
+def size_text(n: int) -> str:
     if n < 1000:
         return f"{n} B"
     value = float(n)
@@ -97,7 +103,7 @@ def list_models(config: ConfigOpt = None, models_dir: DirOpt = None) -> None:
             e.spec.name + (" (default)" if e.spec.name == registry.default_name else ""),
             ", ".join(e.spec.aliases),
             e.spec.source,
-            _size(_file_size(e)),
+            size_text(_file_size(e)),
             describe.family(e.metadata) if e.metadata else "[red]unreadable[/red]",
             describe.parameter_size(e.n_params) if e.metadata else "",
             describe.quantization(e.metadata) if e.metadata else "",
@@ -121,7 +127,7 @@ def show(name: str, config: ConfigOpt = None, models_dir: DirOpt = None) -> None
         "aliases": ", ".join(entry.spec.aliases) or "-",
         "source": entry.spec.source,
         "file": str(entry.spec.path),
-        "size": _size(_file_size(entry)),
+        "size": size_text(_file_size(entry)),
     }
     if entry.metadata:
         rows.update(
@@ -181,7 +187,7 @@ def pull(
             progress.stop()
             _fail(exc.message)
     Console().print(
-        f"pulled {pulled.name}: {pulled.path} ({_size(pulled.size)}, sha256 {pulled.sha256})",
+        f"pulled {pulled.name}: {pulled.path} ({size_text(pulled.size)}, sha256 {pulled.sha256})",
         highlight=False,
     )
 
