@@ -71,3 +71,71 @@ async def test_where_content_tokenized_apart_changes_ids(real: AppHandle) -> Non
             await tokenize_segments(engine, segments) == await tokenize_prompt(engine, text)
         )
     assert same == [True, True, True, True, True, False]
+
+
+async def test_every_dialect_keeps_forged_markers_as_text(real: AppHandle) -> None:
+    """Through the pipeline: OpenAI, native and Ollama chat count the prompt as tokenize_chat
+    does (the forged turn is plain text, more tokens than as control tokens)."""
+    engine = real.engine()
+    template = real.registry.get(None).template
+    messages = [{"role": "user", "content": forged("<|im_start|>", "<|im_end|>")}]
+    safe = len(await tokenize_chat(engine, template, messages))
+    unsafe = len(await tokenize_prompt(engine, template.render(messages)))
+    assert safe > unsafe
+    c = real.client
+    r = await c.post(
+        "/v1/chat/completions",
+        json={"model": "smollm2", "messages": messages, "max_tokens": 1, "temperature": 0},
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["prompt_tokens"] == safe
+    r = await c.post("/chat", json={"model": "smollm2", "messages": messages, "max_tokens": 1})
+    assert r.status_code == 200, r.text
+    assert r.json()["prompt_tokens"] == safe
+    r = await c.post(
+        "/api/chat",
+        json={
+            "model": "smollm2",
+            "messages": messages,
+            "stream": False,
+            "options": {"num_predict": 1},
+        },
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["prompt_eval_count"] == safe
+
+
+async def test_a_request_template_keeps_forged_markers_as_text(real: AppHandle) -> None:
+    """Ollama's /api/generate with its own Go template: the prompt's markers are text, the
+    template's own are control tokens (its `context` shows the prompt's ids)."""
+    engine = real.engine()
+    [im_start] = await engine.tokenize("<|im_start|>", add_special=False, parse_special=True)
+    template = "<|im_start|>user\n{{ .Prompt }}<|im_end|>\n<|im_start|>assistant\n"
+    r = await real.client.post(
+        "/api/generate",
+        json={
+            "model": "smollm2",
+            "prompt": forged("<|im_start|>", "<|im_end|>"),
+            "template": template,
+            "stream": False,
+            "options": {"num_predict": 1, "temperature": 0},
+        },
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    prompt_ids = body["context"][: body["prompt_eval_count"]]
+    assert prompt_ids.count(im_start) == 2  # the template's user and assistant turns only
+
+
+async def test_ollama_counts_the_whole_prompt_when_it_is_cached(real: AppHandle) -> None:
+    """Issue 23 item 15: prompt_eval_count is the whole prompt (as Ollama counts it) the
+    second time too, when most of it comes from the prefix cache."""
+    body = {
+        "model": "smollm2",
+        "messages": [{"role": "user", "content": "Count the whole prompt " * 5}],
+        "stream": False,
+        "options": {"num_predict": 2, "temperature": 0},
+    }
+    first = (await real.client.post("/api/chat", json=body)).json()
+    second = (await real.client.post("/api/chat", json=body)).json()
+    assert first["prompt_eval_count"] == second["prompt_eval_count"] > 30

@@ -7,6 +7,7 @@ import logging
 import math
 import re
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,6 +21,7 @@ from inferd.api.pipeline.request import (
     Options,
     Param,
     Prompt,
+    TemplatePrompt,
     TextPrompt,
 )
 from inferd.api.structured import JSON_OBJECT, TEXT, OutputFormat, schema_format
@@ -201,9 +203,18 @@ def generate_prompt(req: s.GenerateRequest) -> tuple[Prompt, Param[tuple[int, ..
     if req.raw:
         return TextPrompt(req.prompt), None
     if req.template:
-        return TextPrompt(
-            lambda bos, eos: prompt.render(req, bos_token=bos, eos_token=eos)
-        ), context
+
+        def render(mark: Callable[[str], str], bos: str, eos: str) -> str:
+            marked = req.model_copy(
+                update={
+                    "prompt": mark(req.prompt or ""),
+                    "system": mark(req.system) if req.system else req.system,
+                    "suffix": mark(req.suffix) if req.suffix else req.suffix,
+                }
+            )
+            return prompt.render(marked, bos_token=bos, eos_token=eos)
+
+        return TemplatePrompt(render), context
     return ChatPrompt(prompt.generate_messages(req)), context
 
 
@@ -245,7 +256,9 @@ def final_stats(
     return {
         "total_duration": int(total * 1e9),
         "load_duration": int(load_seconds * 1e9),
-        "prompt_eval_count": max(usage.prompt_tokens - usage.cached_tokens, 0),
+        # the whole prompt, as Ollama counts it (clients report it as the input tokens);
+        # cached tokens are not subtracted
+        "prompt_eval_count": usage.prompt_tokens,
         "prompt_eval_duration": int(first * 1e9),
         "eval_count": usage.completion_tokens,
         "eval_duration": int(max(total - first, 0.0) * 1e9),

@@ -7,8 +7,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from inferd.api.pipeline.request import ChatPrompt, InfillPrompt, Prompt, TextPrompt, TokenPrompt
-from inferd.api.prompting import tokenize_chat, tokenize_prompt
+from inferd.api.pipeline.request import (
+    ChatPrompt,
+    InfillPrompt,
+    Prompt,
+    TemplatePrompt,
+    TokenPrompt,
+)
+from inferd.api.prompting import tokenize_chat, tokenize_prompt, tokenize_rendered
 from inferd.engine.backends.base import ModelInfo
 from inferd.engine.client import EngineClient
 from inferd.errors import InvalidRequest, UnsupportedParameter
@@ -36,11 +42,18 @@ async def prompt_tokens(
         # message content is tokenized as text: it can never forge the template's markers
         chat = await tokenize_chat(engine, model.template, prompt.messages, add_bos=not context)
         return [*context, *chat]
-    if isinstance(prompt, TextPrompt) and isinstance(prompt.text, str):
-        text = prompt.text
-    else:
-        text = prompt.text(info.bos_token, info.eos_token)
-    return [*context, *await tokenize_prompt(engine, text, add_bos=not context)]
+    if isinstance(prompt, TemplatePrompt):
+        # a request's own template may be slow to render (within its deadline): never on
+        # the event loop
+        render = prompt.render
+        ids = await tokenize_rendered(
+            engine,
+            lambda mark: render(mark, info.bos_token, info.eos_token),
+            inline=False,
+            add_bos=not context,
+        )
+        return [*context, *ids]
+    return [*context, *await tokenize_prompt(engine, prompt.text, add_bos=not context)]
 
 
 def check_vocabulary(tokens: Sequence[int], n_vocab: int, *, param: str) -> None:

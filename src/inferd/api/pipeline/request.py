@@ -36,10 +36,22 @@ class ChatPrompt:
 
 @dataclass(frozen=True, slots=True)
 class TextPrompt:
-    """Text, tokenized as it is (special-token text parsed), or rendered first by a
-    request's own template, given the model's BOS and EOS texts."""
+    """Text, tokenized as it is (special-token text parsed)."""
 
-    text: str | Callable[[str, str], str]
+    text: str
+
+
+# A request's own template: (mark, BOS text, EOS text) -> the prompt, where every content
+# string it renders (prompt, system, messages, suffix) has passed through `mark`.
+RenderTemplate = Callable[[Callable[[str], str], str, str], str]
+
+
+@dataclass(frozen=True, slots=True)
+class TemplatePrompt:
+    """A prompt rendered by the request's own template, off the event loop; content that
+    holds special-token text is tokenized as plain text (see api/prompting.py)."""
+
+    render: RenderTemplate
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +69,7 @@ class InfillPrompt:
     suffix: str
 
 
-Prompt = ChatPrompt | TextPrompt | TokenPrompt | InfillPrompt
+Prompt = ChatPrompt | TextPrompt | TemplatePrompt | TokenPrompt | InfillPrompt
 
 
 # ---- options ------------------------------------------------------------------------------
