@@ -406,7 +406,7 @@ def test_final_stats() -> None:
     assert all(type(v) is int for v in stats.values()), stats
     assert 2_000_000_000 <= stats["total_duration"] < 60_000_000_000
     assert stats["load_duration"] == 250_000_000
-    assert stats["prompt_eval_count"] == 20
+    assert stats["prompt_eval_count"] == 30  # the whole prompt, cached or not (as Ollama)
     assert stats["prompt_eval_duration"] == 500_000_000
     assert stats["eval_count"] == 8
     assert abs(stats["eval_duration"] - (stats["total_duration"] - 500_000_000)) <= 1
@@ -415,10 +415,10 @@ def test_final_stats() -> None:
 def test_final_stats_without_a_first_token_and_with_everything_cached() -> None:
     started = time.perf_counter() - 1.0
     stats = adapter.final_stats(
-        Usage(prompt_tokens=5, completion_tokens=0, cached_tokens=9), started, None, 0.0
+        Usage(prompt_tokens=5, completion_tokens=0, cached_tokens=5), started, None, 0.0
     )
     assert all(type(v) is int and v >= 0 for v in stats.values()), stats
-    assert stats["prompt_eval_count"] == 0
+    assert stats["prompt_eval_count"] == 5
     assert stats["eval_count"] == 0
     assert stats["load_duration"] == 0
     assert stats["eval_duration"] == 0
