@@ -8,7 +8,6 @@ import logging
 import time
 from collections.abc import Iterable, Mapping
 
-from inferd.engine.client import FinishHook
 from inferd.engine.types import GenerationOutput
 from inferd.errors import InferdError, ModelNotReady
 from inferd.models.engines import EngineFactory
@@ -41,16 +40,12 @@ class ModelRegistry:
         factory: EngineFactory,
         *,
         default: str | None = None,
-        on_finish: FinishHook | None = None,
         options: RegistryOptions | None = None,
         store: ModelStore | None = None,
         model_overrides: Mapping[str, object] | None = None,
         clock: Clock = time.monotonic,
     ) -> None:
         self._factory = factory
-        # called when a generation finishes on any model's engine (metrics, traces, logs);
-        # the app sets it when it is built
-        self.on_finish = on_finish
         self.options = options or RegistryOptions()
         self._names = NameTable(
             specs, self.options, default=default, store=store, model_overrides=model_overrides
@@ -221,11 +216,10 @@ class ModelRegistry:
         return True
 
     def _finished(self, model: str, output: GenerationOutput, seconds: float) -> None:
+        """A generation ended on `model`'s engine: its idle time counts from now."""
         entry = self._names.get(model)
         if entry is not None:  # not deleted meanwhile
             self._policy.used(entry)
-        if self.on_finish is not None:
-            self.on_finish(model, output, seconds)
 
     # ---- keep-alive ----------------------------------------------------------------------
 
