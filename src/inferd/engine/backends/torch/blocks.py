@@ -17,6 +17,7 @@ backend reports no room, as the seam allows for a fragmented cache.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Sequence as Seq
 from typing import Protocol
 
@@ -52,7 +53,7 @@ class BlockPool:
         self.moves = 0  # nothing ever moves
         self._free = list(range(blocks - 1, -1, -1))  # a stack: block 0 first
         self._refs = [0] * blocks
-        self._slots = list(range(slots - 1, -1, -1))
+        self._slots = list(range(slots))  # a heap: the lowest free id first
         self._tables: dict[Sequence, list[int]] = {}
         self._pending: list[tuple[list[int], SavedPrefix]] = []
 
@@ -88,7 +89,7 @@ class BlockPool:
     def acquire(self, seq: Sequence) -> bool:
         if not self._slots:
             return False
-        seq.slot = self._slots.pop()
+        seq.slot = heapq.heappop(self._slots)
         self._tables[seq] = []
         return True
 
@@ -123,7 +124,7 @@ class BlockPool:
     def release(self, seq: Sequence, keep: SavedPrefix | None = None) -> None:
         table = self._tables.pop(seq, None)
         if table is not None:
-            self._slots.append(seq.slot)
+            heapq.heappush(self._slots, seq.slot)
             seq.slot = -1
             if keep is not None:
                 self._pending.append((table, keep))

@@ -136,12 +136,17 @@ class PagedKV:
             if k is not None and v is not None
         ]
 
+    # the tensors are made inside the model's forward, in inference mode: they are written
+    # in it only
+
+    @torch.inference_mode()
     def copy(self, src: int, dst: int, n: int) -> None:
         s, d = src * BLOCK_SIZE, dst * BLOCK_SIZE
         for k, v in self._layers():
             k[d : d + n] = k[s : s + n]
             v[d : d + n] = v[s : s + n]
 
+    @torch.inference_mode()
     def save(self, blocks: Seq[int], n: int) -> bytes:
         idx = torch.from_numpy(slots_of(blocks, 0, n)).to(self.device)
         parts = []
@@ -153,6 +158,7 @@ class PagedKV:
         flat = torch.cat([p.reshape(-1) for p in parts]).cpu()
         return flat.view(torch.uint8).numpy().tobytes()
 
+    @torch.inference_mode()
     def load(self, blocks: Seq[int], state: bytes | bytearray, n: int) -> None:
         """The saved state holds `rows` positions per tensor (its prefix's length); the first
         n of them go into `blocks`."""
