@@ -9,10 +9,12 @@ block again) and a copy of the partly filled one; a block goes back to the free 
 its last holder lets go. Sequence places (`slot`) are just ids, up to `max_seqs`.
 
 Positions, not blocks, are what the scheduler counts: `used` is the positions written
-(a shared block counted once), and `room` is what is left of the capacity. A step's
-tokens may still need one more block per sequence than the positions say (the free space
-in other sequences' last blocks is theirs): `BlockPool.grow` then finds no block and the
-backend reports no room, as the seam allows for a fragmented cache.
+(a shared block counted once), and `room` is what is left of the capacity. Blocks are
+checked where they are taken: a sequence gets a place (`acquire`) only when the free blocks
+hold all its tokens besides what every running sequence still has to write; and a step's
+tokens may need one more block per sequence than the positions say (the free space in other
+sequences' last blocks is theirs): `grow` then finds no block, and the backend reports no
+room, as the seam allows for a fragmented cache (the newest sequence is preempted).
 """
 
 from __future__ import annotations
@@ -87,7 +89,14 @@ class BlockPool:
         return min(limit, seq.n_pending)
 
     def acquire(self, seq: Sequence) -> bool:
+        """A place, when the free blocks hold what every holder still has to write (its
+        pending tokens) and all of `seq`'s tokens besides: a sequence admitted on positions
+        alone could need blocks that a step never finds, be preempted, and come back into
+        the same step, for ever."""
         if not self._slots:
+            return False
+        committed = sum(self._missing(s, len(s.tokens)) for s in self._tables)
+        if committed + self._blocks_for(len(seq.tokens)) > len(self._free):
             return False
         seq.slot = heapq.heappop(self._slots)
         self._tables[seq] = []
@@ -110,7 +119,7 @@ class BlockPool:
         return True
 
     def restore(self, seq: Sequence, prefix: SavedPrefix, n: int) -> bool:
-        need = -(-n // self.block_size)
+        need = self._blocks_for(n)
         if need > len(self._free):
             return False
         table = self._tables[seq]
@@ -152,10 +161,16 @@ class BlockPool:
 
     # ---- blocks for a step --------------------------------------------------------------
 
+    def _blocks_for(self, n: int) -> int:
+        return -(-n // self.block_size)
+
+    def _missing(self, seq: Sequence, end: int) -> int:
+        """Blocks `seq` needs beyond those it holds to hold positions up to `end`."""
+        return max(0, self._blocks_for(end) - len(self._tables[seq]))
+
     def missing(self, chunks: Seq[Chunk]) -> int:
         """Blocks the step's chunks need beyond those their sequences hold."""
-        bs = self.block_size
-        return sum(max(0, -(-c.end // bs) - len(self._tables[c.seq])) for c in chunks)
+        return sum(self._missing(c.seq, c.end) for c in chunks)
 
     def grow(self, chunks: Seq[Chunk]) -> bool:
         """Give each chunk's sequence the blocks its new positions fall in. False: not enough
