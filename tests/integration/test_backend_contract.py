@@ -36,7 +36,7 @@ LAYOUTS = ["fake", "llamacpp-unified", "llamacpp-split", "torch-paged"]
 def torch_backend(folder: Path, **options: object) -> Backend:
     from inferd.engine.backends.torch import TorchBackend, TorchOptions
 
-    return TorchBackend(str(folder), TorchOptions(n_threads=1, **options))  # type: ignore[arg-type]
+    return TorchBackend(folder, TorchOptions(n_threads=1, **options))  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module", params=LAYOUTS)

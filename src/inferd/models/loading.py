@@ -123,7 +123,7 @@ def transformers_load(spec: ModelSpec) -> Backend:
             f"(pip install 'inferd[hf]'): {exc}"
         ) from None
     inspect(checkpoint_folder(spec), convertible=False)
-    return TorchBackend(str(checkpoint_folder(spec)), transformers_options(spec))
+    return TorchBackend(checkpoint_folder(spec), transformers_options(spec))
 
 
 def transformers_footprint(spec: ModelSpec) -> int:

@@ -13,6 +13,7 @@ from typing import Any, cast
 
 import numpy as np
 import torch
+from transformers import AttentionInterface
 
 from inferd.engine.backends.base import ModelInfo, SequenceFailed
 from inferd.engine.backends.torch.blocks import BlockPool
@@ -41,8 +42,11 @@ def cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def _load(source: str, options: TorchOptions, dtype: torch.dtype) -> tuple[Any, Any]:
-    """The model and its tokenizer, from a local folder or the local HF cache only."""
+def _load(
+    source: str, options: TorchOptions, dtype: torch.dtype, attention: str
+) -> tuple[Any, Any]:
+    """The model (with the attention function registered as `attention`) and its tokenizer,
+    from a local folder or the local HF cache only."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if options.trust_remote_code:
@@ -59,7 +63,7 @@ def _load(source: str, options: TorchOptions, dtype: torch.dtype) -> tuple[Any, 
         model = AutoModelForCausalLM.from_pretrained(
             source,
             dtype=dtype,
-            attn_implementation="sdpa",
+            attn_implementation=attention,
             device_map=options.device if options.on_gpu else None,
             **common,
         )
@@ -74,8 +78,9 @@ class TorchBackend:
     as one ragged batch (one forward, no padding) over the paged KV cache (`cache.PagedKV`),
     whose blocks are the scheduler's `pool` (`blocks.BlockPool`)."""
 
-    def __init__(self, source: str, options: TorchOptions) -> None:
-        folder = Path(source)
+    def __init__(self, folder: Path, options: TorchOptions) -> None:
+        """`folder`: a checkpoint's folder (a local one, or a snapshot in the HF cache)."""
+        source = str(folder)
         if options.n_threads:
             torch.set_num_threads(options.n_threads)
         self._device = torch.device(options.device)
@@ -84,29 +89,34 @@ class TorchBackend:
         bf16 = options.on_gpu and torch.cuda.is_bf16_supported()
         self._dtype_name = options.dtype_name(bf16=bf16)
         dtype = _DTYPES[self._dtype_name]
-        self._model, tokenizer = _load(source, options, dtype)
-        config = self._model.config.to_dict()
-        if folder.is_dir():
-            config = {**read_config(folder), **config}
+        config = read_config(folder)
         tc = text_config(config)
-        self._arch = str(tc.get("model_type") or config.get("model_type") or "unknown")
-        gen = self._model.generation_config
-        eos = gen.eos_token_id if gen is not None else None
-        eos_ids = [*(eos if isinstance(eos, list) else [eos]), tokenizer.eos_token_id]
-        self._tokens = Tokens(tokenizer, [e for e in eos_ids if e is not None])
+        shape = KvShape.of(config)
         n_ctx = context_length(config, options)
         positions = kv_positions(options, n_ctx)
-        shape = KvShape.of(config)
         self._kv = PagedKV(
             blocks=positions // BLOCK_SIZE,
             n_layer=shape.n_layer,
             dtype=dtype,
             device=self._device,
         )
+        # the attention function reads this backend's cache: registered under a name of its
+        # own with transformers for as long as the model is loaded
+        self._attention = f"inferd_paged_{id(self):x}"
+        AttentionInterface.register(self._attention, self._kv.attention)
+        try:
+            self._model, tokenizer = _load(source, options, dtype, self._attention)
+        except BaseException:
+            self._unregister()
+            raise
+        self._arch = str(tc.get("model_type") or config.get("model_type") or "unknown")
+        gen = self._model.generation_config
+        eos = gen.eos_token_id if gen is not None else None
+        eos_ids = [*(eos if isinstance(eos, list) else [eos]), tokenizer.eos_token_id]
+        self._tokens = Tokens(tokenizer, [e for e in eos_ids if e is not None])
         self.pool = BlockPool(self._kv, blocks=positions // BLOCK_SIZE, slots=options.max_seqs)
         window = tc.get("sliding_window") if tc.get("use_sliding_window", True) else None
         self._window = int(window) if window else None
-        self._layer_types = frozenset(tc.get("layer_types") or ())
         self._cache_arg = self._cache_keyword()
         self._embed_lock = threading.Lock()
         n_vocab = int(self._model.get_output_embeddings().weight.shape[0])
@@ -230,9 +240,7 @@ class TorchBackend:
         if self._model is None:
             raise BackendError("backend is closed")
         spans = [(self.pool.table(c.seq), c.start, c.end) for c in chunks]
-        step, positions = layout(
-            spans, self._device, sliding_window=self._window, layer_types=self._layer_types
-        )
+        step, positions = layout(spans, self._device, sliding_window=self._window)
         ids = torch.tensor(tokens, dtype=torch.long, device=self._device)[None]
         kv = self._kv
         kv.step = step
@@ -241,7 +249,6 @@ class TorchBackend:
                 out = self._model(
                     input_ids=ids,
                     position_ids=positions[None],
-                    attention_mask=step.mask,
                     use_cache=False,
                     logits_to_keep=torch.tensor(rows, dtype=torch.long, device=self._device),
                     **{self._cache_arg: kv},
@@ -276,9 +283,13 @@ class TorchBackend:
                     out.append(hidden.float().mean(dim=0).cpu().tolist())
             return out
 
+    def _unregister(self) -> None:
+        AttentionInterface._global_mapping.pop(self._attention, None)
+
     def close(self) -> None:
         with self._embed_lock:
             self._model = None
+            self._unregister()
         self._kv.keys = [None] * len(self._kv.keys)
         self._kv.values = [None] * len(self._kv.values)
         gc.collect()

@@ -1,36 +1,51 @@
-"""The paged KV tensors, and a step laid out over them for one forward pass.
+"""The paged KV tensors, a step laid out over them, and the attention that reads them.
 
 `PagedKV` holds K and V of every attention layer as `(positions, kv_heads, head_dim)` tensors
-addressed by slot (block * BLOCK_SIZE + offset). It is handed to the model as its `cache`:
-transformers' attention layers call `update(key, value, layer_idx)` with the step's new K/V
-and attend over what it returns. `update` writes the new rows into their slots and returns,
-for the whole ragged step, the K/V of every position each sequence attends over,
-concatenated; the step's mask (`StepLayout.mask`) keeps each token to its own sequence's
-earlier positions (block-diagonal and causal), so one SDPA call serves prefill chunks and
-decode tokens of many sequences at once, without padding.
+addressed by slot (block * BLOCK_SIZE + offset). A model is loaded with `PagedKV.attention`
+as its attention function and run with the `PagedKV` as its `cache`: each attention layer
+calls `update(key, value, layer_idx)`, which writes the step's new K/V into their slots, then
+the attention function, which attends each query over its own sequence's slots only. The
+step's tokens are one ragged batch (prefill chunks and decode tokens of many sequences, no
+padding through the weights); attention runs per `Group`: all single-token queries (decodes)
+together, each over its sequence's positions gathered and padded to the longest of them
+(masked), and each longer prompt chunk on its own with a causal mask from its offset.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from inferd.engine.backends.torch.options import BLOCK_SIZE
 from inferd.errors import BackendError
 
 
 @dataclass(slots=True)
+class Group:
+    """Queries attended alike: `rows` (S, q) of the step's tokens, each row of S over the
+    slots `read` (S, L), where `mask` (S, 1, q, L) allows (`window`: the same within the
+    sliding window, for layers that have one)."""
+
+    rows: torch.Tensor
+    read: torch.Tensor
+    mask: torch.Tensor
+    window: torch.Tensor | None
+
+
+@dataclass(slots=True)
 class StepLayout:
     """One step's addressing: where each new token's K/V goes (`write`, one slot per token)
-    and which slots the step attends over (`read`), with the mask between them."""
+    and the attention groups."""
 
     write: torch.Tensor  # (T,) slots
-    read: torch.Tensor  # (K,) slots
-    mask: torch.Tensor | dict[str, torch.Tensor]  # (1, 1, T, K) bool, or one per layer type
+    groups: list[Group]
+    n_tokens: int
 
 
 def slots_of(table: Seq[int], start: int, end: int) -> np.ndarray:
@@ -39,46 +54,66 @@ def slots_of(table: Seq[int], start: int, end: int) -> np.ndarray:
     return np.asarray(table, dtype=np.int64)[pos // BLOCK_SIZE] * BLOCK_SIZE + pos % BLOCK_SIZE
 
 
+def _group(
+    rows: np.ndarray, read: np.ndarray, allowed: np.ndarray, dist: np.ndarray,
+    window: int | None, device: torch.device,
+) -> Group:  # fmt: skip
+    mask = torch.from_numpy(allowed)[:, None].to(device)
+    windowed = None
+    if window:
+        windowed = torch.from_numpy(allowed & (dist < window))[:, None].to(device)
+    return Group(
+        rows=torch.from_numpy(rows).to(device),
+        read=torch.from_numpy(read).to(device),
+        mask=mask,
+        window=windowed,
+    )
+
+
 def layout(
-    spans: Seq[tuple[Seq[int], int, int]],
-    device: torch.device,
-    *,
-    sliding_window: int | None,
-    layer_types: frozenset[str],
+    spans: Seq[tuple[Seq[int], int, int]], device: torch.device, *, sliding_window: int | None
 ) -> tuple[StepLayout, torch.Tensor]:
     """A step's layout for chunks given as (block table, start, end), and the positions of its
-    tokens. A token at position p of sequence i sees positions 0..p of sequence i (within
-    the sliding window, for the layers that have one)."""
-    write, read, q_seq, q_pos, k_seq, k_pos = [], [], [], [], [], []
-    for i, (table, start, end) in enumerate(spans):
+    tokens. A token at position p of a sequence sees positions 0..p of that sequence (those
+    within the sliding window, for the layers that have one)."""
+    write, positions, singles = [], [], []
+    groups: list[Group] = []
+    row = 0
+    for table, start, end in spans:
+        n = end - start
         write.append(slots_of(table, start, end))
-        read.append(slots_of(table, 0, end))
-        q_seq.append(np.full(end - start, i))
-        q_pos.append(np.arange(start, end))
-        k_seq.append(np.full(end, i))
-        k_pos.append(np.arange(end))
-    qs, qp = torch.from_numpy(np.concatenate(q_seq)), torch.from_numpy(np.concatenate(q_pos))
-    ks, kp = torch.from_numpy(np.concatenate(k_seq)), torch.from_numpy(np.concatenate(k_pos))
-    full = (qs[:, None] == ks[None, :]) & (kp[None, :] <= qp[:, None])
-    mask: torch.Tensor | dict[str, torch.Tensor] = full[None, None].to(device)
-    if sliding_window:
-        windowed = (full & (qp[:, None] - kp[None, :] < sliding_window))[None, None].to(device)
-        if "sliding_attention" in layer_types and "full_attention" in layer_types:
-            mask = {"full_attention": mask, "sliding_attention": windowed}  # type: ignore[dict-item]
+        positions.append(np.arange(start, end))
+        if n == 1:
+            singles.append((row, table, end))
         else:
-            mask = windowed
+            q = np.arange(start, end)[:, None]
+            k = np.arange(end)[None, :]
+            rows = np.arange(row, row + n)[None, :]
+            read = slots_of(table, 0, end)[None, :]
+            groups.append(_group(rows, read, (k <= q)[None], (q - k)[None], sliding_window, device))
+        row += n
+    if singles:
+        longest = max(end for _, _, end in singles)
+        read = np.zeros((len(singles), longest), dtype=np.int64)
+        for i, (_, table, end) in enumerate(singles):
+            read[i, :end] = slots_of(table, 0, end)
+        ends = np.array([end for _, _, end in singles])
+        k = np.arange(longest)[None, :]
+        allowed = (k < ends[:, None])[:, None]  # (S, 1, L)
+        dist = (ends[:, None] - 1 - k)[:, None]
+        rows = np.array([[r] for r, _, _ in singles])
+        groups.append(_group(rows, read, allowed, dist, sliding_window, device))
     step = StepLayout(
-        write=torch.from_numpy(np.concatenate(write)).to(device),
-        read=torch.from_numpy(np.concatenate(read)).to(device),
-        mask=mask,
+        write=torch.from_numpy(np.concatenate(write)).to(device), groups=groups, n_tokens=row
     )
-    return step, qp.to(device)
+    return step, torch.from_numpy(np.concatenate(positions)).to(device)
 
 
 class PagedKV:
     """K/V tensors for `blocks` blocks of BLOCK_SIZE positions, one pair per attention layer,
-    made at the first write (so the shapes are the model's own), and the `cache` object a
-    transformers model is run with for one step (`step` set by the backend)."""
+    made at the first write (so the shapes are the model's own); the `cache` and the attention
+    function a transformers model runs a step with (`step`, set by the backend on the core
+    thread; any other thread, embeddings, runs plain causal attention)."""
 
     block_size = BLOCK_SIZE
 
@@ -88,20 +123,24 @@ class PagedKV:
         self.device = device
         self.keys: list[torch.Tensor | None] = [None] * n_layer
         self.values: list[torch.Tensor | None] = [None] * n_layer
-        self.step: StepLayout | None = None
+        self._local = threading.local()
 
-    # ---- transformers' cache interface, as its attention layers use it -------------------
+    @property
+    def step(self) -> StepLayout | None:
+        return getattr(self._local, "step", None)
+
+    @step.setter
+    def step(self, value: StepLayout | None) -> None:
+        self._local.step = value
+
+    # ---- transformers' cache and attention interfaces -----------------------------------
 
     def update(
-        self,
-        key_states: torch.Tensor,
-        value_states: torch.Tensor,
-        layer_idx: int,
-        *args: Any,
-        **kwargs: Any,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write a step's new K/V (batch 1: `(1, kv_heads, T, head_dim)`) into its slots; the
-        K/V the step attends over, `(1, kv_heads, K, head_dim)`."""
+        self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int,
+        *args: Any, **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """Write a step's new K/V (batch 1: `(1, kv_heads, T, head_dim)`) into their slots;
+        `attention` reads them from there."""
         step = self.step
         if step is None:
             raise BackendError("the paged KV cache was used outside a step")
@@ -110,9 +149,41 @@ class PagedKV:
         keys, values = self._layer(layer_idx, k_new, v_new)
         keys.index_copy_(0, step.write, k_new.to(keys.dtype))
         values.index_copy_(0, step.write, v_new.to(values.dtype))
-        k = keys.index_select(0, step.read).transpose(0, 1).unsqueeze(0)
-        v = values.index_select(0, step.read).transpose(0, 1).unsqueeze(0)
-        return k, v
+        return key_states, value_states
+
+    def attention(
+        self, module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+        attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, None]:  # fmt: skip
+        """Attention for one layer: query `(1, heads, T, head_dim)` -> `(1, T, heads,
+        head_dim)`. In a step, each group over its slots; elsewhere plain causal SDPA over
+        the given key and value."""
+        step = self.step
+        if step is None:
+            out = F.scaled_dot_product_attention(
+                query, key, value, attn_mask=attention_mask, is_causal=attention_mask is None
+                and query.shape[2] > 1, scale=scaling, enable_gqa=True,
+            )  # fmt: skip
+            return out.transpose(1, 2).contiguous(), None
+        keys, values = self.keys[module.layer_idx], self.values[module.layer_idx]
+        assert keys is not None and values is not None
+        windowed = bool(getattr(module, "sliding_window", None))
+        q_all = query[0].transpose(0, 1)  # (T, heads, head_dim)
+        out = torch.empty_like(q_all)
+        for g in step.groups:
+            s, qn = g.rows.shape
+            flat = g.rows.reshape(-1)
+            q = q_all.index_select(0, flat).view(s, qn, *q_all.shape[1:]).transpose(1, 2)
+            read = g.read.reshape(-1)
+            k = keys.index_select(0, read).view(s, -1, *keys.shape[1:]).transpose(1, 2)
+            v = values.index_select(0, read).view(s, -1, *values.shape[1:]).transpose(1, 2)
+            mask = g.window if windowed and g.window is not None else g.mask
+            o = F.scaled_dot_product_attention(
+                q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask, scale=scaling, enable_gqa=True
+            )
+            out.index_copy_(0, flat, o.transpose(1, 2).reshape(s * qn, *q_all.shape[1:]))
+        return out.unsqueeze(0), None
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return 0
@@ -120,10 +191,9 @@ class PagedKV:
     def _layer(self, i: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         keys, values = self.keys[i], self.values[i]
         if keys is None or values is None:
-            keys = torch.zeros((self.positions, *k.shape[1:]), dtype=self.dtype, device=self.device)
-            values = torch.zeros(
-                (self.positions, *v.shape[1:]), dtype=self.dtype, device=self.device
-            )
+            shape_k, shape_v = (self.positions, *k.shape[1:]), (self.positions, *v.shape[1:])
+            keys = torch.zeros(shape_k, dtype=self.dtype, device=self.device)
+            values = torch.zeros(shape_v, dtype=self.dtype, device=self.device)
             self.keys[i], self.values[i] = keys, values
         return keys, values
 
