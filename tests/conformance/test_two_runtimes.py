@@ -5,9 +5,12 @@ side (configured in a TOML file, as a user would)."""
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import ollama
 import openai
 import pytest
@@ -41,10 +44,17 @@ def server(smollm2_dir: Path) -> Iterator[LiveServer]:
         )
         live = LiveServer("--config", str(config))
         try:
-            live.wait_ready(timeout=240)
+            live.wait_ready(timeout=240)  # the default model; the other loads after it
+            deadline = time.monotonic() + 240
+            while not all(m["loaded"] for m in models(live)) and time.monotonic() < deadline:
+                time.sleep(0.5)
             yield live
         finally:
             live.stop()
+
+
+def models(live: LiveServer) -> list[dict[str, Any]]:
+    return httpx.get(f"{live.url}/models", timeout=10).json()["models"]  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="module")
