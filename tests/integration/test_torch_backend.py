@@ -199,3 +199,22 @@ async def test_sampling_is_seeded_and_penalties_apply(smollm2_dir: Path) -> None
     assert a == b and a != c
     # the penalties push repeated tokens down: fewer repeats than plain greedy
     assert len(set(penalized)) > len(set(greedy)) or penalized != greedy
+
+
+def test_token_pieces_rebuild_the_text_byte_for_byte(smollm2_dir: Path) -> None:
+    """Each token's bytes (byte-level BPE mapped back), joined, are the text; an emoji split
+    over tokens comes back whole; control tokens add nothing."""
+    from transformers import AutoTokenizer
+
+    from inferd.engine.backends.torch.tokens import Tokens
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    tokens = Tokens(tokenizer, [tokenizer.eos_token_id])
+    text = "Héllo wörld 🙂, ünïcode\n\tdone"
+    ids = tokens.tokenize(text, add_special=False, parse_special=False)
+    assert b"".join(tokens.piece(t) for t in ids) == text.encode()
+    chat = tokens.tokenize("<|im_start|>user", add_special=False, parse_special=True)
+    assert tokens.piece(chat[0]) == b"" and chat[0] in tokenizer.all_special_ids
+    literal = tokens.tokenize("<|im_start|>", add_special=False, parse_special=False)
+    assert b"".join(tokens.piece(t) for t in literal) == b"<|im_start|>"
+    assert tokens.eog == {tokenizer.eos_token_id}

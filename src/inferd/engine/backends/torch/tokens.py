@@ -59,11 +59,8 @@ class Tokens:
         tok = self._tok
         names = tok.convert_ids_to_tokens(list(range(self.n_vocab)))
         decoder = _byte_decoder()
-        byte_level = (
-            type(getattr(tok.backend_tokenizer, "decoder", None)).__name__ == "ByteLevel"
-            if hasattr(tok, "backend_tokenizer")
-            else False
-        )
+        decoder_kind = type(getattr(getattr(tok, "backend_tokenizer", None), "decoder", None))
+        byte_level = decoder_kind.__name__ == "ByteLevel"
         pieces: list[bytes] = []
         for i, name in enumerate(names):
             if i in special or name is None:
