@@ -276,13 +276,6 @@ def finish_reason(reason: FinishReason | None) -> str | None:
     return "length" if reason is FinishReason.LENGTH else "stop"
 
 
-def answer(run: Run, result: ChoiceResult) -> ToolOutput:
-    """An answer's content and tool calls (none for a request without tools)."""
-    if run.tools is None:
-        return ToolOutput(result.text)
-    return run.tools.parse(result.text, truncated=result.finish_reason is FinishReason.LENGTH)
-
-
 def chat_finish(reason: FinishReason | None, out: ToolOutput, legacy: bool) -> str | None:
     if out.calls:
         return "function_call" if legacy else "tool_calls"
@@ -341,7 +334,7 @@ def chat_completion(
 ) -> s.ChatCompletion:
     choices = []
     for r in results:
-        out = answer(run, r)
+        out = run.answer(r)
         choices.append(
             s.ChatChoice(
                 index=r.index,

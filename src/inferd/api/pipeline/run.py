@@ -24,7 +24,7 @@ from inferd.api.access import acquire_model, admit
 from inferd.api.pipeline.prompt import check_vocabulary, prompt_tokens
 from inferd.api.pipeline.request import ChatPrompt, Generation
 from inferd.api.pipeline.sampling import check_limits, choice_sampling, sampling_params
-from inferd.api.pipeline.tools import ToolUse, tool_use
+from inferd.api.pipeline.tools import ToolOutput, ToolUse, tool_use
 from inferd.api.record import RequestRecord
 from inferd.api.sessions import Exchange, open_exchange, session_of
 from inferd.api.streaming import cancel_on_disconnect
@@ -72,6 +72,12 @@ class Run:
     @property
     def sampling(self) -> SamplingParams:
         return self.requests[0].sampling
+
+    def answer(self, result: ChoiceResult) -> ToolOutput:
+        """A finished choice's content and tool calls (none for a request without tools)."""
+        if self.tools is None:
+            return ToolOutput(result.text)
+        return self.tools.parse(result.text, truncated=result.finish_reason is FinishReason.LENGTH)
 
     @property
     def usage(self) -> Usage:
