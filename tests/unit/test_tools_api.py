@@ -239,6 +239,7 @@ async def test_history_with_calls_and_results_is_accepted() -> None:
             },
             "tool_choice",
         ),
+        ({"tools": [WEATHER], "ignore_eos": True}, "tool_choice"),
     ],
 )
 async def test_bad_tools_are_a_400_naming_the_parameter(fields: dict[str, Any], param: str) -> None:

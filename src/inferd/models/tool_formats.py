@@ -136,9 +136,9 @@ class RawCall:
     arguments: dict[str, Any]
 
 
-def calls_start(text: str, fmt: ToolFormat) -> int:
-    """Where the calls part of `text` starts, or -1."""
-    found = [i for i in (text.find(m) for m in fmt.markers) if i >= 0]
+def calls_start(text: str, fmt: ToolFormat, since: int = 0) -> int:
+    """Where the calls part of `text` starts (at `since` or later), or -1."""
+    found = [i for i in (text.find(m, since) for m in fmt.markers) if i >= 0]
     return min(found, default=-1)
 
 

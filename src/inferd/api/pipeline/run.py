@@ -230,7 +230,6 @@ async def prepare(request: Request, gen: Generation, record: RequestRecord) -> R
         base = sampling_params(gen, len(prompt), model.engine.info, settings)
         if tools is not None:
             base = tools.constrain(base)
-            tools.check(base)
         if p == 0 and base.constrained:
             await check_format(model.engine, base, param=gen.output_param)
         for i in range(gen.n.value):

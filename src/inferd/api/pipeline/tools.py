@@ -244,6 +244,13 @@ class ToolUse:
         req = self.request
         if req.choice == "none" or not self.constrain_calls:
             return sampling
+        if sampling.ignore_eos:
+            # the grammar ends the answer with EOS after the calls
+            raise InvalidRequest(
+                f"ignore_eos cannot be combined with tools (tool_choice {req.choice}); "
+                'use tool_choice "none"',
+                param=req.choice_param,
+            )
         fmt = self.format
         shape = TaggedJson(
             tuple(JsonTag(fmt.call_begin(t.name), t.schema, fmt.call_end()) for t in req.offered),
@@ -254,13 +261,6 @@ class ToolUse:
             trigger=fmt.trigger if req.choice == "auto" else None,
         )
         return dataclasses.replace(sampling, tagged=shape)
-
-    def check(self, sampling: SamplingParams) -> None:
-        if sampling.tagged is not None and sampling.tagged.trigger is None and sampling.ignore_eos:
-            raise InvalidRequest(
-                "ignore_eos cannot be combined with a required tool call",
-                param=self.request.choice_param,
-            )
 
     def parse(self, text: str, *, truncated: bool = False) -> ToolOutput:
         """An answer's content and calls; all text when it holds no valid calls. An answer
@@ -308,7 +308,8 @@ class ToolStream:
         fmt = self._use.format
         if self._start >= 0 or self._use.request.choice == "none":
             return "" if self._start >= 0 else self._send(len(self._text))
-        self._start = calls_start(self._text, fmt)
+        # a marker can only start in what was held back or just came
+        self._start = calls_start(self._text, fmt, self._sent)
         if self._start >= 0:
             return self._send(self._start)
         return self._send(len(self._text) - held_back(self._text, fmt))
