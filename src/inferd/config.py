@@ -129,6 +129,11 @@ class ModelConfig(BaseModel):
     keep_alive: float | None = Field(
         None, description="Seconds idle before this model is unloaded (default: keep_alive)"
     )
+    tool_format: Literal["auto", "hermes", "llama3", "mistral", "json", "off"] = Field(
+        "auto",
+        description="How the model writes tool calls (docs/api.md, Tools): auto reads it from "
+        "the chat template (Hermes when the template takes no tools); off serves no tools",
+    )
     kv_overrides: dict[str, KvOverrideValue] = Field(
         default_factory=dict,
         description="GGUF metadata overridden at load, key -> bool, int, float or string "
