@@ -197,6 +197,11 @@ class TorchBackend:
     # ---- sampling -------------------------------------------------------------------------
 
     def check_sampling(self, params: SamplingParams) -> None:
+        if params.tagged is not None:
+            raise InvalidRequest(
+                "structured output (the grammar of tool calls) is not available for models "
+                'served by the transformers backend: use tool_choice "none"'
+            )
         if params.constrained:
             raise InvalidRequest(
                 "structured output (a JSON format or schema) is not available for models "
