@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from inferd.engine.backends.llamacpp_quantize import quantize
+from inferd.engine.backends.llamacpp.quantize import quantize
 from inferd.models import checkpoint
 from inferd.models.convert_cache import CacheEntry, ConvertCache
 from inferd.models.gguf_header import read_header

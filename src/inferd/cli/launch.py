@@ -41,7 +41,11 @@ def build(settings: Settings, model_flags: dict[str, Any]) -> Launch:
 
     registry = ModelRegistry(
         specs_from_settings(settings, model_flags),
-        engine_factory(verbose=settings.llama_verbose),
+        engine_factory(
+            verbose=settings.llama_verbose,
+            conversions=settings.convert_cache_dir,
+            quantize=settings.quantize,
+        ),
         default=settings.default_model,
         options=RegistryOptions.from_settings(settings),
         store=ModelStore(settings.models_dir),

@@ -17,12 +17,14 @@ from inferd.engine.backends.base import Backend
 from inferd.engine.client import AsyncEngine, FinishHook
 from inferd.errors import ConfigError, InferdError
 from inferd.models.chat_template import CHATML, ChatTemplate
+from inferd.models.convert import ProgressCallback
 from inferd.models.entry import LoadedModel
 from inferd.models.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
 LLAMACPP = "llama.cpp"
+CHECKPOINT = "hf-checkpoint"  # converted to GGUF (models/converting.py), then llama.cpp
 
 BackendLoader = Callable[[ModelSpec], Backend]
 
@@ -30,10 +32,17 @@ BackendLoader = Callable[[ModelSpec], Backend]
 class EngineFactory(Protocol):
     """Makes started engines of one kind (or picks the factory of the right kind)."""
 
-    async def load(self, spec: ModelSpec, *, on_finish: FinishHook) -> LoadedModel:
+    async def load(
+        self,
+        spec: ModelSpec,
+        *,
+        on_finish: FinishHook,
+        on_progress: ProgressCallback | None = None,
+    ) -> LoadedModel:
         """The model with its engine started, its chat template and its memory; blocking work
         runs off the event loop. Raises InferdError (a clean message) when it cannot load,
-        having released whatever it had taken."""
+        having released whatever it had taken. Work before the load proper (a conversion)
+        reports to `on_progress`, called on the event loop."""
         ...
 
     def footprint(self, spec: ModelSpec) -> int:
@@ -45,12 +54,12 @@ class EngineFactory(Protocol):
 def engine_kind(spec: ModelSpec) -> str:
     """The kind of engine that serves `spec`: the one place this is decided.
 
-    Every model served today is a GGUF file, run by llama.cpp. A second kind (transformers
-    weights in a model directory, say) is told apart here, from the spec (its path, or a
-    setting of its ModelConfig), and gets its factory in the serving factories' table
-    (`models/loading.py`, `engine_factory`).
+    A GGUF file is run by llama.cpp; a Hugging Face checkpoint (a folder) is converted to
+    GGUF first (and then run by llama.cpp). Another kind (a PyTorch runtime, say) is told
+    apart here, from the spec (its path, or a setting of its ModelConfig), and gets its
+    factory in the serving factories' table (`models/loading.py`, `engine_factory`).
     """
-    return LLAMACPP
+    return CHECKPOINT if spec.path.is_dir() else LLAMACPP
 
 
 class EngineFactories:
@@ -71,8 +80,14 @@ class EngineFactories:
             raise ConfigError(f"this server cannot run {kind} models ({spec.name})")
         return factory
 
-    async def load(self, spec: ModelSpec, *, on_finish: FinishHook) -> LoadedModel:
-        return await self._factory(spec).load(spec, on_finish=on_finish)
+    async def load(
+        self,
+        spec: ModelSpec,
+        *,
+        on_finish: FinishHook,
+        on_progress: ProgressCallback | None = None,
+    ) -> LoadedModel:
+        return await self._factory(spec).load(spec, on_finish=on_finish, on_progress=on_progress)
 
     def footprint(self, spec: ModelSpec) -> int:
         return self._factory(spec).footprint(spec)
@@ -96,7 +111,13 @@ class BackendEngineFactory:
     def footprint(self, spec: ModelSpec) -> int:
         return self._footprint(spec)
 
-    async def load(self, spec: ModelSpec, *, on_finish: FinishHook) -> LoadedModel:
+    async def load(
+        self,
+        spec: ModelSpec,
+        *,
+        on_finish: FinishHook,
+        on_progress: ProgressCallback | None = None,  # nothing to report: it only loads
+    ) -> LoadedModel:
         backend, template, memory = await asyncio.to_thread(self._prepare, spec)
         cfg = spec.config
         engine = AsyncEngine(

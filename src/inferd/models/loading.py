@@ -1,12 +1,23 @@
-"""The engine factories this server runs models with: llama.cpp (a GGUF file), and the table
-of factories by engine kind that `inferd serve` loads models through."""
+"""The engine factories this server runs models with: llama.cpp (a GGUF file), Hugging Face
+checkpoints converted for it, and the table of factories by engine kind that `inferd serve`
+loads models through."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from inferd.engine.backends.base import Backend
-from inferd.models.engines import LLAMACPP, BackendEngineFactory, BackendLoader, EngineFactories
+from inferd.models.convert_cache import ConvertCache
+from inferd.models.converting import ConvertingFactory
+from inferd.models.engines import (
+    CHECKPOINT,
+    LLAMACPP,
+    BackendEngineFactory,
+    BackendLoader,
+    EngineFactories,
+    EngineFactory,
+)
 from inferd.models.gguf_header import read_header
 from inferd.models.spec import ModelSpec
 
@@ -14,10 +25,26 @@ if TYPE_CHECKING:
     from inferd.engine.backends.llamacpp import LlamaCppOptions
 
 
-def engine_factory(*, verbose: bool = False) -> EngineFactories:
+def engine_factory(
+    *, verbose: bool = False, conversions: Path | None = None, quantize: str | None = None
+) -> EngineFactories:
     """Every kind of engine this server can load models with, by kind (`engine_kind` picks
-    one per model): a second kind is added here."""
-    return EngineFactories({LLAMACPP: llamacpp_factory(verbose=verbose)})
+    one per model): a second kind is added here. Checkpoints are converted into the cache
+    at `conversions` (default: none served), at `quantize` unless their model sets a type."""
+    llamacpp = llamacpp_factory(verbose=verbose)
+    kinds: dict[str, EngineFactory] = {LLAMACPP: llamacpp}
+    if conversions is not None:
+        kinds[CHECKPOINT] = ConvertingFactory(
+            convert_cache(conversions), llamacpp, default_quant=quantize
+        )
+    return EngineFactories(kinds)
+
+
+def convert_cache(root: Path) -> ConvertCache:
+    """The conversion cache at `root`, quantizing with llama.cpp's quantizer."""
+    from inferd.engine.backends.llamacpp.quantize import quantize
+
+    return ConvertCache(root, quantize=quantize)
 
 
 def llamacpp_factory(*, verbose: bool = False) -> BackendEngineFactory:

@@ -107,7 +107,8 @@ class NameTable:
             for name, entry in list(self._entries.items()):
                 on_disk = entry.spec.path.absolute() in present
                 gone = entry.spec.source == Source.DIRECTORY and not on_disk
-                if gone and entry.model is None and entry.status is not ModelStatus.LOADING:
+                busy = entry.status in (ModelStatus.LOADING, ModelStatus.CONVERTING)
+                if gone and entry.model is None and not busy:
                     del self._entries[name]
             # the same path twice (a configured model inside the directory) is one model;
             # a symlink to another model's file is a model of its own

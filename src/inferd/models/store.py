@@ -1,4 +1,5 @@
-"""The models directory: the .gguf files in it and the aliases file beside them.
+"""The models directory: the .gguf files (and checkpoint folders) in it and the aliases file
+beside them.
 
 This is the one place that reads or writes that directory (the registry, the Ollama copy and
 delete routes and the `inferd models` commands all go through it). Nothing here follows a
@@ -12,10 +13,12 @@ import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
 from inferd.errors import InvalidRequest
+from inferd.models.checkpoint import is_checkpoint_dir
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +59,8 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 
 class ModelStore:
-    """A models directory. Files are `<name>.gguf`; aliases live in `aliases.json`."""
+    """A models directory. Files are `<name>.gguf` (or `<name>/`, a Hugging Face checkpoint);
+    aliases live in `aliases.json`."""
 
     def __init__(self, root: Path) -> None:
         self.root = root.expanduser()
@@ -71,12 +75,14 @@ class ModelStore:
             return None
 
     def files(self) -> list[Path]:
-        """The .gguf files directly in the directory, by name (partial downloads excluded)."""
+        """The models directly in the directory, by name: .gguf files and Hugging Face
+        checkpoint folders (hidden names, so partial downloads, excluded)."""
         try:
             found = [
                 p
                 for p in self.root.iterdir()
-                if p.suffix == ".gguf" and not p.name.startswith(".") and p.is_file()
+                if not p.name.startswith(".")
+                and ((p.suffix == ".gguf" and p.is_file()) or is_checkpoint_dir(p))
             ]
         except OSError:
             return []
@@ -95,9 +101,13 @@ class ModelStore:
         return self.root / f"{name}.gguf"
 
     def remove_file(self, path: Path) -> None:
+        """Delete a model file (or checkpoint folder) of the directory."""
         if not self.contains(path):
             raise InvalidRequest("only files in the models directory can be deleted")
-        path.unlink(missing_ok=True)
+        if is_checkpoint_dir(path) and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
 
     # ---- aliases -----------------------------------------------------------------------
 

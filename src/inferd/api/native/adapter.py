@@ -85,7 +85,7 @@ def result(
 
 
 def model_info(entry: ModelEntry) -> s.ModelInfo:
-    spec = entry.spec
+    spec, p = entry.spec, entry.progress
     try:
         size = spec.path.stat().st_size
     except OSError:
@@ -134,5 +134,6 @@ def model_info(entry: ModelEntry) -> s.ModelInfo:
         path=spec.path.name,
         size=size,
         error=entry.error,
+        progress=None if p is None else s.ConversionProgress(phase=p.phase, fraction=p.fraction),
         config=config,
     )

@@ -65,6 +65,11 @@ class GenerationResult(BaseModel):
     parameters: dict[str, Any]
 
 
+class ConversionProgress(BaseModel):
+    phase: str  # converting, then quantizing
+    fraction: float  # of that phase, 0..1
+
+
 class ModelInfo(BaseModel):
     name: str
     aliases: list[str]
@@ -73,6 +78,7 @@ class ModelInfo(BaseModel):
     path: str
     size: int
     error: str | None = None
+    progress: ConversionProgress | None = None  # while status is "converting"
     config: dict[str, Any] = Field(default_factory=dict)
 
 
