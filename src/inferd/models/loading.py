@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from inferd.engine.backends.base import Backend
-from inferd.models.convert_cache import ConvertCache
+from inferd.models.convert_cache import ConvertCache, Quantizer
 from inferd.models.converting import ConvertingFactory
 from inferd.models.engines import (
     CHECKPOINT,
@@ -42,9 +42,14 @@ def engine_factory(
 
 def convert_cache(root: Path) -> ConvertCache:
     """The conversion cache at `root`, quantizing with llama.cpp's quantizer."""
+    return ConvertCache(root, quantize=quantizer())
+
+
+def quantizer() -> Quantizer:
+    """llama.cpp's quantizer (it runs in a child process)."""
     from inferd.engine.backends.llamacpp.quantize import quantize
 
-    return ConvertCache(root, quantize=quantize)
+    return quantize
 
 
 def llamacpp_factory(*, verbose: bool = False) -> BackendEngineFactory:
