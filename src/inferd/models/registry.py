@@ -17,6 +17,7 @@ from inferd.models.entry import LoadedModel, ModelEntry, ModelStatus
 from inferd.models.gguf_header import read_header
 from inferd.models.names import NameTable
 from inferd.models.options import RegistryOptions
+from inferd.models.profile import ModelProfile
 from inferd.models.residency import Clock, ResidencyPolicy
 from inferd.models.spec import ModelSpec, Source
 from inferd.models.store import ModelStore
@@ -84,6 +85,15 @@ class ModelRegistry:
 
     def entries(self) -> list[ModelEntry]:
         return self._names.entries()
+
+    def profile(self, name: str | None) -> ModelProfile | None:
+        """What /api/create gave the model `name` (template, system, parameters, ...)."""
+        return self._names.profile(name)
+
+    @property
+    def store(self) -> ModelStore | None:
+        """The models directory, where pulled and created models go (None: none)."""
+        return self._names.store
 
     def get(self, name: str | None) -> LoadedModel:
         """The loaded model called `name` (or the default). 404 unknown, 503 not ready."""
