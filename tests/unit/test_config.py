@@ -172,5 +172,5 @@ def test_quantize_per_model_and_server_wide_with_the_seeds_isq_names(
     monkeypatch.delenv("INFERD_QUANTIZE")
     monkeypatch.setenv("LLM_ENABLE_ISQ", "false")
     assert load_settings().quantize is None
-    with pytest.raises(ConfigError, match="quantize.*unknown quantization type 'q3'.*q4_k_m"):
+    with pytest.raises(ConfigError, match=r"quantize.*unknown quantization type 'q3'.*q4_k_m"):
         load_settings(quantize="q3")
