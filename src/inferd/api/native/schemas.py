@@ -31,6 +31,10 @@ class _Params(BaseModel):
 
 class GenerateBody(_Params):
     prompt: Annotated[StrictStr, Field(min_length=1)]
+    # false: the prompt is a user message in the model's chat template (with `system`);
+    # true: the text as it is. Default: true, except on /api/generate/stream
+    raw: StrictBool | None = None
+    system: StrictStr | None = None
 
 
 class Message(BaseModel):
