@@ -21,7 +21,11 @@ from tests import checkpoints
 from tests.conftest import LiveServer
 
 pytestmark = [pytest.mark.model, pytest.mark.timeout(900)]
-checkpoint_root, smollm2_dir = checkpoints.checkpoint_root, checkpoints.smollm2_dir
+checkpoint_root, smollm2_dir, moe_dir = (
+    checkpoints.checkpoint_root,
+    checkpoints.smollm2_dir,
+    checkpoints.moe_dir,
+)
 
 # llama.cpp file types (general.file_type)
 Q8_0, Q4_0 = 7, 2
@@ -108,3 +112,69 @@ def test_pull_quantize_list_and_remove(
     assert (models / "smol.gguf").is_file()  # the pulled model does not depend on the cache
     unknown = inferd(env, "models", "rm", "abcdef123")
     assert unknown.returncode == 1 and "no converted model with key" in unknown.stderr
+
+
+def test_moe_checkpoints_in_the_models_directory_serve_every_dialect(
+    moe_dir: Path, checkpoint_root: Path, tmp_path: Path
+) -> None:
+    """A tiny Mixtral or Qwen2-MoE folder in the models directory: converted on its first
+    request (which waits for it), the same greedy text in every dialect, expert counts shown."""
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "moe").symlink_to(moe_dir)
+    env = {
+        "INFERD_CONVERT_CACHE_DIR": str(checkpoint_root / "converted"),
+        "INFERD_MODELS_DIR": str(models),
+        "INFERD_QUANTIZE": "f32",
+    }
+    server = LiveServer("--n-threads", "2", env=env)
+    try:
+        server.wait_ready(timeout=300)
+        url, prompt = server.url, "The capital of France is"
+        listed = {m["name"]: m for m in httpx.get(f"{url}/models").json()["models"]}
+        assert listed["moe"]["status"] == "unloaded"
+        texts = {}
+        r = httpx.post(
+            f"{url}/v1/completions",
+            json={"model": "moe", "prompt": prompt, "max_tokens": 8, "temperature": 0},
+            timeout=300,
+        )
+        assert r.status_code == 200, r.text
+        texts["openai"] = r.json()["choices"][0]["text"]
+        r = httpx.post(
+            f"{url}/api/generate",
+            json={
+                "model": "moe",
+                "prompt": prompt,
+                "raw": True,
+                "stream": False,
+                "options": {"temperature": 0, "num_predict": 8},
+            },
+            timeout=120,
+        )
+        assert r.status_code == 200, r.text
+        texts["ollama"] = r.json()["response"]
+        r = httpx.post(
+            f"{url}/generate",
+            json={"model": "moe", "prompt": prompt, "max_tokens": 8, "temperature": 0},
+            timeout=120,
+        )
+        assert r.status_code == 200, r.text
+        texts["native"] = r.json()["text"]
+        assert len(set(texts.values())) == 1 and texts["openai"], texts
+        chat = {"model": "moe", "messages": [{"role": "user", "content": "Hi"}]}
+        for path, body in [
+            ("/v1/chat/completions", {**chat, "max_tokens": 4}),
+            ("/api/chat", {**chat, "stream": False, "options": {"num_predict": 4}}),
+            ("/chat", {**chat, "max_tokens": 4}),
+        ]:
+            assert httpx.post(f"{url}{path}", json=body, timeout=120).status_code == 200, path
+        info = httpx.get(f"{url}/models/moe").json()
+        assert info["status"] == "ready"
+        assert (info["config"]["experts"], info["config"]["experts_used"]) == (4, 2)
+        show = httpx.post(f"{url}/api/show", json={"model": "moe"}, timeout=60).json()
+        assert show["details"]["quantization_level"] == "F32"
+        arch = show["model_info"]["general.architecture"]
+        assert show["model_info"][f"{arch}.expert_count"] == 4
+    finally:
+        server.stop()

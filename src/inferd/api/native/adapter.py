@@ -122,6 +122,8 @@ def model_info(entry: ModelEntry) -> s.ModelInfo:
             "heads": num("attention.head_count"),
             "heads_kv": num("attention.head_count_kv"),
         }
+        if num("expert_count"):  # a Mixture-of-Experts model
+            config.update(experts=num("expert_count"), experts_used=num("expert_used_count"))
     if entry.model is not None:
         info = entry.model.engine.info
         facts = entry.model.engine.facts()
