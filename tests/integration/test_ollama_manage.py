@@ -6,6 +6,7 @@ system, parameters, messages, license, quantize, or Modelfile lines; kept across
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import hashlib
@@ -29,10 +30,16 @@ from inferd.models.registry import ModelRegistry
 from inferd.models.spec import ModelSpec
 from inferd.models.store import ModelStore
 from inferd.models.workshop import Workshop
+from tests import checkpoints
 from tests.conftest import AppHandle, bundled_spec
 from tests.unit.test_hf_cache import FILE, REPO, make_cache
 
 pytestmark = [pytest.mark.model, pytest.mark.timeout(600)]
+checkpoint_root, smollm2_dir, mixtral_dir = (
+    checkpoints.checkpoint_root,
+    checkpoints.smollm2_dir,
+    checkpoints.mixtral_dir,
+)
 
 GREEDY = {"temperature": 0, "num_predict": 8}
 
@@ -224,6 +231,7 @@ async def test_blobs_and_create_with_a_profile_kept_across_restarts(
             ({"model": "x", "from": "nope"}, "does not exist"),
             ({"model": "x", "files": {"m.gguf": "sha256:" + "0" * 64}}, "was not uploaded"),
             ({"model": "x", "modelfile": "FROM smollm2\nADAPTER ./lora.gguf"}, "ADAPTER"),
+            ({"model": "x", "files": {"config.json": digest, "tok.py": digest}}, "nothing else"),
             ({"model": "x", "from": "smollm2", "parameters": {"temperature": "hot"}}, "parameters"),
             ({"model": "smollm2:135m", "from": "smollm2", "system": "x"}, "configured model"),
         ]:
@@ -276,3 +284,29 @@ async def test_the_official_ollama_client_creates_and_pulls(
         with pytest.raises(ollama.ResponseError) as err:
             await client.push("mine")
         assert err.value.status_code == 501
+
+
+@pytest.fixture
+def mixtral_files(mixtral_dir: Path) -> list[Path]:
+    return [p for p in sorted(mixtral_dir.iterdir()) if p.suffix in (".json", ".safetensors")]
+
+
+async def test_create_from_uploaded_checkpoint_files(
+    model_path: Path, mixtral_files: list[Path], checkpoint_root: Path, tmp_path: Path
+) -> None:
+    """A checkpoint's files uploaded as blobs (as `ollama create` does for a safetensors
+    folder) are converted, here found in the tests' conversion cache."""
+    models = tmp_path / "models"
+    async with server(model_path, models, checkpoint_root / "converted") as h:
+        client = ollama.AsyncClient(
+            host="http://127.0.0.1", transport=httpx.ASGITransport(app=h.app)
+        )
+        files = {p.name: await client.create_blob(p) for p in mixtral_files}
+        assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(files)
+        progress = [p async for p in await client.create(model="moe", files=files, stream=True)]
+        assert progress[-1].status == "success"
+        assert read_header(models / "moe.gguf").metadata["general.file_type"] == "1"  # F16
+        left = await asyncio.to_thread(lambda: list((models / ".create").iterdir()))
+        assert left == []  # the folder the files were linked into is gone
+        answer = await client.generate(model="moe", prompt="Hello", options={"num_predict": 4})
+        assert answer.done

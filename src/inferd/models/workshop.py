@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 Report = Callable[[dict[str, Any]], None]
 
 _FILE_NAME = re.compile(r"^[A-Za-z0-9][\w.-]{0,127}$")
+# what an uploaded model may consist of: weights, configs, tokenizers (no code, no pickles)
+_UPLOADABLE = (".gguf", ".safetensors", ".json", ".model", ".txt", ".jinja")
 _PERCENT = 1000  # conversions report progress as completed/total per mille
 
 
@@ -238,16 +240,24 @@ class Workshop:
         for file_name, digest in files.items():
             if not _FILE_NAME.match(file_name) or ".." in file_name:
                 raise InvalidRequest(f"invalid file name {file_name[:80]!r}", param="files")
+            if not file_name.endswith(_UPLOADABLE):
+                # never code: the converter loads tokenizers with trust_remote_code
+                raise InvalidRequest(
+                    f"{file_name[:80]}: files may be GGUF, safetensors and tokenizer files "
+                    f"({', '.join(_UPLOADABLE)}), nothing else",
+                    param="files",
+                )
             blob = store.blob_path(digest)
             if not blob.is_file():
                 raise InvalidRequest(
                     f"blob {digest} ({file_name}) was not uploaded: POST it to /api/blobs/{digest}",
                     param="files",
                 )
-            report({"status": f"using existing layer {digest}"})
             blobs[file_name] = blob
         if "config.json" in blobs:  # a Hugging Face checkpoint, uploaded file by file
             with _linked_folder(store.root / ".create", blobs) as folder:
+                checkpoint.inspect(folder)  # garbage fails here, before any status
+                _using(files, report)
                 return self._convert(folder, name, qtype, report)
         ggufs = [p for f, p in blobs.items() if f.endswith(".gguf")] or list(blobs.values())
         if len(ggufs) != 1:
@@ -260,10 +270,16 @@ class Workshop:
             read_header(ggufs[0])
         except InvalidModelFile as exc:
             raise InvalidModelFile(exc.message, param="files") from None
+        _using(files, report)
         if qtype is not None:
             return self._quantized(ggufs[0], name, qtype, report)
         report({"status": "creating new layer"})
         return _link(ggufs[0], store, _stem(name))
+
+
+def _using(files: Mapping[str, str], report: Report) -> None:
+    for digest in files.values():
+        report({"status": f"using existing layer {digest}"})
 
 
 def _per_mille(fraction: float) -> dict[str, int]:
