@@ -110,7 +110,7 @@ class Modelfile:
                 role, _, content = arg.partition(" ")
                 if role not in _ROLES:
                     raise InvalidRequest(
-                        f"{where}: MESSAGE needs a role of {_ROLES}", param="modelfile"
+                        f"{where}: MESSAGE needs a role of {', '.join(_ROLES)}", param="modelfile"
                     )
                 out.messages.append({"role": role, "content": content.strip()})
             else:
@@ -162,14 +162,14 @@ def _instructions(text: str) -> list[tuple[str, str]]:
             continue
         command, _, arg = line.partition(" ")
         arg = arg.strip()
-        if arg.startswith('"""'):
-            body = arg[3:]
+        if '"""' in arg:  # a quoted argument (after MESSAGE's role too), maybe over lines
+            head, _, body = arg.partition('"""')
             while '"""' not in body and i < len(lines):
                 body += "\n" + lines[i]
                 i += 1
             if '"""' not in body:
                 raise _bad('unterminated """ in the Modelfile')
-            arg = body[: body.index('"""')]
+            arg = head + body[: body.index('"""')]
         out.append((command.upper(), arg))
     return out
 
