@@ -37,6 +37,8 @@ from inferd.errors import ConfigError
 # (NUL-terminated): longer ones cannot be passed.
 KV_OVERRIDE_MAX_BYTES = 127
 KvOverrideValue = StrictBool | StrictInt | StrictFloat | StrictStr
+# KV cache element types llama.cpp's CPU and GPU kernels take for K and V
+KvCacheType = Literal["f32", "f16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0"]
 
 # The types a model can be quantized to, by llama.cpp's names (llama_ftype
 # LLAMA_FTYPE_MOSTLY_<NAME>; the quantizer in engine/backends/llamacpp writes them).
@@ -116,6 +118,14 @@ class ModelConfig(BaseModel):
     flash_attn: Literal["auto", "on", "off"] | None = Field(
         None, description="Flash attention (default: off on CPU, where it is slower; auto on GPU)"
     )
+    cache_type_k: KvCacheType = Field(
+        "f16", description="KV cache element type for keys (quantized types take less memory)"
+    )
+    cache_type_v: KvCacheType = Field(
+        "f16",
+        description="KV cache element type for values; a quantized one needs flash attention "
+        "(turned on for this model unless flash_attn is set)",
+    )
     chat_template: str | None = Field(
         None, description="Jinja chat template overriding the one in the GGUF metadata"
     )
@@ -127,6 +137,11 @@ class ModelConfig(BaseModel):
         description="A Hugging Face checkpoint is converted to GGUF at this type (q8_0, "
         "q4_k_m, f16, ...; default: the quantize setting)",
     )
+    tool_format: Literal["auto", "hermes", "llama3", "mistral", "json", "off"] = Field(
+        "auto",
+        description="How the model writes tool calls (docs/api.md, Tools): auto reads it from "
+        "the chat template (Hermes when the template takes no tools); off serves no tools",
+    )
     kv_overrides: dict[str, KvOverrideValue] = Field(
         default_factory=dict,
         description="GGUF metadata overridden at load, key -> bool, int, float or string "
@@ -134,6 +149,15 @@ class ModelConfig(BaseModel):
     )
 
     _check_quantize = field_validator("quantize", mode="before")(_quant_or_none)
+
+    @model_validator(mode="after")
+    def _check_cache_types(self) -> ModelConfig:
+        if self.cache_type_v not in ("f32", "f16") and self.flash_attn == "off":
+            raise ValueError(
+                f"cache_type_v = {self.cache_type_v!r} needs flash attention: "
+                "flash_attn cannot be 'off'"
+            )
+        return self
 
     @field_validator("kv_overrides", mode="before")
     @classmethod
