@@ -18,7 +18,7 @@ from typing import Any
 
 from inferd.engine.client import EngineClient
 from inferd.errors import InvalidRequest
-from inferd.models.chat_template import ChatTemplate, with_content
+from inferd.models.chat_template import ChatTemplate, marked_strings, with_content
 from inferd.models.content_marks import ContentMarks, Segments
 
 # Renders with the content strings passed through the mark (Jinja or Go, any values).
@@ -46,7 +46,10 @@ async def tokenize_chat(
 
     def render(mark: Callable[[str], str]) -> str:
         marked = with_content(messages, mark)
-        return template.render(marked, add_generation_prompt=add_generation_prompt, tools=tools)
+        # tool definitions and calls are user text too: special-token text in a description
+        # or an argument must stay text
+        specs = marked_strings(tools, mark) if tools else tools
+        return template.render(marked, add_generation_prompt=add_generation_prompt, tools=specs)
 
     chars = sum(len(str(m.get("content") or "")) for m in messages)
     inline = len(messages) <= _INLINE_RENDER_MESSAGES and chars <= _INLINE_RENDER_CHARS
@@ -68,9 +71,9 @@ async def tokenize_rendered(
     segments = marks.segments(await _render(render, marks, inline), text)
     if segments is None:
         raise InvalidRequest(
-            "a message holds special-token text (such as <|im_start|>) that this model's "
-            "chat template rewrites, so it cannot be kept apart from the template's own "
-            "markers",
+            "a message or tool holds special-token text (such as <|im_start|>) that this "
+            "model's chat template rewrites (or writes as JSON), so it cannot be kept apart "
+            "from the template's own markers",
             param="messages",
         )
     return await tokenize_segments(engine, segments, add_bos=add_bos)

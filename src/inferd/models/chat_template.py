@@ -33,11 +33,28 @@ CHATML = (
 def with_content(
     messages: list[dict[str, Any]], mark: Callable[[str], str]
 ) -> list[dict[str, Any]]:
-    """`messages` with every string content passed through `mark` (models.content_marks)."""
-    return [
-        {**m, "content": mark(m["content"])} if isinstance(m.get("content"), str) else m
-        for m in messages
-    ]
+    """`messages` with every string content, and every string in their tool calls, passed
+    through `mark` (models.content_marks)."""
+    out = []
+    for m in messages:
+        if isinstance(m.get("content"), str):
+            m = {**m, "content": mark(m["content"])}
+        if m.get("tool_calls"):
+            m = {**m, "tool_calls": marked_strings(m["tool_calls"], mark)}
+        out.append(m)
+    return out
+
+
+def marked_strings(value: Any, mark: Callable[[str], str]) -> Any:
+    """`value` (JSON-like: tool definitions, call arguments) with every string, keys aside,
+    passed through `mark`, in a fixed order."""
+    if isinstance(value, str):
+        return mark(value)
+    if isinstance(value, dict):
+        return {k: marked_strings(v, mark) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [marked_strings(v, mark) for v in value]
+    return value
 
 
 def _raise_exception(message: str) -> None:
