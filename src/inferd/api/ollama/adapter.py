@@ -188,7 +188,17 @@ def options(req: s.GenerateRequest | s.ChatRequest) -> Options:
         penalty_last_n=o.repeat_last_n,
         seed=None if o.seed is None or o.seed < 0 else o.seed,
         stop=None if o.stop is None else Param(tuple(o.stop), "options.stop"),
+        logprobs=logprobs(req),
     )
+
+
+def logprobs(req: s.GenerateRequest | s.ChatRequest) -> Param[int] | None:
+    """`logprobs: true`, with `top_logprobs` alternatives (which need logprobs)."""
+    if not req.logprobs:
+        if req.top_logprobs:
+            raise InvalidRequest("top_logprobs requires logprobs to be true", param="top_logprobs")
+        return None
+    return Param(req.top_logprobs or 0, "top_logprobs")
 
 
 def generate_prompt(req: s.GenerateRequest) -> tuple[Prompt, Param[tuple[int, ...]] | None]:

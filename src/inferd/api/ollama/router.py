@@ -19,6 +19,7 @@ from inferd.api.deps import RegistryDep, SettingsDep
 from inferd.api.embeddings import embed as embed_inputs
 from inferd.api.ollama import adapter
 from inferd.api.ollama import schemas as s
+from inferd.api.pipeline.logprobs import Describer, token_entries
 from inferd.api.pipeline.run import ChoiceResult, prepare
 from inferd.api.routing import Dialect, RecordDep, dialect_router
 from inferd.api.streaming import ndjson_response
@@ -177,9 +178,14 @@ async def _run(
             last["context"] = [*run.prompts[0], *result.token_ids]
         return last
 
+    scoring = run.sampling.logprobs is not None
+    describer = Describer(model.engine)
+
     if not body.stream:
         results = await run.collect(request)
         answer = {**final(results[0]), **piece(results[0].text)}
+        if scoring:
+            answer["logprobs"] = token_entries(describer.scored(results[0].logprobs))
         await _after(registry, model, keep_alive)
         return JSONResponse(answer)
 
@@ -188,13 +194,16 @@ async def _run(
         try:
             async for _, out in run.stream():
                 result.token_ids.extend(out.token_ids)
-                if out.text:
-                    yield {
+                if out.text or (scoring and out.logprobs):
+                    chunk = {
                         "model": model.name,
                         "created_at": adapter.now_rfc3339(),
                         **piece(out.text),
                         "done": False,
                     }
+                    if scoring:
+                        chunk["logprobs"] = token_entries(describer.scored(out.logprobs))
+                    yield chunk
                 if out.finish_reason is not None:
                     result.finish_reason = out.finish_reason
                     result.usage = out.usage

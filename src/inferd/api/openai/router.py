@@ -65,9 +65,9 @@ async def completions(
     rid = f"cmpl-{record.request_id}"
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        chunks = adapter.completion_chunks(rid, run, include_usage=include_usage)
+        chunks = adapter.completion_chunks(rid, run, body, include_usage=include_usage)
         return sse_response(request, chunks, drain_timeout=settings.drain_timeout, done=True)
-    return adapter.completion(rid, run, await run.collect(request))
+    return adapter.completion(rid, run, await run.collect(request), body)
 
 
 @router.post("/embeddings", response_model=s.EmbeddingList)

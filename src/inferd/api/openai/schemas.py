@@ -87,6 +87,7 @@ class ChatCompletionRequest(SamplingFields):
 
 
 class CompletionRequest(SamplingFields):
+    max_tokens: Annotated[StrictInt, Field(ge=0)] | None = None  # 0: with echo only
     prompt: (
         StrictStr
         | Annotated[list[StrictStr], Field(min_length=1)]
@@ -96,7 +97,7 @@ class CompletionRequest(SamplingFields):
     echo: StrictBool = False
     suffix: StrictStr | None = None
     best_of: StrictInt | None = None
-    logprobs: StrictInt | None = None
+    logprobs: Annotated[StrictInt, Field(ge=0)] | None = None
 
 
 class EmbeddingRequest(_Wire):
@@ -160,7 +161,7 @@ class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
     finish_reason: str | None
-    logprobs: None = None
+    logprobs: dict[str, Any] | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -178,7 +179,7 @@ class CompletionChoice(BaseModel):
     index: int
     text: str
     finish_reason: str | None
-    logprobs: None = None
+    logprobs: dict[str, Any] | None = None
 
 
 class Completion(BaseModel):

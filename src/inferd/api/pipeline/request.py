@@ -98,6 +98,10 @@ class Options:
     stop: Param[tuple[str, ...]] | None = None
     logit_bias: Param[dict[str, float]] | None = None  # token id (as text) -> bias
     ignore_eos: Param[bool] | None = None
+    # log probabilities of the generated tokens, each with this many alternatives (0-20);
+    # `prompt_logprobs`: of the prompt's tokens too (the first has none)
+    logprobs: Param[int] | None = None
+    prompt_logprobs: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,6 +34,7 @@ from inferd.engine.types import (
     GenerateRequest,
     GenerationOutput,
     SamplingParams,
+    TokenLogprob,
     Usage,
 )
 from inferd.errors import BackendError, EngineStopped
@@ -53,6 +54,8 @@ class ChoiceResult:
     time_to_first_token: float | None = None
     queue_time: float | None = None
     seconds: float | None = None  # from submitting to the engine to the last token
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # when asked for
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
 
 
 @dataclass
@@ -101,6 +104,10 @@ class Run:
             r.text += out.text
             r.token_ids.extend(out.token_ids)
             r.usage = out.usage
+            if out.logprobs:
+                r.logprobs.extend(out.logprobs)
+            if out.prompt_logprobs is not None:
+                r.prompt_logprobs = out.prompt_logprobs
             if out.finish_reason is not None:
                 r.finish_reason = out.finish_reason
                 r.time_to_first_token = out.time_to_first_token
