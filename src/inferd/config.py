@@ -96,6 +96,11 @@ class ModelConfig(BaseModel):
     keep_alive: float | None = Field(
         None, description="Seconds idle before this model is unloaded (default: keep_alive)"
     )
+    thinking: bool | None = Field(
+        None,
+        description="The model writes its reasoning in a <think>...</think> section before "
+        "the answer, shown apart from it (default: when its chat template writes <think>)",
+    )
     kv_overrides: dict[str, KvOverrideValue] = Field(
         default_factory=dict,
         description="GGUF metadata overridden at load, key -> bool, int, float or string "

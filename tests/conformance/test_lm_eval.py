@@ -34,9 +34,7 @@ ITEMS = [
 def task_dir(tmp_path: Path) -> Path:
     data = tmp_path / "items.jsonl"
     data.write_text(
-        "".join(
-            json.dumps({"question": q, "choices": c, "answer": a}) + "\n" for q, c, a in ITEMS
-        )
+        "".join(json.dumps({"question": q, "choices": c, "answer": a}) + "\n" for q, c, a in ITEMS)
     )
     (tmp_path / "inferd_tiny.yaml").write_text(
         "task: inferd_tiny\n"

@@ -14,6 +14,7 @@ from typing import Any
 from inferd.api.embeddings import Embeddings
 from inferd.api.ollama import prompt
 from inferd.api.ollama import schemas as s
+from inferd.api.pipeline.reasoning import thinks
 from inferd.api.pipeline.request import (
     ChatPrompt,
     Generation,
@@ -250,6 +251,7 @@ def generation(req: s.GenerateRequest | s.ChatRequest) -> Generation:
         output=output_format(req),
         output_param="format",
         context=context,
+        think=None if req.think is None else req.think is not False,
     )
 
 
@@ -329,6 +331,10 @@ def show(model: LoadedModel, entry: ModelEntry) -> s.ShowResponse:
         template=model.template.source,
         details=details(entry),
         model_info=describe.model_info(meta, info.n_params),
-        capabilities=["completion", "insert"] if info.supports_insert else ["completion"],
+        capabilities=[
+            "completion",
+            *(["insert"] if info.supports_insert else []),
+            *(["thinking"] if thinks(model) else []),
+        ],
         modified_at=modified_at(model.spec),
     )

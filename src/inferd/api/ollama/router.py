@@ -160,8 +160,13 @@ async def _run(
     model = run.model
     load_seconds = record.load_seconds
 
-    def piece(text: str) -> dict[str, Any]:
-        return {"message": {"role": "assistant", "content": text}} if chat else {"response": text}
+    def piece(text: str, thinking: str = "") -> dict[str, Any]:
+        if chat:
+            message = {"role": "assistant", "content": text}
+            if thinking:
+                message["thinking"] = thinking
+            return {"message": message}
+        return {"response": text, "thinking": thinking} if thinking else {"response": text}
 
     def final(result: ChoiceResult) -> dict[str, Any]:
         last: dict[str, Any] = {
@@ -183,7 +188,7 @@ async def _run(
 
     if not body.stream:
         results = await run.collect(request)
-        answer = {**final(results[0]), **piece(results[0].text)}
+        answer = {**final(results[0]), **piece(results[0].text, results[0].reasoning)}
         if scoring:
             answer["logprobs"] = token_entries(describer.scored(results[0].logprobs))
         await _after(registry, model, keep_alive)
@@ -194,11 +199,12 @@ async def _run(
         try:
             async for _, out in run.stream():
                 result.token_ids.extend(out.token_ids)
-                if out.text or (scoring and out.logprobs):
+                part = run.split(0, out)
+                if part.content or part.reasoning or (scoring and out.logprobs):
                     chunk = {
                         "model": model.name,
                         "created_at": adapter.now_rfc3339(),
-                        **piece(out.text),
+                        **piece(part.content, part.reasoning),
                         "done": False,
                     }
                     if scoring:

@@ -57,6 +57,8 @@ class _Common(_Wire):
     top_p: Annotated[FiniteFloat, Field(gt=0.0, le=1.0)] | None = None
     logprobs: StrictBool = False
     top_logprobs: StrictInt | None = None
+    # true, false, or an effort ("high", "medium", "low"): show a thinking model's reasoning
+    think: StrictBool | Literal["high", "medium", "low"] | None = None
 
 
 class GenerateRequest(_Common):

@@ -288,7 +288,9 @@ def chat_completion(rid: str, run: Run, results: list[ChoiceResult]) -> s.ChatCo
         choices=[
             s.ChatChoice(
                 index=r.index,
-                message=s.AssistantMessage(content=r.text),
+                message=s.AssistantMessage(
+                    content=r.text, reasoning_content=r.reasoning if run.splitters else None
+                ),
                 finish_reason=finish_reason(r.finish_reason),
                 logprobs=lp.chat_logprobs(Describer(run.model.engine), r.logprobs)
                 if scoring
@@ -368,10 +370,14 @@ async def chat_chunks(
             [{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]
         )
     async for i, out in run.stream():
-        if out.text or (scoring and out.logprobs):
+        part = run.split(i, out)
+        if part.reasoning:
+            delta = {"reasoning_content": part.reasoning}
+            yield chunk([{"index": i, "delta": delta, "finish_reason": None}])
+        if part.content or (scoring and out.logprobs):
             choice: dict[str, Any] = {
                 "index": i,
-                "delta": {"content": out.text},
+                "delta": {"content": part.content},
                 "finish_reason": None,
             }
             if scoring:

@@ -155,6 +155,7 @@ class Timings(BaseModel):
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str
+    reasoning_content: str | None = None  # a thinking model's reasoning section
 
 
 class ChatChoice(BaseModel):

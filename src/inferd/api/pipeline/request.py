@@ -127,3 +127,6 @@ class Generation:
     # token ids that go before the prompt (Ollama's `context`: an earlier exchange)
     context: Param[tuple[int, ...]] | None = None
     session: Session | None = None
+    # split the answer into reasoning and content: None, the model's way (a thinking model
+    # does); True asks for it (a 400 for a model that does not think); False: one text
+    think: bool | None = None
