@@ -118,3 +118,36 @@ async def test_a_model_that_does_not_think(fake_app: FakeFactory) -> None:
         assert r.json()["choices"][0]["message"]["reasoning_content"] is None
         show = await h.client.post("/api/show", json={"model": "fake"})
         assert "thinking" not in show.json()["capabilities"]
+
+
+async def test_the_ollama_client_reads_thinking_and_logprobs(thinker: Make) -> None:
+    ollama = pytest.importorskip("ollama")
+    import httpx
+
+    async with thinker() as h:
+        client = ollama.AsyncClient(
+            host="http://127.0.0.1", transport=httpx.ASGITransport(app=h.app)
+        )
+        r = await client.chat(
+            model="thinker", messages=USER, think=True, logprobs=True, top_logprobs=2
+        )
+        assert r.message.content == "Hello!"
+        assert r.message.thinking is not None and r.message.thinking.strip() == "Greet back."
+        assert r.logprobs and all(len(lp.top_logprobs or []) == 2 for lp in r.logprobs)
+        parts = [p async for p in await client.chat(model="thinker", messages=USER, stream=True)]
+        assert "".join(p.message.content for p in parts) == "Hello!"
+        assert "".join(p.message.thinking or "" for p in parts).strip() == "Greet back."
+
+
+async def test_the_ollama_client_gets_the_thinking_400(fake_app: FakeFactory) -> None:
+    ollama = pytest.importorskip("ollama")
+    import httpx
+
+    async with fake_app() as h:
+        client = ollama.AsyncClient(
+            host="http://127.0.0.1", transport=httpx.ASGITransport(app=h.app)
+        )
+        with pytest.raises(ollama.ResponseError) as err:
+            await client.chat(model="fake", messages=USER, think=True)
+        assert err.value.status_code == 400
+        assert err.value.error == '"fake" does not support thinking'
