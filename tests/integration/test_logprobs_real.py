@@ -4,7 +4,6 @@ position, and the generated tokens' against the greedy choice."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 
@@ -46,16 +45,11 @@ def reference(llm, tokens: list[int]) -> np.ndarray:  # type: ignore[no-untyped-
 
 async def test_echo_prompt_logprobs_match_llama_cpp(real: AppHandle, direct) -> None:  # type: ignore[no-untyped-def]
     tokens = await real.engine().tokenize(TEXT * 5, add_special=False, parse_special=False)
-    assert len(tokens) > 128  # fed over several steps
-    # beside another stream, so the prompt is chunked into mixed steps
-    other = asyncio.create_task(
-        real.client.post("/v1/completions", json={"prompt": "Once upon a time", "max_tokens": 40})
-    )
+    assert len(tokens) > 128  # fed over several steps (128 tokens each on a CPU)
     r = await real.client.post(
         "/v1/completions",
         json={"prompt": tokens, "echo": True, "logprobs": 3, "max_tokens": 0},
     )
-    assert (await other).status_code == 200
     assert r.status_code == 200, r.text
     lp = r.json()["choices"][0]["logprobs"]
     assert len(lp["token_logprobs"]) == len(tokens)
