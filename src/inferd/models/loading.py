@@ -40,6 +40,8 @@ def llamacpp_options(spec: ModelSpec, *, verbose: bool = False) -> LlamaCppOptio
         n_threads=c.n_threads,
         n_gpu_layers=c.n_gpu_layers,
         flash_attn=c.flash_attn,
+        cache_type_k=c.cache_type_k,
+        cache_type_v=c.cache_type_v,
         kv_overrides=tuple(c.kv_overrides.items()),
         verbose=verbose,
     )

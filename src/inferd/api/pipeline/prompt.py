@@ -40,7 +40,9 @@ async def prompt_tokens(
         return [*context, *infill]
     if isinstance(prompt, ChatPrompt):
         # message content is tokenized as text: it can never forge the template's markers
-        chat = await tokenize_chat(engine, model.template, prompt.messages, add_bos=not context)
+        chat = await tokenize_chat(
+            engine, model.template, prompt.messages, add_bos=not context, tools=prompt.tools
+        )
         return [*context, *chat]
     if isinstance(prompt, TemplatePrompt):
         # a request's own template may be slow to render (within its deadline): never on

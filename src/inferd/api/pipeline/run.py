@@ -36,6 +36,7 @@ from inferd.api.pipeline.request import (
     TokenPrompt,
 )
 from inferd.api.pipeline.sampling import check_limits, choice_sampling, sampling_params
+from inferd.api.pipeline.tools import ToolOutput, ToolUse, tool_use
 from inferd.api.record import RequestRecord
 from inferd.api.sessions import Exchange, open_exchange, session_of
 from inferd.api.streaming import cancel_on_disconnect
@@ -82,6 +83,7 @@ class Run:
     record: RequestRecord
     observe: GenerationObserver | None = None
     exchange: Exchange | None = None
+    tools: ToolUse | None = None  # parses the answers of a request with tools
     # each choice's text split into reasoning and content (a thinking model), else None
     splitters: list[ReasoningSplitter] | None = None
 
@@ -101,6 +103,12 @@ class Run:
     @property
     def sampling(self) -> SamplingParams:
         return self.requests[0].sampling
+
+    def answer(self, result: ChoiceResult) -> ToolOutput:
+        """A finished choice's content and tool calls (none for a request without tools)."""
+        if self.tools is None:
+            return ToolOutput(result.text)
+        return self.tools.parse(result.text, truncated=result.finish_reason is FinishReason.LENGTH)
 
     @property
     def usage(self) -> Usage:
@@ -244,6 +252,9 @@ async def prepare(request: Request, gen: Generation, record: RequestRecord) -> R
         prompts = [ChatPrompt(messages)]
     model = await acquire_model(request, state.registry, gen.model)
     record.resolved(model.name)
+    tools = None if gen.tools is None else tool_use(model, gen.tools, gen.output)
+    if tools is not None:
+        prompts = [tools.prompt(p) for p in prompts]
     context: tuple[int, ...] = ()
     if gen.context is not None:
         context = gen.context.value
@@ -263,6 +274,8 @@ async def prepare(request: Request, gen: Generation, record: RequestRecord) -> R
         ]
     for p, prompt in enumerate(tokens):
         base = sampling_params(gen, len(prompt), model.engine.info, settings)
+        if tools is not None:
+            base = tools.constrain(base)
         if p == 0 and base.constrained:
             await check_format(model.engine, base, param=gen.output_param)
         for i in range(gen.n.value):
@@ -271,4 +284,4 @@ async def prepare(request: Request, gen: Generation, record: RequestRecord) -> R
     await admit(request, requests, record)
     record.admitted({r.request_id: i // gen.n.value for i, r in enumerate(requests)})
     observe = getattr(state, "observe_generation", None)
-    return Run(model, requests, tokens, record, observe, exchange, splitters)
+    return Run(model, requests, tokens, record, observe, exchange, tools=tools, splitters=splitters)
