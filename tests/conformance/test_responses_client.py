@@ -19,7 +19,7 @@ MODEL = "smollm2:135m"
 @pytest.fixture(scope="module")
 def client(live_server: LiveServer) -> Iterator[openai.OpenAI]:
     with openai.OpenAI(
-        base_url=f"{live_server.url}/v1", api_key="unused", timeout=120, max_retries=0
+        base_url=f"{live_server.url}/v1", api_key="unused", timeout=300, max_retries=0
     ) as c:
         yield c
 
@@ -129,3 +129,63 @@ def test_langchain_chat_openai_on_the_responses_api(live_server: LiveServer) -> 
         "Name a city and its country."
     )
     assert isinstance(place, Place)
+
+
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "The current weather in a city",
+    "parameters": {
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 20}},
+        "required": ["city"],
+        "additionalProperties": False,
+    },
+}
+
+
+def test_function_tools_round_trip(client: openai.OpenAI) -> None:
+    ask = [{"role": "user", "content": "What is the weather in Paris?"}]
+    r = client.responses.create(
+        model=MODEL,
+        input=ask,  # type: ignore[arg-type]
+        tools=[WEATHER],  # type: ignore[list-item]
+        tool_choice="required",
+        max_output_tokens=60,
+        temperature=0,
+    )
+    calls = [item for item in r.output if item.type == "function_call"]
+    assert calls and calls[0].name == "get_weather"
+    assert set(json.loads(calls[0].arguments)) == {"city"}
+
+    streamed = client.responses.create(
+        model=MODEL,
+        input=ask,  # type: ignore[arg-type]
+        tools=[WEATHER],  # type: ignore[list-item]
+        tool_choice="required",
+        max_output_tokens=60,
+        temperature=0,
+        stream=True,
+    )
+    final = next(e.response for e in streamed if e.type == "response.completed")
+    again = [item for item in final.output if item.type == "function_call"]
+    assert [(c.name, c.arguments) for c in again] == [(c.name, c.arguments) for c in calls]
+
+    follow = client.responses.create(
+        model=MODEL,
+        input=[
+            *ask,
+            {
+                "type": "function_call",
+                "call_id": calls[0].call_id,
+                "name": calls[0].name,
+                "arguments": calls[0].arguments,
+            },
+            {"type": "function_call_output", "call_id": calls[0].call_id, "output": "Sunny, 21 C"},
+        ],  # type: ignore[arg-type]
+        tools=[WEATHER],  # type: ignore[list-item]
+        tool_choice="none",
+        max_output_tokens=40,
+        temperature=0,
+    )
+    assert follow.output_text.strip()

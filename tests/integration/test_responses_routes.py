@@ -145,8 +145,10 @@ async def test_text_format_json_schema(app: AppHandle) -> None:
 @pytest.mark.parametrize(
     ("body", "param"),
     [
-        ({"input": "x", "tools": [{"type": "function", "name": "f"}]}, "tools"),
-        ({"input": [{"type": "function_call_output", "output": "1"}]}, "input[0]"),
+        ({"input": "x", "tools": [{"type": "function", "name": "f f"}]}, "tools[0].name"),
+        ({"input": [{"type": "function_call_output", "output": "1"}]}, "input[0].call_id"),
+        ({"input": [{"type": "function_call", "call_id": "c"}]}, "input[0].name"),
+        ({"input": [{"type": "file_search_call"}]}, "input[0]"),
         (
             {"input": [{"role": "user", "content": [{"type": "input_image"}]}]},
             "input[0].content[0]",
@@ -189,3 +191,70 @@ async def test_no_store_still_answers(fake_app: FakeFactory) -> None:
     async with fake_app(reply=REPLY) as h:
         r = await h.client.post("/v1/responses", json={"input": "hi"})
         assert r.status_code == 200 and r.json()["output"][0]["content"][0]["text"] == REPLY
+
+
+CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "The weather in a city",
+    "parameters": {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+    },
+}
+
+
+async def test_function_tools(fake_app: FakeFactory) -> None:
+    async with fake_app(reply=CALL, n_ctx=4096, kv_cells=8192) as h:
+        body = {"input": "Weather in Paris?", "tools": [WEATHER], "tool_choice": "required"}
+        r = await h.client.post("/v1/responses", json=body)
+        assert r.status_code == 200, r.text
+        [call] = r.json()["output"]
+        assert call["type"] == "function_call" and call["name"] == "get_weather"
+        assert json.loads(call["arguments"]) == {"city": "Paris"}
+        assert call["call_id"].startswith("call_") and r.json()["tools"] == [WEATHER]
+
+        s = await h.client.post("/v1/responses", json={**body, "stream": True})
+        evs = events(s.text)
+        kinds = [e["type"] for e in evs]
+        assert "response.output_text.delta" not in kinds  # the call is held back, not text
+        assert kinds[-5:] == [
+            "response.output_item.added",
+            "response.function_call_arguments.delta",
+            "response.function_call_arguments.done",
+            "response.output_item.done",
+            "response.completed",
+        ]
+        streamed = evs[-1]["response"]["output"]
+        assert [i["type"] for i in streamed] == ["function_call"]
+        assert json.loads(streamed[0]["arguments"]) == {"city": "Paris"}
+
+        # the call and its output in the history
+        follow = await h.client.post(
+            "/v1/responses",
+            json={
+                "input": [
+                    {"role": "user", "content": "Weather in Paris?"},
+                    {
+                        "type": "function_call",
+                        "call_id": call["call_id"],
+                        "name": "get_weather",
+                        "arguments": call["arguments"],
+                    },
+                    {"type": "function_call_output", "call_id": call["call_id"], "output": "Sunny"},
+                ],
+                "tools": [WEATHER],
+                "tool_choice": "none",
+            },
+        )
+        assert follow.status_code == 200, follow.text
+        assert follow.json()["output"][0]["type"] == "message"
+        alone = await h.client.post(
+            "/v1/responses",
+            json={"input": "Weather in Paris?", "tools": [WEATHER], "tool_choice": "none"},
+        )
+        # the prompt holds the call and its result
+        grown = follow.json()["usage"]["input_tokens"] - alone.json()["usage"]["input_tokens"]
+        assert grown > len("get_weather") + len("Sunny")

@@ -9,12 +9,15 @@ own, `resp_<request id>`, in the key's namespace: its input messages (the histor
 not the instructions, which OpenAI does not carry over either) and its answer. That is what
 `previous_response_id` continues and what GET returns.
 
-Function tools: `tools` and function-call input items are refused here (`check_tools`) until
-tool calling lands in the pipeline; the output items then gain `function_call` entries.
+Function tools (Responses' flat `{"type": "function", "name", "description", "parameters"}`)
+go through the pipeline's tool calling (api/pipeline/tools.py); `function_call` and
+`function_call_output` input items become the history's assistant calls and tool results,
+and the answer's calls come back as `function_call` output items.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import AsyncIterator
@@ -26,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 
 from inferd.api.pipeline.request import ChatPrompt, Generation, Options, Param
 from inferd.api.pipeline.run import ChoiceResult, Run
+from inferd.api.pipeline.tools import ToolCall, ToolOutput, tool_request
 from inferd.api.record import RequestRecord
 from inferd.api.sessions import SESSION_PATTERN, Exchange, session_of
 from inferd.api.structured import JSON_OBJECT, TEXT, OutputFormat, schema_format
@@ -52,6 +56,11 @@ class InputItem(_Wire):
     type: StrictStr = "message"
     role: Literal["user", "assistant", "system", "developer"] | None = None
     content: StrictStr | list[InputContent] | None = None
+    # function_call and function_call_output items
+    call_id: StrictStr | None = None
+    name: StrictStr | None = None
+    arguments: StrictStr | None = None
+    output: StrictStr | None = None
 
 
 class TextFormat(_Wire):
@@ -86,27 +95,20 @@ class ResponsesRequest(_Wire):
 # ---- to the pipeline ------------------------------------------------------------------------
 
 
-def check_tools(req: ResponsesRequest) -> None:
-    """Function tools come with tool calling in the pipeline; until then a 400."""
-    if req.tools:
-        raise UnsupportedParameter("tools are not supported yet", param="tools")
-    if not isinstance(req.input, str):
-        for i, item in enumerate(req.input):
-            if item.type in ("function_call", "function_call_output"):
-                raise UnsupportedParameter(
-                    f"input items of type {item.type} are not supported yet",
-                    param=f"input[{i}]",
-                )
-
-
 def input_messages(req: ResponsesRequest) -> list[dict[str, Any]]:
     """The input as chat messages: a string is one user message; message items keep their
     role (developer as system) and their text parts; reasoning items are dropped."""
     if isinstance(req.input, str):
         return [{"role": "user", "content": req.input}]
-    out = []
+    out: list[dict[str, Any]] = []
+    called: dict[str, str] = {}  # call id -> function name
     for i, item in enumerate(req.input):
         if item.type == "reasoning":
+            continue
+        if item.type in ("function_call", "function_call_output"):
+            message = _tool_item(item, f"input[{i}]", out, called)
+            if message:
+                out.append(message)
             continue
         if item.type != "message":
             raise UnsupportedParameter(
@@ -132,6 +134,37 @@ def input_messages(req: ResponsesRequest) -> list[dict[str, Any]]:
     return out
 
 
+def _tool_item(
+    item: InputItem, param: str, out: list[dict[str, Any]], called: dict[str, str]
+) -> dict[str, Any]:
+    """A function call as the history's assistant call (joined to the assistant message
+    just before it: returns {} then), or a call's output as a tool result."""
+    if item.call_id is None:
+        raise InvalidRequest(f"a {item.type} item needs a call_id", param=f"{param}.call_id")
+    if item.type == "function_call_output":
+        result = {"role": "tool", "content": item.output or "", "tool_call_id": item.call_id}
+        if item.call_id in called:
+            result["name"] = called[item.call_id]
+        return result
+    if item.name is None:
+        raise InvalidRequest("a function_call item needs a name", param=f"{param}.name")
+    try:
+        arguments: Any = json.loads(item.arguments or "{}")
+    except json.JSONDecodeError:
+        arguments = item.arguments
+    called[item.call_id] = item.name
+    call = {
+        "id": item.call_id,
+        "type": "function",
+        "function": {"name": item.name, "arguments": arguments},
+    }
+    last = out[-1] if out else None
+    if last and last["role"] == "assistant":
+        last.setdefault("tool_calls", []).append(call)
+        return {}
+    return {"role": "assistant", "content": "", "tool_calls": [call]}
+
+
 def output_format(req: ResponsesRequest) -> OutputFormat:
     fmt = req.text.format if req.text is not None else None
     if fmt is None or fmt.type == "text":
@@ -153,7 +186,6 @@ def history(records: list[MessageRecord]) -> list[dict[str, Any]]:
 def generation(req: ResponsesRequest, earlier: list[dict[str, Any]]) -> Generation:
     """The request as the pipeline's, after the `earlier` messages of the response it
     continues."""
-    check_tools(req)
     system = [{"role": "system", "content": req.instructions}] if req.instructions else []
     return Generation(
         model=req.model,
@@ -168,6 +200,7 @@ def generation(req: ResponsesRequest, earlier: list[dict[str, Any]]) -> Generati
         ),
         output=output_format(req),
         output_param=SCHEMA,
+        tools=tool_request(req.tools, req.tool_choice, req.parallel_tool_calls),
     )
 
 
@@ -202,6 +235,17 @@ def _reasoning(rid: str, text: str) -> dict[str, Any]:
         "summary": [],
         "content": [{"type": "reasoning_text", "text": text}],
         "status": "completed",
+    }
+
+
+def _call(call: ToolCall, status: str = "completed") -> dict[str, Any]:
+    return {
+        "type": "function_call",
+        "id": f"fc_{call.id}",
+        "call_id": call.id,
+        "name": call.name,
+        "arguments": call.arguments_json if status == "completed" else "",
+        "status": status,
     }
 
 
@@ -246,8 +290,8 @@ def response_object(
         "store": req.store if req is not None else True,
         "temperature": req.temperature if req is not None else None,
         "text": {"format": fmt},
-        "tool_choice": "auto",
-        "tools": [],
+        "tool_choice": (req.tool_choice if req is not None else None) or "auto",
+        "tools": (req.tools if req is not None else None) or [],
         "top_p": req.top_p if req is not None else None,
         "truncation": "disabled",
         "usage": None if usage is None else _usage(usage),
@@ -260,9 +304,13 @@ def _status(reason: FinishReason | None) -> str:
     return "incomplete" if reason is FinishReason.LENGTH else "completed"
 
 
-def _output(rid: str, reasoning: str, text: str, thinking: bool) -> list[dict[str, Any]]:
+def _output(rid: str, reasoning: str, answer: ToolOutput, thinking: bool) -> list[dict[str, Any]]:
+    """Output items: the reasoning (a thinking model), the message (unless the answer is
+    calls alone), the calls."""
     items = [_reasoning(rid, reasoning)] if thinking and reasoning else []
-    return [*items, _message(rid, text)]
+    if answer.content.strip() or not answer.calls:
+        items.append(_message(rid, answer.content))
+    return [*items, *(_call(c) for c in answer.calls)]
 
 
 def response(rid: str, run: Run, req: ResponsesRequest, result: ChoiceResult) -> dict[str, Any]:
@@ -271,7 +319,7 @@ def response(rid: str, run: Run, req: ResponsesRequest, result: ChoiceResult) ->
         run.model.name,
         req,
         created=int(time.time()),
-        output=_output(rid, result.reasoning, result.text, run.splitters is not None),
+        output=_output(rid, result.reasoning, run.answer(result), run.splitters is not None),
         status=_status(result.finish_reason),
         usage=run.usage,
     )
@@ -303,112 +351,153 @@ async def events(
     rid: str, run: Run, req: ResponsesRequest, result: ChoiceResult
 ) -> AsyncIterator[dict[str, Any]]:
     """The stream's events as the openai SDK reads them: response.created, .in_progress,
-    the reasoning item (if the model thinks), the message item with its output_text part
-    and deltas, then response.completed (or .incomplete at the token limit). `result`
-    collects the answer for the store."""
+    the reasoning item (a thinking model), the message item with its output_text part and
+    deltas, the function_call items (a request with tools), then response.completed (or
+    .incomplete at the token limit). `result` collects the answer for the store."""
     event = _Events()
     created = int(time.time())
     name = run.model.name
-
-    def snapshot(status: str, output: list[dict[str, Any]], usage: Usage | None = None) -> Any:
-        return response_object(
-            rid, name, req, created=created, output=output, status=status, usage=usage
-        )
-
-    yield event("response.created", response=snapshot("in_progress", []))
-    yield event("response.in_progress", response=snapshot("in_progress", []))
-    done: list[dict[str, Any]] = []
-    reasoning_open = message_open = False
+    done: list[dict[str, Any]] = []  # finished output items
     msg_id, rs_id = f"msg_{rid}", f"rs_{rid}"
+    sent = ""  # the message's text
+    reasoning_open = message_open = False
+
+    def snapshot(status: str, usage: Usage | None = None) -> Any:
+        return response_object(
+            rid, name, req, created=created, output=list(done), status=status, usage=usage
+        )
 
     def close_reasoning() -> list[dict[str, Any]]:
         item = _reasoning(rid, result.reasoning)
         done.append(item)
-        index = len(done) - 1
+        at = len(done) - 1
         return [
             event(
                 "response.reasoning_text.done",
                 item_id=rs_id,
-                output_index=index,
+                output_index=at,
                 content_index=0,
                 text=result.reasoning,
             ),
-            event("response.output_item.done", output_index=index, item=item),
+            event("response.output_item.done", output_index=at, item=item),
         ]
 
     def open_message() -> list[dict[str, Any]]:
-        index = len(done)
+        at = len(done)
         return [
             event(
                 "response.output_item.added",
-                output_index=index,
+                output_index=at,
                 item=_message(rid, "", status="in_progress"),
             ),
             event(
                 "response.content_part.added",
                 item_id=msg_id,
-                output_index=index,
+                output_index=at,
                 content_index=0,
                 part={"type": "output_text", "text": "", "annotations": [], "logprobs": []},
             ),
         ]
 
+    def text_delta(text: str) -> list[dict[str, Any]]:
+        nonlocal message_open, reasoning_open, sent
+        opening = []
+        if not message_open:
+            message_open = True
+            if reasoning_open:
+                reasoning_open = False
+                opening += close_reasoning()
+            opening += open_message()
+        sent += text
+        delta = event(
+            "response.output_text.delta",
+            item_id=msg_id,
+            output_index=len(done),
+            content_index=0,
+            delta=text,
+            logprobs=[],
+        )
+        return [*opening, delta]
+
+    yield event("response.created", response=snapshot("in_progress"))
+    yield event("response.in_progress", response=snapshot("in_progress"))
+    tools = run.tools.stream() if run.tools is not None else None
+    calls: list[ToolCall] = []
     async for _, out in run.stream():
         part = run.split(0, out)
         if part.reasoning:
             if not reasoning_open:
                 reasoning_open = True
                 item = {**_reasoning(rid, ""), "status": "in_progress", "content": []}
-                yield event("response.output_item.added", output_index=0, item=item)
+                yield event("response.output_item.added", output_index=len(done), item=item)
             result.reasoning += part.reasoning
             yield event(
                 "response.reasoning_text.delta",
                 item_id=rs_id,
-                output_index=0,
+                output_index=len(done),
                 content_index=0,
                 delta=part.reasoning,
             )
-        if part.content:
-            if not message_open:
-                message_open = True
-                for e in (close_reasoning() if reasoning_open else []) + open_message():
-                    yield e
-            result.text += part.content
-            yield event(
-                "response.output_text.delta",
-                item_id=msg_id,
-                output_index=len(done),
-                content_index=0,
-                delta=part.content,
-                logprobs=[],
-            )
+        result.text += part.content
+        text = part.content if tools is None else tools.feed(part.content)
         if out.finish_reason is not None:
             result.finish_reason = out.finish_reason
-    if not message_open:
-        for e in (close_reasoning() if reasoning_open else []) + open_message():
+            if tools is not None:
+                tail = tools.finish(truncated=out.finish_reason is FinishReason.LENGTH)
+                text += tail.content
+                calls = tail.calls
+        if text:
+            for e in text_delta(text):
+                yield e
+    if reasoning_open:
+        for e in close_reasoning():
             yield e
-    index = len(done)
-    message = _message(rid, result.text)
-    text_part = message["content"][0]
-    yield event(
-        "response.output_text.done",
-        item_id=msg_id,
-        output_index=index,
-        content_index=0,
-        text=result.text,
-        logprobs=[],
-    )
-    yield event(
-        "response.content_part.done",
-        item_id=msg_id,
-        output_index=index,
-        content_index=0,
-        part=text_part,
-    )
-    yield event("response.output_item.done", output_index=index, item=message)
+    if not message_open and not calls:  # an empty answer is an empty message
+        message_open = True
+        for e in open_message():
+            yield e
+    if message_open:
+        at = len(done)
+        message = _message(rid, sent)
+        done.append(message)
+        part_done = message["content"][0]
+        yield event(
+            "response.output_text.done",
+            item_id=msg_id,
+            output_index=at,
+            content_index=0,
+            text=sent,
+            logprobs=[],
+        )
+        yield event(
+            "response.content_part.done",
+            item_id=msg_id,
+            output_index=at,
+            content_index=0,
+            part=part_done,
+        )
+        yield event("response.output_item.done", output_index=at, item=message)
+    for call in calls:
+        at = len(done)
+        item = _call(call)
+        yield event("response.output_item.added", output_index=at, item=_call(call, "in_progress"))
+        yield event(
+            "response.function_call_arguments.delta",
+            item_id=item["id"],
+            output_index=at,
+            delta=item["arguments"],
+        )
+        yield event(
+            "response.function_call_arguments.done",
+            item_id=item["id"],
+            output_index=at,
+            name=call.name,
+            arguments=item["arguments"],
+        )
+        done.append(item)
+        yield event("response.output_item.done", output_index=at, item=item)
     status = _status(result.finish_reason)
-    final = snapshot(status, [*done, message], run.usage)
-    yield event(f"response.{status}", response=final)
+    yield event(f"response.{status}", response=snapshot(status, run.usage))
 
 
 # ---- the store ------------------------------------------------------------------------------
