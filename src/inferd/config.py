@@ -164,6 +164,11 @@ class ModelConfig(BaseModel):
         description="How the model writes tool calls (docs/api.md, Tools): auto reads it from "
         "the chat template (Hermes when the template takes no tools); off serves no tools",
     )
+    thinking: bool | None = Field(
+        None,
+        description="The model writes its reasoning in a <think>...</think> section before "
+        "the answer, shown apart from it (default: when its chat template writes <think>)",
+    )
     kv_overrides: dict[str, KvOverrideValue] = Field(
         default_factory=dict,
         description="GGUF metadata overridden at load, key -> bool, int, float or string "

@@ -301,3 +301,53 @@ def test_the_last_prompt_token_is_fed_alone(backend: Backend) -> None:
     assert backend.pool.chunk(seq, 4) == 4
     seq.n_computed = 9
     assert backend.pool.chunk(seq, 100) == 1
+
+
+def test_log_probabilities_only_for_the_sequences_that_ask(
+    backend: Backend, pool_empty: None
+) -> None:
+    """A sequence with `prompt_logprobs` gets one score per prompt token after the first,
+    whatever the chunks (several sequences in a step, a chunk that does not sample); one
+    with `logprobs` gets its sampled token's; the others get nothing."""
+    prompt = tokens_of(backend)
+    scored = make_seq("scored", prompt, logprobs=2, prompt_logprobs=1)
+    scored.prompt_logprobs = [None]
+    plain = make_seq("plain", prompt)
+    alone = make_seq("alone", prompt, logprobs=2, prompt_logprobs=1)
+    alone.prompt_logprobs = [None]
+    for s in (scored, plain, alone):
+        assert backend.pool.acquire(s)
+    half = len(prompt) // 2
+    step(backend, [Chunk(plain, 0, half), Chunk(scored, 0, 7)])
+    assert plain.prompt_logprobs is None and plain.sampled_logprob is None
+    step(backend, [Chunk(scored, 7, half), Chunk(plain, half, len(prompt) - 1)])
+    step(backend, [Chunk(scored, half, len(prompt) - 1)])
+    sampled = step(backend, [Chunk(plain, len(prompt) - 1, len(prompt))])
+    assert plain.sampled_logprob is None
+    [token] = step(backend, [Chunk(scored, len(prompt) - 1, len(prompt))])
+    assert scored.prompt_logprobs is not None and len(scored.prompt_logprobs) == len(prompt)
+    assert [lp.token for lp in scored.prompt_logprobs[1:] if lp] == prompt[1:]
+    assert all(lp is not None and len(lp.top) == 1 for lp in scored.prompt_logprobs[1:])
+    lp = scored.sampled_logprob
+    assert lp is not None and lp.token == token and len(lp.top) == 2
+    assert lp.logprob <= lp.top[0][1] + 1e-6  # the best alternative is the most likely
+    if isinstance(backend, LlamaCppBackend):  # greedy: the sampled token is the best one
+        assert lp.top[0][0] == token and lp.top[0][1] == pytest.approx(lp.logprob)
+    assert len(sampled) == 1
+    finish(backend, scored, plain)
+    # alone, fed whole or in other chunks, a prompt scores the same (beside other sequences
+    # llama.cpp's unified cache changes logits by float noise: they are not compared)
+    again = make_seq("again", prompt, prompt_logprobs=0)
+    again.prompt_logprobs = [None]
+    assert backend.pool.acquire(again)
+    for start, end in [(0, 7), (7, half), (half, len(prompt))]:
+        step(backend, [Chunk(again, start, end)])
+    while alone.n_computed < len(prompt):
+        n = backend.pool.chunk(alone, backend.info.max_batch_tokens)
+        step(backend, [Chunk(alone, alone.n_computed, alone.n_computed + n)])
+    assert alone.prompt_logprobs is not None and again.prompt_logprobs is not None
+    for x, y in zip(alone.prompt_logprobs[1:], again.prompt_logprobs[1:], strict=True):
+        assert x is not None and y is not None and x.token == y.token
+        assert x.logprob == pytest.approx(y.logprob, abs=1e-3)
+        assert len(x.top) == 1 and y.top == ()
+    finish(backend, alone, again)

@@ -574,20 +574,26 @@ async def test_caps_are_enforced_before_anything_is_allocated(real: AppHandle) -
 
 
 @pytest.mark.parametrize(
-    ("path", "body"),
+    ("path", "body", "param"),
     [
-        pytest.param(CHAT, chat(logprobs=True), id="chat-logprobs"),
-        pytest.param(CHAT, chat(top_logprobs=5), id="chat-top-logprobs"),
-        pytest.param(CHAT, chat(logprobs=True, top_logprobs=1000), id="chat-top-logprobs-huge"),
-        pytest.param(CHAT, chat(top_logprobs=-1), id="chat-top-logprobs-negative"),
-        pytest.param(COMPLETIONS, comp(logprobs=5), id="completion-logprobs"),
-        pytest.param(COMPLETIONS, comp(logprobs=10**6), id="completion-logprobs-huge"),
-        pytest.param(COMPLETIONS, comp(logprobs=-1), id="completion-logprobs-negative"),
+        pytest.param(CHAT, chat(top_logprobs=5), "top_logprobs", id="chat-top-without-logprobs"),
+        pytest.param(
+            CHAT, chat(logprobs=True, top_logprobs=1000), "top_logprobs", id="chat-top-huge"
+        ),
+        pytest.param(
+            CHAT, chat(logprobs=True, top_logprobs=-1), "top_logprobs", id="chat-top-negative"
+        ),
+        pytest.param(CHAT, chat(logprobs=1), "logprobs", id="chat-logprobs-not-bool"),
+        pytest.param(COMPLETIONS, comp(logprobs=10**6), "logprobs", id="completion-huge"),
+        pytest.param(COMPLETIONS, comp(logprobs=-1), "logprobs", id="completion-negative"),
+        pytest.param(COMPLETIONS, comp(max_tokens=0), "max_tokens", id="max-tokens-0-no-echo"),
     ],
 )
-async def test_logprobs_are_refused(real: AppHandle, path: str, body: dict[str, Any]) -> None:
+async def test_bad_logprobs_are_refused(
+    real: AppHandle, path: str, body: dict[str, Any], param: str
+) -> None:
     before = await idle_stats(real)
-    assert_error(await post(real, path, body), 400, param="logprobs", contains="not supported")
+    assert_error(await post(real, path, body), 400, param=param)
     await assert_nothing_scheduled(real, before)
 
 

@@ -60,6 +60,10 @@ class EngineClient(Protocol):
 
     def detokenize(self, tokens: list[int]) -> str: ...
 
+    def token_bytes(self, token: int) -> bytes:
+        """The bytes a token contributes to the text (a control token: none)."""
+        ...
+
     async def check_sampling(self, params: SamplingParams) -> None:
         """InvalidRequest when the backend cannot sample with `params` (a JSON schema it
         cannot compile into a grammar)."""
@@ -140,6 +144,9 @@ class AsyncEngine:
 
     def detokenize(self, tokens: list[int]) -> str:
         return b"".join(self._backend.token_piece(t) for t in tokens).decode("utf-8", "replace")
+
+    def token_bytes(self, token: int) -> bytes:
+        return self._backend.token_piece(token)
 
     async def check_sampling(self, params: SamplingParams) -> None:
         if params.constrained:  # compiling a schema is Python work: off the event loop

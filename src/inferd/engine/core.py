@@ -20,6 +20,7 @@ from inferd.engine.types import (
     FinishReason,
     GenerateRequest,
     GenerationOutput,
+    TokenLogprob,
     Usage,
 )
 from inferd.errors import BackendError
@@ -202,6 +203,7 @@ class EngineCore:
             max_len=min(len(prompt) + sp.max_tokens, info.n_ctx),
             tokens=list(prompt),
             n_prompt=len(prompt),
+            prompt_logprobs=None if sp.prompt_logprobs is None else [None],
         )
         self._seqs[req.request_id] = seq
         self._sched.add(seq)
@@ -250,6 +252,9 @@ class EngineCore:
 
     def _accept(self, seq: Sequence, token: int) -> GenerationOutput:
         """A token sampled for `seq`: append it, and finish the sequence when it ends."""
+        sp = seq.request.sampling
+        if sp.max_tokens == 0:  # the prompt's log probabilities were all it asked for
+            return self._finish(seq, FinishReason.LENGTH, "", prompt_logprobs=True)
         now = time.monotonic()
         if seq.first_token is None:
             seq.first_token = now
@@ -258,15 +263,31 @@ class EngineCore:
         seq.last_token = now
         seq.tokens.append(token)
         self._generated_tokens += 1
-        sp = seq.request.sampling
+        scored = seq.sampled_logprob
+        logprobs = () if scored is None else (scored,)
+        seq.sampled_logprob = None
         if self.backend.is_eog(token) and not sp.ignore_eos:
-            return self._finish(seq, FinishReason.STOP, "", (token,))
+            return self._finish(seq, FinishReason.STOP, "", (token,), prompt_logprobs=True)
         text, stopped = seq.detokenizer.add(token)
-        if stopped:
-            return self._finish(seq, FinishReason.STOP, text, (token,), flush=False)
-        if len(seq.tokens) >= seq.max_len:
-            return self._finish(seq, FinishReason.LENGTH, text, (token,))
-        return GenerationOutput(seq.request_id, text, (token,), self._usage(seq))
+        if stopped or len(seq.tokens) >= seq.max_len:
+            reason = FinishReason.STOP if stopped else FinishReason.LENGTH
+            return self._finish(
+                seq,
+                reason,
+                text,
+                (token,),
+                flush=not stopped,
+                logprobs=logprobs,
+                prompt_logprobs=True,
+            )
+        return GenerationOutput(
+            seq.request_id,
+            text,
+            (token,),
+            self._usage(seq),
+            logprobs=logprobs,
+            prompt_logprobs=_take_prompt_logprobs(seq),
+        )
 
     def _finish(
         self,
@@ -278,10 +299,14 @@ class EngineCore:
         flush: bool = True,
         error: str | None = None,
         keep: bool = False,
+        logprobs: tuple[TokenLogprob, ...] = (),
+        prompt_logprobs: bool = False,
     ) -> GenerationOutput:
         """End `seq`. A finished answer, or a request its client cancelled (`keep`), leaves
         its computed prefix cached; a failed one, or one cut off by the engine stopping,
-        frees its cells."""
+        frees its cells. `prompt_logprobs`: its output carries the prompt's log
+        probabilities if they are still to be sent (a sequence that ends as its first token
+        is sampled)."""
         if flush and reason is not FinishReason.ABORT:
             text += seq.detokenizer.flush()
         keep = keep or reason in (FinishReason.STOP, FinishReason.LENGTH)
@@ -299,6 +324,8 @@ class EngineCore:
             queue_time=(seq.first_scheduled or time.monotonic()) - seq.arrival,
             time_to_first_token=(seq.first_token - seq.arrival) if seq.first_token else None,
             inter_token_latencies=tuple(seq.token_gaps),
+            logprobs=logprobs,
+            prompt_logprobs=_take_prompt_logprobs(seq) if prompt_logprobs else None,
         )
 
     def _usage(self, seq: Sequence) -> Usage:
@@ -323,3 +350,13 @@ class EngineCore:
         """End every sequence: with an error, or as aborted when the engine stops."""
         reason = FinishReason.ERROR if error else FinishReason.ABORT
         self._emit([self._finish(s, reason, "", error=error) for s in list(self._seqs.values())])
+
+
+def _take_prompt_logprobs(seq: Sequence) -> tuple[TokenLogprob | None, ...] | None:
+    """The prompt's log probabilities, once (on the sequence's first output): after that
+    the sequence holds none, and one preempted and fed again scores nothing."""
+    scored = seq.prompt_logprobs
+    if scored is None:
+        return None
+    seq.prompt_logprobs = None
+    return tuple(scored)

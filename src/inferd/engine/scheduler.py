@@ -163,7 +163,8 @@ class Scheduler:
         pool = self.pool
         holder, n = (None, 0)
         saved, m = (None, 0)
-        if self.prefix_cache:
+        # a prompt whose log probabilities are wanted is computed whole
+        if self.prefix_cache and seq.prompt_logprobs is None:
             self.prefix_queries += 1
             holder, n = best_prefix(seq.tokens, self.running)
             saved, m = self.saved.best(seq.tokens)

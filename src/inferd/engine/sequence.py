@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from inferd.engine.detokenizer import Detokenizer
-from inferd.engine.types import FinishReason, GenerateRequest
+from inferd.engine.types import FinishReason, GenerateRequest, TokenLogprob
 
 if TYPE_CHECKING:
     from inferd.engine.backends.base import Sampler
@@ -35,6 +35,11 @@ class Sequence:
     the pool keeps its own bookkeeping in `parent`, `borrowed`, `children` and `run_starts`
     (for llama.cpp's cells: see `backends.llamacpp.cells`). `sampler` is the backend's
     sampler state for it.
+
+    Log probabilities, for a sequence whose SamplingParams ask for them: the backend puts
+    the one of the token it has just sampled in `sampled_logprob`, and appends the prompt's
+    to `prompt_logprobs` as it computes them (which starts as [None]: the first token has
+    none); the core takes both into the sequence's outputs.
     """
 
     request: GenerateRequest
@@ -57,6 +62,8 @@ class Sequence:
     borrowed: int = 0
     children: list[Sequence] = field(default_factory=list)
     run_starts: array[int] = field(default_factory=lambda: array("i"))
+    sampled_logprob: TokenLogprob | None = None
+    prompt_logprobs: list[TokenLogprob | None] | None = None
 
     @property
     def request_id(self) -> str:

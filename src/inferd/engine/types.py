@@ -38,6 +38,13 @@ class SamplingParams:
     json_schema: str | None = None
     # tool calls: JSON in the text the model's call format puts around it
     tagged: TaggedJson | None = None
+    # log probabilities (log-softmax of the raw logits, before bias, penalties, temperature
+    # and filters): None = none; k >= 0 = each sampled token's, with the k most likely
+    # alternatives. `prompt_logprobs`: the prompt tokens' too (each after its predecessors,
+    # the first has none), with k alternatives; such a prompt is computed whole, never
+    # reused from the prefix cache
+    logprobs: int | None = None
+    prompt_logprobs: int | None = None
 
     @property
     def constrained(self) -> bool:
@@ -67,6 +74,16 @@ class Usage:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """A token's log probability and the `top` most likely tokens at its position
+    (token id, log probability; most likely first)."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class GenerationOutput:
     """One increment of a request's output. `finish_reason` is set on the last one only."""
 
@@ -81,6 +98,11 @@ class GenerationOutput:
     time_to_first_token: float | None = None
     # on the final output: seconds between consecutive generated tokens, as sampled
     inter_token_latencies: tuple[float, ...] = ()
+    # asked for in SamplingParams only: one per generated token of `token_ids` (an
+    # end-of-generation token has none), and, on a sequence's first output, the prompt's
+    # (None for its first token)
+    logprobs: tuple[TokenLogprob, ...] = ()
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
 
     @property
     def finished(self) -> bool:

@@ -15,6 +15,7 @@ from typing import Any
 from inferd.api.embeddings import Embeddings
 from inferd.api.ollama import prompt
 from inferd.api.ollama import schemas as s
+from inferd.api.pipeline.reasoning import thinks
 from inferd.api.pipeline.request import (
     ChatPrompt,
     Generation,
@@ -213,7 +214,17 @@ def options(req: s.GenerateRequest | s.ChatRequest) -> Options:
         penalty_last_n=o.repeat_last_n,
         seed=None if o.seed is None or o.seed < 0 else o.seed,
         stop=None if o.stop is None else Param(tuple(o.stop), "options.stop"),
+        logprobs=logprobs(req),
     )
+
+
+def logprobs(req: s.GenerateRequest | s.ChatRequest) -> Param[int] | None:
+    """`logprobs: true`, with `top_logprobs` alternatives (which need logprobs)."""
+    if not req.logprobs:
+        if req.top_logprobs:
+            raise InvalidRequest("top_logprobs requires logprobs to be true", param="top_logprobs")
+        return None
+    return Param(req.top_logprobs or 0, "top_logprobs")
 
 
 def generate_prompt(req: s.GenerateRequest) -> tuple[Prompt, Param[tuple[int, ...]] | None]:
@@ -304,6 +315,7 @@ def generation(
         output_param="format",
         context=context,
         tools=tools,
+        think=None if req.think is None else req.think is not False,
     )
 
 
@@ -377,6 +389,8 @@ def capabilities(model: LoadedModel) -> list[str]:
         found.append("tools")
     if model.engine.info.supports_insert:
         found.append("insert")
+    if thinks(model):
+        found.append("thinking")
     return found
 
 

@@ -19,6 +19,7 @@ from inferd.api.deps import RegistryDep, SettingsDep
 from inferd.api.embeddings import embed as embed_inputs
 from inferd.api.ollama import adapter
 from inferd.api.ollama import schemas as s
+from inferd.api.pipeline.logprobs import Describer, token_entries
 from inferd.api.pipeline.run import ChoiceResult, prepare
 from inferd.api.pipeline.tools import ToolOutput
 from inferd.api.routing import Dialect, RecordDep, dialect_router
@@ -162,8 +163,13 @@ async def _run(
     model = run.model
     load_seconds = record.load_seconds
 
-    def piece(text: str) -> dict[str, Any]:
-        return {"message": {"role": "assistant", "content": text}} if chat else {"response": text}
+    def piece(text: str, thinking: str = "") -> dict[str, Any]:
+        if chat:
+            message = {"role": "assistant", "content": text}
+            if thinking:
+                message["thinking"] = thinking
+            return {"message": message}
+        return {"response": text, "thinking": thinking} if thinking else {"response": text}
 
     def final(result: ChoiceResult) -> dict[str, Any]:
         last: dict[str, Any] = {
@@ -180,17 +186,22 @@ async def _run(
             last["context"] = [*run.prompts[0], *result.token_ids]
         return last
 
+    scoring = run.sampling.logprobs is not None
+    describer = Describer(model.engine)
+
     if not body.stream:
         results = await run.collect(request)
         out = run.answer(results[0])
-        answer = {**final(results[0]), **piece(out.content)}
+        answer = {**final(results[0]), **piece(out.content, results[0].reasoning)}
         if out.calls:
             answer["message"]["tool_calls"] = adapter.tool_calls(out)
+        if scoring:
+            answer["logprobs"] = token_entries(describer.scored(results[0].logprobs))
         await _after(registry, model, keep_alive)
         return JSONResponse(answer)
 
-    def chunk(text: str, calls: ToolOutput | None = None) -> dict[str, Any]:
-        body = {"model": model.name, "created_at": adapter.now_rfc3339(), **piece(text)}
+    def chunk(text: str, calls: ToolOutput | None = None, thinking: str = "") -> dict[str, Any]:
+        body = {"model": model.name, "created_at": adapter.now_rfc3339(), **piece(text, thinking)}
         if calls is not None:
             body["message"]["tool_calls"] = adapter.tool_calls(calls)
         return {**body, "done": False}
@@ -202,9 +213,13 @@ async def _run(
         try:
             async for _, out in run.stream():
                 result.token_ids.extend(out.token_ids)
-                text = out.text if tools is None else tools.feed(out.text)
-                if text:
-                    yield chunk(text)
+                part = run.split(0, out)
+                text = part.content if tools is None else tools.feed(part.content)
+                if text or part.reasoning or (scoring and out.logprobs):
+                    part_chunk = chunk(text, thinking=part.reasoning)
+                    if scoring:
+                        part_chunk["logprobs"] = token_entries(describer.scored(out.logprobs))
+                    yield part_chunk
                 if out.finish_reason is not None:
                     if tools is not None:
                         tail = tools.finish(truncated=out.finish_reason is FinishReason.LENGTH)

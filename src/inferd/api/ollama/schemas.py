@@ -65,6 +65,10 @@ class _Common(_Wire):
     max_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
     temperature: Annotated[FiniteFloat, Field(ge=0.0, le=2.0)] | None = None
     top_p: Annotated[FiniteFloat, Field(gt=0.0, le=1.0)] | None = None
+    logprobs: StrictBool = False
+    top_logprobs: StrictInt | None = None
+    # true, false, or an effort ("high", "medium", "low"): show a thinking model's reasoning
+    think: StrictBool | Literal["high", "medium", "low"] | None = None
 
 
 class GenerateRequest(_Common):

@@ -9,7 +9,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from inferd.api.embeddings import Embeddings, to_base64
+from inferd.api.openai import logprobs as lp
 from inferd.api.openai import schemas as s
+from inferd.api.pipeline.logprobs import Describer, ScoredToken
 from inferd.api.pipeline.request import (
     ChatPrompt,
     Generation,
@@ -43,7 +45,13 @@ def _log_extra(req: s._Wire) -> None:
         log.debug("ignoring unknown fields: %s", sorted(req.model_extra)[:20])
 
 
-def options(req: s.SamplingFields, max_tokens: Param[int] | None) -> Options:
+def options(
+    req: s.SamplingFields,
+    max_tokens: Param[int] | None,
+    logprobs: Param[int] | None = None,
+    *,
+    prompt_logprobs: bool = False,
+) -> Options:
     stop = None
     if req.stop is not None:
         stop = Param((req.stop,) if isinstance(req.stop, str) else tuple(req.stop), "stop")
@@ -60,6 +68,8 @@ def options(req: s.SamplingFields, max_tokens: Param[int] | None) -> Options:
         stop=stop,
         logit_bias=None if req.logit_bias is None else Param(req.logit_bias, "logit_bias"),
         ignore_eos=Param(req.ignore_eos, "ignore_eos"),
+        logprobs=logprobs,
+        prompt_logprobs=prompt_logprobs,
     )
 
 
@@ -78,7 +88,7 @@ def chat_generation(req: s.ChatCompletionRequest) -> Generation:
         model=req.model,
         prompts=[ChatPrompt(chat_messages(req))],
         prompt_param="messages",
-        options=options(req, max_tokens),
+        options=options(req, max_tokens, chat_logprobs(req)),
         n=Param(req.n, "n"),
         output=output_format(req),
         output_param=RESPONSE_FORMAT_SCHEMA,
@@ -105,14 +115,26 @@ def completion_generation(req: s.CompletionRequest) -> Generation:
         model=req.model,
         prompts=prompts,
         prompt_param="prompt",
-        options=options(req, max_tokens),
+        options=options(
+            req,
+            max_tokens,
+            None if req.logprobs is None else Param(req.logprobs, "logprobs"),
+            prompt_logprobs=req.echo,
+        ),
         n=Param(req.n, "n"),
     )
 
 
+def chat_logprobs(req: s.ChatCompletionRequest) -> Param[int] | None:
+    """`logprobs: true`, with `top_logprobs` alternatives (which need logprobs)."""
+    if not req.logprobs:
+        if req.top_logprobs:
+            raise InvalidRequest("top_logprobs needs logprobs: true", param="top_logprobs")
+        return None
+    return Param(req.top_logprobs or 0, "top_logprobs")
+
+
 def check_chat(req: s.ChatCompletionRequest) -> None:
-    if req.logprobs or req.top_logprobs is not None:
-        raise UnsupportedParameter("logprobs are not supported yet", param="logprobs")
     if req.tools and req.functions:
         raise InvalidRequest("send tools or the legacy functions, not both", param="functions")
 
@@ -191,10 +213,10 @@ def embedding_list(model: str, result: Embeddings, encoding: str) -> s.Embedding
 
 
 def check_completion(req: s.CompletionRequest) -> None:
-    if req.echo:
-        raise UnsupportedParameter("echo is not supported yet", param="echo")
-    if req.logprobs is not None:
-        raise UnsupportedParameter("logprobs are not supported yet", param="logprobs")
+    if req.max_tokens == 0 and not req.echo:
+        raise InvalidRequest("max_tokens may be 0 only with echo", param="max_tokens")
+    if req.echo and req.suffix:
+        raise UnsupportedParameter("echo cannot be combined with suffix", param="echo")
     if req.best_of is not None and req.best_of != req.n:
         raise UnsupportedParameter("best_of is not supported", param="best_of")
 
@@ -332,14 +354,21 @@ def timings(results: list[ChoiceResult]) -> s.Timings:
 def chat_completion(
     rid: str, run: Run, results: list[ChoiceResult], *, legacy: bool = False
 ) -> s.ChatCompletion:
+    scoring = run.sampling.logprobs is not None
     choices = []
     for r in results:
         out = run.answer(r)
+        message = assistant_message(out, legacy)
+        if run.splitters is not None:
+            message.reasoning_content = r.reasoning
         choices.append(
             s.ChatChoice(
                 index=r.index,
-                message=assistant_message(out, legacy),
+                message=message,
                 finish_reason=chat_finish(r.finish_reason, out, legacy),
+                logprobs=lp.chat_logprobs(Describer(run.model.engine), r.logprobs)
+                if scoring
+                else None,
             )
         )
     return s.ChatCompletion(
@@ -352,17 +381,43 @@ def chat_completion(
     )
 
 
-def completion(rid: str, run: Run, results: list[ChoiceResult]) -> s.Completion:
+def echo_texts(req: s.CompletionRequest, run: Run) -> list[str] | None:
+    """With `echo`, each prompt's text as echoed before its completions: a text prompt as
+    sent, token ids as their text."""
+    if not req.echo:
+        return None
+    return [
+        p if isinstance(p, str) else run.model.engine.detokenize(p) for p in completion_prompts(req)
+    ]
+
+
+def _completion_choice(
+    run: Run, r: ChoiceResult, echo: list[str] | None, n: int
+) -> s.CompletionChoice:
+    prompt = r.index // n
+    text = r.text if echo is None else echo[prompt] + r.text
+    logprobs = None
+    if run.sampling.logprobs is not None:
+        describer = Describer(run.model.engine)
+        scored = []
+        if echo is not None:
+            scored = lp.echoed(describer, run.prompts[prompt], r.prompt_logprobs, echo[prompt])
+        scored += describer.scored(r.logprobs)
+        logprobs = lp.completion_logprobs(scored)
+    return s.CompletionChoice(
+        index=r.index, text=text, finish_reason=finish_reason(r.finish_reason), logprobs=logprobs
+    )
+
+
+def completion(
+    rid: str, run: Run, results: list[ChoiceResult], req: s.CompletionRequest
+) -> s.Completion:
+    echo = echo_texts(req, run)
     return s.Completion(
         id=rid,
         created=now(),
         model=run.model.name,
-        choices=[
-            s.CompletionChoice(
-                index=r.index, text=r.text, finish_reason=finish_reason(r.finish_reason)
-            )
-            for r in results
-        ],
+        choices=[_completion_choice(run, r, echo, req.n) for r in results],
         usage=usage_info(run.usage),
         timings=timings(results),
     )
@@ -388,15 +443,28 @@ async def chat_chunks(
             body["usage"] = usage.model_dump() if usage else None
         return body
 
+    describers = [Describer(run.model.engine) for _ in range(n)]
+    scoring = run.sampling.logprobs is not None
     for i in range(n):
         yield chunk(
             [{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]
         )
     streams = [run.tools.stream() for _ in range(n)] if run.tools is not None else None
     async for i, out in run.stream():
-        text = out.text if streams is None else streams[i].feed(out.text)
-        if text:
-            yield chunk([{"index": i, "delta": {"content": text}, "finish_reason": None}])
+        part = run.split(i, out)
+        if part.reasoning:
+            delta = {"reasoning_content": part.reasoning}
+            yield chunk([{"index": i, "delta": delta, "finish_reason": None}])
+        text = part.content if streams is None else streams[i].feed(part.content)
+        if text or (scoring and out.logprobs):
+            choice: dict[str, Any] = {
+                "index": i,
+                "delta": {"content": text},
+                "finish_reason": None,
+            }
+            if scoring:
+                choice["logprobs"] = lp.chat_logprobs(describers[i], out.logprobs)
+            yield chunk([choice])
         if out.finish_reason is not None:
             truncated = out.finish_reason is FinishReason.LENGTH
             tail = ToolOutput("") if streams is None else streams[i].finish(truncated=truncated)
@@ -431,10 +499,14 @@ def _tail_deltas(tail: ToolOutput, legacy: bool) -> list[dict[str, Any]]:
 
 
 async def completion_chunks(
-    rid: str, run: Run, *, include_usage: bool
+    rid: str, run: Run, req: s.CompletionRequest, *, include_usage: bool
 ) -> AsyncIterator[dict[str, Any]]:
-    """text_completion chunks, then the usage chunk if asked for."""
+    """text_completion chunks (with `echo`, a choice's first one starts with its prompt),
+    then the usage chunk if asked for."""
     created = now()
+    echo = echo_texts(req, run)
+    scoring = run.sampling.logprobs is not None
+    describers: dict[int, Describer] = {}
 
     def chunk(choices: list[dict[str, Any]], usage: s.UsageInfo | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -450,7 +522,22 @@ async def completion_chunks(
 
     async for i, out in run.stream():
         reason = finish_reason(out.finish_reason)
-        if out.text or reason:
-            yield chunk([{"index": i, "text": out.text, "finish_reason": reason, "logprobs": None}])
+        text = out.text
+        scored: list[ScoredToken] = []
+        describer = describers.get(i)
+        if describer is None:  # the choice's first output
+            describer = describers[i] = Describer(run.model.engine)
+            if echo is not None:
+                prompt = i // req.n
+                text = echo[prompt] + text
+                if scoring:
+                    scored = lp.echoed(
+                        describer, run.prompts[prompt], out.prompt_logprobs, echo[prompt]
+                    )
+        if scoring:
+            scored += describer.scored(out.logprobs)
+        if text or reason or scored:
+            logprobs = lp.completion_logprobs(scored) if scoring else None
+            yield chunk([{"index": i, "text": text, "finish_reason": reason, "logprobs": logprobs}])
     if include_usage:
         yield chunk([], usage_info(run.usage))

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from fastapi import Request, Response
+from typing import Any
+
+from fastapi import HTTPException, Request, Response
+from fastapi.responses import JSONResponse
 
 from inferd.api.access import acquire_model, check_model
-from inferd.api.deps import RegistryDep, SettingsDep
+from inferd.api.deps import RegistryDep, SettingsDep, StoreDep
 from inferd.api.embeddings import embed
-from inferd.api.openai import adapter
+from inferd.api.openai import adapter, responses
 from inferd.api.openai import schemas as s
-from inferd.api.pipeline.run import prepare
+from inferd.api.pipeline.run import ChoiceResult, prepare
 from inferd.api.routing import Dialect, RecordDep, dialect_router
 from inferd.api.streaming import sse_response
 
@@ -67,9 +70,9 @@ async def completions(
     rid = f"cmpl-{record.request_id}"
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        chunks = adapter.completion_chunks(rid, run, include_usage=include_usage)
+        chunks = adapter.completion_chunks(rid, run, body, include_usage=include_usage)
         return sse_response(request, chunks, drain_timeout=settings.drain_timeout, done=True)
-    return adapter.completion(rid, run, await run.collect(request))
+    return adapter.completion(rid, run, await run.collect(request), body)
 
 
 @router.post("/embeddings", response_model=s.EmbeddingList)
@@ -82,3 +85,46 @@ async def embeddings(
     inputs, indexed = adapter.embedding_inputs(body)
     result = await embed(model.engine, inputs, settings, param="input", indexed=indexed)
     return adapter.embedding_list(model.name, result, body.encoding_format)
+
+
+@router.post("/responses")
+async def create_response(
+    body: responses.ResponsesRequest,
+    request: Request,
+    record: RecordDep,
+    settings: SettingsDep,
+) -> Response:
+    """The Responses API: one answer to instructions, the history of
+    `previous_response_id` and the input; stored under its id when `store` (the default) and
+    the server keeps a store."""
+    store = request.app.state.store if body.store or body.previous_response_id else None
+    earlier: list[Any] = []
+    if body.previous_response_id is not None:
+        earlier = await responses.earlier_messages(store, request, body.previous_response_id)
+    run = await prepare(request, responses.generation(body, earlier), record)
+    rid = responses.response_id(record.request_id)
+    inputs = responses.stored_inputs(body, earlier)
+    kept = store if body.store else None
+    if body.stream:
+        result = ChoiceResult(0)
+
+        async def events() -> Any:
+            async for event in responses.events(rid, run, body, result):
+                yield event
+            responses.keep(kept, request, record, inputs, result, run.model.name)
+
+        return sse_response(request, events(), drain_timeout=settings.drain_timeout)
+    result = (await run.collect(request))[0]
+    responses.keep(kept, request, record, inputs, result, run.model.name)
+    return JSONResponse(responses.response(rid, run, body, result))
+
+
+@router.get("/responses/{response_id}")
+async def get_response(response_id: str, request: Request, store: StoreDep) -> dict[str, Any]:
+    """A stored response: its answer (usage and reasoning are not kept)."""
+    session = responses.stored_id(response_id)
+    records = await store.conversation(responses.session_of(session, request) or session)
+    found = responses.stored_response(response_id, records)
+    if found is None:
+        raise HTTPException(404, f"Response with id '{response_id}' not found.")
+    return found

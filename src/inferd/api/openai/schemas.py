@@ -103,6 +103,7 @@ class ChatCompletionRequest(SamplingFields):
 
 
 class CompletionRequest(SamplingFields):
+    max_tokens: Annotated[StrictInt, Field(ge=0)] | None = None  # 0: with echo only
     prompt: (
         StrictStr
         | Annotated[list[StrictStr], Field(min_length=1)]
@@ -112,7 +113,7 @@ class CompletionRequest(SamplingFields):
     echo: StrictBool = False
     suffix: StrictStr | None = None
     best_of: StrictInt | None = None
-    logprobs: StrictInt | None = None
+    logprobs: Annotated[StrictInt, Field(ge=0)] | None = None
 
 
 class EmbeddingRequest(_Wire):
@@ -184,13 +185,14 @@ class AssistantMessage(BaseModel):
     # when the model calls tools (function_call: for a request with legacy functions)
     tool_calls: list[ToolCall] | None = None
     function_call: ToolCallFunction | None = None
+    reasoning_content: str | None = None  # a thinking model's reasoning section
 
 
 class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
     finish_reason: str | None
-    logprobs: None = None
+    logprobs: dict[str, Any] | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -208,7 +210,7 @@ class CompletionChoice(BaseModel):
     index: int
     text: str
     finish_reason: str | None
-    logprobs: None = None
+    logprobs: dict[str, Any] | None = None
 
 
 class Completion(BaseModel):

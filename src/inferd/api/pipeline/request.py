@@ -103,6 +103,10 @@ class Options:
     stop: Param[tuple[str, ...]] | None = None
     logit_bias: Param[dict[str, float]] | None = None  # token id (as text) -> bias
     ignore_eos: Param[bool] | None = None
+    # log probabilities of the generated tokens, each with this many alternatives (0-20);
+    # `prompt_logprobs`: of the prompt's tokens too (the first has none)
+    logprobs: Param[int] | None = None
+    prompt_logprobs: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,3 +133,6 @@ class Generation:
     context: Param[tuple[int, ...]] | None = None
     session: Session | None = None
     tools: ToolRequest | None = None  # function tools (chat prompts)
+    # split the answer into reasoning and content: None, the model's way (a thinking model
+    # does); True asks for it (a 400 for a model that does not think); False: one text
+    think: bool | None = None

@@ -22,7 +22,19 @@ from fastapi import Request
 
 from inferd.api.access import acquire_model, admit
 from inferd.api.pipeline.prompt import check_vocabulary, prompt_tokens
-from inferd.api.pipeline.request import ChatPrompt, Generation
+from inferd.api.pipeline.reasoning import (
+    ReasoningSplitter,
+    Split,
+    check_think,
+    opens_section,
+)
+from inferd.api.pipeline.request import (
+    ChatPrompt,
+    Generation,
+    InfillPrompt,
+    TextPrompt,
+    TokenPrompt,
+)
 from inferd.api.pipeline.sampling import check_limits, choice_sampling, sampling_params
 from inferd.api.pipeline.tools import ToolOutput, ToolUse, tool_use
 from inferd.api.record import RequestRecord
@@ -35,6 +47,7 @@ from inferd.engine.types import (
     GenerateRequest,
     GenerationOutput,
     SamplingParams,
+    TokenLogprob,
     Usage,
 )
 from inferd.errors import BackendError, EngineStopped
@@ -47,13 +60,16 @@ if TYPE_CHECKING:
 @dataclass
 class ChoiceResult:
     index: int
-    text: str = ""
+    text: str = ""  # the answer (without its reasoning section, for a thinking model)
+    reasoning: str = ""
     token_ids: list[int] = field(default_factory=list)
     finish_reason: FinishReason | None = None
     usage: Usage = field(default_factory=Usage)
     time_to_first_token: float | None = None
     queue_time: float | None = None
     seconds: float | None = None  # from submitting to the engine to the last token
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # when asked for
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
 
 
 @dataclass
@@ -68,6 +84,21 @@ class Run:
     observe: GenerationObserver | None = None
     exchange: Exchange | None = None
     tools: ToolUse | None = None  # parses the answers of a request with tools
+    # each choice's text split into reasoning and content (a thinking model), else None
+    splitters: list[ReasoningSplitter] | None = None
+
+    def split(self, index: int, out: GenerationOutput) -> Split:
+        """Choice `index`'s output text as reasoning and content (all content unless the
+        model thinks); the last output of a choice brings what was held back."""
+        if self.splitters is None:
+            return Split(content=out.text)
+        splitter = self.splitters[index]
+        part = splitter.feed(out.text)
+        if out.finish_reason is not None:
+            rest = splitter.flush()
+            part.reasoning += rest.reasoning
+            part.content += rest.content
+        return part
 
     @property
     def sampling(self) -> SamplingParams:
@@ -106,9 +137,15 @@ class Run:
         started = time.monotonic()
         async for i, out in self._choices():
             r = results[i]
-            r.text += out.text
+            part = self.split(i, out)
+            r.text += part.content
+            r.reasoning += part.reasoning
             r.token_ids.extend(out.token_ids)
             r.usage = out.usage
+            if out.logprobs:
+                r.logprobs.extend(out.logprobs)
+            if out.prompt_logprobs is not None:
+                r.prompt_logprobs = out.prompt_logprobs
             if out.finish_reason is not None:
                 r.finish_reason = out.finish_reason
                 r.time_to_first_token = out.time_to_first_token
@@ -226,6 +263,15 @@ async def prepare(request: Request, gen: Generation, record: RequestRecord) -> R
         await prompt_tokens(model, p, context=context, param=gen.prompt_param) for p in prompts
     ]
     requests: list[GenerateRequest] = []
+    splitters = None
+    raw = isinstance(prompts[0], TextPrompt | TokenPrompt | InfillPrompt)
+    if check_think(model, gen.think) and not raw:
+        # a prompt that leaves the model inside the section starts its answers there
+        inside = [opens_section(model.engine.detokenize(p[-8:])) for p in tokens]
+        splitters = [
+            ReasoningSplitter(inside=inside[i // gen.n.value])
+            for i in range(len(tokens) * gen.n.value)
+        ]
     for p, prompt in enumerate(tokens):
         base = sampling_params(gen, len(prompt), model.engine.info, settings)
         if tools is not None:
@@ -238,4 +284,4 @@ async def prepare(request: Request, gen: Generation, record: RequestRecord) -> R
     await admit(request, requests, record)
     record.admitted({r.request_id: i // gen.n.value for i, r in enumerate(requests)})
     observe = getattr(state, "observe_generation", None)
-    return Run(model, requests, tokens, record, observe, exchange, tools)
+    return Run(model, requests, tokens, record, observe, exchange, tools=tools, splitters=splitters)

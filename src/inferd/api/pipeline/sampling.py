@@ -16,6 +16,7 @@ from inferd.engine.types import SamplingParams
 from inferd.errors import ContextTooLong, InvalidRequest
 
 _SEED_MASK = 0xFFFFFFFF
+MAX_TOP_LOGPROBS = 20
 _PENALTY_LAST_N = 64
 
 
@@ -44,6 +45,10 @@ def check_limits(gen: Generation, settings: Settings) -> None:
         raise InvalidRequest(
             f"logit_bias may have at most {settings.max_logit_bias} entries",
             param=o.logit_bias.name,
+        )
+    if o.logprobs is not None and not 0 <= o.logprobs.value <= MAX_TOP_LOGPROBS:
+        raise InvalidRequest(
+            f"{o.logprobs.name} must be between 0 and {MAX_TOP_LOGPROBS}", param=o.logprobs.name
         )
     if o.ignore_eos is not None and o.ignore_eos.value and gen.output != TEXT:
         # the grammar ends the output with EOS: forbidding it leaves no token to sample
@@ -141,6 +146,8 @@ def sampling_params(
         ignore_eos=o.ignore_eos is not None and o.ignore_eos.value,
         json_mode=gen.output.json_mode,
         json_schema=gen.output.json_schema,
+        logprobs=None if o.logprobs is None else o.logprobs.value,
+        prompt_logprobs=o.logprobs.value if o.logprobs is not None and o.prompt_logprobs else None,
     )
 
 

@@ -185,6 +185,12 @@ class Backend(Protocol):
         order, sample the next token with the sequence's sampler (made from its
         SamplingParams on first use) and return it.
 
+        Log probabilities (`backends.logprobs`), only for the sequences that ask: with
+        `sampling.logprobs` set, the sampled token's in `seq.sampled_logprob`; with
+        `seq.prompt_logprobs` (not None), those of the prompt tokens after the positions
+        `logprobs.prompt_positions(chunk)` names, appended to it. Requests that ask for
+        neither cost nothing extra.
+
         None: no KV room for the step (nothing changed). SequenceFailed: one sequence cannot
         be stepped (its sampler cannot be made), raised before anything changed. Any other
         failure raises BackendError.

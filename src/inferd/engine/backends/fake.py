@@ -7,7 +7,8 @@ sampling parameters it was given. Its KV cache models llama.cpp's cell by cell (
 one position and may belong to several sequence ids), under the llama.cpp backend's own
 `CellPool`, so the engine's KV accounting can be checked against it. Its embeddings are
 the mean of fixed per-token vectors (`n_embd` wide): deterministic, and texts sharing bytes
-are closer.
+are closer. Its logits at a position depend on that position's token only (`fake_logits`),
+for log probabilities.
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from inferd.engine.backends.base import ModelInfo, SequenceFailed
 from inferd.engine.backends.llamacpp.cells import CellPool
+from inferd.engine.backends.logprobs import prompt_positions, token_logprobs
 from inferd.engine.sequence import Chunk, Sequence
 from inferd.engine.types import SamplingParams
 from inferd.errors import BackendError, InferdError
@@ -34,6 +38,15 @@ def token_vector(token: int, n_embd: int) -> list[float]:
         x = (x * 6364136223846793005 + 1442695040888963407) % 2**64
         out.append((x >> 40) / 2**24 - 0.5)
     return out
+
+
+N_VOCAB = 257
+
+
+def fake_logits(tokens: Seq[int]) -> np.ndarray:
+    """The fake model's logits after each of `tokens` (rows x vocabulary)."""
+    t = np.asarray(tokens, dtype=np.int64)[:, None]
+    return (((t * 31 + np.arange(N_VOCAB) * 17) % 97) / 10.0).astype(np.float32)
 
 
 @dataclass
@@ -92,7 +105,7 @@ class FakeBackend:
         self.reply_tokens = [b + 1 for b in self.reply.encode()]
         self.pool = CellPool(self, slots=self.max_seqs, cells=self.kv_cells, split=self.kv_split)
         self.info = ModelInfo(
-            n_vocab=257,
+            n_vocab=N_VOCAB,
             n_ctx=self.n_ctx,
             max_seqs=self.max_seqs,
             max_batch_tokens=self.max_batch_tokens,
@@ -146,6 +159,7 @@ class FakeBackend:
         positions: list[int] = []
         seq_ids: list[int] = []
         samplers: list[FakeSampler] = []
+        sampling: list[Sequence] = []
         for c in chunks:
             seq = c.seq
             tokens += seq.tokens[c.start : c.end]
@@ -159,9 +173,24 @@ class FakeBackend:
                         raise SequenceFailed(seq, exc.message) from None
                 assert isinstance(seq.sampler, FakeSampler)
                 samplers.append(seq.sampler)
+                sampling.append(seq)
         if not self.decode(tokens, positions, seq_ids):
             return None
-        return [s.sample() for s in samplers]
+        for c in chunks:
+            scored, wanted = c.seq.prompt_logprobs, prompt_positions(c)
+            if scored is not None and wanted:
+                rows = fake_logits(c.seq.tokens[wanted.start : wanted.stop])
+                targets = c.seq.tokens[wanted.start + 1 : wanted.stop + 1]
+                scored.extend(
+                    token_logprobs(rows, targets, c.seq.request.sampling.prompt_logprobs or 0)
+                )
+        sampled = [s.sample() for s in samplers]
+        for seq, token in zip(sampling, sampled, strict=True):
+            top = seq.request.sampling.logprobs
+            if top is not None:
+                row = fake_logits(seq.tokens[-1:])
+                seq.sampled_logprob = token_logprobs(row, [token], top)[0]
+        return sampled
 
     def drop(self, seq: Sequence) -> None:
         if seq.sampler is not None:

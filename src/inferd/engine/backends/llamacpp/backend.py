@@ -11,13 +11,20 @@ from pathlib import Path
 from typing import Any, cast
 
 import llama_cpp
+import numpy as np
 
 from inferd.engine.backends.base import ModelInfo, SequenceFailed
 from inferd.engine.backends.llamacpp.cells import CellPool
 from inferd.engine.backends.llamacpp.embeddings import Embedder, pooling_of
 from inferd.engine.backends.llamacpp.loading import LlamaModel, context_params, kv_cell_bytes
 from inferd.engine.backends.llamacpp.options import LlamaCppOptions, flash_attn_type, plan_kv
-from inferd.engine.backends.llamacpp.sampling import LlamaCppSampler, NumpySampler, Samplers
+from inferd.engine.backends.llamacpp.sampling import (
+    LlamaCppSampler,
+    NumpySampler,
+    Samplers,
+    row_logits,
+)
+from inferd.engine.backends.logprobs import prompt_positions, token_logprobs
 from inferd.engine.sequence import Chunk, Sequence
 from inferd.engine.types import SamplingParams
 from inferd.errors import BackendError, EngineStopped, InferdError
@@ -178,12 +185,15 @@ class LlamaCppBackend:
 
     def execute(self, chunks: list[Chunk]) -> list[int] | None:
         """The chunks as one llama_batch (a sequence's slot is its llama.cpp sequence id),
-        logits only on the rows that sample; then each sampling row is sampled."""
+        logits only on the rows that sample (and the prompt rows of a sequence that wants
+        its prompt's log probabilities); then each sampling row is sampled."""
         tokens: list[int] = []
         positions: list[int] = []
         seq_ids: list[int] = []
         logits: list[bool] = []
         rows: list[tuple[LlamaCppSampler | NumpySampler, int]] = []
+        scored: list[tuple[Sequence, int]] = []  # (sequence, index in rows) with logprobs
+        prompts: list[tuple[Sequence, int, range]] = []  # (sequence, row of position 0, ...)
         for c in chunks:
             seq = c.seq
             start, end = c.start, c.end
@@ -192,15 +202,41 @@ class LlamaCppBackend:
             positions += range(start, end)
             seq_ids += [seq.slot] * n
             logits += [False] * n
+            if seq.prompt_logprobs is not None:
+                wanted = prompt_positions(c)
+                if wanted:
+                    base = len(tokens) - end
+                    logits[base + wanted.start : base + wanted.stop] = [True] * len(wanted)
+                    prompts.append((seq, base, wanted))
             if c.samples:
                 logits[-1] = True
                 sampler = seq.sampler
                 if sampler is None:
                     sampler = seq.sampler = self._sampler_for(seq)
+                if seq.request.sampling.logprobs is not None:
+                    scored.append((seq, len(rows)))
                 rows.append((cast("LlamaCppSampler | NumpySampler", sampler), len(tokens) - 1))
         if not self.decode(tokens, positions, seq_ids, logits):
             return None
-        return [sampler.sample(row) for sampler, row in rows]
+        sampled = [sampler.sample(row) for sampler, row in rows]
+        for seq, base, wanted in prompts:
+            self._score_prompt(seq, base, wanted)
+        for seq, i in scored:  # samplers read the logits, never write them
+            k = seq.request.sampling.logprobs or 0
+            row = self._logits(rows[i][1])[None]
+            seq.sampled_logprob = token_logprobs(row, [sampled[i]], k)[0]
+        return sampled
+
+    def _logits(self, row: int) -> np.ndarray:
+        return row_logits(self._ctx, row, self._n_vocab)
+
+    def _score_prompt(self, seq: Sequence, base: int, wanted: range) -> None:
+        """Append the log probabilities of the prompt tokens after `wanted`'s positions."""
+        assert seq.prompt_logprobs is not None
+        k = seq.request.sampling.prompt_logprobs or 0
+        rows = np.stack([self._logits(base + p) for p in wanted])
+        targets = seq.tokens[wanted.start + 1 : wanted.stop + 1]
+        seq.prompt_logprobs.extend(token_logprobs(rows, targets, k))
 
     def _sampler_for(self, seq: Sequence) -> LlamaCppSampler | NumpySampler:
         try:

@@ -33,7 +33,7 @@ def _penalized(params: SamplingParams) -> bool:
     )
 
 
-def _row_logits(ctx: Any, row: int, n_vocab: int) -> np.ndarray:
+def row_logits(ctx: Any, row: int, n_vocab: int) -> np.ndarray:
     """A batch row's logits, a view into llama.cpp's buffer (valid until the next decode)."""
     ptr = llama_cpp.llama_get_logits_ith(ctx, row)
     if not ptr:
@@ -57,7 +57,7 @@ class NumpySampler:
         self._rows = rows
 
     def logits(self, row: int) -> np.ndarray:
-        return _row_logits(self._ctx, row, self._n_vocab)
+        return row_logits(self._ctx, row, self._n_vocab)
 
     def sample(self, row: int) -> int:
         return self._rows.sample(self.logits(row))
@@ -95,7 +95,7 @@ class LlamaCppSampler:
     def sample(self, row: int) -> int:
         if self._grammar is None:
             return int(llama_cpp.llama_sampler_sample(self._chain, self._ctx, row))
-        logits = _row_logits(self._ctx, row, self._n_vocab)
+        logits = row_logits(self._ctx, row, self._n_vocab)
         token = self._pick(logits, constrained=False)
         one = llama_cpp.llama_token_data(token, 1.0, 0.0)
         single = llama_cpp.llama_token_data_array(ctypes.pointer(one), 1, -1, False)
@@ -253,7 +253,7 @@ class Samplers:
         a batch row, without a draw (tests hold the numpy sampler to it)."""
         cands = np.zeros(self._n_vocab, dtype=_TOKEN_DATA)
         cands["id"] = np.arange(self._n_vocab, dtype=np.int32)
-        cands["logit"] = _row_logits(self._ctx, row, self._n_vocab)
+        cands["logit"] = row_logits(self._ctx, row, self._n_vocab)
         data = cands.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token_data))
         arr = llama_cpp.llama_token_data_array(data, self._n_vocab, -1, False)
         chain = self._filter_chain(params, self._bias(params))

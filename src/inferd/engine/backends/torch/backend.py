@@ -16,6 +16,7 @@ import torch
 from transformers import AttentionInterface
 
 from inferd.engine.backends.base import ModelInfo, SequenceFailed
+from inferd.engine.backends.logprobs import prompt_positions, token_logprobs
 from inferd.engine.backends.torch.blocks import BlockPool
 from inferd.engine.backends.torch.cache import PagedKV, layout
 from inferd.engine.backends.torch.options import (
@@ -228,18 +229,36 @@ class TorchBackend:
         samplers: list[TorchSampler] = []
         rows: list[int] = []
         tokens: list[int] = []
+        scored: list[tuple[Sequence, int]] = []  # (sequence, its sampling row) with logprobs
+        prompts: list[tuple[Sequence, int, range]] = []  # (sequence, row of position 0, ...)
         for c in chunks:
             seq = c.seq
             tokens += seq.tokens[c.start : c.end]
+            if seq.prompt_logprobs is not None and (wanted := prompt_positions(c)):
+                prompts.append((seq, len(tokens) - c.end, wanted))
             if c.samples:
                 if seq.sampler is None:
                     seq.sampler = self._sampler_for(seq)
+                if seq.request.sampling.logprobs is not None:
+                    scored.append((seq, len(samplers)))
                 samplers.append(cast("TorchSampler", seq.sampler))
                 rows.append(len(tokens) - 1)
         if not self.pool.grow(chunks):
             return None
-        logits = self.forward(chunks, tokens, rows)
-        return [s.sample(logits[i]) for i, s in enumerate(samplers)]
+        extra = [base + p for _, base, wanted in prompts for p in wanted]
+        logits = self.forward(chunks, tokens, rows + extra)
+        sampled = [s.sample(logits[i]) for i, s in enumerate(samplers)]
+        for seq, i in scored:  # the samplers read the rows, never write them
+            k = seq.request.sampling.logprobs or 0
+            seq.sampled_logprob = token_logprobs(logits[i : i + 1], [sampled[i]], k)[0]
+        at = len(rows)
+        for seq, _, wanted in prompts:
+            assert seq.prompt_logprobs is not None
+            k = seq.request.sampling.prompt_logprobs or 0
+            targets = seq.tokens[wanted.start + 1 : wanted.stop + 1]
+            seq.prompt_logprobs.extend(token_logprobs(logits[at : at + len(wanted)], targets, k))
+            at += len(wanted)
+        return sampled
 
     def forward(self, chunks: Seq[Chunk], tokens: list[int], rows: list[int]) -> np.ndarray:
         """One forward pass over the step's tokens: the float32 logits of `rows`."""
