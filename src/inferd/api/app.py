@@ -21,6 +21,7 @@ from inferd.api.guard import PUBLIC_PATHS, Guard, is_loopback
 from inferd.api.native.router import router as native_router
 from inferd.api.ollama.router import router as ollama_router
 from inferd.api.openai.router import router as openai_router
+from inferd.api.renders import RenderSlots
 from inferd.api.routing import Dialect, Namespace, Routing
 from inferd.api.usage import UsageMiddleware
 from inferd.config import Settings
@@ -92,6 +93,7 @@ def create_app(
     app.state.keys = keys
     app.state.limits = limits
     app.state.capacity = gate
+    app.state.renders = RenderSlots(settings.max_concurrent_renders, settings.render_wait_timeout)
     app.state.store = store
     metrics.watch_store(lambda: app.state.store.writer if app.state.store is not None else None)
     install_error_handlers(app)

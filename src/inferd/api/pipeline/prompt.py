@@ -15,6 +15,7 @@ from inferd.api.pipeline.request import (
     TokenPrompt,
 )
 from inferd.api.prompting import tokenize_chat, tokenize_prompt, tokenize_rendered
+from inferd.api.renders import RenderSlots
 from inferd.engine.backends.base import ModelInfo
 from inferd.engine.client import EngineClient
 from inferd.errors import InvalidRequest, UnsupportedParameter
@@ -22,10 +23,15 @@ from inferd.models.registry import LoadedModel
 
 
 async def prompt_tokens(
-    model: LoadedModel, prompt: Prompt, *, context: Sequence[int] = (), param: str
+    model: LoadedModel,
+    prompt: Prompt,
+    *,
+    renders: RenderSlots,
+    context: Sequence[int] = (),
+    param: str,
 ) -> list[int]:
     """The token ids of `prompt`, after `context` (earlier tokens: then no BOS is added).
-    Errors name `param`."""
+    Templates that may be slow render in one of `renders`' slots. Errors name `param`."""
     engine = model.engine
     info = engine.info
     if isinstance(prompt, TokenPrompt):
@@ -40,7 +46,9 @@ async def prompt_tokens(
         return [*context, *infill]
     if isinstance(prompt, ChatPrompt):
         # message content is tokenized as text: it can never forge the template's markers
-        chat = await tokenize_chat(engine, model.template, prompt.messages, add_bos=not context)
+        chat = await tokenize_chat(
+            engine, model.template, prompt.messages, renders=renders, add_bos=not context
+        )
         return [*context, *chat]
     if isinstance(prompt, TemplatePrompt):
         # a request's own template may be slow to render (within its deadline): never on
@@ -49,7 +57,7 @@ async def prompt_tokens(
         ids = await tokenize_rendered(
             engine,
             lambda mark: render(mark, info.bos_token, info.eos_token),
-            inline=False,
+            renders=renders,
             add_bos=not context,
         )
         return [*context, *ids]

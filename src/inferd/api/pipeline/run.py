@@ -212,7 +212,10 @@ async def prepare(request: Request, gen: Generation, record: RequestRecord) -> R
         context = gen.context.value
         check_vocabulary(context, model.engine.info.n_vocab, param=gen.context.name)
     tokens = [
-        await prompt_tokens(model, p, context=context, param=gen.prompt_param) for p in prompts
+        await prompt_tokens(
+            model, p, renders=state.renders, context=context, param=gen.prompt_param
+        )
+        for p in prompts
     ]
     requests: list[GenerateRequest] = []
     for p, prompt in enumerate(tokens):
