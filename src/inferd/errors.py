@@ -68,6 +68,12 @@ class EngineStopped(InferdError):
     code = "engine_stopped"
 
 
+class GenerationInterrupted(EngineStopped):
+    """A request's model was unloaded, or the server shut down, before its answer ended."""
+
+    code = "generation_interrupted"
+
+
 class BackendError(InferdError):
     code = "backend_error"
 

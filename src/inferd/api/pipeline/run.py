@@ -36,7 +36,7 @@ from inferd.engine.types import (
     SamplingParams,
     Usage,
 )
-from inferd.errors import BackendError, EngineStopped
+from inferd.errors import BackendError, EngineStopped, GenerationInterrupted
 from inferd.models.registry import LoadedModel
 
 if TYPE_CHECKING:
@@ -145,7 +145,8 @@ class Run:
 
     async def _sequence(self, req: GenerateRequest) -> AsyncGenerator[GenerationOutput, None]:
         """One sequence's outputs. Its final output goes on the record (an ABORT one with
-        the usage so far when it is left early); an ERROR one raises BackendError."""
+        the usage so far when it is left early); an ERROR one raises BackendError, an ABORT
+        one (its engine stopped: an unload, a shutdown) GenerationInterrupted."""
         started = time.monotonic()
         last: GenerationOutput | None = None
         first_token: float | None = None
@@ -161,6 +162,12 @@ class Run:
                         self._ended(out, started)
                     if out.finish_reason is FinishReason.ERROR:
                         raise BackendError(out.error or "generation failed")
+                    if out.finish_reason is FinishReason.ABORT:
+                        # the engine stopped under a request still read: never a normal end
+                        raise GenerationInterrupted(
+                            "the model was unloaded, or the server shut down, before this "
+                            "answer was finished; retry the request"
+                        )
                     yield out
         except EngineStopped:
             ended = True  # never submitted: nothing to account for
