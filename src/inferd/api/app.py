@@ -21,6 +21,7 @@ from inferd.api.guard import PUBLIC_PATHS, Guard, is_loopback
 from inferd.api.native.router import router as native_router
 from inferd.api.ollama.router import router as ollama_router
 from inferd.api.openai.router import router as openai_router
+from inferd.api.openapi import install_openapi
 from inferd.api.renders import RenderSlots
 from inferd.api.routing import Dialect, Namespace, Routing
 from inferd.api.usage import UsageMiddleware
@@ -122,6 +123,7 @@ def create_app(
         else is_loopback(settings.host)
     )
     app.state.public_paths = PUBLIC_PATHS | ui.PATHS | ({"/metrics"} if metrics_public else set())
+    install_openapi(app, app.state.public_paths)
     app.add_middleware(
         Guard,
         keys=keys,

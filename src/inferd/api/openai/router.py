@@ -9,6 +9,7 @@ from inferd.api.deps import RegistryDep, SettingsDep
 from inferd.api.embeddings import embed
 from inferd.api.openai import adapter
 from inferd.api.openai import schemas as s
+from inferd.api.openapi import SSE
 from inferd.api.pipeline.run import prepare
 from inferd.api.routing import Dialect, RecordDep, dialect_router
 from inferd.api.streaming import sse_response
@@ -44,7 +45,7 @@ async def get_model(model: str, request: Request, registry: RegistryDep) -> s.Mo
     )
 
 
-@router.post("/chat/completions", response_model=s.ChatCompletion)
+@router.post("/chat/completions", response_model=s.ChatCompletion, responses=SSE)
 async def chat_completions(
     body: s.ChatCompletionRequest, request: Request, record: RecordDep, settings: SettingsDep
 ) -> s.ChatCompletion | Response:
@@ -57,7 +58,7 @@ async def chat_completions(
     return adapter.chat_completion(rid, run, await run.collect(request))
 
 
-@router.post("/completions", response_model=s.Completion)
+@router.post("/completions", response_model=s.Completion, responses=SSE)
 async def completions(
     body: s.CompletionRequest, request: Request, record: RecordDep, settings: SettingsDep
 ) -> s.Completion | Response:
