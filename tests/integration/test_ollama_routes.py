@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -426,6 +427,22 @@ async def test_num_predict_fills_the_room_that_num_ctx_leaves(real: AppHandle) -
         assert body["done_reason"] == "length", body
         assert body["eval_count"] == 10
         assert len(body["context"]) == num_ctx
+
+
+@pytest.mark.parametrize("path", [GEN, CHAT])
+async def test_num_ctx_above_the_models_context_is_cut_to_it(
+    real: AppHandle, path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As Ollama does, with a log line (issue 23 item 13)."""
+    n_ctx = real.engine().info.n_ctx
+    body: dict[str, Any] = {"model": MODEL, "stream": False, "options": {"num_ctx": 10**9}}
+    body |= {"prompt": "Hi"} if path == GEN else {"messages": USER}
+    body["options"] |= {"num_predict": 2, "temperature": 0}
+    with caplog.at_level(logging.WARNING, logger="inferd.api.pipeline.sampling"):
+        resp = await real.client.post(path, json=body)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["eval_count"] == 2
+    assert any(f"is above the model's context of {n_ctx}" in m for m in caplog.messages)
 
 
 async def test_system_reaches_the_template(real: AppHandle) -> None:
@@ -941,8 +958,7 @@ BAD_OPTIONS = [
     ("num_ctx", -1),
     ("num_ctx", "2048"),
     ("num_ctx", 1.5),
-    ("num_ctx", 10**9),
-    ("num_ctx", 2**63),
+    ("num_ctx", 2**63),  # beyond Go's int (10**9 is cut to the model's context)
 ]
 
 

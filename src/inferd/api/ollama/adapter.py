@@ -24,6 +24,7 @@ from inferd.api.pipeline.request import (
     TemplatePrompt,
     TextPrompt,
 )
+from inferd.api.pipeline.sampling import context_size
 from inferd.api.structured import JSON_OBJECT, TEXT, OutputFormat, schema_format
 from inferd.engine.backends.base import ModelInfo
 from inferd.engine.types import FinishReason, Usage
@@ -132,16 +133,10 @@ def embed_inputs(req: s.EmbedRequest) -> list[str]:
 
 
 def embed_context(options: s.Options | None, info: ModelInfo) -> int:
-    """The context an input is truncated to (or checked against): num_ctx or the model's."""
+    """The context an input is truncated to (or checked against): num_ctx (at most the
+    model's) or the model's."""
     num_ctx = options.num_ctx if options is not None else None
-    if num_ctx is None:
-        return info.n_ctx
-    if num_ctx > info.n_ctx:
-        raise InvalidRequest(
-            f"num_ctx {num_ctx} is above this model's context of {info.n_ctx}",
-            param="options.num_ctx",
-        )
-    return num_ctx
+    return context_size(None if num_ctx is None else Param(num_ctx, "options.num_ctx"), info)
 
 
 def embed_response(
@@ -231,7 +226,7 @@ def generation(req: s.GenerateRequest | s.ChatRequest) -> Generation:
     if isinstance(req, s.GenerateRequest):
         first, context = generate_prompt(req)
     else:
-        first, context = ChatPrompt(chat_messages(req)), None
+        first, context = ChatPrompt(chat_messages(req), trim_history=True), None
     return Generation(
         model=req.model,
         prompts=[first],

@@ -32,6 +32,9 @@ class ChatPrompt:
     """Messages (`role`, `content`) for the model's chat template."""
 
     messages: list[dict[str, Any]]
+    # True (Ollama's /api/chat): a conversation longer than the context loses its oldest
+    # messages but the system ones and the last; False: it is a 400
+    trim_history: bool = False
 
 
 @dataclass(frozen=True, slots=True)

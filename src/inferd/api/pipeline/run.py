@@ -23,7 +23,12 @@ from fastapi import Request
 from inferd.api.access import acquire_model, admit
 from inferd.api.pipeline.prompt import check_vocabulary, prompt_tokens
 from inferd.api.pipeline.request import ChatPrompt, Generation
-from inferd.api.pipeline.sampling import check_limits, choice_sampling, sampling_params
+from inferd.api.pipeline.sampling import (
+    check_limits,
+    choice_sampling,
+    context_size,
+    sampling_params,
+)
 from inferd.api.record import RequestRecord
 from inferd.api.sessions import Exchange, open_exchange, session_of
 from inferd.api.streaming import cancel_on_disconnect
@@ -218,15 +223,16 @@ async def prepare(request: Request, gen: Generation, record: RequestRecord) -> R
     if gen.context is not None:
         context = gen.context.value
         check_vocabulary(context, model.engine.info.n_vocab, param=gen.context.name)
+    n_ctx = context_size(gen.options.n_ctx, model.engine.info)
     tokens = [
         await prompt_tokens(
-            model, p, renders=state.renders, context=context, param=gen.prompt_param
+            model, p, renders=state.renders, n_ctx=n_ctx, context=context, param=gen.prompt_param
         )
         for p in prompts
     ]
     requests: list[GenerateRequest] = []
     for p, prompt in enumerate(tokens):
-        base = sampling_params(gen, len(prompt), model.engine.info, settings)
+        base = sampling_params(gen, len(prompt), model.engine.info, settings, n_ctx)
         if p == 0 and base.constrained:
             await check_format(model.engine, base, param=gen.output_param)
         for i in range(gen.n.value):
