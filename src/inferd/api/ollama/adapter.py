@@ -121,8 +121,6 @@ def check_embed(req: s.EmbedRequest | s.EmbeddingsRequest) -> None:
         log.debug("ignoring unknown fields: %s", sorted(req.model_extra)[:20])
     if req.options is not None and req.options.model_extra:
         log.debug("ignoring unknown options: %s", sorted(req.options.model_extra)[:20])
-    if isinstance(req, s.EmbedRequest) and req.dimensions is not None:
-        raise UnsupportedParameter("dimensions is not supported", param="dimensions")
 
 
 def embed_inputs(req: s.EmbedRequest) -> list[str]:

@@ -256,6 +256,7 @@ async def embed(
             indexed=isinstance(body.input, list),
             n_ctx=adapter.embed_context(body.options, model.engine.info),
             truncate=body.truncate,
+            dimensions=body.dimensions,
         )
     await _after(registry, model, keep_alive)
     return adapter.embed_response(model.name, result, started, load_seconds)

@@ -79,5 +79,12 @@ async def embeddings(
     adapter.check_embeddings(body, settings)
     model = await acquire_model(request, registry, body.model)
     inputs, indexed = adapter.embedding_inputs(body)
-    result = await embed(model.engine, inputs, settings, param="input", indexed=indexed)
+    result = await embed(
+        model.engine,
+        inputs,
+        settings,
+        param="input",
+        indexed=indexed,
+        dimensions=body.dimensions,
+    )
     return adapter.embedding_list(model.name, result, body.encoding_format)
