@@ -27,7 +27,14 @@ class ContextTooLong(InvalidRequest):
 
 
 class ModelNotFound(InferdError):
+    """No model by that name; `name` as the client sent it (cut for display), for dialects
+    that word this error their own way."""
+
     code = "model_not_found"
+
+    def __init__(self, message: str, *, param: str | None = None, name: str | None = None):
+        super().__init__(message, param=param)
+        self.name = name
 
 
 class ModelNotReady(InferdError):

@@ -800,6 +800,28 @@ async def test_unknown_model_is_a_404(real: AppHandle, name: str) -> None:
         await assert_nothing_scheduled(real, before)
 
 
+async def test_unknown_model_reads_as_ollamas(real: AppHandle) -> None:
+    """Ollama's own words, which its clients and their users know (issue 23 item 18); the
+    OpenAI dialect keeps its own."""
+    ollama = 'model "no-such-model" not found, try pulling it first'
+    for path, body in (
+        (GEN, {"model": "no-such-model", "prompt": "hi"}),
+        (GEN, {"model": "no-such-model", "prompt": "hi", "stream": False}),
+        (CHAT, {"model": "no-such-model", "messages": USER}),
+        (SHOW, {"model": "no-such-model"}),
+        ("/api/embed", {"model": "no-such-model", "input": "hi"}),
+        ("/api/delete", {"model": "no-such-model"}),
+    ):
+        resp = await real.client.request(
+            "DELETE" if path == "/api/delete" else "POST", path, json=body
+        )
+        assert assert_error(resp, 404) == ollama, path
+    resp = await real.client.post(
+        "/v1/chat/completions", json={"model": "no-such-model", "messages": USER}
+    )
+    assert resp.json()["error"]["message"] == "The model 'no-such-model' does not exist"
+
+
 async def test_unknown_model_message_does_not_depend_on_the_filesystem(real: AppHandle) -> None:
     bundled = real.registry.get(None).spec.path
     assert bundled.is_file()
