@@ -117,3 +117,45 @@ async def test_prefix_cache_off_reuses_nothing(model_path: Path) -> None:
         assert stats.cached_prefixes == 0 and stats.prefix_cache_bytes == 0
     finally:
         await registry.close()
+
+
+async def test_a_cancelled_request_keeps_its_prefix_as_a_finished_one_does(
+    model_path: Path,
+) -> None:
+    """A client that leaves (a Stop button, a timeout, a regenerate) must not throw its
+    prompt's KV away: the follow-up with the same prompt reuses as much as after a
+    request that ran to its end."""
+    engine = AsyncEngine(llamacpp_loader()(bundled_spec(model_path, max_seqs=2)))
+    engine.start()
+    try:
+        text = " ".join(f"Item {i}: the river flows past the mill." for i in range(60))
+        prompt = tuple(await engine.tokenize(text))
+        assert len(prompt) > 500  # long enough to be prefilled in several chunks
+
+        async def follow_up(rid: str) -> int:
+            req = GenerateRequest(rid, prompt, SamplingParams(max_tokens=2, temperature=0))
+            outs = [o async for o in engine.generate(req)]
+            return outs[-1].usage.cached_tokens
+
+        # completed, then the same prompt again
+        done = GenerateRequest("done", prompt, SamplingParams(max_tokens=4, temperature=0))
+        assert [o async for o in engine.generate(done)][-1].finish_reason is not None
+        assert await wait_for(lambda: engine.stats().cached_prefixes == 1, 5.0)
+        after_completed = await follow_up("after-done")
+
+        engine.drop_prefix_cache()
+        assert await wait_for(lambda: engine.stats().cached_prefixes == 0, 5.0)
+
+        # cancelled after its first token, then the same prompt again
+        cancelled = GenerateRequest("cut", prompt, SamplingParams(max_tokens=200, temperature=0))
+        gen = engine.generate(cancelled)
+        first = await anext(gen)
+        assert first.finish_reason is None and first.token_ids
+        await gen.aclose()  # the client is gone: the engine aborts the sequence
+        assert await wait_for(lambda: engine.stats().cached_prefixes == 1, 5.0)
+        after_cancelled = await follow_up("after-cut")
+
+        assert after_completed == len(prompt) - 1
+        assert after_cancelled == after_completed
+    finally:
+        await engine.stop()

@@ -163,7 +163,9 @@ class EngineCore:
                 else:
                     seq = self._seqs.get(msg.request_id)
                     if seq is not None:
-                        outputs.append(self._finish(seq, FinishReason.ABORT, ""))
+                        # a cancelled request keeps what it computed, as a finished one
+                        # does: a regenerate or a retry after a client's timeout reuses it
+                        outputs.append(self._finish(seq, FinishReason.ABORT, "", keep=True))
                 msg = self._inbox.get_nowait()
         except queue.Empty:
             pass
@@ -275,11 +277,14 @@ class EngineCore:
         *,
         flush: bool = True,
         error: str | None = None,
+        keep: bool = False,
     ) -> GenerationOutput:
+        """End `seq`. A finished answer, or a request its client cancelled (`keep`), leaves
+        its computed prefix cached; a failed one, or one cut off by the engine stopping,
+        frees its cells."""
         if flush and reason is not FinishReason.ABORT:
             text += seq.detokenizer.flush()
-        # a finished answer leaves its prefix cached; an aborted or failed one frees its cells
-        keep = reason in (FinishReason.STOP, FinishReason.LENGTH)
+        keep = keep or reason in (FinishReason.STOP, FinishReason.LENGTH)
         self._sched.finish(seq, keep_prefix=keep)
         self.backend.drop(seq)
         self._seqs.pop(seq.request_id, None)
