@@ -22,6 +22,7 @@ from pydantic import (
     StrictStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import (
     BaseSettings,
@@ -36,6 +37,8 @@ from inferd.errors import ConfigError
 # (NUL-terminated): longer ones cannot be passed.
 KV_OVERRIDE_MAX_BYTES = 127
 KvOverrideValue = StrictBool | StrictInt | StrictFloat | StrictStr
+# KV cache element types llama.cpp's CPU and GPU kernels take for K and V
+KvCacheType = Literal["f32", "f16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0"]
 
 
 class ModelConfig(BaseModel):
@@ -44,7 +47,29 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     path: Path = Field(
-        description="Path to a .gguf file, or `org/repo:file.gguf` in the Hugging Face cache"
+        description="Path to a .gguf file, `org/repo:file.gguf` in the Hugging Face cache, or "
+        "a Hugging Face checkpoint folder"
+    )
+    backend: Literal["auto", "llama.cpp", "transformers"] = Field(
+        "auto",
+        description="Runtime that serves the model. auto: llama.cpp for a GGUF file; for a "
+        "Hugging Face checkpoint transformers when a CUDA device is present or its "
+        "architecture does not convert to GGUF, else llama.cpp",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="transformers backend: weights and KV cache dtype (auto: float32 on a CPU, "
+        "bfloat16 on a GPU that supports it, else float16)",
+    )
+    device: str | None = Field(
+        None,
+        pattern=r"^(cpu|cuda(:\d+)?|mps)$",
+        description="transformers backend: the torch device (default: cuda when present, else cpu)",
+    )
+    trust_remote_code: bool = Field(
+        False,
+        description="transformers backend: run the checkpoint's own Python code (a warning "
+        "is logged; only for checkpoints you trust)",
     )
     name: str | None = Field(None, description="Name clients use (default: the file's stem)")
     aliases: list[str] = Field(default_factory=list, description="Other names for this model")
@@ -90,17 +115,39 @@ class ModelConfig(BaseModel):
     flash_attn: Literal["auto", "on", "off"] | None = Field(
         None, description="Flash attention (default: off on CPU, where it is slower; auto on GPU)"
     )
+    cache_type_k: KvCacheType = Field(
+        "f16", description="KV cache element type for keys (quantized types take less memory)"
+    )
+    cache_type_v: KvCacheType = Field(
+        "f16",
+        description="KV cache element type for values; a quantized one needs flash attention "
+        "(turned on for this model unless flash_attn is set)",
+    )
     chat_template: str | None = Field(
         None, description="Jinja chat template overriding the one in the GGUF metadata"
     )
     keep_alive: float | None = Field(
         None, description="Seconds idle before this model is unloaded (default: keep_alive)"
     )
+    tool_format: Literal["auto", "hermes", "llama3", "mistral", "json", "off"] = Field(
+        "auto",
+        description="How the model writes tool calls (docs/api.md, Tools): auto reads it from "
+        "the chat template (Hermes when the template takes no tools); off serves no tools",
+    )
     kv_overrides: dict[str, KvOverrideValue] = Field(
         default_factory=dict,
         description="GGUF metadata overridden at load, key -> bool, int, float or string "
         "(e.g. {'tokenizer.ggml.fim_pre_token_id' = 3})",
     )
+
+    @model_validator(mode="after")
+    def _check_cache_types(self) -> ModelConfig:
+        if self.cache_type_v not in ("f32", "f16") and self.flash_attn == "off":
+            raise ValueError(
+                f"cache_type_v = {self.cache_type_v!r} needs flash attention: "
+                "flash_attn cannot be 'off'"
+            )
+        return self
 
     @field_validator("kv_overrides", mode="before")
     @classmethod

@@ -357,7 +357,6 @@ def test_context_length_exceeded(client: openai.OpenAI) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "param"),
     [
-        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
         ({"logprobs": True}, "logprobs"),
         ({"logprobs": True, "top_logprobs": 2}, "logprobs"),
     ],

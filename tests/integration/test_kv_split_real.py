@@ -100,7 +100,7 @@ def test_the_kv_cell_size_estimate_matches_llama_cpps_state(split: LlamaCppBacke
         _prefill(split, 0, tokens)
         state = split.save_seq(0)
         assert state is not None
-        per_cell = kv_cell_bytes(split._model.model)
+        per_cell = kv_cell_bytes(split._model.model, LlamaCppOptions())
         assert per_cell == 23_040  # SmolLM2-135M: 30 layers x K, V x 3 KV heads x 64 x f16
         assert len(tokens) * per_cell <= len(state) <= len(tokens) * per_cell * 1.05
     finally:

@@ -1077,9 +1077,9 @@ UNSUPPORTED = [
     pytest.param(GEN, {"images": ["aGk="]}, "images", id="images"),
     pytest.param(
         CHAT,
-        {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]},
-        "tools",
-        id="tools",
+        {"messages": [{"role": "user", "content": "Hi", "images": ["aGk="]}]},
+        "images",
+        id="chat-images",
     ),
 ]
 
@@ -1088,8 +1088,9 @@ UNSUPPORTED = [
 async def test_not_supported_yet(
     real: AppHandle, path: str, fields: dict[str, Any], name: str
 ) -> None:
-    body: dict[str, Any] = {"model": MODEL, "stream": False, **fields}
+    body: dict[str, Any] = {"model": MODEL, "stream": False}
     body |= {"prompt": "Hi"} if path == GEN else {"messages": USER}
+    body |= fields
     before = await idle_stats(real)
     assert_error(await post(real, path, body), 400, contains=(name, "not supported"))
     await assert_nothing_scheduled(real, before)

@@ -59,7 +59,7 @@ async def test_ollama_generate_builds_the_psm_prompt(fake_app: FakeFactory) -> N
         r = await h.client.post("/api/generate", json={**body, "system": "be nice"})
         assert r.json()["context"][: len(expected)] == expected
         show = await h.client.post("/api/show", json={"model": "fake"})
-        assert show.json()["capabilities"] == ["completion", "insert"]
+        assert show.json()["capabilities"] == ["completion", "tools", "insert"]
 
 
 async def test_openai_completions_build_the_psm_prompt(fake_app: FakeFactory) -> None:
@@ -86,7 +86,7 @@ async def test_without_fim_tokens_a_suffix_is_refused(fake_app: FakeFactory, pat
         else:
             assert r.json()["error"]["param"] == "suffix"
         show = await h.client.post("/api/show", json={"model": "fake"})
-        assert show.json()["capabilities"] == ["completion"]
+        assert show.json()["capabilities"] == ["completion", "tools"]
 
 
 def test_kv_override_array_holds_each_type_and_ends_with_an_empty_key() -> None:

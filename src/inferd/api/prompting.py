@@ -39,14 +39,15 @@ async def tokenize_chat(
     renders: RenderSlots,
     add_generation_prompt: bool = True,
     add_bos: bool = True,
+    tools: list[dict[str, Any]] | None = None,
 ) -> list[int]:
-    """The prompt ids of `messages` under `template`, in every dialect; `add_bos` false when
-    the prompt continues a context (Ollama's `context`). A long conversation renders in one
-    of `renders`' slots."""
+    """The prompt ids of `messages` (and `tools`, for the template's `tools` variable) under
+    `template`, in every dialect; `add_bos` false when the prompt continues a context
+    (Ollama's `context`). A long conversation renders in one of `renders`' slots."""
 
     def render(mark: Callable[[str], str]) -> str:
         marked = with_content(messages, mark)
-        return template.render(marked, add_generation_prompt=add_generation_prompt)
+        return template.render(marked, add_generation_prompt=add_generation_prompt, tools=tools)
 
     chars = sum(len(str(m.get("content") or "")) for m in messages)
     inline = len(messages) <= _INLINE_RENDER_MESSAGES and chars <= _INLINE_RENDER_CHARS

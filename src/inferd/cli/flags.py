@@ -26,6 +26,8 @@ _MODEL_FIELDS = (
     "n_threads",
     "n_gpu_layers",
     "flash_attn",
+    "cache_type_k",
+    "cache_type_v",
 )
 
 _SCALARS = (str, int, float, bool, Path)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from inferd.engine.structural import TaggedJson
+
 
 class FinishReason(enum.StrEnum):
     STOP = "stop"  # EOS/EOG token or a stop string
@@ -34,10 +36,12 @@ class SamplingParams:
     # (the schema as JSON text, validated by the API layer)
     json_mode: bool = False
     json_schema: str | None = None
+    # tool calls: JSON in the text the model's call format puts around it
+    tagged: TaggedJson | None = None
 
     @property
     def constrained(self) -> bool:
-        return self.json_mode or self.json_schema is not None
+        return self.json_mode or self.json_schema is not None or self.tagged is not None
 
     @property
     def greedy(self) -> bool:

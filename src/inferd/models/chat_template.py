@@ -72,8 +72,16 @@ class ChatTemplate:
         self._bos = bos_token
         self._eos = eos_token
 
-    def render(self, messages: list[dict[str, Any]], *, add_generation_prompt: bool = True) -> str:
-        size = weight(messages)
+    def render(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        add_generation_prompt: bool = True,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> str:
+        """The prompt; `tools` (OpenAI-style function tools) go to the template's `tools`
+        variable, as Hugging Face templates take them, and are left undefined when None."""
+        size = weight(messages) + (weight(tools) if tools else 0)
         if size > MAX_VALUE_CHARS:
             # the real reason, before the template would say that it writes too much
             raise InvalidRequest(
@@ -84,11 +92,17 @@ class ChatTemplate:
         previous = sys.gettrace()
         sys.settrace(Deadline())
         try:
-            return self._render(messages, add_generation_prompt)
+            return self._render(messages, add_generation_prompt, tools)
         finally:
             sys.settrace(previous)
 
-    def _render(self, messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
+    def _render(
+        self,
+        messages: list[dict[str, Any]],
+        add_generation_prompt: bool,
+        tools: list[dict[str, Any]] | None,
+    ) -> str:
+        extra = {} if tools is None else {"tools": tools}
         try:
             out: list[str] = []
             size = 0
@@ -98,6 +112,7 @@ class ChatTemplate:
                 bos_token=self._bos,
                 eos_token=self._eos,
                 range=Budget().range,
+                **extra,
             ):
                 size += len(piece)
                 if size > MAX_VALUE_CHARS:

@@ -6,10 +6,12 @@ import asyncio
 import enum
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from inferd.engine.client import EngineClient
 from inferd.models.chat_template import ChatTemplate
 from inferd.models.spec import ModelSpec
+from inferd.models.tool_formats import ToolSupport, tool_support
 
 
 class ModelStatus(enum.StrEnum):
@@ -33,6 +35,12 @@ class LoadedModel:
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @cached_property
+    def tools(self) -> ToolSupport | None:
+        """How it calls tools (chosen once, from its settings and template); None: it
+        serves no tools."""
+        return tool_support(self.spec.config.tool_format, self.template.source)
 
 
 @dataclass

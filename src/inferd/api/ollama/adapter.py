@@ -25,6 +25,7 @@ from inferd.api.pipeline.request import (
     TextPrompt,
 )
 from inferd.api.pipeline.sampling import context_size
+from inferd.api.pipeline.tools import ToolOutput, tool_request
 from inferd.api.structured import JSON_OBJECT, TEXT, OutputFormat, schema_format
 from inferd.engine.backends.base import ModelInfo
 from inferd.engine.types import FinishReason, Usage
@@ -102,8 +103,6 @@ def check_generate(req: s.GenerateRequest) -> None:
 
 def check_chat(req: s.ChatRequest) -> None:
     check_common(req)
-    if req.tools:
-        raise UnsupportedParameter("tools are not supported yet", param="tools")
     for i, m in enumerate(req.messages):
         if m.images:
             raise UnsupportedParameter("images are not supported", param=f"messages[{i}].images")
@@ -150,7 +149,31 @@ def embed_response(
 
 
 def chat_messages(req: s.ChatRequest) -> list[dict[str, Any]]:
-    return [{"role": m.role, "content": m.content} for m in req.messages]
+    """Messages as chat templates take them (Hugging Face's convention): an assistant's
+    `tool_calls`, a tool result's function as `name`."""
+    out: list[dict[str, Any]] = []
+    for m in req.messages:
+        msg: dict[str, Any] = {"role": m.role, "content": m.content}
+        if m.tool_calls and m.role == "assistant":
+            msg["tool_calls"] = [
+                {
+                    "type": "function",
+                    "function": {"name": c.function.name, "arguments": c.function.arguments},
+                }
+                for c in m.tool_calls
+            ]
+        if m.role == "tool" and m.tool_name:
+            msg["name"] = m.tool_name
+        out.append(msg)
+    return out
+
+
+def tool_calls(out: ToolOutput) -> list[dict[str, Any]]:
+    """A message's `tool_calls`, as Ollama writes them (arguments as an object)."""
+    return [
+        {"id": c.id, "function": {"index": k, "name": c.name, "arguments": c.arguments}}
+        for k, c in enumerate(out.calls)
+    ]
 
 
 def options(req: s.GenerateRequest | s.ChatRequest) -> Options:
@@ -225,6 +248,7 @@ def generation(req: s.GenerateRequest | s.ChatRequest) -> Generation:
         first, context = generate_prompt(req)
     else:
         first, context = ChatPrompt(chat_messages(req), trim_history=True), None
+    tools = tool_request(req.tools) if isinstance(req, s.ChatRequest) else None
     return Generation(
         model=req.model,
         prompts=[first],
@@ -233,6 +257,7 @@ def generation(req: s.GenerateRequest | s.ChatRequest) -> Generation:
         output=output_format(req),
         output_param="format",
         context=context,
+        tools=tools,
     )
 
 
@@ -299,6 +324,16 @@ def details(entry: ModelEntry) -> s.ModelDetails:
     )
 
 
+def capabilities(model: LoadedModel) -> list[str]:
+    """What the model can do, in Ollama's words."""
+    found = ["completion"]
+    if model.tools is not None:
+        found.append("tools")
+    if model.engine.info.supports_insert:
+        found.append("insert")
+    return found
+
+
 def show(model: LoadedModel, entry: ModelEntry) -> s.ShowResponse:
     info = model.engine.info
     meta = model.metadata
@@ -312,6 +347,6 @@ def show(model: LoadedModel, entry: ModelEntry) -> s.ShowResponse:
         template=model.template.source,
         details=details(entry),
         model_info=describe.model_info(meta, info.n_params),
-        capabilities=["completion", "insert"] if info.supports_insert else ["completion"],
+        capabilities=capabilities(model),
         modified_at=modified_at(model.spec),
     )

@@ -21,8 +21,10 @@ from inferd.api.ollama import adapter
 from inferd.api.ollama import schemas as s
 from inferd.api.openapi import NDJSON
 from inferd.api.pipeline.run import ChoiceResult, prepare
+from inferd.api.pipeline.tools import ToolOutput
 from inferd.api.routing import Dialect, RecordDep, dialect_router
 from inferd.api.streaming import ndjson_response
+from inferd.engine.types import FinishReason
 from inferd.errors import InvalidRequest, ModelNotFound
 from inferd.models.registry import LoadedModel, ModelRegistry, ModelStatus
 
@@ -180,23 +182,34 @@ async def _run(
 
     if not body.stream:
         results = await run.collect(request)
-        answer = {**final(results[0]), **piece(results[0].text)}
+        out = run.answer(results[0])
+        answer = {**final(results[0]), **piece(out.content)}
+        if out.calls:
+            answer["message"]["tool_calls"] = adapter.tool_calls(out)
         await _after(registry, model, keep_alive)
         return JSONResponse(answer)
 
+    def chunk(text: str, calls: ToolOutput | None = None) -> dict[str, Any]:
+        body = {"model": model.name, "created_at": adapter.now_rfc3339(), **piece(text)}
+        if calls is not None:
+            body["message"]["tool_calls"] = adapter.tool_calls(calls)
+        return {**body, "done": False}
+
     async def chunks() -> AsyncIterator[dict[str, Any]]:
         result = ChoiceResult(0)
+        # with tools, text that may start a call is held back; the calls come in one chunk
+        tools = run.tools.stream() if run.tools is not None else None
         try:
             async for _, out in run.stream():
                 result.token_ids.extend(out.token_ids)
-                if out.text:
-                    yield {
-                        "model": model.name,
-                        "created_at": adapter.now_rfc3339(),
-                        **piece(out.text),
-                        "done": False,
-                    }
+                text = out.text if tools is None else tools.feed(out.text)
+                if text:
+                    yield chunk(text)
                 if out.finish_reason is not None:
+                    if tools is not None:
+                        tail = tools.finish(truncated=out.finish_reason is FinishReason.LENGTH)
+                        if tail.content or tail.calls:
+                            yield chunk(tail.content, tail if tail.calls else None)
                     result.finish_reason = out.finish_reason
                     result.usage = out.usage
                     result.time_to_first_token = out.time_to_first_token

@@ -39,11 +39,21 @@ class Options(_Wire):
     num_ctx: Annotated[StrictInt, Field(ge=1, le=2**63 - 1)] | None = None
 
 
+class ToolCallFunction(_Wire):
+    name: StrictStr
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+
+class ToolCall(_Wire):
+    function: ToolCallFunction
+
+
 class Message(_Wire):
     role: Literal["system", "user", "assistant", "tool"]
     content: StrictStr = ""
     images: list[Any] | None = None
-    tool_calls: list[Any] | None = None
+    tool_calls: list[ToolCall] | None = None  # an assistant's calls
+    tool_name: StrictStr | None = None  # a tool result's function
 
 
 class _Common(_Wire):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -21,6 +22,7 @@ from inferd.api.pipeline.request import (
     TokenPrompt,
 )
 from inferd.api.pipeline.run import ChoiceResult, Run
+from inferd.api.pipeline.tools import ToolOutput, ToolRequest, tool_request
 from inferd.api.structured import JSON_OBJECT, TEXT, OutputFormat, schema_format
 from inferd.config import Settings
 from inferd.engine.types import FinishReason, Usage
@@ -81,6 +83,7 @@ def chat_generation(req: s.ChatCompletionRequest) -> Generation:
         output=output_format(req),
         output_param=RESPONSE_FORMAT_SCHEMA,
         session=Session(req.session_id, req.session_history),
+        tools=chat_tools(req),
     )
 
 
@@ -110,10 +113,27 @@ def completion_generation(req: s.CompletionRequest) -> Generation:
 def check_chat(req: s.ChatCompletionRequest) -> None:
     if req.logprobs or req.top_logprobs is not None:
         raise UnsupportedParameter("logprobs are not supported yet", param="logprobs")
-    if req.tools:
-        raise UnsupportedParameter("tools are not supported yet", param="tools")
+    if req.tools and req.functions:
+        raise InvalidRequest("send tools or the legacy functions, not both", param="functions")
+
+
+def chat_tools(req: s.ChatCompletionRequest) -> ToolRequest | None:
+    """`tools`, `tool_choice` and `parallel_tool_calls`, or the legacy `functions` and
+    `function_call` on the same path."""
     if req.functions:
-        raise UnsupportedParameter("functions are not supported yet", param="functions")
+        return tool_request(
+            [{"type": "function", "function": f} for f in req.functions],
+            req.function_call,
+            False,
+            param="functions",
+            choice_param="function_call",
+        )
+    return tool_request(req.tools, req.tool_choice, req.parallel_tool_calls)
+
+
+def legacy_functions(req: s.ChatCompletionRequest) -> bool:
+    """Answer in the legacy shape: `function_call`, finish_reason "function_call"."""
+    return bool(req.functions)
 
 
 RESPONSE_FORMAT_SCHEMA = "response_format.json_schema.schema"
@@ -178,8 +198,11 @@ def check_completion(req: s.CompletionRequest) -> None:
 
 
 def chat_messages(req: s.ChatCompletionRequest) -> list[dict[str, Any]]:
-    """Messages as the chat template expects them: role and plain-text content."""
+    """Messages as chat templates take them (Hugging Face's convention): role, plain-text
+    content; an assistant's `tool_calls` with arguments as objects; a tool result with its
+    `tool_call_id` and the called function's `name`."""
     out: list[dict[str, Any]] = []
+    called: dict[str, str] = {}  # call id -> function name
     for i, m in enumerate(req.messages):
         content = m.content
         if isinstance(content, list):
@@ -196,12 +219,40 @@ def chat_messages(req: s.ChatCompletionRequest) -> list[dict[str, Any]]:
             if m.role != "assistant":
                 raise InvalidRequest("content is required", param=f"messages[{i}].content")
             content = ""
-        role = "system" if m.role == "developer" else m.role
+        role = {"developer": "system", "function": "tool"}.get(m.role, m.role)
         msg: dict[str, Any] = {"role": role, "content": content}
         if m.name:
             msg["name"] = m.name
+        calls = m.tool_calls or (
+            [s.MessageToolCall(function=m.function_call)] if m.function_call else []
+        )
+        if calls and m.role == "assistant":
+            msg["tool_calls"] = [_history_call(c) for c in calls]
+            called.update((c.id, c.function.name) for c in calls if c.id)
+        if m.role == "tool":
+            if m.tool_call_id is None:
+                raise InvalidRequest(
+                    "a tool message needs tool_call_id", param=f"messages[{i}].tool_call_id"
+                )
+            msg["tool_call_id"] = m.tool_call_id
+            if m.tool_call_id in called:
+                msg["name"] = called[m.tool_call_id]
         out.append(msg)
     return out
+
+
+def _history_call(call: s.MessageToolCall) -> dict[str, Any]:
+    """A call as templates take it: arguments as an object (kept as text when the text is
+    not a JSON object)."""
+    try:
+        arguments: Any = json.loads(call.function.arguments or "{}")
+    except json.JSONDecodeError:
+        arguments = call.function.arguments
+    return {
+        "id": call.id,
+        "type": "function",
+        "function": {"name": call.function.name, "arguments": arguments},
+    }
 
 
 def completion_prompts(req: s.CompletionRequest) -> list[str | list[int]]:
@@ -221,6 +272,27 @@ def finish_reason(reason: FinishReason | None) -> str | None:
     if reason is None:
         return None
     return "length" if reason is FinishReason.LENGTH else "stop"
+
+
+def chat_finish(reason: FinishReason | None, out: ToolOutput, legacy: bool) -> str | None:
+    if out.calls:
+        return "function_call" if legacy else "tool_calls"
+    return finish_reason(reason)
+
+
+def assistant_message(out: ToolOutput, legacy: bool) -> s.AssistantMessage:
+    if not out.calls:
+        return s.AssistantMessage(content=out.content)
+    functions = [s.ToolCallFunction(name=c.name, arguments=c.arguments_json) for c in out.calls]
+    content = out.content if out.content.strip() else None
+    if legacy:
+        return s.AssistantMessage(content=content, function_call=functions[0])
+    return s.AssistantMessage(
+        content=content,
+        tool_calls=[
+            s.ToolCall(id=c.id, function=f) for c, f in zip(out.calls, functions, strict=True)
+        ],
+    )
 
 
 def usage_info(usage: Usage) -> s.UsageInfo:
@@ -255,19 +327,24 @@ def timings(results: list[ChoiceResult]) -> s.Timings:
     )
 
 
-def chat_completion(rid: str, run: Run, results: list[ChoiceResult]) -> s.ChatCompletion:
+def chat_completion(
+    rid: str, run: Run, results: list[ChoiceResult], *, legacy: bool = False
+) -> s.ChatCompletion:
+    choices = []
+    for r in results:
+        out = run.answer(r)
+        choices.append(
+            s.ChatChoice(
+                index=r.index,
+                message=assistant_message(out, legacy),
+                finish_reason=chat_finish(r.finish_reason, out, legacy),
+            )
+        )
     return s.ChatCompletion(
         id=rid,
         created=now(),
         model=run.model.name,
-        choices=[
-            s.ChatChoice(
-                index=r.index,
-                message=s.AssistantMessage(content=r.text),
-                finish_reason=finish_reason(r.finish_reason),
-            )
-            for r in results
-        ],
+        choices=choices,
         usage=usage_info(run.usage),
         timings=timings(results),
     )
@@ -290,9 +367,11 @@ def completion(rid: str, run: Run, results: list[ChoiceResult]) -> s.Completion:
 
 
 async def chat_chunks(
-    rid: str, run: Run, n: int, *, include_usage: bool
+    rid: str, run: Run, n: int, *, include_usage: bool, legacy: bool = False
 ) -> AsyncIterator[dict[str, Any]]:
-    """chat.completion.chunk objects, then the usage chunk if asked for."""
+    """chat.completion.chunk objects, then the usage chunk if asked for. With tools, text
+    that may start a call is held back; each call then comes as OpenAI streams it: a delta
+    with its index, id, type, function name and empty arguments, then its arguments."""
     created = now()
 
     def chunk(choices: list[dict[str, Any]], usage: s.UsageInfo | None = None) -> dict[str, Any]:
@@ -311,15 +390,42 @@ async def chat_chunks(
         yield chunk(
             [{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]
         )
+    streams = [run.tools.stream() for _ in range(n)] if run.tools is not None else None
     async for i, out in run.stream():
-        if out.text:
-            yield chunk([{"index": i, "delta": {"content": out.text}, "finish_reason": None}])
+        text = out.text if streams is None else streams[i].feed(out.text)
+        if text:
+            yield chunk([{"index": i, "delta": {"content": text}, "finish_reason": None}])
         if out.finish_reason is not None:
-            yield chunk(
-                [{"index": i, "delta": {}, "finish_reason": finish_reason(out.finish_reason)}]
-            )
+            truncated = out.finish_reason is FinishReason.LENGTH
+            tail = ToolOutput("") if streams is None else streams[i].finish(truncated=truncated)
+            for delta in _tail_deltas(tail, legacy):
+                yield chunk([{"index": i, "delta": delta, "finish_reason": None}])
+            reason = chat_finish(out.finish_reason, tail, legacy)
+            yield chunk([{"index": i, "delta": {}, "finish_reason": reason}])
     if include_usage:
         yield chunk([], usage_info(run.usage))
+
+
+def _tail_deltas(tail: ToolOutput, legacy: bool) -> list[dict[str, Any]]:
+    """The held-back end of an answer: its text, or its calls."""
+    if not tail.calls:
+        return [{"content": tail.content}] if tail.content else []
+    if legacy:
+        call = tail.calls[0]
+        return [
+            {"function_call": {"name": call.name, "arguments": ""}},
+            {"function_call": {"arguments": call.arguments_json}},
+        ]
+    deltas: list[dict[str, Any]] = []
+    for k, call in enumerate(tail.calls):
+        head = {"name": call.name, "arguments": ""}
+        deltas.append(
+            {"tool_calls": [{"index": k, "id": call.id, "type": "function", "function": head}]}
+        )
+        deltas.append(
+            {"tool_calls": [{"index": k, "function": {"arguments": call.arguments_json}}]}
+        )
+    return deltas
 
 
 async def completion_chunks(

@@ -53,9 +53,11 @@ async def chat_completions(
     rid = f"chatcmpl-{record.request_id}"
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        chunks = adapter.chat_chunks(rid, run, body.n, include_usage=include_usage)
+        legacy = adapter.legacy_functions(body)
+        chunks = adapter.chat_chunks(rid, run, body.n, include_usage=include_usage, legacy=legacy)
         return sse_response(request, chunks, drain_timeout=settings.drain_timeout, done=True)
-    return adapter.chat_completion(rid, run, await run.collect(request))
+    results = await run.collect(request)
+    return adapter.chat_completion(rid, run, results, legacy=adapter.legacy_functions(body))
 
 
 @router.post("/completions", response_model=s.Completion, responses=SSE)

@@ -43,6 +43,17 @@ class ContentPart(_Wire):
     text: StrictStr | None = None
 
 
+class FunctionCall(_Wire):
+    name: StrictStr
+    arguments: StrictStr = ""  # JSON text, as the model wrote it
+
+
+class MessageToolCall(_Wire):
+    id: StrictStr = ""
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(_Wire):
     # content may be null or left out only in an assistant message (one that called tools)
     model_config = ConfigDict(
@@ -55,9 +66,12 @@ class ChatMessage(_Wire):
         }
     )
 
-    role: Literal["system", "developer", "user", "assistant", "tool"]
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: StrictStr | list[ContentPart] | None = None
     name: StrictStr | None = None
+    tool_calls: list[MessageToolCall] | None = None  # an assistant's calls
+    tool_call_id: StrictStr | None = None  # a tool result's call
+    function_call: FunctionCall | None = None  # legacy: an assistant's call
 
 
 class SamplingFields(_Wire):
@@ -88,9 +102,11 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: PositiveInt | None = None
     logprobs: StrictBool | None = None
     top_logprobs: StrictInt | None = None
-    tools: list[dict[str, Any]] | None = None
+    tools: list[Any] | None = None
     tool_choice: Any = None
-    functions: list[dict[str, Any]] | None = None
+    parallel_tool_calls: StrictBool | None = None
+    functions: list[Any] | None = None  # legacy tools
+    function_call: Any = None  # legacy tool_choice
     response_format: ResponseFormat | None = None
     # extensions: store the exchange under a session; prepend the stored conversation
     session_id: SessionId | None = None
@@ -162,9 +178,23 @@ class Timings(BaseModel):
     decode_tokens_per_s: float | None = None
 
 
+class ToolCallFunction(BaseModel):
+    name: str
+    arguments: str  # JSON text
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: ToolCallFunction
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    # when the model calls tools (function_call: for a request with legacy functions)
+    tool_calls: list[ToolCall] | None = None
+    function_call: ToolCallFunction | None = None
 
 
 class ChatChoice(BaseModel):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
 
 from inferd.api.pipeline.request import (
     ChatPrompt,
@@ -53,10 +52,15 @@ async def prompt_tokens(
     if isinstance(prompt, ChatPrompt):
         # message content is tokenized as text: it can never forge the template's markers
         chat = await tokenize_chat(
-            engine, model.template, prompt.messages, renders=renders, add_bos=not context
+            engine,
+            model.template,
+            prompt.messages,
+            renders=renders,
+            add_bos=not context,
+            tools=prompt.tools,
         )
         if prompt.trim_history and len(context) + len(chat) >= n_ctx:
-            chat = await trimmed_chat(model, prompt.messages, chat, n_ctx - len(context), renders)
+            chat = await trimmed_chat(model, prompt, chat, n_ctx - len(context), renders)
         return [*context, *chat]
     if isinstance(prompt, TemplatePrompt):
         # a request's own template may be slow to render (within its deadline): never on
@@ -73,23 +77,22 @@ async def prompt_tokens(
 
 
 async def trimmed_chat(
-    model: LoadedModel,
-    messages: list[dict[str, Any]],
-    ids: list[int],
-    room: int,
-    renders: RenderSlots,
+    model: LoadedModel, prompt: ChatPrompt, ids: list[int], room: int, renders: RenderSlots
 ) -> list[int]:
     """A conversation whose prompt (`ids`) leaves no room in the context: without its
     oldest messages, as Ollama's /api/chat does (system messages and the last one stay),
     dropping as few as fit in fewer than `room` tokens; the full prompt when even the
     shortest does not fit (the budget then refuses it with the numbers)."""
     engine = model.engine
+    messages = prompt.messages
     best = ids
     lo, hi = 1, len(messages) - 1  # keep the messages from `start` on, and earlier systems
     while lo <= hi:
         start = (lo + hi) // 2
         kept = [m for m in messages[:start] if m.get("role") == "system"] + messages[start:]
-        trial = await tokenize_chat(engine, model.template, kept, renders=renders)
+        trial = await tokenize_chat(
+            engine, model.template, kept, renders=renders, tools=prompt.tools
+        )
         if len(trial) < room:
             best, hi = trial, start - 1
         else:

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from inferd.api.structured import TEXT, OutputFormat
+
+if TYPE_CHECKING:
+    from inferd.api.pipeline.tools import ToolRequest
 
 T = TypeVar("T")
 
@@ -29,9 +32,11 @@ class Param(Generic[T]):
 
 @dataclass(frozen=True, slots=True)
 class ChatPrompt:
-    """Messages (`role`, `content`) for the model's chat template."""
+    """Messages (`role`, `content`) for the model's chat template, and the tools for its
+    `tools` variable (set by the pipeline, see tools.py)."""
 
     messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] | None = None
     # True (Ollama's /api/chat): a conversation longer than the context loses its oldest
     # messages but the system ones and the last; False: it is a 400
     trim_history: bool = False
@@ -126,3 +131,4 @@ class Generation:
     # token ids that go before the prompt (Ollama's `context`: an earlier exchange)
     context: Param[tuple[int, ...]] | None = None
     session: Session | None = None
+    tools: ToolRequest | None = None  # function tools (chat prompts)

@@ -29,6 +29,7 @@ from inferd.api.pipeline.sampling import (
     context_size,
     sampling_params,
 )
+from inferd.api.pipeline.tools import ToolOutput, ToolUse, tool_use
 from inferd.api.record import RequestRecord
 from inferd.api.sessions import Exchange, open_exchange, session_of
 from inferd.api.streaming import cancel_on_disconnect
@@ -71,10 +72,17 @@ class Run:
     record: RequestRecord
     observe: GenerationObserver | None = None
     exchange: Exchange | None = None
+    tools: ToolUse | None = None  # parses the answers of a request with tools
 
     @property
     def sampling(self) -> SamplingParams:
         return self.requests[0].sampling
+
+    def answer(self, result: ChoiceResult) -> ToolOutput:
+        """A finished choice's content and tool calls (none for a request without tools)."""
+        if self.tools is None:
+            return ToolOutput(result.text)
+        return self.tools.parse(result.text, truncated=result.finish_reason is FinishReason.LENGTH)
 
     @property
     def usage(self) -> Usage:
@@ -219,6 +227,9 @@ async def prepare(request: Request, gen: Generation, record: RequestRecord) -> R
         prompts = [ChatPrompt(messages)]
     model = await acquire_model(request, state.registry, gen.model)
     record.resolved(model.name)
+    tools = None if gen.tools is None else tool_use(model, gen.tools, gen.output)
+    if tools is not None:
+        prompts = [tools.prompt(p) for p in prompts]
     context: tuple[int, ...] = ()
     if gen.context is not None:
         context = gen.context.value
@@ -233,6 +244,8 @@ async def prepare(request: Request, gen: Generation, record: RequestRecord) -> R
     requests: list[GenerateRequest] = []
     for p, prompt in enumerate(tokens):
         base = sampling_params(gen, len(prompt), model.engine.info, settings, n_ctx)
+        if tools is not None:
+            base = tools.constrain(base)
         if p == 0 and base.constrained:
             await check_format(model.engine, base, param=gen.output_param)
         for i in range(gen.n.value):
@@ -241,4 +254,4 @@ async def prepare(request: Request, gen: Generation, record: RequestRecord) -> R
     await admit(request, requests, record)
     record.admitted({r.request_id: i // gen.n.value for i, r in enumerate(requests)})
     observe = getattr(state, "observe_generation", None)
-    return Run(model, requests, tokens, record, observe, exchange)
+    return Run(model, requests, tokens, record, observe, exchange, tools)

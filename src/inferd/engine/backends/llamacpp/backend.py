@@ -41,7 +41,7 @@ class LlamaCppBackend:
         self._model = LlamaModel(path, options)
         model = self._model.model
         self._vocab = self._model.vocab
-        cell_bytes = kv_cell_bytes(model)
+        cell_bytes = kv_cell_bytes(model, options)
         n_ctx_train = int(llama_cpp.llama_model_n_ctx_train(model))
         kv = plan_kv(options, n_ctx_train=n_ctx_train, cell_bytes=cell_bytes)
         n_ctx, max_seqs, split = kv.n_ctx, kv.max_seqs, kv.split
@@ -54,11 +54,15 @@ class LlamaCppBackend:
             seqs=max_seqs,
             threads=self._n_threads,
             flash_attn=flash_attn_type(options),
+            type_k=options.cache_type_k,
+            type_v=options.cache_type_v,
         )
         ctx = llama_cpp.llama_init_from_model(model, cparams)
         if not ctx:
             self.close()
-            raise BackendError(f"failed to create a llama.cpp context for {path.name}")
+            types = f"{options.cache_type_k}/{options.cache_type_v}"
+            hint = "" if types == "f16/f16" else f" with KV cache types {types}"
+            raise BackendError(f"failed to create a llama.cpp context for {path.name}{hint}")
         self._ctx = ctx
         self._mem = llama_cpp.llama_get_memory(ctx)
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)

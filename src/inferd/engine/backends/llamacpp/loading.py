@@ -11,7 +11,7 @@ from typing import Any
 
 import llama_cpp
 
-from inferd.engine.backends.llamacpp.options import LlamaCppOptions, cell_bytes_of
+from inferd.engine.backends.llamacpp.options import KV_TYPES, LlamaCppOptions, cell_bytes_of
 from inferd.errors import BackendError
 
 log = logging.getLogger(__name__)
@@ -20,11 +20,19 @@ _INIT_LOCK = threading.Lock()
 
 
 def context_params(
-    *, split: bool, cells: int, batch: int, seqs: int, threads: int, flash_attn: int
+    *,
+    split: bool,
+    cells: int,
+    batch: int,
+    seqs: int,
+    threads: int,
+    flash_attn: int,
+    type_k: str = "f16",
+    type_v: str = "f16",
 ) -> Any:
     """llama.cpp context parameters as inferd uses them: a KV cache of `cells` (unified, or
-    split into one stream per sequence), one `batch`-token micro-batch per decode, `seqs`
-    sequence ids, no perf counters."""
+    split into one stream per sequence) in the given element types, one `batch`-token
+    micro-batch per decode, `seqs` sequence ids, no perf counters."""
     cparams = llama_cpp.llama_context_default_params()
     cparams.n_ctx = cells
     cparams.n_batch = batch
@@ -34,18 +42,23 @@ def context_params(
     cparams.n_threads_batch = threads
     cparams.kv_unified = not split
     cparams.flash_attn_type = flash_attn
+    cparams.type_k = KV_TYPES[type_k].ggml
+    cparams.type_v = KV_TYPES[type_v].ggml
     cparams.no_perf = True
     return cparams
 
 
-def kv_cell_bytes(model: Any) -> int:
-    """Bytes of one KV cell (K and V of every layer, f16) for this model: an estimate that
-    takes a head's size as n_embd / n_head, as most architectures do."""
+def kv_cell_bytes(model: Any, options: LlamaCppOptions) -> int:
+    """Bytes of one KV cell (K and V of every layer, in the options' cache types) for this
+    model: an estimate that takes a head's size as n_embd / n_head, as most architectures
+    do."""
     return cell_bytes_of(
         n_layer=int(llama_cpp.llama_model_n_layer(model)),
         n_head=max(1, int(llama_cpp.llama_model_n_head(model))),
         n_head_kv=int(llama_cpp.llama_model_n_head_kv(model)),
         n_embd=int(llama_cpp.llama_model_n_embd(model)),
+        type_k=options.cache_type_k,
+        type_v=options.cache_type_v,
     )
 
 

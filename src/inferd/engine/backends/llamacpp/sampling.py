@@ -1,5 +1,5 @@
 """Sampling on llama.cpp's logits: numpy for the plain cases, llama.cpp's sampler chain for
-penalties and grammars (structured output)."""
+penalties and grammars (structured output, tool calls; see grammar.py)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import llama_cpp
-import llama_cpp.llama_grammar as llama_grammar
 import numpy as np
 
+from inferd.engine.backends.llamacpp.grammar import gbnf, trigger_pattern
 from inferd.engine.backends.numpy_sampling import RowSampler
+from inferd.engine.structural import TaggedJson
 from inferd.engine.types import SamplingParams
 from inferd.errors import BackendError, InvalidRequest
 
@@ -138,19 +139,19 @@ class Samplers:
         self._vocab = vocab
         self._n_vocab = n_vocab
         self._eog = eog
-        self._grammars: dict[str, str] = {}
+        self._grammars: dict[str | TaggedJson, str] = {}
         self._grammar_lock = threading.Lock()
 
     def _grammar(self, params: SamplingParams) -> str | None:
-        """GBNF for structured output (JSON schemas compiled once, then cached)."""
-        if params.json_schema is None:
-            return llama_grammar.JSON_GBNF if params.json_mode else None
-        key = params.json_schema
+        """GBNF for structured output (compiled once per schema or shape, then cached)."""
+        key = params.tagged or params.json_schema
+        if key is None:
+            return gbnf(params)  # free text, or any JSON object
         with self._grammar_lock:  # the core thread and request threads share the cache
-            gbnf = self._grammars.get(key)
-        if gbnf is None:
+            compiled = self._grammars.get(key)
+        if compiled is None:
             try:
-                gbnf = llama_grammar.json_schema_to_gbnf(key)
+                compiled = gbnf(params) or ""
             except Exception as exc:  # the converter raises ValueError, AssertionError, ...
                 # the converter names the schema's document "stdin"
                 detail = str(exc).replace("stdin#", "#")[:200] or type(exc).__name__
@@ -160,8 +161,8 @@ class Samplers:
             with self._grammar_lock:
                 if len(self._grammars) >= _GRAMMAR_CACHE:
                     self._grammars.pop(next(iter(self._grammars)), None)
-                self._grammars[key] = gbnf
-        return gbnf
+                self._grammars[key] = compiled
+        return compiled
 
     def check_sampling(self, params: SamplingParams) -> None:
         grammar = self._grammar(params)
@@ -171,6 +172,17 @@ class Samplers:
         if not sampler:
             raise InvalidRequest("the JSON schema cannot be used for structured output")
         llama_cpp.llama_sampler_free(sampler)
+
+    def _constraint(self, params: SamplingParams, grammar: str) -> Any:
+        """llama.cpp's grammar sampler; a lazy one (free until its trigger text) for tool
+        calls the model may or may not make."""
+        trigger = params.tagged.trigger if params.tagged is not None else None
+        if trigger is None:
+            return llama_cpp.llama_sampler_init_grammar(self._vocab, grammar.encode(), b"root")
+        patterns = (ctypes.c_char_p * 1)(trigger_pattern(trigger).encode())
+        return llama_cpp.llama_sampler_init_grammar_lazy_patterns(
+            self._vocab, grammar.encode(), b"root", patterns, 1, None, 0
+        )
 
     def _bias(self, params: SamplingParams) -> list[tuple[int, float]]:
         """The request's logit bias, with every end-of-generation token banned for ignore_eos."""
@@ -230,7 +242,7 @@ class Samplers:
         grammar = self._grammar(params)
         if grammar is None:
             return LlamaCppSampler(chain, self._ctx)
-        constraint = llama_cpp.llama_sampler_init_grammar(self._vocab, grammar.encode(), b"root")
+        constraint = self._constraint(params, grammar)
         if not constraint:
             llama_cpp.llama_sampler_free(chain)
             raise BackendError("the grammar for structured output failed to load")

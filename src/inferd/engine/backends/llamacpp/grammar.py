@@ -1,0 +1,62 @@
+"""GBNF grammars for llama.cpp's grammar sampler: JSON (any object, or valid under a JSON
+Schema) and tagged JSON (tool calls: JSON values in literal text, `engine.structural`)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import llama_cpp.llama_grammar as llama_grammar
+
+from inferd.engine.structural import TaggedJson
+from inferd.engine.types import SamplingParams
+
+_REGEX_SPECIAL = re.compile(r"[\\^$.|?*+()\[\]{}]")
+_LITERAL_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def gbnf(params: SamplingParams) -> str | None:
+    """The grammar of a request's structured output, or None for free text. The converter
+    raises ValueError, AssertionError, ... on a schema it cannot use."""
+    if params.tagged is not None:
+        return tagged_gbnf(params.tagged)
+    if params.json_schema is not None:
+        return llama_grammar.json_schema_to_gbnf(params.json_schema)
+    return llama_grammar.JSON_GBNF if params.json_mode else None
+
+
+def tagged_gbnf(shape: TaggedJson) -> str:
+    """root: prefix, one tag (or tags joined by the separator), suffix; a tag: its begin
+    text, a JSON value under its schema, its end text. The schemas share one converter, so
+    their rules (and `$ref`s, resolved per tag) get distinct names."""
+    converter = llama_grammar.SchemaConverter(
+        prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False
+    )
+    alternatives = []
+    for i, tag in enumerate(shape.tags):
+        name = f"tag-{i}"
+        schema = converter.resolve_refs(json.loads(tag.schema), name)
+        value = converter.visit(schema, f"{name}-value")
+        converter._add_rule(name, _seq(_literal(tag.begin), value, _literal(tag.end)))
+        alternatives.append(name)
+    converter._add_rule("tag", " | ".join(alternatives))
+    tags = f"tag ({_literal(shape.separator)} tag)*" if shape.repeat else "tag"
+    converter._add_rule("root", _seq(_literal(shape.prefix), tags, _literal(shape.suffix)))
+    return str(converter.format_grammar())
+
+
+def trigger_pattern(trigger: str) -> str:
+    """llama.cpp's lazy-grammar trigger pattern: it must match the whole text generated so
+    far; the grammar applies from the start of the first group."""
+    escaped = _REGEX_SPECIAL.sub(lambda m: "\\" + m.group(0), trigger)
+    return rf"[\s\S]*?({escaped})[\s\S]*"
+
+
+def _literal(text: str) -> str:
+    if not text:
+        return ""
+    return '"' + "".join(_LITERAL_ESCAPES.get(c, c) for c in text) + '"'
+
+
+def _seq(*parts: str) -> str:
+    return " ".join(p for p in parts if p)

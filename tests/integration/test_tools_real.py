@@ -1,0 +1,182 @@
+"""Tool calling on the real engine: the grammar built from the tools' schemas keeps the
+bundled model's calls valid (required, a named function; its own template and the fallback
+description), streaming gives the calls the answer gives, and `auto`'s lazy grammar applies
+from its trigger on."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from inferd.config import Settings
+from inferd.engine.structural import JsonTag, TaggedJson
+from inferd.engine.types import GenerateRequest, SamplingParams
+from inferd.models.loading import llamacpp_factory
+from inferd.models.registry import ModelRegistry
+from tests.conftest import AppHandle, bundled_spec
+from tests.tool_templates import HERMES_CHATML
+from tests.unit.test_tools_api import reassemble
+
+pytestmark = pytest.mark.model
+
+BOOKING = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "enum": ["Paris", "Rome", "Oslo"]},
+        # llama.cpp's schema converter does not bound numbers (minimum, maximum): such a
+        # call is validated after and returned as text; the grammar holds everything here
+        "nights": {"type": "integer"},
+        "breakfast": {"type": "boolean"},
+    },
+    "required": ["city", "nights"],
+    "additionalProperties": False,
+}
+TOOLS = [
+    {
+        "type": "function",
+        "function": {"name": "book_hotel", "description": "Book a hotel", "parameters": BOOKING},
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "The weather in a city",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string", "maxLength": 30}},
+                "required": ["city"],
+            },
+        },
+    },
+]
+SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
+ASK = [{"role": "user", "content": "Book me a hotel in Rome for three nights."}]
+
+
+@pytest.fixture(scope="module")
+async def templated(model_path: Path) -> AsyncIterator[AppHandle]:
+    """The bundled model with a tool-capable (Hermes-style ChatML) template."""
+    spec = bundled_spec(model_path, chat_template=HERMES_CHATML)
+    async with AppHandle(Settings(), ModelRegistry([spec], llamacpp_factory())) as handle:
+        yield handle
+
+
+def body(**fields: Any) -> dict[str, Any]:
+    return {
+        "model": "smollm2",
+        "messages": ASK,
+        "tools": TOOLS,
+        "temperature": 0,
+        "max_tokens": 48,
+        **fields,
+    }
+
+
+def check_calls(calls: list[dict[str, Any]], names: set[str]) -> None:
+    assert calls
+    for call in calls:
+        name = call["function"]["name"]
+        assert name in names
+        jsonschema.validate(json.loads(call["function"]["arguments"]), SCHEMAS[name])
+
+
+@pytest.mark.parametrize("which", ["templated", "fallback"])
+@pytest.mark.parametrize("choice", ["required", "book_hotel"])
+async def test_required_and_named_calls_are_schema_valid(
+    which: str, choice: str, templated: AppHandle, real: AppHandle
+) -> None:
+    h = templated if which == "templated" else real
+    tool_choice = (
+        choice
+        if choice == "required"
+        else {
+            "type": "function",
+            "function": {"name": choice},
+        }
+    )
+    for seed in (1, 2):
+        r = await h.client.post(
+            "/v1/chat/completions",
+            json=body(
+                tool_choice=tool_choice, temperature=1.0, seed=seed, parallel_tool_calls=False
+            ),
+        )
+        assert r.status_code == 200, r.text
+        choice_out = r.json()["choices"][0]
+        assert choice_out["finish_reason"] == "tool_calls"
+        names = set(SCHEMAS) if choice == "required" else {choice}
+        check_calls(choice_out["message"]["tool_calls"], names)
+
+
+async def test_streamed_calls_are_the_answers_calls(templated: AppHandle) -> None:
+    fields = body(tool_choice="required", parallel_tool_calls=False)
+    r = await templated.client.post("/v1/chat/completions", json=fields)
+    whole = r.json()["choices"][0]
+    async with templated.client.stream(
+        "POST", "/v1/chat/completions", json={**fields, "stream": True}
+    ) as s:
+        lines = [x[6:] async for x in s.aiter_lines() if x.startswith("data: ")]
+    content, calls, reason = reassemble([json.loads(x) for x in lines[:-1]])
+    assert reason == whole["finish_reason"] == "tool_calls"
+    assert content == (whole["message"]["content"] or "")
+    assert [(c["name"], c["arguments"]) for c in calls] == [
+        (c["function"]["name"], c["function"]["arguments"]) for c in whole["message"]["tool_calls"]
+    ]
+    check_calls(whole["message"]["tool_calls"], set(SCHEMAS))
+
+
+async def test_ollama_calls_are_schema_valid(real: AppHandle) -> None:
+    """Ollama has no tool_choice: auto, on the fallback description."""
+    r = await real.client.post(
+        "/api/chat",
+        json={
+            "model": "smollm2",
+            "messages": ASK,
+            "tools": TOOLS,
+            "stream": False,
+            "options": {"temperature": 0, "num_predict": 48},
+        },
+    )
+    assert r.status_code == 200, r.text
+    for call in r.json()["message"].get("tool_calls") or []:
+        function = call["function"]
+        jsonschema.validate(function["arguments"], SCHEMAS[function["name"]])
+
+
+async def test_a_lazy_grammar_applies_from_its_trigger_on(real: AppHandle) -> None:
+    """The greedy answer to this prompt starts "Paris, ..."; with "Paris" as the trigger the
+    text after it must be the tag's JSON, and nothing after that."""
+    engine = real.engine()
+    prompt = await engine.tokenize(
+        "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n",
+        add_special=True,
+        parse_special=True,
+    )
+    schema = {
+        "type": "object",
+        "properties": {"capital": {"type": "boolean"}, "country": {"enum": ["France", "Peru"]}},
+        "required": ["capital", "country"],
+        "additionalProperties": False,
+    }
+    free = SamplingParams(max_tokens=40, temperature=0)
+    lazy = TaggedJson((JsonTag("Paris", json.dumps(schema), ""),), trigger="Paris")
+
+    async def answer(params: SamplingParams) -> str:
+        text = ""
+        async for out in engine.generate(
+            GenerateRequest(f"lazy-{id(params)}", tuple(prompt), params)
+        ):
+            text += out.text
+        return text
+
+    before = await answer(free)
+    assert "Paris" in before and not before.startswith("Paris{")
+    constrained = await answer(SamplingParams(max_tokens=40, temperature=0, tagged=lazy))
+    head, _, tail = constrained.partition("Paris")
+    assert head == before.partition("Paris")[0]
+    jsonschema.validate(json.loads(tail), schema)
