@@ -68,10 +68,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
 def test_every_operation_answers_as_documented(
     case: schemathesis.Case, server: LocalServer
 ) -> None:
+    # a route that declares 501 (Ollama's /api/push: inferd never pushes) may answer it
+    declared = case.operation.definition.raw.get("responses", {})
+    server_errors = [] if "501" in declared else [not_a_server_error]
     case.call_and_validate(
         base_url=server.url,
         checks=[
-            not_a_server_error,
+            *server_errors,
             status_code_conformance,
             content_type_conformance,
             response_schema_conformance,
