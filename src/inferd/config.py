@@ -342,6 +342,15 @@ class Settings(BaseSettings):
     max_queue: int = Field(
         64, ge=0, description="Generation requests waiting for a slot; beyond them: 503"
     )
+    max_concurrent_renders: int = Field(
+        2,
+        ge=1,
+        description="Prompt templates (a request's own, or a long conversation) rendering "
+        "at once, each on a worker thread",
+    )
+    render_wait_timeout: float = Field(
+        10.0, ge=0, description="Seconds a render waits for its turn; longer: 503"
+    )
     rate_limit_storage: str = Field(
         "memory://",
         description="Where rate limits are counted: memory:// or a redis:// URL shared by replicas",

@@ -27,7 +27,14 @@ class ContextTooLong(InvalidRequest):
 
 
 class ModelNotFound(InferdError):
+    """No model by that name; `name` as the client sent it (cut for display), for dialects
+    that word this error their own way."""
+
     code = "model_not_found"
+
+    def __init__(self, message: str, *, param: str | None = None, name: str | None = None):
+        super().__init__(message, param=param)
+        self.name = name
 
 
 class ModelNotReady(InferdError):
@@ -66,6 +73,12 @@ class Overloaded(InferdError):
 
 class EngineStopped(InferdError):
     code = "engine_stopped"
+
+
+class GenerationInterrupted(EngineStopped):
+    """A request's model was unloaded, or the server shut down, before its answer ended."""
+
+    code = "generation_interrupted"
 
 
 class BackendError(InferdError):

@@ -260,7 +260,7 @@ def test_unknown_model_is_a_404(client: ollama.Client) -> None:
         with pytest.raises(ollama.ResponseError) as info:
             call()
         assert info.value.status_code == 404
-        assert "does not exist" in info.value.error
+        assert "not found, try pulling it first" in info.value.error
 
 
 async def test_unknown_model_is_a_404_async(aclient: ollama.AsyncClient) -> None:

@@ -446,13 +446,19 @@ def test_embeddings_create(client: openai.OpenAI) -> None:
         assert a == pytest.approx(b, abs=1e-6)
     ids = client.embeddings.create(model=MODEL, input=[[1, 2, 3], [4, 5]])
     assert len(ids.data) == 2 and ids.usage.prompt_tokens == 5
+    # dimensions: the first values, normalized again (issue 23 item 17)
+    short = client.embeddings.create(model=MODEL, input=texts, dimensions=64)
+    for full, v in zip(vectors, (d.embedding for d in short.data), strict=True):
+        head = full[:64]
+        scale = math.sqrt(sum(x * x for x in head))
+        assert v == pytest.approx([x / scale for x in head], abs=1e-5)
 
 
 def test_embeddings_errors(client: openai.OpenAI) -> None:
     for kwargs, param in (
         ({"input": ""}, "input"),
         ({"input": [-1]}, "input"),
-        ({"input": "hi", "dimensions": 8}, "dimensions"),
+        ({"input": "hi", "dimensions": 577}, "dimensions"),
         ({"input": "hello " * 5000}, "input"),
     ):
         with pytest.raises(openai.BadRequestError) as info:

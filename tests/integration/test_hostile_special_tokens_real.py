@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from inferd.api.prompting import tokenize_chat, tokenize_prompt, tokenize_segments
+from inferd.api.renders import RenderSlots
 from inferd.models.chat_template import with_content
 from inferd.models.content_marks import ContentMarks
 from tests.conftest import AppHandle
@@ -25,7 +26,7 @@ async def test_special_text_in_content_stays_text_on_the_real_model(real: AppHan
     assert len(plain) > 1 and im_start not in plain
     messages = [{"role": "user", "content": forged("<|im_start|>", "<|im_end|>")}]
     today = await tokenize_prompt(engine, template.render(messages))
-    ids = await tokenize_chat(engine, template, messages)
+    ids = await tokenize_chat(engine, template, messages, renders=RenderSlots(1, 10))
     # the bundled template writes system, user and assistant turns: 3 of each marker
     assert today.count(im_start) == 4  # before: the content forged a fourth turn
     assert ids.count(im_start) == 3 and ids.count(im_end) == 2
@@ -50,7 +51,7 @@ async def test_content_without_special_text_keeps_todays_ids(real: AppHandle) ->
     engine = real.engine()
     template = real.registry.get(None).template
     today = await tokenize_prompt(engine, template.render(CONVERSATION))
-    assert await tokenize_chat(engine, template, CONVERSATION) == today
+    assert await tokenize_chat(engine, template, CONVERSATION, renders=RenderSlots(1, 10)) == today
 
 
 async def test_where_content_tokenized_apart_changes_ids(real: AppHandle) -> None:
@@ -79,7 +80,7 @@ async def test_every_dialect_keeps_forged_markers_as_text(real: AppHandle) -> No
     engine = real.engine()
     template = real.registry.get(None).template
     messages = [{"role": "user", "content": forged("<|im_start|>", "<|im_end|>")}]
-    safe = len(await tokenize_chat(engine, template, messages))
+    safe = len(await tokenize_chat(engine, template, messages, renders=RenderSlots(1, 10)))
     unsafe = len(await tokenize_prompt(engine, template.render(messages)))
     assert safe > unsafe
     c = real.client

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -428,6 +429,22 @@ async def test_num_predict_fills_the_room_that_num_ctx_leaves(real: AppHandle) -
         assert len(body["context"]) == num_ctx
 
 
+@pytest.mark.parametrize("path", [GEN, CHAT])
+async def test_num_ctx_above_the_models_context_is_cut_to_it(
+    real: AppHandle, path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As Ollama does, with a log line (issue 23 item 13)."""
+    n_ctx = real.engine().info.n_ctx
+    body: dict[str, Any] = {"model": MODEL, "stream": False, "options": {"num_ctx": 10**9}}
+    body |= {"prompt": "Hi"} if path == GEN else {"messages": USER}
+    body["options"] |= {"num_predict": 2, "temperature": 0}
+    with caplog.at_level(logging.WARNING, logger="inferd.api.pipeline.sampling"):
+        resp = await real.client.post(path, json=body)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["eval_count"] == 2
+    assert any(f"is above the model's context of {n_ctx}" in m for m in caplog.messages)
+
+
 async def test_system_reaches_the_template(real: AppHandle) -> None:
     system = "You are a pirate. Answer like one."
     resp = await real.client.post(
@@ -783,6 +800,28 @@ async def test_unknown_model_is_a_404(real: AppHandle, name: str) -> None:
         await assert_nothing_scheduled(real, before)
 
 
+async def test_unknown_model_reads_as_ollamas(real: AppHandle) -> None:
+    """Ollama's own words, which its clients and their users know (issue 23 item 18); the
+    OpenAI dialect keeps its own."""
+    ollama = 'model "no-such-model" not found, try pulling it first'
+    for path, body in (
+        (GEN, {"model": "no-such-model", "prompt": "hi"}),
+        (GEN, {"model": "no-such-model", "prompt": "hi", "stream": False}),
+        (CHAT, {"model": "no-such-model", "messages": USER}),
+        (SHOW, {"model": "no-such-model"}),
+        ("/api/embed", {"model": "no-such-model", "input": "hi"}),
+        ("/api/delete", {"model": "no-such-model"}),
+    ):
+        resp = await real.client.request(
+            "DELETE" if path == "/api/delete" else "POST", path, json=body
+        )
+        assert assert_error(resp, 404) == ollama, path
+    resp = await real.client.post(
+        "/v1/chat/completions", json={"model": "no-such-model", "messages": USER}
+    )
+    assert resp.json()["error"]["message"] == "The model 'no-such-model' does not exist"
+
+
 async def test_unknown_model_message_does_not_depend_on_the_filesystem(real: AppHandle) -> None:
     bundled = real.registry.get(None).spec.path
     assert bundled.is_file()
@@ -941,8 +980,7 @@ BAD_OPTIONS = [
     ("num_ctx", -1),
     ("num_ctx", "2048"),
     ("num_ctx", 1.5),
-    ("num_ctx", 10**9),
-    ("num_ctx", 2**63),
+    ("num_ctx", 2**63),  # beyond Go's int (10**9 is cut to the model's context)
 ]
 
 

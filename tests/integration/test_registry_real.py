@@ -212,7 +212,7 @@ async def test_ollama_copy_delete_and_model_map(model_path: Path, tmp_path: Path
             resp = await c.request("DELETE", "/api/delete", json={"model": name})
             assert resp.status_code == 404
             shown = name if len(name) <= 64 else name[:64] + "..."
-            assert resp.json() == {"error": f"The model '{shown}' does not exist"}
+            assert resp.json() == {"error": f'model "{shown}" not found, try pulling it first'}
         assert exists(outside)
         # delete the alias, then the directory model
         resp = await c.request("DELETE", "/api/delete", json={"model": "mine:latest"})

@@ -238,7 +238,7 @@ def test_the_chat_loop(chat: Chat) -> None:
     assert HELP in text
     assert text.count("The quick brown fox jumps.\n") == 2
     assert chat.messages == [] and "Cleared session context" in text
-    assert "error: The model 'nope' does not exist" in text
+    assert 'error: model "nope" not found, try pulling it first' in text
     assert chat.model == "fake"  # a failed /load keeps the model
     assert "Unknown command '/frobnicate'. Type /? for help" in text
     assert "Model" in text and "architecture" in text

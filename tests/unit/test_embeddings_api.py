@@ -113,11 +113,13 @@ async def test_api_embed_truncates_unless_told_not_to(fake_app: FakeFactory) -> 
             json={"model": "fake", "input": "x" * 10, "truncate": False, "options": {"num_ctx": 8}},
         )
         ollama_error(r, contains="context")
+        # num_ctx above the model's context is cut to it, as Ollama does (issue 23 item 13)
         r = await h.client.post(
-            "/api/embed", json={"model": "fake", "input": "x", "options": {"num_ctx": 17}}
+            "/api/embed", json={"model": "fake", "input": long, "options": {"num_ctx": 10**9}}
         )
-        ollama_error(r, contains="num_ctx")
-        assert fake(h).embed_calls == [1]
+        assert r.status_code == 200, r.text
+        assert r.json()["prompt_eval_count"] == 16
+        assert fake(h).embed_calls == [1, 1]
 
 
 @pytest.mark.parametrize(
@@ -129,7 +131,10 @@ async def test_api_embed_truncates_unless_told_not_to(fake_app: FakeFactory) -> 
         ({"input": 5}, "input"),
         ({"input": {"a": 1}}, "input"),
         ({"input": "a", "truncate": "no"}, "truncate"),
-        ({"input": "a", "dimensions": 8}, "dimensions"),
+        ({"input": "a", "dimensions": 9}, "dimensions"),  # the fake's vectors have 8
+        ({"input": "a", "dimensions": 0}, "dimensions"),
+        ({"input": "a", "dimensions": -1}, "dimensions"),
+        ({"input": "a", "dimensions": 2.5}, "dimensions"),
         ({"input": "a", "keep_alive": "soon"}, "keep_alive"),
         ({"input": ["a"] * 257}, "at most 256"),
     ],
@@ -215,7 +220,9 @@ async def test_v1_embeddings_token_ids(fake_app: FakeFactory) -> None:
         ({"input": [[1], [-1]]}, "input[1]"),
         ({"input": "x" * 513}, "input"),
         ({"input": "a", "encoding_format": "int8"}, "encoding_format"),
-        ({"input": "a", "dimensions": 4}, "dimensions"),
+        ({"input": "a", "dimensions": 9}, "dimensions"),
+        ({"input": "a", "dimensions": 0}, "dimensions"),
+        ({"input": "a", "dimensions": "4"}, "dimensions"),
         ({"input": ["a"] * 257}, "input"),
     ],
 )
@@ -250,6 +257,33 @@ async def test_the_embeddings_limit_can_be_below_the_context(fake_app: FakeFacto
             "input",
         )
         assert "16" in err["message"]
+
+
+# ---- dimensions: shortened and normalized again, as OpenAI and Ollama do --------------------
+
+
+@pytest.mark.parametrize("dimensions", [1, 3, 8])
+async def test_dimensions_shorten_and_renormalize(fake_app: FakeFactory, dimensions: int) -> None:
+    full = [expected(t) for t in TEXTS]
+    short = [l2_normalize(v[:dimensions]) for v in full]
+    async with fake_app() as h:
+        r = await h.client.post(
+            "/api/embed", json={"model": "fake", "input": TEXTS, "dimensions": dimensions}
+        )
+        assert r.status_code == 200, r.text
+        ollama = r.json()["embeddings"]
+        body = {"model": "fake", "input": TEXTS, "dimensions": dimensions}
+        r = await h.client.post("/v1/embeddings", json=body)
+        assert r.status_code == 200, r.text
+        openai = [d["embedding"] for d in r.json()["data"]]
+        r = await h.client.post("/v1/embeddings", json=body | {"encoding_format": "base64"})
+        encoded = [d["embedding"] for d in r.json()["data"]]
+    for vectors in (ollama, openai):
+        assert [len(v) for v in vectors] == [dimensions] * len(TEXTS)
+        for got, want in zip(vectors, short, strict=True):
+            assert got == pytest.approx(want)
+            assert norm(got) == pytest.approx(1.0)
+    assert encoded == [to_base64(v) for v in openai]
 
 
 def test_base64_is_little_endian_float32() -> None:

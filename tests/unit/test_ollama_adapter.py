@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import re
 import time
@@ -14,7 +15,7 @@ import pytest
 
 from inferd.api.ollama import adapter, prompt
 from inferd.api.ollama import schemas as s
-from inferd.api.pipeline.sampling import sampling_params
+from inferd.api.pipeline.sampling import context_size, sampling_params
 from inferd.config import ModelConfig, Settings
 from inferd.engine.backends.base import ModelInfo
 from inferd.engine.backends.fake import FakeBackend
@@ -57,8 +58,10 @@ def to_sampling(
     info: ModelInfo = INFO,
     settings: Settings = SETTINGS,
 ) -> SamplingParams:
-    """The request through the Ollama adapter and the pipeline's one sampling builder."""
-    return sampling_params(adapter.generation(req), prompt_len, info, settings)
+    """The request through the Ollama adapter and the pipeline's context and sampling."""
+    generation = adapter.generation(req)
+    n_ctx = context_size(generation.options.n_ctx, info)
+    return sampling_params(generation, prompt_len, info, settings, n_ctx)
 
 
 # ---- keep_alive --------------------------------------------------------------------------------
@@ -161,12 +164,15 @@ def test_num_predict_zero_is_refused() -> None:
         assert info.value.param == "options.num_predict"
 
 
-def test_num_ctx_above_the_models_context_is_refused() -> None:
-    with pytest.raises(InvalidRequest) as info:
-        sampling(num_ctx=N_CTX + 1)
-    assert info.value.param == "options.num_ctx"
-    assert str(N_CTX + 1) in info.value.message and str(N_CTX) in info.value.message
-    assert not isinstance(info.value, ContextTooLong)
+@pytest.mark.parametrize("num_ctx", [N_CTX + 1, 10**9, 2**63 - 1])
+def test_num_ctx_above_the_models_context_is_cut_to_it(
+    num_ctx: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As Ollama does (issue 23 item 13), with a log line."""
+    with caplog.at_level(logging.WARNING, logger="inferd.api.pipeline.sampling"):
+        assert sampling(num_ctx=num_ctx).max_tokens == ROOM
+    (line,) = caplog.messages
+    assert f"options.num_ctx {num_ctx} is above the model's context of {N_CTX}" in line
 
 
 def test_num_ctx_limits_the_room() -> None:

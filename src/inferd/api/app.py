@@ -22,6 +22,8 @@ from inferd.api.native.router import router as native_router
 from inferd.api.ollama.manage import router as ollama_manage_router
 from inferd.api.ollama.router import router as ollama_router
 from inferd.api.openai.router import router as openai_router
+from inferd.api.openapi import install_openapi
+from inferd.api.renders import RenderSlots
 from inferd.api.routing import Dialect, Namespace, Routing
 from inferd.api.usage import UsageMiddleware
 from inferd.config import Settings
@@ -93,6 +95,7 @@ def create_app(
     app.state.keys = keys
     app.state.limits = limits
     app.state.capacity = gate
+    app.state.renders = RenderSlots(settings.max_concurrent_renders, settings.render_wait_timeout)
     app.state.store = store
     metrics.watch_store(lambda: app.state.store.writer if app.state.store is not None else None)
     install_error_handlers(app)
@@ -122,6 +125,7 @@ def create_app(
         else is_loopback(settings.host)
     )
     app.state.public_paths = PUBLIC_PATHS | ui.PATHS | ({"/metrics"} if metrics_public else set())
+    install_openapi(app, app.state.public_paths)
     app.add_middleware(
         Guard,
         keys=keys,

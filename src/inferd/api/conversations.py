@@ -11,11 +11,12 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from inferd.api.access import session_owner
 from inferd.api.deps import StoreDep
+from inferd.api.openapi import STORE
 from inferd.api.routing import Dialect, dialect_router
 from inferd.api.sessions import SESSION_PATTERN, scoped_session
 from inferd.storage.records import TITLE_LENGTH, SessionRecord
 
-router = dialect_router(Dialect.OPENAI, prefix="/v1", tags=["store"])
+router = dialect_router(Dialect.OPENAI, prefix="/v1", tags=["store"], responses=STORE)
 
 SessionPath = Annotated[str, Path(pattern=SESSION_PATTERN)]
 # whose session: the id of the API key that used it (`inferd keys list`); none: the caller's

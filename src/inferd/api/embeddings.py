@@ -31,18 +31,25 @@ async def embed(
     n_ctx: int | None = None,
     truncate: bool = False,
     normalize: bool = True,
+    dimensions: int | None = None,
 ) -> Embeddings:
     """Embed texts or token-id lists. Each input must be non-empty and fit `n_ctx` (capped
     by the model's embeddings limit) unless `truncate`, which keeps its first tokens.
-    Errors are 400s naming `param`, or `param[i]` for the i-th input when `indexed` (the
-    client sent a list of inputs)."""
+    `dimensions`: each vector's first values, normalized again (as OpenAI and Ollama
+    shorten embeddings). Errors are 400s naming `param`, or `param[i]` for the i-th input
+    when `indexed` (the client sent a list of inputs), or `dimensions`."""
+    info = engine.info
+    if dimensions is not None and not 1 <= dimensions <= info.n_embd:
+        raise InvalidRequest(
+            f"dimensions must be between 1 and {info.n_embd}, the model's embedding size",
+            param="dimensions",
+        )
     if not inputs:
         raise InvalidRequest(f"{param} must not be empty", param=param)
     if len(inputs) > settings.max_embedding_inputs:
         raise InvalidRequest(
             f"{param} may hold at most {settings.max_embedding_inputs} inputs", param=param
         )
-    info = engine.info
     limit = min(n_ctx or info.embed_limit, info.embed_limit)
     token_lists: list[list[int]] = []
     for i, item in enumerate(inputs):
@@ -71,7 +78,9 @@ async def embed(
             tokens = tokens[:limit]
         token_lists.append(tokens)
     vectors = await engine.embed(token_lists)
-    if normalize:
+    if dimensions is not None:
+        vectors = [v[:dimensions] for v in vectors]
+    if normalize or dimensions is not None:
         vectors = [l2_normalize(v) for v in vectors]
     return Embeddings(vectors, sum(len(t) for t in token_lists))
 

@@ -77,10 +77,18 @@ def error_body(
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
+def message_of(dialect: Dialect | None, exc: e.InferdError) -> str:
+    """The error's message as the dialect words it: Ollama's clients know its unknown-model
+    text (`model "x" not found, try pulling it first`)."""
+    if dialect is Dialect.OLLAMA and isinstance(exc, e.ModelNotFound) and exc.name is not None:
+        return f'model "{exc.name}" not found, try pulling it first'
+    return exc.message
+
+
 def error_event(dialect: Dialect, exc: e.InferdError) -> dict[str, Any]:
     """The last event of a stream that failed after it started, in the dialect's shape."""
     _, kind = status_of(exc)
-    return error_body(dialect, exc.message, kind, exc.param, exc.code)
+    return error_body(dialect, message_of(dialect, exc), kind, exc.param, exc.code)
 
 
 class ErrorResponse(JSONResponse):
@@ -151,8 +159,9 @@ def domain_error_response(request: Request, exc: e.InferdError) -> JSONResponse:
         headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
     elif isinstance(exc, e.Unauthenticated):
         headers = {"WWW-Authenticate": "Bearer"}
+    message = message_of(dialect_of(request.scope), exc)
     return error_response(
-        request, status, exc.message, kind=kind, param=exc.param, code=exc.code, headers=headers
+        request, status, message, kind=kind, param=exc.param, code=exc.code, headers=headers
     )
 
 

@@ -62,7 +62,17 @@ async def live() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/health/ready", responses={503: {"description": "the default model is not loaded"}})
+_LOADING = {
+    "description": "the default model is not loaded (Retry-After)",
+    "content": {
+        "application/json": {
+            "schema": {"type": "object", "properties": {"status": {"type": "string"}}}
+        }
+    },
+}
+
+
+@router.get("/health/ready", responses={503: _LOADING})
 async def ready(registry: RegistryDep) -> JSONResponse:
     """Ready when the default model is loaded."""
     if registry.ready:

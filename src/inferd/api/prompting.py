@@ -12,10 +12,10 @@ such content beyond trimming it cannot be followed: that request is a 400.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import Any
 
+from inferd.api.renders import RenderSlots
 from inferd.engine.client import EngineClient
 from inferd.errors import InvalidRequest
 from inferd.models.chat_template import ChatTemplate, marked_strings, with_content
@@ -36,13 +36,14 @@ async def tokenize_chat(
     template: ChatTemplate,
     messages: list[dict[str, Any]],
     *,
+    renders: RenderSlots,
     add_generation_prompt: bool = True,
     add_bos: bool = True,
     tools: list[dict[str, Any]] | None = None,
 ) -> list[int]:
     """The prompt ids of `messages` (and `tools`, for the template's `tools` variable) under
     `template`, in every dialect; `add_bos` false when the prompt continues a context
-    (Ollama's `context`)."""
+    (Ollama's `context`). A long conversation renders in one of `renders`' slots."""
 
     def render(mark: Callable[[str], str]) -> str:
         marked = with_content(messages, mark)
@@ -53,22 +54,24 @@ async def tokenize_chat(
 
     chars = sum(len(str(m.get("content") or "")) for m in messages)
     inline = len(messages) <= _INLINE_RENDER_MESSAGES and chars <= _INLINE_RENDER_CHARS
-    return await tokenize_rendered(engine, render, inline=inline, add_bos=add_bos)
+    return await tokenize_rendered(
+        engine, render, renders=None if inline else renders, add_bos=add_bos
+    )
 
 
 async def tokenize_rendered(
-    engine: EngineClient, render: Render, *, inline: bool = True, add_bos: bool = True
+    engine: EngineClient, render: Render, *, renders: RenderSlots | None, add_bos: bool = True
 ) -> list[int]:
     """The prompt ids of any rendering whose content strings pass through the mark it is
     given (a Go template's `.Prompt`, `.System` and messages, a Jinja template's messages);
-    rendered on a worker thread unless `inline`."""
+    rendered in one of `renders`' slots (on a worker thread), or inline when None."""
     plain = ContentMarks()
-    text = await _render(render, plain, inline)
+    text = await _render(render, plain, renders)
     special = await _with_special_text(engine, plain.seen)
     if not special:
         return await tokenize_prompt(engine, text, add_bos=add_bos)
     marks = ContentMarks(special)
-    segments = marks.segments(await _render(render, marks, inline), text)
+    segments = marks.segments(await _render(render, marks, renders), text)
     if segments is None:
         raise InvalidRequest(
             "a message or tool holds special-token text (such as <|im_start|>) that this "
@@ -122,5 +125,5 @@ async def _has_special_text(engine: EngineClient, text: str) -> bool:
     return parsed != await engine.tokenize(text, add_special=False, parse_special=False)
 
 
-async def _render(render: Render, marks: ContentMarks, inline: bool) -> str:
-    return render(marks) if inline else await asyncio.to_thread(render, marks)
+async def _render(render: Render, marks: ContentMarks, renders: RenderSlots | None) -> str:
+    return render(marks) if renders is None else await renders.run(render, marks)

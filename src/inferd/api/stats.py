@@ -9,10 +9,11 @@ from fastapi import Depends, Query
 
 from inferd.api.access import require_admin
 from inferd.api.deps import StoreDep
+from inferd.api.openapi import STORE
 from inferd.api.routing import Dialect, dialect_router
 from inferd.storage.records import UsageStats
 
-router = dialect_router(Dialect.OPENAI, prefix="/v1", tags=["store"])
+router = dialect_router(Dialect.OPENAI, prefix="/v1", tags=["store"], responses=STORE)
 
 MAX_HOURS = 24 * 366
 

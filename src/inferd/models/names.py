@@ -87,7 +87,8 @@ class NameTable:
                     return found
                 if attempt == 0 and not self.rescan():
                     break
-        raise ModelNotFound(f"The model '{_display(name)}' does not exist", param="model")
+        shown = _display(name)
+        raise ModelNotFound(f"The model '{shown}' does not exist", param="model", name=shown)
 
     def profile(self, name: str | None) -> ModelProfile | None:
         """What /api/create gave the model called `name` (by that name, else by the name of

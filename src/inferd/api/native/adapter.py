@@ -71,8 +71,6 @@ def result(
     r: ChoiceResult, *, model: str, prompt: str | None, sp: SamplingParams, elapsed: float
 ) -> s.GenerationResult:
     reason = "length" if r.finish_reason is FinishReason.LENGTH else "stop"
-    if r.finish_reason is FinishReason.ABORT:
-        reason = "cancelled"
     n = r.usage.completion_tokens
     return s.GenerationResult(
         text=r.text,

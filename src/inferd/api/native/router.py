@@ -6,11 +6,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import Depends, Request, Response
+from sse_starlette import EventSourceResponse
 
 from inferd.api.access import check_model, require_admin
 from inferd.api.deps import RegistryDep, SettingsDep
 from inferd.api.native import adapter
 from inferd.api.native import schemas as s
+from inferd.api.openapi import SSE
 from inferd.api.pipeline.run import ChoiceResult, prepare
 from inferd.api.routing import Dialect, RecordDep, dialect_router
 from inferd.api.streaming import sse_response
@@ -81,7 +83,7 @@ async def chat(
     return await _answer(request, record, body)
 
 
-@router.post("/generate/stream")
+@router.post("/generate/stream", response_class=EventSourceResponse, responses=SSE)
 async def generate_stream(
     body: s.GenerateBody, request: Request, record: RecordDep, settings: SettingsDep
 ) -> Response:
@@ -89,7 +91,7 @@ async def generate_stream(
     return await _stream(request, record, settings, body)
 
 
-@router.post("/api/generate/stream")
+@router.post("/api/generate/stream", response_class=EventSourceResponse, responses=SSE)
 async def platform_generate_stream(
     body: s.GenerateBody, request: Request, record: RecordDep, settings: SettingsDep
 ) -> Response:
@@ -98,8 +100,8 @@ async def platform_generate_stream(
     return await _stream(request, record, settings, body, chat_template=True)
 
 
-@router.post("/chat/stream")
-@router.post("/api/chat/stream")
+@router.post("/chat/stream", response_class=EventSourceResponse, responses=SSE)
+@router.post("/api/chat/stream", response_class=EventSourceResponse, responses=SSE)
 async def chat_stream(
     body: s.ChatBody, request: Request, record: RecordDep, settings: SettingsDep
 ) -> Response:

@@ -26,6 +26,7 @@ from inferd.api.pipeline.request import (
     TemplatePrompt,
     TextPrompt,
 )
+from inferd.api.pipeline.sampling import context_size
 from inferd.api.pipeline.tools import ToolOutput, tool_request
 from inferd.api.structured import JSON_OBJECT, TEXT, OutputFormat, schema_format
 from inferd.engine.backends.base import ModelInfo
@@ -122,8 +123,6 @@ def check_embed(req: s.EmbedRequest | s.EmbeddingsRequest) -> None:
         log.debug("ignoring unknown fields: %s", sorted(req.model_extra)[:20])
     if req.options is not None and req.options.model_extra:
         log.debug("ignoring unknown options: %s", sorted(req.options.model_extra)[:20])
-    if isinstance(req, s.EmbedRequest) and req.dimensions is not None:
-        raise UnsupportedParameter("dimensions is not supported", param="dimensions")
 
 
 def embed_inputs(req: s.EmbedRequest) -> list[str]:
@@ -134,16 +133,10 @@ def embed_inputs(req: s.EmbedRequest) -> list[str]:
 
 
 def embed_context(options: s.Options | None, info: ModelInfo) -> int:
-    """The context an input is truncated to (or checked against): num_ctx or the model's."""
+    """The context an input is truncated to (or checked against): num_ctx (at most the
+    model's) or the model's."""
     num_ctx = options.num_ctx if options is not None else None
-    if num_ctx is None:
-        return info.n_ctx
-    if num_ctx > info.n_ctx:
-        raise InvalidRequest(
-            f"num_ctx {num_ctx} is above this model's context of {info.n_ctx}",
-            param="options.num_ctx",
-        )
-    return num_ctx
+    return context_size(None if num_ctx is None else Param(num_ctx, "options.num_ctx"), info)
 
 
 def embed_response(
@@ -304,7 +297,7 @@ def generation(
     elif profile is not None and profile.template:
         first, context = chat_template_prompt(req, profile.template), None
     else:
-        first, context = ChatPrompt(chat_messages(req)), None
+        first, context = ChatPrompt(chat_messages(req), trim_history=True), None
     tools = tool_request(req.tools) if isinstance(req, s.ChatRequest) else None
     return Generation(
         model=req.model,

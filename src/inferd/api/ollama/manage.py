@@ -89,7 +89,7 @@ async def pull(body: s.PullRequest, request: Request) -> Response:
     return await _progress(request, work, stream=body.stream)
 
 
-@router.post("/api/push")
+@router.post("/api/push", responses={_NOT_IMPLEMENTED: {"description": "inferd never pushes"}})
 async def push(body: s.PullRequest, request: Request) -> Response:
     message = (
         "inferd does not push models to a registry; copy the GGUF file from the models "

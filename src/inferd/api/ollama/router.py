@@ -19,6 +19,7 @@ from inferd.api.deps import RegistryDep, SettingsDep
 from inferd.api.embeddings import embed as embed_inputs
 from inferd.api.ollama import adapter
 from inferd.api.ollama import schemas as s
+from inferd.api.openapi import NDJSON
 from inferd.api.pipeline.logprobs import Describer, token_entries
 from inferd.api.pipeline.run import ChoiceResult, prepare
 from inferd.api.pipeline.tools import ToolOutput
@@ -235,12 +236,12 @@ async def _run(
     return ndjson_response(request, chunks())
 
 
-@router.post("/api/generate")
+@router.post("/api/generate", responses=NDJSON)
 async def generate(body: s.GenerateRequest, request: Request, record: RecordDep) -> Response:
     return await _run(request, record, body, chat=False)
 
 
-@router.post("/api/chat")
+@router.post("/api/chat", responses=NDJSON)
 async def chat(body: s.ChatRequest, request: Request, record: RecordDep) -> Response:
     return await _run(request, record, body, chat=True)
 
@@ -284,6 +285,7 @@ async def embed(
             indexed=isinstance(body.input, list),
             n_ctx=adapter.embed_context(body.options, model.engine.info),
             truncate=body.truncate,
+            dimensions=body.dimensions,
         )
     await _after(registry, model, keep_alive)
     return adapter.embed_response(model.name, result, started, load_seconds)

@@ -35,7 +35,8 @@ class Options(_Wire):
     frequency_penalty: Annotated[FiniteFloat, Field(ge=-2.0, le=2.0)] | None = None
     seed: StrictInt | None = None
     stop: list[StrictStr] | None = None
-    num_ctx: Annotated[StrictInt, Field(ge=1)] | None = None
+    # above the model's context: cut to it (Go's int holds at most 2**63 - 1)
+    num_ctx: Annotated[StrictInt, Field(ge=1, le=2**63 - 1)] | None = None
 
 
 class ToolCallFunction(_Wire):

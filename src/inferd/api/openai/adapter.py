@@ -182,8 +182,6 @@ def output_format(req: s.ChatCompletionRequest) -> OutputFormat:
 
 def check_embeddings(req: s.EmbeddingRequest, settings: Settings) -> None:
     _log_extra(req)
-    if req.dimensions is not None:
-        raise UnsupportedParameter("dimensions is not supported", param="dimensions")
 
 
 def embedding_inputs(req: s.EmbeddingRequest) -> tuple[list[str] | list[list[int]], bool]:

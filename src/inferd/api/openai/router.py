@@ -12,6 +12,7 @@ from inferd.api.deps import RegistryDep, SettingsDep, StoreDep
 from inferd.api.embeddings import embed
 from inferd.api.openai import adapter, responses
 from inferd.api.openai import schemas as s
+from inferd.api.openapi import SSE
 from inferd.api.pipeline.run import ChoiceResult, prepare
 from inferd.api.routing import Dialect, RecordDep, dialect_router
 from inferd.api.streaming import sse_response
@@ -47,7 +48,7 @@ async def get_model(model: str, request: Request, registry: RegistryDep) -> s.Mo
     )
 
 
-@router.post("/chat/completions", response_model=s.ChatCompletion)
+@router.post("/chat/completions", response_model=s.ChatCompletion, responses=SSE)
 async def chat_completions(
     body: s.ChatCompletionRequest, request: Request, record: RecordDep, settings: SettingsDep
 ) -> s.ChatCompletion | Response:
@@ -62,7 +63,7 @@ async def chat_completions(
     return adapter.chat_completion(rid, run, results, legacy=adapter.legacy_functions(body))
 
 
-@router.post("/completions", response_model=s.Completion)
+@router.post("/completions", response_model=s.Completion, responses=SSE)
 async def completions(
     body: s.CompletionRequest, request: Request, record: RecordDep, settings: SettingsDep
 ) -> s.Completion | Response:
@@ -83,7 +84,14 @@ async def embeddings(
     adapter.check_embeddings(body, settings)
     model = await acquire_model(request, registry, body.model)
     inputs, indexed = adapter.embedding_inputs(body)
-    result = await embed(model.engine, inputs, settings, param="input", indexed=indexed)
+    result = await embed(
+        model.engine,
+        inputs,
+        settings,
+        param="input",
+        indexed=indexed,
+        dimensions=body.dimensions,
+    )
     return adapter.embedding_list(model.name, result, body.encoding_format)
 
 

@@ -55,6 +55,17 @@ class MessageToolCall(_Wire):
 
 
 class ChatMessage(_Wire):
+    # content may be null or left out only in an assistant message (one that called tools)
+    model_config = ConfigDict(
+        json_schema_extra={
+            "if": {"properties": {"role": {"not": {"const": "assistant"}}}},
+            "then": {
+                "required": ["content"],
+                "properties": {"content": {"not": {"type": "null"}}},
+            },
+        }
+    )
+
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: StrictStr | list[ContentPart] | None = None
     name: StrictStr | None = None

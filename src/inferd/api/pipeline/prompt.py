@@ -5,6 +5,7 @@ Tool descriptions and reasoning markers will be added here, once, for every dial
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 from inferd.api.pipeline.request import (
@@ -15,17 +16,27 @@ from inferd.api.pipeline.request import (
     TokenPrompt,
 )
 from inferd.api.prompting import tokenize_chat, tokenize_prompt, tokenize_rendered
+from inferd.api.renders import RenderSlots
 from inferd.engine.backends.base import ModelInfo
 from inferd.engine.client import EngineClient
 from inferd.errors import InvalidRequest, UnsupportedParameter
 from inferd.models.registry import LoadedModel
 
+log = logging.getLogger(__name__)
+
 
 async def prompt_tokens(
-    model: LoadedModel, prompt: Prompt, *, context: Sequence[int] = (), param: str
+    model: LoadedModel,
+    prompt: Prompt,
+    *,
+    renders: RenderSlots,
+    n_ctx: int,
+    context: Sequence[int] = (),
+    param: str,
 ) -> list[int]:
-    """The token ids of `prompt`, after `context` (earlier tokens: then no BOS is added).
-    Errors name `param`."""
+    """The token ids of `prompt`, after `context` (earlier tokens: then no BOS is added),
+    for a context of `n_ctx` tokens (a chat prompt that may trim its history is fitted to
+    it). Templates that may be slow render in one of `renders`' slots. Errors name `param`."""
     engine = model.engine
     info = engine.info
     if isinstance(prompt, TokenPrompt):
@@ -41,8 +52,15 @@ async def prompt_tokens(
     if isinstance(prompt, ChatPrompt):
         # message content is tokenized as text: it can never forge the template's markers
         chat = await tokenize_chat(
-            engine, model.template, prompt.messages, add_bos=not context, tools=prompt.tools
+            engine,
+            model.template,
+            prompt.messages,
+            renders=renders,
+            add_bos=not context,
+            tools=prompt.tools,
         )
+        if prompt.trim_history and len(context) + len(chat) >= n_ctx:
+            chat = await trimmed_chat(model, prompt, chat, n_ctx - len(context), renders)
         return [*context, *chat]
     if isinstance(prompt, TemplatePrompt):
         # a request's own template may be slow to render (within its deadline): never on
@@ -51,11 +69,43 @@ async def prompt_tokens(
         ids = await tokenize_rendered(
             engine,
             lambda mark: render(mark, info.bos_token, info.eos_token),
-            inline=False,
+            renders=renders,
             add_bos=not context,
         )
         return [*context, *ids]
     return [*context, *await tokenize_prompt(engine, prompt.text, add_bos=not context)]
+
+
+async def trimmed_chat(
+    model: LoadedModel, prompt: ChatPrompt, ids: list[int], room: int, renders: RenderSlots
+) -> list[int]:
+    """A conversation whose prompt (`ids`) leaves no room in the context: without its
+    oldest messages, as Ollama's /api/chat does (system messages and the last one stay),
+    dropping as few as fit in fewer than `room` tokens; the full prompt when even the
+    shortest does not fit (the budget then refuses it with the numbers)."""
+    engine = model.engine
+    messages = prompt.messages
+    best = ids
+    lo, hi = 1, len(messages) - 1  # keep the messages from `start` on, and earlier systems
+    while lo <= hi:
+        start = (lo + hi) // 2
+        kept = [m for m in messages[:start] if m.get("role") == "system"] + messages[start:]
+        trial = await tokenize_chat(
+            engine, model.template, kept, renders=renders, tools=prompt.tools
+        )
+        if len(trial) < room:
+            best, hi = trial, start - 1
+        else:
+            lo = start + 1
+    if best is not ids:
+        log.info(
+            "the conversation (%d tokens) is longer than the context (%d): its oldest "
+            "messages were dropped, leaving %d tokens",
+            len(ids),
+            room,
+            len(best),
+        )
+    return best
 
 
 def check_vocabulary(tokens: Sequence[int], n_vocab: int, *, param: str) -> None:

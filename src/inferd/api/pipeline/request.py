@@ -37,6 +37,9 @@ class ChatPrompt:
 
     messages: list[dict[str, Any]]
     tools: list[dict[str, Any]] | None = None
+    # True (Ollama's /api/chat): a conversation longer than the context loses its oldest
+    # messages but the system ones and the last; False: it is a 400
+    trim_history: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,7 +35,12 @@ from inferd.api.pipeline.request import (
     TextPrompt,
     TokenPrompt,
 )
-from inferd.api.pipeline.sampling import check_limits, choice_sampling, sampling_params
+from inferd.api.pipeline.sampling import (
+    check_limits,
+    choice_sampling,
+    context_size,
+    sampling_params,
+)
 from inferd.api.pipeline.tools import ToolOutput, ToolUse, tool_use
 from inferd.api.record import RequestRecord
 from inferd.api.sessions import Exchange, open_exchange, session_of
@@ -50,7 +55,7 @@ from inferd.engine.types import (
     TokenLogprob,
     Usage,
 )
-from inferd.errors import BackendError, EngineStopped
+from inferd.errors import BackendError, EngineStopped, GenerationInterrupted
 from inferd.models.registry import LoadedModel
 
 if TYPE_CHECKING:
@@ -190,7 +195,8 @@ class Run:
 
     async def _sequence(self, req: GenerateRequest) -> AsyncGenerator[GenerationOutput, None]:
         """One sequence's outputs. Its final output goes on the record (an ABORT one with
-        the usage so far when it is left early); an ERROR one raises BackendError."""
+        the usage so far when it is left early); an ERROR one raises BackendError, an ABORT
+        one (its engine stopped: an unload, a shutdown) GenerationInterrupted."""
         started = time.monotonic()
         last: GenerationOutput | None = None
         first_token: float | None = None
@@ -206,6 +212,12 @@ class Run:
                         self._ended(out, started)
                     if out.finish_reason is FinishReason.ERROR:
                         raise BackendError(out.error or "generation failed")
+                    if out.finish_reason is FinishReason.ABORT:
+                        # the engine stopped under a request still read: never a normal end
+                        raise GenerationInterrupted(
+                            "the model was unloaded, or the server shut down, before this "
+                            "answer was finished; retry the request"
+                        )
                     yield out
         except EngineStopped:
             ended = True  # never submitted: nothing to account for
@@ -259,8 +271,12 @@ async def prepare(request: Request, gen: Generation, record: RequestRecord) -> R
     if gen.context is not None:
         context = gen.context.value
         check_vocabulary(context, model.engine.info.n_vocab, param=gen.context.name)
+    n_ctx = context_size(gen.options.n_ctx, model.engine.info)
     tokens = [
-        await prompt_tokens(model, p, context=context, param=gen.prompt_param) for p in prompts
+        await prompt_tokens(
+            model, p, renders=state.renders, n_ctx=n_ctx, context=context, param=gen.prompt_param
+        )
+        for p in prompts
     ]
     requests: list[GenerateRequest] = []
     splitters = None
@@ -273,7 +289,7 @@ async def prepare(request: Request, gen: Generation, record: RequestRecord) -> R
             for i in range(len(tokens) * gen.n.value)
         ]
     for p, prompt in enumerate(tokens):
-        base = sampling_params(gen, len(prompt), model.engine.info, settings)
+        base = sampling_params(gen, len(prompt), model.engine.info, settings, n_ctx)
         if tools is not None:
             base = tools.constrain(base)
         if p == 0 and base.constrained:

@@ -7,13 +7,16 @@ every route; errors name the parameter as the client's dialect spells it (`Param
 from __future__ import annotations
 
 import dataclasses
+import logging
 
-from inferd.api.pipeline.request import Generation, Options
+from inferd.api.pipeline.request import Generation, Options, Param
 from inferd.api.structured import TEXT
 from inferd.config import Settings
 from inferd.engine.backends.base import ModelInfo
 from inferd.engine.types import SamplingParams
 from inferd.errors import ContextTooLong, InvalidRequest
+
+log = logging.getLogger(__name__)
 
 _SEED_MASK = 0xFFFFFFFF
 MAX_TOP_LOGPROBS = 20
@@ -57,17 +60,21 @@ def check_limits(gen: Generation, settings: Settings) -> None:
         )
 
 
-def context_size(options: Options, info: ModelInfo) -> int:
-    """The request's context window: the model's, or a smaller one it asks for."""
-    if options.n_ctx is None:
+def context_size(n_ctx: Param[int] | None, info: ModelInfo) -> int:
+    """The request's context window: the model's, or a smaller one it asks for. A larger
+    one is cut to the model's, with a log line, as Ollama does (the one dialect that asks)."""
+    if n_ctx is None:
         return info.n_ctx
-    if options.n_ctx.value > info.n_ctx:
-        raise InvalidRequest(
-            f"{options.n_ctx.name.rsplit('.', 1)[-1]} {options.n_ctx.value} is above this "
-            f"model's context of {info.n_ctx}",
-            param=options.n_ctx.name,
+    if n_ctx.value > info.n_ctx:
+        log.warning(
+            "%s %d is above the model's context of %d: using %d",
+            n_ctx.name,
+            n_ctx.value,
+            info.n_ctx,
+            info.n_ctx,
         )
-    return options.n_ctx.value
+        return info.n_ctx
+    return n_ctx.value
 
 
 def completion_budget(
@@ -124,11 +131,11 @@ def logit_bias(options: Options, n_vocab: int) -> tuple[tuple[int, float], ...]:
 
 
 def sampling_params(
-    gen: Generation, prompt_len: int, info: ModelInfo, settings: Settings
+    gen: Generation, prompt_len: int, info: ModelInfo, settings: Settings, n_ctx: int
 ) -> SamplingParams:
-    """The sampling parameters of a prompt's first choice (see `choice_sampling`)."""
+    """The sampling parameters of a prompt's first choice (see `choice_sampling`) in a
+    context of `n_ctx` tokens (`context_size`)."""
     o = gen.options
-    n_ctx = context_size(o, info)
     penalty_last_n = _PENALTY_LAST_N if o.penalty_last_n is None else o.penalty_last_n
     return SamplingParams(
         max_tokens=completion_budget(o, prompt_len, n_ctx, settings, prompt_param=gen.prompt_param),
