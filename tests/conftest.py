@@ -140,6 +140,8 @@ class LiveServer:
             env={
                 **os.environ,
                 "INFERD_DATA_DIR": self.data_dir,
+                # no per-machine kernel measurement at each start (tests/test_tuning*)
+                "INFERD_TUNE_KERNELS": "false",
                 "INFERD_DATABASE_URL": "",
                 "DATABASE_URL": "",
                 **env,

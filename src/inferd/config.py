@@ -294,6 +294,12 @@ class Settings(BaseSettings):
         description="Log lines as JSON or for a terminal; auto: pretty on a TTY, else JSON",
     )
     llama_verbose: bool = Field(False, description="Let llama.cpp print its own logs")
+    tune_kernels: bool = Field(
+        True,
+        description="Measure at a CPU model's first load whether llama.cpp's flash attention "
+        "is faster on this machine, when its flash_attn is not set (seconds; cached in "
+        "data_dir/tuning); off: flash attention stays off on CPU",
+    )
     data_dir: Path = Field(
         default_factory=lambda: Path(platformdirs.user_data_dir("inferd")),
         description="Directory of the SQLite database and the usage spool file",

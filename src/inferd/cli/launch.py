@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from inferd.config import Settings
@@ -26,6 +27,11 @@ class Launch:
     auth: bool  # API keys exist or require_auth is on
 
 
+def tune_dir(settings: Settings) -> Path | None:
+    """Where kernel choices measured on this machine are cached (None: tuning is off)."""
+    return settings.data_dir / "tuning" if settings.tune_kernels else None
+
+
 def build(settings: Settings, model_flags: dict[str, Any]) -> Launch:
     """Raises InferdError for settings that cannot be served (a missing file, bad values)."""
     from inferd.api.app import create_app
@@ -41,7 +47,7 @@ def build(settings: Settings, model_flags: dict[str, Any]) -> Launch:
 
     registry = ModelRegistry(
         specs_from_settings(settings, model_flags),
-        engine_factory(verbose=settings.llama_verbose),
+        engine_factory(verbose=settings.llama_verbose, tune_dir=tune_dir(settings)),
         default=settings.default_model,
         options=RegistryOptions.from_settings(settings),
         store=ModelStore(settings.models_dir),

@@ -3,6 +3,7 @@ of factories by engine kind that `inferd serve` loads models through."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from inferd.engine.backends.base import Backend
@@ -14,18 +15,25 @@ if TYPE_CHECKING:
     from inferd.engine.backends.llamacpp import LlamaCppOptions
 
 
-def engine_factory(*, verbose: bool = False) -> EngineFactories:
+def engine_factory(*, verbose: bool = False, tune_dir: Path | None = None) -> EngineFactories:
     """Every kind of engine this server can load models with, by kind (`engine_kind` picks
-    one per model): a second kind is added here."""
-    return EngineFactories({LLAMACPP: llamacpp_factory(verbose=verbose)})
+    one per model): a second kind is added here. `tune_dir`: where kernel choices measured
+    per machine and model are cached (None: no measuring)."""
+    return EngineFactories({LLAMACPP: llamacpp_factory(verbose=verbose, tune_dir=tune_dir)})
 
 
-def llamacpp_factory(*, verbose: bool = False) -> BackendEngineFactory:
+def llamacpp_factory(
+    *, verbose: bool = False, tune_dir: Path | None = None
+) -> BackendEngineFactory:
     """inferd's engine over llama.cpp, with the KV-aware memory estimate."""
-    return BackendEngineFactory(llamacpp_loader(verbose=verbose), llamacpp_footprint)
+    return BackendEngineFactory(
+        llamacpp_loader(verbose=verbose, tune_dir=tune_dir), llamacpp_footprint
+    )
 
 
-def llamacpp_options(spec: ModelSpec, *, verbose: bool = False) -> LlamaCppOptions:
+def llamacpp_options(
+    spec: ModelSpec, *, verbose: bool = False, tune_dir: Path | None = None
+) -> LlamaCppOptions:
     from inferd.engine.backends.llamacpp import LlamaCppOptions
 
     c = spec.config
@@ -43,11 +51,12 @@ def llamacpp_options(spec: ModelSpec, *, verbose: bool = False) -> LlamaCppOptio
         cache_type_k=c.cache_type_k,
         cache_type_v=c.cache_type_v,
         kv_overrides=tuple(c.kv_overrides.items()),
+        tune_dir=tune_dir,
         verbose=verbose,
     )
 
 
-def llamacpp_loader(*, verbose: bool = False) -> BackendLoader:
+def llamacpp_loader(*, verbose: bool = False, tune_dir: Path | None = None) -> BackendLoader:
     """Spec -> a loaded llama.cpp backend (blocking: seconds for a large model)."""
 
     def load(spec: ModelSpec) -> Backend:
@@ -55,7 +64,8 @@ def llamacpp_loader(*, verbose: bool = False) -> BackendLoader:
 
         # a clean error for garbage, before llama.cpp parses (and allocates for) it
         read_header(spec.path)
-        return LlamaCppBackend(spec.path, llamacpp_options(spec, verbose=verbose))
+        options = llamacpp_options(spec, verbose=verbose, tune_dir=tune_dir)
+        return LlamaCppBackend(spec.path, options)
 
     return load
 
