@@ -13,7 +13,7 @@ off and on, in two small probe contexts over the loaded weights:
 - a prompt chunk of n_batch tokens at the long context.
 
 Every step runs at a fixed context (its cells are trimmed after it), the two settings
-alternate round by round (three, or two when the first took over MEASURE_BUDGET_S), and a
+alternate round by round (three; two once MEASURE_BUDGET_S has passed), and a
 shape's time per setting is its best round's median. On the bundled model this takes
 seconds; a large model's long shapes shrink to what its prefill does in PREFILL_BUDGET_S.
 
@@ -61,11 +61,11 @@ LONG_MIN = 128
 SHORT = 64  # tokens of context of the short streams
 MIXED_DECODES = 8
 MIXED_CHUNK = 16
-PREFILL_BUDGET_S = 3.0  # per setting, for the long sequence's prompt
+PREFILL_BUDGET_S = 2.0  # per setting, for the long sequence's prompt
 PROBE_MEMORY_BYTES = 512 << 20  # KV cache of one probe context
 ROUNDS = 3  # at most; 2 at least, and no third once MEASURE_BUDGET_S has passed
-MEASURE_BUDGET_S = 15.0
-STEPS = 5  # timed steps per shape and round (the prompt chunk: 2)
+MEASURE_BUDGET_S = 10.0
+STEPS = 5  # timed steps per shape and round (the prompt chunk: 1)
 
 
 @dataclass(frozen=True)
@@ -302,7 +302,7 @@ def _probes(
     """Two probe contexts, flash attention off and on, in the model's layout; and the
     streams they hold (the long sequence is 0, the short ones 1 ... streams - 1)."""
     streams = max(2, min(layout.kv.max_seqs, 16))
-    room = long + layout.n_batch + 8
+    room = -(-(long + layout.n_batch + 8) // 256) * 256  # llama.cpp pads a stream to 256
     cells = streams * room if layout.kv.split else room + streams * (SHORT + 8)
     with ExitStack() as stack:
         probes = []
@@ -374,7 +374,7 @@ def measure_shapes(
             ),
             f"prompt {n_batch} @{filled}": (
                 [(0, filled + i, False) for i in range(n_batch)],
-                max(1, steps // 2),
+                max(1, steps // 3),
             ),
         }
         for probe in (off, on):  # warm-up: every shape's graph once
