@@ -66,6 +66,10 @@ def test_a_measurement_times_every_shape_and_picks(model_path: Path) -> None:
     assert mode in ("on", "off") and reason
 
 
+def _stored(directory: Path) -> list[Path]:
+    return list(directory.glob("flash-attn-*.json"))
+
+
 async def test_a_load_measures_stores_and_the_next_reuses(
     model_path: Path, tmp_path: Path, bounded: list[int]
 ) -> None:
@@ -74,9 +78,9 @@ async def test_a_load_measures_stores_and_the_next_reuses(
     async with AppHandle(Settings(), registry) as handle:
         shown = (await handle.client.get("/models")).json()["models"][0]["config"]["flash_attn"]
     assert shown["source"] == "measured" and shown["mode"] in ("on", "off")
-    assert [row["shape"] for row in shown["table"]][0] == "decode 1 @short"
+    assert shown["table"][0]["shape"] == "decode 1 @short"
     assert all(row["off_ms"] > 0 and row["on_ms"] > 0 for row in shown["table"])
-    assert len(bounded) == 1 and len(list(tmp_path.glob("flash-attn-*.json"))) == 1
+    assert len(bounded) == 1 and len(_stored(tmp_path)) == 1
 
     options = LlamaCppOptions(tune_dir=tmp_path, **SMALL)  # type: ignore[arg-type]
     backend = LlamaCppBackend(model_path, options)
