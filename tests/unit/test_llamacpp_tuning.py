@@ -190,3 +190,17 @@ def test_tuning_is_on_for_serve_by_default_and_a_setting_turns_it_off(tmp_path: 
 
     assert tune_dir(Settings(data_dir=tmp_path)) == tmp_path / "tuning"
     assert tune_dir(Settings(data_dir=tmp_path, tune_kernels=False)) is None
+
+
+def test_bench_tune_measures_despite_a_setting_where_measuring_can_tell(
+    tmp_path: Path, model_file: Path
+) -> None:
+    def fresh(**kw: Any) -> tuning.FlashAttnChoice:
+        options = LlamaCppOptions(**kw)
+        return choose_flash_attn(None, model_file, options, LAYOUT, fresh=True, measure=Counting())
+
+    assert fresh(flash_attn="off").source == "measured"
+    assert fresh().source == "measured"  # tune_kernels off: nothing stored, but measured
+    assert (fresh(cache_type_v="q4_0").mode, fresh(cache_type_v="q4_0").source) == ("on", "forced")
+    assert fresh(cache_type_v="q4_0", flash_attn="auto").mode == "auto"
+    assert fresh(n_gpu_layers=-1).source == "default"

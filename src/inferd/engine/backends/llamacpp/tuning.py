@@ -115,16 +115,19 @@ class FlashAttnChoice:
         return out
 
 
-def static_choice(options: LlamaCppOptions) -> FlashAttnChoice | None:
-    """The choice that needs no measurement, or None when this model is to be tuned."""
-    if options.flash_attn:
+def static_choice(options: LlamaCppOptions, *, fresh: bool = False) -> FlashAttnChoice | None:
+    """The choice that needs no measurement, or None when this model is to be measured.
+    `fresh` (`inferd bench --tune`) measures despite the settings, where measuring can
+    tell anything: not with a quantized V (it needs flash attention) or GPU offload."""
+    quantized_v = KV_TYPES[options.cache_type_v].quantized
+    if options.flash_attn and (quantized_v or not fresh):
         return FlashAttnChoice(options.flash_attn, "forced", "flash_attn is set")
-    if KV_TYPES[options.cache_type_v].quantized:
+    if quantized_v:
         reason = f"cache_type_v {options.cache_type_v} needs flash attention"
         return FlashAttnChoice("on", "forced", reason)
     if options.n_gpu_layers:
         return FlashAttnChoice("auto", "default", "GPU offload: llama.cpp decides")
-    if options.tune_dir is None:
+    if options.tune_dir is None and not fresh:
         return FlashAttnChoice("off", "default", "tuning is off (tune_kernels)")
     return None
 
@@ -228,7 +231,7 @@ def choose_flash_attn(
     """The flash attention for this model's context: a static choice where one applies,
     else the cached decision for its key, else a measurement (stored for the next load).
     `fresh` measures even when a decision is cached (`inferd bench --tune`)."""
-    static = None if fresh else static_choice(options)
+    static = static_choice(options, fresh=fresh)
     if static is not None:
         return static
     key = tuning_key(path, layout, options)
