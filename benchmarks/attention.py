@@ -1,4 +1,5 @@
-"""Flash attention on and off, step by step shape: the measurements behind inferd's CPU default.
+"""Flash attention on and off, and KV cache types, step by step shape: the measurements behind
+inferd's CPU default.
 
 In-process, on inferd's LlamaCppBackend (the bundled model unless --model), one context per
 setting at a time, the settings alternating round by round. Each round times:
@@ -10,9 +11,12 @@ setting at a time, the settings alternating round by round. Each round times:
 - mixed: those 8 decode tokens plus a 16-token chunk of that sequence's prompt at 1,900, the
   step inferd's chunked prefill runs while a long prompt is admitted.
 
-Medians per round in ms; the table keeps each shape's best round per setting and the ratio.
+Medians per round in ms; the table keeps each shape's best round per setting, its ratio to
+the first setting, and the KV cache's bytes. A setting is `FLASH:TYPE` (flash attention
+off/on, the K and V cache type): the default compares `off:f16` and `on:f16`.
 
     .venv/bin/python benchmarks/attention.py --rounds 3
+    .venv/bin/python benchmarks/attention.py --settings off:f16,on:f16,on:q8_0,on:q4_0
 """
 
 from __future__ import annotations
@@ -46,8 +50,16 @@ def _timed(fn: Callable[[], object], repeat: int) -> float:
     return statistics.median(times)
 
 
-def one_round(model: Path, flash_attn: str, split: bool) -> dict[str, float]:
-    options = LlamaCppOptions(n_ctx=4096, max_seqs=16, kv_split=split, flash_attn=flash_attn)
+def one_round(model: Path, setting: str, split: bool) -> dict[str, float]:
+    flash_attn, kv_type = setting.split(":")
+    options = LlamaCppOptions(
+        n_ctx=4096,
+        max_seqs=16,
+        kv_split=split,
+        flash_attn=flash_attn,
+        cache_type_k=kv_type,
+        cache_type_v=kv_type,
+    )
     b = LlamaCppBackend(model, options)
     try:
         words = ("the quick brown fox jumps over a lazy dog while " * 400).strip()
@@ -100,6 +112,7 @@ def one_round(model: Path, flash_attn: str, split: bool) -> dict[str, float]:
             step[0] += 1
 
         out["decode x16"] = _timed(decode16, 20)
+        out["kv MiB"] = b.info.kv_bytes / 2**20
         return out
     finally:
         b.close()
@@ -110,26 +123,37 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--unified", action="store_true", help="one KV stream (default: split)")
+    parser.add_argument(
+        "--settings", default="off:f16,on:f16", help="FLASH:TYPE,... (first: the baseline)"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     model = args.model or bundled_model_path()
     console = Console(stderr=True)
-    rounds: dict[str, list[dict[str, float]]] = {"off": [], "on": []}
+    settings = args.settings.split(",")
+    rounds: dict[str, list[dict[str, float]]] = {s: [] for s in settings}
     for r in range(args.rounds):
-        for fa in ("off", "on"):
-            rounds[fa].append(one_round(model, fa, not args.unified))
-            figures = ", ".join(f"{k} {v * 1000:.1f}" for k, v in rounds[fa][-1].items())
-            console.print(f"round {r + 1} flash attention {fa}: {figures} ms")
-    best = {fa: {k: min(x[k] for x in rs) for k in SHAPES} for fa, rs in rounds.items()}
+        for setting in settings:
+            rounds[setting].append(one_round(model, setting, not args.unified))
+            got = rounds[setting][-1]
+            figures = ", ".join(f"{k} {got[k] * 1000:.1f}" for k in SHAPES)
+            console.print(f"round {r + 1} {setting}: {figures} ms; KV {got['kv MiB']:.0f} MiB")
+    best = {s: {k: min(x[k] for x in rs) for k in (*SHAPES, "kv MiB")} for s, rs in rounds.items()}
     if args.json:
         print(json.dumps({"rounds": rounds, "best": best}, indent=2))
         return
-    table = Table(title="flash attention on vs off (ms, best round)")
-    for col in ("step", "off", "on", "on / off"):
-        table.add_column(col, justify="right")
+    base = settings[0]
+    table = Table(title=f"steps by setting (ms, best round; ratio to {base})")
+    table.add_column("step", justify="right")
+    for setting in settings:
+        table.add_column(setting, justify="right")
     for k in SHAPES:
-        off, on = best["off"][k], best["on"][k]
-        table.add_row(k, f"{off * 1000:.1f}", f"{on * 1000:.1f}", f"{on / off:.2f}")
+        cells = [f"{best[base][k] * 1000:.1f}"]
+        cells += [
+            f"{best[s][k] * 1000:.1f} ({best[s][k] / best[base][k]:.2f})" for s in settings[1:]
+        ]
+        table.add_row(k, *cells)
+    table.add_row("KV MiB", *(f"{best[s]['kv MiB']:.0f}" for s in settings))
     Console().print(table)
 
 

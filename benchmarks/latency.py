@@ -6,6 +6,9 @@
   admitted (gaps between chunks of the running streams from the moment the long prompt is
   sent until its first token arrives).
 - rss: the server's resident memory (now and peak) against model file + KV cache + 200 MB.
+- cancel: a follow-up with the same long prompt (--long-words) after a request that ran to
+  its end, and after one whose client left at its first token (a Stop button, a timeout):
+  its time to first token and cached prompt tokens. Each case gets its own prompt.
 
 Each target is a fresh server started by the script on 127.0.0.1 and stopped at the end.
 Every scenario records the share of the CPU other processes took (llama.cpp's threads spin,
@@ -67,6 +70,9 @@ class Result:
     prefix_store_mb: float = 0.0  # inferd's saved prefix states (host memory, bounded)
     budget_mb: float | None = None
     others_cpu: dict[str, float | None] = field(default_factory=dict)
+    # (time to first token in ms, cached prompt tokens) of the follow-up
+    after_completed: tuple[float, int] | None = None
+    after_cancelled: tuple[float, int] | None = None
 
     @property
     def cold(self) -> float | None:
@@ -156,6 +162,27 @@ async def itl_round(
     return gaps
 
 
+async def follow_up(client: httpx.AsyncClient, prompt: str, *, cancel: bool) -> tuple[float, int]:
+    """Send `prompt` (cut at its first token when `cancel`, else run to the end), then send
+    it again: the second's (TTFT ms, cached prompt tokens)."""
+    body = {"model": BUNDLED_NAME, "prompt": prompt, "temperature": 0}
+    if cancel:
+        payload = {**body, "max_tokens": 200, "stream": True}
+        async with client.stream("POST", "/v1/completions", json=payload) as resp:
+            async for line in resp.aiter_lines():
+                if line.startswith("data:"):
+                    break  # leave: the connection closes with the block
+        await asyncio.sleep(0.5)  # the server notices and saves what it computed
+    else:
+        (await client.post("/v1/completions", json={**body, "max_tokens": 4})).raise_for_status()
+    t0 = time.perf_counter()
+    resp = await client.post("/v1/completions", json={**body, "max_tokens": 1})
+    resp.raise_for_status()
+    usage = resp.json().get("usage", {})
+    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
+    return (time.perf_counter() - t0) * 1000, int(cached or 0)
+
+
 def rss(pid: int) -> tuple[float, float]:
     fields = dict(
         line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
@@ -195,6 +222,11 @@ async def measure(
         gaps = await itl_round(client, args.streams, long_prompt, r)
         r.itl_admit_p95_ms, r.itl_gaps_during_admit = p95(gaps), len(gaps)
         r.others_cpu["itl"] = watch.others()
+        watch = CpuWatch([os.getpid(), pid])
+        done, cut = (f"Report {k}: {text(args.long_words, rng)}\nSummary:" for k in "ab")
+        r.after_completed = await follow_up(client, done, cancel=False)
+        r.after_cancelled = await follow_up(client, cut, cancel=True)
+        r.others_cpu["cancel"] = watch.others()
         if target == "inferd":
             health = (await client.get("/health")).json()
             stored = sum(m.get("prefix_cache_bytes", 0) for m in health["models"])
@@ -229,6 +261,8 @@ def report(results: list[Result], model_mb: float, kv_mb: float) -> Table:
         "prefix store",
         "RSS - store",
         "model+KV+200",
+        "after done: TTFT / cached",
+        "after cancel: TTFT / cached",
         "others' CPU",
     ):
         t.add_column(col, justify="right")
@@ -250,6 +284,7 @@ def report(results: list[Result], model_mb: float, kv_mb: float) -> Table:
             fmt(r.prefix_store_mb),
             fmt(r.rss_mb - r.prefix_store_mb if r.rss_mb is not None else None),
             fmt(r.budget_mb),
+            *(f"{x[0]:.0f} / {x[1]}" if x else "—" for x in (r.after_completed, r.after_cancelled)),
             f"{max(noise):.0%}" if noise else "—",
         )
     return t

@@ -6,6 +6,7 @@
   state dict and is saved instead.
 - `build_tiny_moe`: a Mixture-of-Experts checkpoint, Mixtral or Qwen2-MoE (4 experts, top-2,
   small dims, random weights from a fixed seed) with the SmolLM2 tokenizer.
+- `build_tiny_llama`: a dense llama of the same small dims, random weights, SmolLM2's tokenizer.
 
 Both write into a temporary folder and rename it into place, so a folder that exists is whole;
 `cached` keys a folder by what it was built from, so a later session reuses it.
@@ -25,13 +26,14 @@ import tempfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from inferd.config import ModelConfig
 from inferd.engine.client import AsyncEngine
 from inferd.engine.types import GenerateRequest, SamplingParams
-from inferd.models.loading import llamacpp_loader
+from inferd.models.loading import llamacpp_loader, transformers_load
 from inferd.models.spec import ModelSpec, bundled_model_path
 
 SEED = 1234
@@ -69,6 +71,42 @@ def build_smollm2(gguf: Path, out: Path) -> None:
     del fresh.config.quantization_config
     fresh.save_pretrained(out, safe_serialization=True)
     AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(out)
+
+
+def _widen(model: Any) -> None:
+    """Weights wider than the default init, so greedy picks are rarely near-ties."""
+    import torch
+
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0.0, 2 / p.shape[-1] ** 0.5)
+
+
+def build_tiny_llama(tokenizer_dir: Path, out: Path) -> None:
+    """A random dense llama (2 layers, 4 heads over 2 KV heads, 64 wide) with the tokenizer
+    found in `tokenizer_dir`."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(SEED)
+    model = LlamaForCausalLM(config)
+    _widen(model)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
 
 
 def build_tiny_moe(kind: str, tokenizer_dir: Path, out: Path) -> None:
@@ -111,10 +149,7 @@ def build_tiny_moe(kind: str, tokenizer_dir: Path, out: Path) -> None:
             **common,
         )
         model = Qwen2MoeForCausalLM(config)
-    with torch.no_grad():  # wider than the default init, so greedy picks are rarely near-ties
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.normal_(0.0, 2 / p.shape[-1] ** 0.5)
+    _widen(model)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
 
@@ -154,6 +189,12 @@ def mixtral_dir(checkpoint_root: Path, smollm2_dir: Path) -> Path:
     )
 
 
+@pytest.fixture(scope="session")
+def tiny_llama_dir(checkpoint_root: Path, smollm2_dir: Path) -> Path:
+    key = f"llama|{smollm2_dir.name}|seed {SEED}|v1"
+    return cached(checkpoint_root, "llama", key, lambda out: build_tiny_llama(smollm2_dir, out))
+
+
 # a gap below this is a near-tie that rounding may flip (a tiny random Mixtral's answer
 # parted from transformers' at a router margin of 0.001, and at no larger one)
 NEAR_TIE = 0.01
@@ -189,11 +230,18 @@ def hf_greedy(folder: Path, prompts: list[list[int]], n: int) -> list[Greedy]:
     return [Greedy(t, g) for t, g in json.loads(out.stdout.splitlines()[-1])]
 
 
-def assert_agrees(got: list[list[int]], expected: list[Greedy], at_least: int) -> None:
+# float32 against float32 (the transformers backend against `generate`): only the order of
+# sums differs, so a much smaller gap is a tie
+FLOAT32_TIE = 1e-4
+
+
+def assert_agrees(
+    got: list[list[int]], expected: list[Greedy], at_least: int, tolerance: float = NEAR_TIE
+) -> None:
     """The engine's greedy tokens equal transformers' up to each answer's first near-tie (and
     at least `at_least` tokens of each are compared, so the check cannot pass vacuously)."""
     for answer, reference in zip(got, expected, strict=True):
-        decided = reference.decided()
+        decided = reference.decided(tolerance)
         assert len(decided) >= min(at_least, len(reference.tokens)), reference
         assert answer[: len(decided)] == decided
         if len(decided) == len(reference.tokens):  # no near-tie: the whole answer
@@ -249,6 +297,24 @@ async def serving(path: Path, **config: object) -> AsyncIterator[AsyncEngine]:
     busy shared machine two threads that wait for each other are ten times slower."""
     cfg = ModelConfig(**{"path": path, "n_ctx": 512, "n_threads": 1, **config})
     engine = AsyncEngine(llamacpp_loader()(ModelSpec(path.stem, path, cfg)))
+    engine.start()
+    try:
+        yield engine
+    finally:
+        await engine.stop()
+
+
+def transformers_spec(folder: Path, **config: object) -> ModelSpec:
+    """A checkpoint served by the transformers backend (one thread, float32, a small window)."""
+    settings = {"path": folder, "n_ctx": 512, "n_threads": 1, "backend": "transformers"}
+    cfg = ModelConfig(**{**settings, **config})  # type: ignore[arg-type]
+    return ModelSpec(folder.name, folder, cfg)
+
+
+@contextlib.asynccontextmanager
+async def serving_torch(folder: Path, **config: object) -> AsyncIterator[AsyncEngine]:
+    """inferd's engine over the transformers backend on the checkpoint in `folder`."""
+    engine = AsyncEngine(transformers_load(transformers_spec(folder, **config)))
     engine.start()
     try:
         yield engine

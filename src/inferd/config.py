@@ -47,7 +47,29 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     path: Path = Field(
-        description="Path to a .gguf file, or `org/repo:file.gguf` in the Hugging Face cache"
+        description="Path to a .gguf file, `org/repo:file.gguf` in the Hugging Face cache, or "
+        "a Hugging Face checkpoint folder"
+    )
+    backend: Literal["auto", "llama.cpp", "transformers"] = Field(
+        "auto",
+        description="Runtime that serves the model. auto: llama.cpp for a GGUF file; for a "
+        "Hugging Face checkpoint transformers when a CUDA device is present or its "
+        "architecture does not convert to GGUF, else llama.cpp",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="transformers backend: weights and KV cache dtype (auto: float32 on a CPU, "
+        "bfloat16 on a GPU that supports it, else float16)",
+    )
+    device: str | None = Field(
+        None,
+        pattern=r"^(cpu|cuda(:\d+)?|mps)$",
+        description="transformers backend: the torch device (default: cuda when present, else cpu)",
+    )
+    trust_remote_code: bool = Field(
+        False,
+        description="transformers backend: run the checkpoint's own Python code (a warning "
+        "is logged; only for checkpoints you trust)",
     )
     name: str | None = Field(None, description="Name clients use (default: the file's stem)")
     aliases: list[str] = Field(default_factory=list, description="Other names for this model")

@@ -1,10 +1,12 @@
 """The step-level Backend seam's contracts (`engine/backends/base.py`), held against every
 backend that implements it: llama.cpp on the bundled model with a unified KV cache and with a
-split one, and the fake backend. Each test drives a backend and its KV pool directly, as the
+split one, transformers on the same model as a safetensors checkpoint (a paged KV cache), and
+the fake backend. Each test drives a backend and its KV pool directly, as the
 core loop and the scheduler do: acquire a place, execute steps, commit, release, settle.
 
-Greedy answers are compared token for token: a prompt's last token is always fed alone
-(the pool's `chunk` rule), so its logits do not depend on how the KV before it got there."""
+Greedy answers are compared token for token: on llama.cpp a prompt's last token is always fed
+alone (the pool's `chunk` rule), so its logits do not depend on how the KV before it got there;
+transformers runs in float32, where they differ by rounding only."""
 
 from __future__ import annotations
 
@@ -20,12 +22,21 @@ from inferd.engine.detokenizer import Detokenizer
 from inferd.engine.prefix_cache import SavedPrefix
 from inferd.engine.sequence import Chunk, Sequence
 from inferd.engine.types import GenerateRequest, SamplingParams
+from tests import checkpoints
+
+checkpoint_root, smollm2_dir = checkpoints.checkpoint_root, checkpoints.smollm2_dir
 
 PROMPT = (
     "<|im_start|>user\nWrite a short poem about the sea, the wind and a small boat that "
     "sails home at night.<|im_end|>\n<|im_start|>assistant\n"
 )
-LAYOUTS = ["fake", "llamacpp-unified", "llamacpp-split"]
+LAYOUTS = ["fake", "llamacpp-unified", "llamacpp-split", "torch-paged"]
+
+
+def torch_backend(folder: Path, **options: object) -> Backend:
+    from inferd.engine.backends.torch import TorchBackend, TorchOptions
+
+    return TorchBackend(folder, TorchOptions(n_threads=1, **options))  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module", params=LAYOUTS)
@@ -33,6 +44,9 @@ def backend(request: pytest.FixtureRequest, model_path: Path) -> Iterator[Backen
     b: Backend
     if request.param == "fake":
         b = FakeBackend(reply="a fixed reply", n_ctx=512, kv_cells=4 * 512)
+    elif request.param == "torch-paged":
+        b = torch_backend(request.getfixturevalue("smollm2_dir"), n_ctx=512, max_seqs=4)
+        assert b.facts()["kv_layout"] == "paged"
     else:
         split = request.param == "llamacpp-split"
         b = LlamaCppBackend(model_path, LlamaCppOptions(n_ctx=512, max_seqs=4, kv_split=split))
@@ -129,8 +143,11 @@ def test_a_shared_running_prefix_continues_exactly_like_the_original(
     assert pool.acquire(seq)
     assert pool.share(holder, seq, n)
     seq.n_computed = n
-    # unified: the cells are shared (counted once); split: a copy in the sequence's stream
-    assert pool.used == used + (n if backend.facts()["kv_layout"] == "split" else 0)
+    # unified: the cells are shared (counted once); split: a copy in the sequence's stream;
+    # paged: full blocks shared, the partly filled one copied
+    layout = backend.facts()["kv_layout"]
+    copied = {"split": n, "paged": n % backend.facts().get("kv_block_size", 1)}.get(layout, 0)
+    assert pool.used == used + copied
     assert prefill(backend, seq) == expected
     finish(backend, holder, seq)
 
@@ -183,20 +200,29 @@ def test_a_sequence_that_cannot_be_stepped_fails_alone_and_changes_nothing(
         backend.reject_grammar = False
 
 
-def test_a_step_without_room_changes_nothing(model_path: Path) -> None:
-    """None from execute: no KV room (a unified cache that is full), and nothing moved."""
+def test_a_step_without_room_changes_nothing(model_path: Path, smollm2_dir: Path) -> None:
+    """None from execute: no KV room (a unified cache that is full, no free block), and
+    nothing moved."""
     for backend in (
         FakeBackend(kv_cells=64, max_batch_tokens=64),
         LlamaCppBackend(model_path, LlamaCppOptions(n_ctx=256, kv_cells=256, max_seqs=2)),
+        torch_backend(smollm2_dir, n_ctx=256, kv_cells=256, max_seqs=2),
     ):
         try:
             pool = backend.pool
             big = make_seq("big", [7 + i % 50 for i in range(pool.capacity - 8)])
             other = make_seq("other", [9] * 40)
-            assert pool.acquire(big) and pool.acquire(other)
-            prefill(backend, big)
-            used = pool.used
-            assert backend.execute([Chunk(other, 0, 39)]) is None
+            assert pool.acquire(big)
+            if backend.facts()["kv_layout"] == "paged":
+                # blocks are counted at admission: no place without the blocks for the prompt
+                assert not pool.acquire(other)
+                prefill(backend, big)
+                used = pool.used
+            else:
+                assert pool.acquire(other)
+                prefill(backend, big)
+                used = pool.used
+                assert backend.execute([Chunk(other, 0, 39)]) is None
             assert pool.used == used
             # the cache is as it was: the big sequence steps on
             assert len(step(backend, [Chunk(big, big.n_computed, big.n_computed + 1)])) == 1
@@ -264,7 +290,13 @@ def test_the_layout_keeps_running_slots_low_and_in_order(
 
 
 def test_the_last_prompt_token_is_fed_alone(backend: Backend) -> None:
+    """llama.cpp (and the fake backend, under its pool): the last prompt token in a step of
+    its own. transformers in float32 has no such rule: a prompt goes whole."""
     seq = make_seq("s", list(range(1, 11)))
+    if backend.facts()["kv_layout"] == "paged":
+        assert backend.pool.chunk(seq, 100) == 10
+        assert backend.pool.chunk(seq, 4) == 4
+        return
     assert backend.pool.chunk(seq, 100) == 9
     assert backend.pool.chunk(seq, 4) == 4
     seq.n_computed = 9

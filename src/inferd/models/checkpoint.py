@@ -113,11 +113,12 @@ def find(text: str, env: Mapping[str, str] | None = None) -> Path | None:
     return next((c for c in candidates if is_checkpoint_dir(c)), None)
 
 
-def inspect(path: Path) -> Checkpoint:
-    """The checkpoint in folder `path`, checked. Raises InvalidCheckpoint (or
-    UnsupportedArchitecture) naming what is wrong."""
+def inspect(path: Path, *, convertible: bool = True) -> Checkpoint:
+    """The checkpoint in folder `path`, checked (with `convertible`, that its architecture
+    converts to GGUF). Raises InvalidCheckpoint (or UnsupportedArchitecture) naming what is
+    wrong."""
     config = _read_config(path)
-    architecture = _architecture(path, config)
+    architecture = _architecture(path, config, convertible)
     weights = _weights(path)
     if weights[0].suffix == ".safetensors":
         n_params = sum(_safetensors_params(w) for w in weights)
@@ -151,12 +152,12 @@ def _read_config(path: Path) -> dict[str, Any]:
     return config
 
 
-def _architecture(path: Path, config: Mapping[str, Any]) -> str:
+def _architecture(path: Path, config: Mapping[str, Any], convertible: bool) -> str:
     architectures = config.get("architectures")
     if not (isinstance(architectures, list) and architectures and architectures[0]):
         raise InvalidCheckpoint(f"{path.name}/{CONFIG} names no architecture ('architectures')")
     name = str(architectures[0])
-    if name not in SUPPORTED_ARCHITECTURES:
+    if convertible and name not in SUPPORTED_ARCHITECTURES:
         supported = ", ".join(sorted(SUPPORTED_ARCHITECTURES))
         raise UnsupportedArchitecture(
             f"{path.name}: architecture {name} is not supported for conversion; "

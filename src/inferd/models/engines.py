@@ -2,27 +2,31 @@
 
 The registry knows engines only as `EngineClient`s made by an `EngineFactory`. A factory per
 kind of engine: `BackendEngineFactory` runs inferd's own engine (scheduler, core thread) over a
-`Backend` (llama.cpp today, a PyTorch runtime later); a whole engine with its own scheduler
+`Backend` (llama.cpp, or PyTorch through transformers); a whole engine with its own scheduler
 (vLLM) would be a factory of its own. `EngineFactories` picks one per spec with `engine_kind`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Protocol
 
 from inferd.engine.backends.base import Backend
 from inferd.engine.client import AsyncEngine, FinishHook
 from inferd.errors import ConfigError, InferdError
 from inferd.models.chat_template import CHATML, ChatTemplate
+from inferd.models.checkpoint import CONFIG, SUPPORTED_ARCHITECTURES, find
 from inferd.models.entry import LoadedModel
 from inferd.models.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
 LLAMACPP = "llama.cpp"
+TRANSFORMERS = "transformers"
 
 BackendLoader = Callable[[ModelSpec], Backend]
 
@@ -42,15 +46,31 @@ class EngineFactory(Protocol):
         ...
 
 
-def engine_kind(spec: ModelSpec) -> str:
+def engine_kind(spec: ModelSpec, *, cuda: Callable[[], bool] = lambda: False) -> str:
     """The kind of engine that serves `spec`: the one place this is decided.
 
-    Every model served today is a GGUF file, run by llama.cpp. A second kind (transformers
-    weights in a model directory, say) is told apart here, from the spec (its path, or a
-    setting of its ModelConfig), and gets its factory in the serving factories' table
-    (`models/loading.py`, `engine_factory`).
+    The model's `backend` setting wins. Otherwise (auto): a GGUF file runs on llama.cpp; a
+    Hugging Face checkpoint folder runs on transformers when a CUDA device is present (`cuda`,
+    asked only for a checkpoint) or when its architecture does not convert to GGUF, and on
+    llama.cpp (converted) otherwise.
     """
+    if spec.config.backend != "auto":
+        return spec.config.backend
+    folder = find(str(spec.path))
+    if folder is None:
+        return LLAMACPP
+    if cuda() or not convertible(folder):
+        return TRANSFORMERS
     return LLAMACPP
+
+
+def convertible(folder: Path) -> bool:
+    """Whether a checkpoint's architecture converts to GGUF (an unreadable config: no)."""
+    try:
+        config = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
+        return str(config["architectures"][0]) in SUPPORTED_ARCHITECTURES
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return False
 
 
 class EngineFactories:

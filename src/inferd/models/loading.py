@@ -1,5 +1,6 @@
-"""The engine factories this server runs models with: llama.cpp (a GGUF file), and the table
-of factories by engine kind that `inferd serve` loads models through."""
+"""The engine factories this server runs models with: llama.cpp (a GGUF file), transformers (a
+Hugging Face checkpoint on PyTorch), and the table of factories by engine kind that
+`inferd serve` loads models through."""
 
 from __future__ import annotations
 
@@ -7,19 +8,33 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from inferd.engine.backends.base import Backend
-from inferd.models.engines import LLAMACPP, BackendEngineFactory, BackendLoader, EngineFactories
+from inferd.errors import ConfigError, InvalidCheckpoint
+from inferd.models.checkpoint import find, inspect
+from inferd.models.engines import (
+    LLAMACPP,
+    TRANSFORMERS,
+    BackendEngineFactory,
+    BackendLoader,
+    EngineFactories,
+    engine_kind,
+)
 from inferd.models.gguf_header import read_header
 from inferd.models.spec import ModelSpec
 
 if TYPE_CHECKING:
     from inferd.engine.backends.llamacpp import LlamaCppOptions
+    from inferd.engine.backends.torch import TorchOptions
 
 
 def engine_factory(*, verbose: bool = False, tune_dir: Path | None = None) -> EngineFactories:
     """Every kind of engine this server can load models with, by kind (`engine_kind` picks
-    one per model): a second kind is added here. `tune_dir`: where kernel choices measured
-    per machine and model are cached (None: no measuring)."""
-    return EngineFactories({LLAMACPP: llamacpp_factory(verbose=verbose, tune_dir=tune_dir)})
+    one per model): a second kind is added here. `tune_dir`: where llama.cpp kernel choices
+    measured per machine and model are cached (None: no measuring)."""
+    kinds = {
+        LLAMACPP: llamacpp_factory(verbose=verbose, tune_dir=tune_dir),
+        TRANSFORMERS: transformers_factory(),
+    }
+    return EngineFactories(kinds, lambda spec: engine_kind(spec, cuda=cuda_available))
 
 
 def llamacpp_factory(
@@ -77,3 +92,70 @@ def llamacpp_footprint(spec: ModelSpec) -> int:
 
     header = read_header(spec.path)
     return spec.path.stat().st_size + estimate_kv_bytes(llamacpp_options(spec), header.metadata)
+
+
+def cuda_available() -> bool:
+    """Whether torch sees a CUDA device (False without torch installed)."""
+    try:
+        from inferd.engine.backends.torch import cuda_available as torch_cuda
+    except ImportError:
+        return False
+    return torch_cuda()
+
+
+def transformers_factory() -> BackendEngineFactory:
+    """inferd's engine over a transformers model, with the config-based memory estimate."""
+    return BackendEngineFactory(transformers_load, transformers_footprint)
+
+
+def transformers_options(spec: ModelSpec) -> TorchOptions:
+    from inferd.engine.backends.torch import TorchOptions
+
+    c = spec.config
+    return TorchOptions(
+        n_ctx=c.n_ctx,
+        max_seqs=c.max_seqs,
+        kv_cells=c.kv_cells,
+        n_batch=c.n_batch,
+        prefill_per_decode=c.prefill_per_decode,
+        n_ctx_embed=c.n_ctx_embed,
+        n_threads=c.n_threads,
+        dtype=c.dtype,
+        device=c.device or ("cuda" if cuda_available() else "cpu"),
+        trust_remote_code=c.trust_remote_code,
+    )
+
+
+def transformers_load(spec: ModelSpec) -> Backend:
+    """Spec -> a loaded transformers backend, from a checkpoint folder (checked first, from
+    its headers, for a clean error) or a repo in the local Hugging Face cache."""
+    try:
+        from inferd.engine.backends.torch import TorchBackend
+    except ImportError as exc:
+        raise ConfigError(
+            f"{spec.name}: the transformers backend needs the hf extra "
+            f"(pip install 'inferd[hf]'): {exc}"
+        ) from None
+    inspect(checkpoint_folder(spec), convertible=False)
+    return TorchBackend(checkpoint_folder(spec), transformers_options(spec))
+
+
+def transformers_footprint(spec: ModelSpec) -> int:
+    """Bytes a checkpoint will take once loaded: its parameters in the asked dtype and its
+    KV blocks, from config.json and the safetensors headers."""
+    from inferd.engine.backends.torch import estimate_memory
+
+    folder = checkpoint_folder(spec)
+    checkpoint = inspect(folder, convertible=False)
+    return estimate_memory(folder, transformers_options(spec), checkpoint.n_params)
+
+
+def checkpoint_folder(spec: ModelSpec) -> Path:
+    """The checkpoint a spec names: its folder, or an `org/repo` snapshot in the local Hugging
+    Face cache (never downloaded)."""
+    folder = find(str(spec.path))
+    if folder is None:
+        raise InvalidCheckpoint(
+            f"{spec.path} is neither a checkpoint folder nor in the local Hugging Face cache"
+        )
+    return folder

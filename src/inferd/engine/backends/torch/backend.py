@@ -1,0 +1,302 @@
+"""The transformers backend: a Hugging Face causal LM stepped by inferd's core loop over a
+paged KV cache of its own."""
+
+from __future__ import annotations
+
+import gc
+import inspect
+import logging
+import threading
+from collections.abc import Sequence as Seq
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import torch
+from transformers import AttentionInterface
+
+from inferd.engine.backends.base import ModelInfo, SequenceFailed
+from inferd.engine.backends.torch.blocks import BlockPool
+from inferd.engine.backends.torch.cache import PagedKV, layout
+from inferd.engine.backends.torch.options import (
+    BLOCK_SIZE,
+    KvShape,
+    TorchOptions,
+    context_length,
+    kv_positions,
+    read_config,
+    text_config,
+)
+from inferd.engine.backends.torch.sampling import TorchSampler
+from inferd.engine.backends.torch.tokens import Tokens
+from inferd.engine.sequence import Chunk, Sequence
+from inferd.engine.types import SamplingParams
+from inferd.errors import BackendError, EngineStopped, InferdError, InvalidRequest
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def cuda_available() -> bool:
+    return bool(torch.cuda.is_available())
+
+
+def _load(
+    source: str, options: TorchOptions, dtype: torch.dtype, attention: str
+) -> tuple[Any, Any]:
+    """The model (with the attention function registered as `attention`) and its tokenizer,
+    from a local folder or the local HF cache only."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if options.trust_remote_code:
+        log.warning(
+            "%s: trust_remote_code is on: the checkpoint's own Python code runs in this process",
+            source,
+        )
+    common: dict[str, Any] = {
+        "local_files_only": True,
+        "trust_remote_code": options.trust_remote_code,
+    }
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **common)
+        model = AutoModelForCausalLM.from_pretrained(
+            source,
+            dtype=dtype,
+            attn_implementation=attention,
+            device_map=options.device if options.on_gpu else None,
+            **common,
+        )
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, ImportError) as exc:
+        raise BackendError(f"{Path(source).name}: the checkpoint failed to load: {exc}") from None
+    model.eval()
+    return model, tokenizer
+
+
+class TorchBackend:
+    """The step-level `Backend` over one transformers model: `execute` runs a step's chunks
+    as one ragged batch (one forward, no padding) over the paged KV cache (`cache.PagedKV`),
+    whose blocks are the scheduler's `pool` (`blocks.BlockPool`)."""
+
+    def __init__(self, folder: Path, options: TorchOptions) -> None:
+        """`folder`: a checkpoint's folder (a local one, or a snapshot in the HF cache)."""
+        source = str(folder)
+        if options.n_threads:
+            torch.set_num_threads(options.n_threads)
+        self._device = torch.device(options.device)
+        if options.on_gpu and not cuda_available():
+            raise BackendError(f"device {options.device} asked for, but torch sees no CUDA device")
+        bf16 = options.on_gpu and torch.cuda.is_bf16_supported()
+        self._dtype_name = options.dtype_name(bf16=bf16)
+        dtype = _DTYPES[self._dtype_name]
+        config = read_config(folder)
+        tc = text_config(config)
+        shape = KvShape.of(config)
+        n_ctx = context_length(config, options)
+        positions = kv_positions(options, n_ctx)
+        self._kv = PagedKV(
+            blocks=positions // BLOCK_SIZE,
+            n_layer=shape.n_layer,
+            dtype=dtype,
+            device=self._device,
+        )
+        # the attention function reads this backend's cache: registered under a name of its
+        # own with transformers for as long as the model is loaded
+        self._attention = f"inferd_paged_{id(self):x}"
+        AttentionInterface.register(self._attention, self._kv.attention)
+        try:
+            self._model, tokenizer = _load(source, options, dtype, self._attention)
+        except BaseException:
+            self._unregister()
+            raise
+        self._arch = str(tc.get("model_type") or config.get("model_type") or "unknown")
+        gen = self._model.generation_config
+        eos = gen.eos_token_id if gen is not None else None
+        eos_ids = [*(eos if isinstance(eos, list) else [eos]), tokenizer.eos_token_id]
+        self._tokens = Tokens(tokenizer, [e for e in eos_ids if e is not None])
+        self.pool = BlockPool(self._kv, blocks=positions // BLOCK_SIZE, slots=options.max_seqs)
+        window = tc.get("sliding_window") if tc.get("use_sliding_window", True) else None
+        self._window = int(window) if window else None
+        self._cache_arg = self._cache_keyword()
+        self._embed_lock = threading.Lock()
+        n_vocab = int(self._model.get_output_embeddings().weight.shape[0])
+        self._n_vocab = n_vocab
+        params = list(self._model.parameters())
+        template = tokenizer.chat_template
+        if isinstance(template, dict):
+            template = template.get("default") or next(iter(template.values()), None)
+        t = self._tokens
+        self.info = ModelInfo(
+            n_vocab=n_vocab,
+            n_ctx=n_ctx,
+            max_seqs=options.max_seqs,
+            max_batch_tokens=options.batch_tokens,
+            prefill_per_decode=options.prefill_per_decode or 0,
+            n_ctx_train=int(tc.get("max_position_embeddings") or 0),
+            add_bos=t.add_bos,
+            bos_token=t.bos_token,
+            eos_token=t.eos_token,
+            chat_template=template if isinstance(template, str) else None,
+            n_params=sum(p.numel() for p in params),
+            size_bytes=sum(p.numel() * p.element_size() for p in params),
+            kv_bytes=positions * shape.position_bytes(self._dtype_name),
+            n_embd=int(tc.get("hidden_size") or 0),
+            n_ctx_embed=min(options.n_ctx_embed, n_ctx),
+            fim_pre=t.fim[0],
+            fim_suf=t.fim[1],
+            fim_mid=t.fim[2],
+        )
+        self._metadata = self._describe(tc, folder.name)
+        self._bias_eog = [(e, float("-inf")) for e in sorted(t.eog)]
+
+    def _cache_keyword(self) -> str:
+        """The name the model's forward takes its cache by (`cache` in transformers 5;
+        `past_key_values` in models that were not renamed)."""
+        params = inspect.signature(self._model.forward).parameters
+        return "cache" if "cache" in params else "past_key_values"
+
+    def _describe(self, tc: dict[str, Any], name: str) -> dict[str, str]:
+        """The model's facts under GGUF's metadata names, for the views that show them."""
+        a = self._arch
+        facts = {
+            "general.architecture": a,
+            "general.name": name,
+            f"{a}.context_length": tc.get("max_position_embeddings"),
+            f"{a}.embedding_length": tc.get("hidden_size"),
+            f"{a}.block_count": tc.get("num_hidden_layers"),
+            f"{a}.attention.head_count": tc.get("num_attention_heads"),
+            f"{a}.attention.head_count_kv": tc.get("num_key_value_heads"),
+            f"{a}.expert_count": tc.get("num_local_experts") or tc.get("num_experts"),
+        }
+        return {k: str(v) for k, v in facts.items() if v is not None}
+
+    # ---- facts ----------------------------------------------------------------------------
+
+    def facts(self) -> dict[str, Any]:
+        return {
+            "backend": "transformers",
+            "kv_layout": "paged",
+            "kv_cells": self.pool.capacity,
+            "kv_block_size": BLOCK_SIZE,
+            "dtype": self._dtype_name,
+            "device": str(self._device),
+            "metadata": dict(self._metadata),
+        }
+
+    # ---- tokenizer ------------------------------------------------------------------------
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+        return self._tokens.tokenize(text, add_special=add_special, parse_special=parse_special)
+
+    def token_piece(self, token: int) -> bytes:
+        return self._tokens.piece(token)
+
+    def is_eog(self, token: int) -> bool:
+        return token in self._tokens.eog
+
+    # ---- sampling -------------------------------------------------------------------------
+
+    def check_sampling(self, params: SamplingParams) -> None:
+        if params.tagged is not None:
+            raise InvalidRequest(
+                "structured output (the grammar of tool calls) is not available for models "
+                'served by the transformers backend: use tool_choice "none"'
+            )
+        if params.constrained:
+            raise InvalidRequest(
+                "structured output (a JSON format or schema) is not available for models "
+                "served by the transformers backend"
+            )
+
+    def new_sampler(self, params: SamplingParams) -> TorchSampler:
+        self.check_sampling(params)
+        bias = list(params.logit_bias)
+        if params.ignore_eos:
+            bias += self._bias_eog
+        return TorchSampler(params, bias)
+
+    def _sampler_for(self, seq: Sequence) -> TorchSampler:
+        try:
+            return self.new_sampler(seq.request.sampling)
+        except InferdError as exc:
+            raise SequenceFailed(seq, exc.message) from None
+
+    # ---- the step -------------------------------------------------------------------------
+
+    def execute(self, chunks: list[Chunk]) -> list[int] | None:
+        samplers: list[TorchSampler] = []
+        rows: list[int] = []
+        tokens: list[int] = []
+        for c in chunks:
+            seq = c.seq
+            tokens += seq.tokens[c.start : c.end]
+            if c.samples:
+                if seq.sampler is None:
+                    seq.sampler = self._sampler_for(seq)
+                samplers.append(cast("TorchSampler", seq.sampler))
+                rows.append(len(tokens) - 1)
+        if not self.pool.grow(chunks):
+            return None
+        logits = self.forward(chunks, tokens, rows)
+        return [s.sample(logits[i]) for i, s in enumerate(samplers)]
+
+    def forward(self, chunks: Seq[Chunk], tokens: list[int], rows: list[int]) -> np.ndarray:
+        """One forward pass over the step's tokens: the float32 logits of `rows`."""
+        if self._model is None:
+            raise BackendError("backend is closed")
+        spans = [(self.pool.table(c.seq), c.start, c.end) for c in chunks]
+        step, positions = layout(spans, self._device, sliding_window=self._window)
+        ids = torch.tensor(tokens, dtype=torch.long, device=self._device)[None]
+        kv = self._kv
+        kv.step = step
+        try:
+            with torch.inference_mode():
+                out = self._model(
+                    input_ids=ids,
+                    position_ids=positions[None],
+                    use_cache=False,
+                    logits_to_keep=torch.tensor(rows, dtype=torch.long, device=self._device),
+                    **{self._cache_arg: kv},
+                )
+            return cast("np.ndarray", out.logits[0].float().cpu().numpy())
+        except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+            raise BackendError(f"the forward pass failed: {exc}") from exc
+        finally:
+            kv.step = None
+
+    def drop(self, seq: Sequence) -> None:
+        if seq.sampler is not None:
+            seq.sampler.close()
+            seq.sampler = None
+
+    # ---- embeddings -----------------------------------------------------------------------
+
+    def embed(self, inputs: Seq[Seq[int]]) -> list[list[float]]:
+        """Mean of the last hidden states over each input's tokens (one input per forward)."""
+        with self._embed_lock:
+            model = self._model
+            if model is None:
+                raise EngineStopped("the model was unloaded")
+            base = getattr(model, model.base_model_prefix, model)
+            out: list[list[float]] = []
+            with torch.inference_mode():
+                for tokens in inputs:
+                    if not tokens or len(tokens) > self.info.embed_limit:
+                        raise BackendError("an embeddings input is empty or too long")
+                    ids = torch.tensor([list(tokens)], dtype=torch.long, device=self._device)
+                    hidden = base(input_ids=ids, use_cache=False).last_hidden_state[0]
+                    out.append(hidden.float().mean(dim=0).cpu().tolist())
+            return out
+
+    def _unregister(self) -> None:
+        AttentionInterface._global_mapping.pop(self._attention, None)
+
+    def close(self) -> None:
+        with self._embed_lock:
+            self._model = None
+            self._unregister()
+        self._kv.keys = [None] * len(self._kv.keys)
+        self._kv.values = [None] * len(self._kv.values)
+        gc.collect()
+        if self._device.type == "cuda":
+            torch.cuda.empty_cache()
