@@ -113,7 +113,9 @@ class ModelConfig(BaseModel):
     n_threads: int | None = Field(None, ge=1, description="CPU threads (default: all cores)")
     n_gpu_layers: int = Field(0, ge=-1, description="Layers to offload to the GPU (-1: all)")
     flash_attn: Literal["auto", "on", "off"] | None = Field(
-        None, description="Flash attention (default: off on CPU, where it is slower; auto on GPU)"
+        None,
+        description="Flash attention (default on a CPU: measured once per machine and model "
+        "when tune_kernels is on, else off; auto with GPU offload)",
     )
     cache_type_k: KvCacheType = Field(
         "f16", description="KV cache element type for keys (quantized types take less memory)"

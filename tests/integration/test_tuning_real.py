@@ -27,8 +27,9 @@ SMALL = {"n_ctx": 512, "max_seqs": 4, "n_batch": 32, "n_threads": 1}
 
 @pytest.fixture
 def bounded(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Measurements at the shortest long context with one step a round; counts them."""
+    """Measurements at the shortest long context, two rounds of one step; counts them."""
     real = tuning.measure_shapes
+    monkeypatch.setattr(tuning, "ROUNDS", 2)
     calls: list[int] = []
 
     def measure(model: Any, layout: Any, options: Any) -> Any:
