@@ -131,3 +131,18 @@ def test_bench_tune_prints_the_table_and_stores_the_pick(
     doc = json.loads(result.stdout.strip().splitlines()[-1])
     assert doc["source"] == "measured" and doc["mode"] in ("on", "off")
     assert len(doc["table"]) == 5 and len(bounded) == 2
+
+
+def test_a_measurement_over_its_time_limit_keeps_off_and_stores_nothing(
+    model_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tuning, "MEASURE_LIMIT_S", 0.0)
+    backend = LlamaCppBackend(model_path, LlamaCppOptions(tune_dir=tmp_path, **SMALL))  # type: ignore[arg-type]
+    try:
+        shown = backend.facts()["flash_attn"]
+        assert backend.decode([1], [0], [0], [True])  # the model serves all the same
+    finally:
+        backend.close()
+    assert (shown["mode"], shown["source"]) == ("off", "default")
+    assert "took over 0 s" in shown["reason"]
+    assert not _stored(tmp_path)

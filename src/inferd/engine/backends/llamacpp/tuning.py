@@ -15,7 +15,9 @@ off and on, in two small probe contexts over the loaded weights:
 Every step runs at a fixed context (its cells are trimmed after it), the two settings
 alternate round by round (three; two once MEASURE_BUDGET_S has passed), and a
 shape's time per setting is its best round's median. On the bundled model this takes
-seconds; a large model's long shapes shrink to what its prefill does in PREFILL_BUDGET_S.
+seconds; a large model's long shapes shrink to what its prefill does in PREFILL_BUDGET_S, and
+a measurement still running after MEASURE_LIMIT_S is given up (off, not cached: the next
+load measures again).
 
 The rule (`decide`): "on" only when no shape is slower with it by more than the noise, and
 some shape is faster by more than the noise; otherwise "off", the safe default. The noise is
@@ -65,6 +67,9 @@ PREFILL_BUDGET_S = 2.0  # per setting, for the long sequence's prompt
 PROBE_MEMORY_BYTES = 512 << 20  # KV cache of one probe context
 ROUNDS = 3  # at most; 2 at least, and no third once MEASURE_BUDGET_S has passed
 MEASURE_BUDGET_S = 10.0
+# A hard limit: a measurement still running then (a busy machine: llama.cpp's threads spin
+# at barriers, and a step can take 10-100x its time) is given up: off, not cached.
+MEASURE_LIMIT_S = 60.0
 STEPS = 5  # timed steps per shape and round (the prompt chunk: 1)
 
 
@@ -243,7 +248,7 @@ def choose_flash_attn(
     log.info("measuring flash attention off and on for %s", path.name)
     try:
         table = (measure or measure_shapes)(model, layout, options)
-    except BackendError as exc:  # e.g. no memory for the probes: the safe default, not cached
+    except BackendError as exc:  # no memory for the probes, over time: off, not cached
         log.warning("flash attention not measured for %s: %s", path.name, exc)
         return FlashAttnChoice("off", "default", f"measurement failed: {exc}")
     mode, reason = decide(table)
@@ -346,6 +351,11 @@ def measure_shapes(
     """Time every shape with flash attention off and on (the module's docstring); `long`
     and `steps` bound it further (tests)."""
     started = time.perf_counter()
+
+    def in_time() -> None:
+        if time.perf_counter() - started > MEASURE_LIMIT_S:
+            raise BackendError(f"the measurement took over {MEASURE_LIMIT_S:.0f} s")
+
     long = long or long_context(layout, layout.cell_bytes)
     n_batch = layout.n_batch
     with _probes(model, layout, options, long) as (off, on, streams):
@@ -356,6 +366,7 @@ def measure_shapes(
             t = time.perf_counter()
             for probe in (off, on):
                 probe.decode([(0, filled + i, False) for i in range(part)])
+                in_time()
             filled += part
             per_token = (time.perf_counter() - t) / (2 * part)
             long = min(long, max(LONG_MIN, int(PREFILL_BUDGET_S / per_token)))
@@ -383,6 +394,7 @@ def measure_shapes(
         for probe in (off, on):  # warm-up: every shape's graph once
             for tokens, _ in shapes.values():
                 probe.step(tokens)
+        in_time()
         rounds: dict[str, list[list[float]]] = {k: [[], []] for k in shapes}
         for r in range(ROUNDS):
             if r >= 2 and time.perf_counter() - started > MEASURE_BUDGET_S:
@@ -393,6 +405,7 @@ def measure_shapes(
                 for name, (tokens, steps) in shapes.items():
                     times = [probe.step(tokens) for _ in range(steps)]
                     rounds[name][setting].append(statistics.median(times))
+                    in_time()
     return tuple(_timing(name, off_r, on_r) for name, (off_r, on_r) in rounds.items())
 
 
