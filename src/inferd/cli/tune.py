@@ -29,8 +29,12 @@ def tune_report(model_path: Path | None, console: Console, *, as_json: bool) -> 
     options = llamacpp_options(spec, tune_dir=directory)
     with console.status(f"measuring flash attention off and on for {spec.path.name}"):
         choice = tune(spec.path, options)
+    stored = str(directory) if choice.source == "measured" else None  # failed: not stored
     if as_json:
-        print(json.dumps({"model": str(spec.path), "stored_in": str(directory), **choice.facts()}))
+        print(json.dumps({"model": str(spec.path), "stored_in": stored, **choice.facts()}))
+        return
+    console.print(f"pick: flash attention {choice.mode} ({choice.reason})")
+    if not choice.table:
         return
     table = Table(title=f"flash attention off vs on: {spec.path.name} (ms, best round)")
     for col in ("step", "off", "on", "on / off"):
@@ -38,5 +42,4 @@ def tune_report(model_path: Path | None, console: Console, *, as_json: bool) -> 
     for t in choice.table:
         table.add_row(t.shape, f"{t.off_s * 1000:.2f}", f"{t.on_s * 1000:.2f}", f"{t.ratio:.2f}")
     console.print(table)
-    console.print(f"pick: flash attention {choice.mode} ({choice.reason})")
-    console.print(f"stored in {directory}")
+    console.print(f"stored in {stored}")

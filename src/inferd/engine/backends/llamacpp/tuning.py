@@ -370,18 +370,18 @@ def measure_shapes(
             filled += part
             per_token = (time.perf_counter() - t) / (2 * part)
             long = min(long, max(LONG_MIN, int(PREFILL_BUDGET_S / per_token)))
-        for probe in (off, on):
-            for s in range(1, streams):
-                for start in range(0, SHORT, n_batch):
-                    end = min(SHORT, start + n_batch)
-                    probe.decode([(s, i, False) for i in range(start, end)])
+        prompts = [(s, i, False) for s in range(1, streams) for i in range(SHORT)]
+        for probe in (off, on):  # the short streams' prompts, n_batch tokens a decode
+            for start in range(0, len(prompts), n_batch):
+                probe.decode(prompts[start : start + n_batch])
+                in_time()
         short = list(range(1, streams))
         mixed = short[:MIXED_DECODES]
         chunk = min(MIXED_CHUNK, n_batch - len(mixed))
         shapes: dict[str, tuple[list[tuple[int, int, bool]], int]] = {
-            "decode 1 @short": ([(1, SHORT, True)], STEPS),
-            f"decode {len(short)} @short": ([(s, SHORT, True) for s in short], STEPS),
-            f"decode 1 @{filled}": ([(0, filled, True)], STEPS),
+            "decode 1 @short": ([(1, SHORT, True)], steps),
+            f"decode {len(short)} @short": ([(s, SHORT, True) for s in short], steps),
+            f"decode 1 @{filled}": ([(0, filled, True)], steps),
             f"mixed {len(mixed)}+{chunk} @{filled}": (
                 [(s, SHORT, True) for s in mixed] + [(0, filled + i, False) for i in range(chunk)],
                 steps,
@@ -394,7 +394,7 @@ def measure_shapes(
         for probe in (off, on):  # warm-up: every shape's graph once
             for tokens, _ in shapes.values():
                 probe.step(tokens)
-        in_time()
+                in_time()
         rounds: dict[str, list[list[float]]] = {k: [[], []] for k in shapes}
         for r in range(ROUNDS):
             if r >= 2 and time.perf_counter() - started > MEASURE_BUDGET_S:
