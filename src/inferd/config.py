@@ -40,6 +40,31 @@ KvOverrideValue = StrictBool | StrictInt | StrictFloat | StrictStr
 # KV cache element types llama.cpp's CPU and GPU kernels take for K and V
 KvCacheType = Literal["f32", "f16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0"]
 
+# The types a model can be quantized to, by llama.cpp's names (llama_ftype
+# LLAMA_FTYPE_MOSTLY_<NAME>; the quantizer in engine/backends/llamacpp writes them).
+QUANT_TYPES = (
+    "f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q5_k_s", "q5_0", "q5_1",
+    "q4_k_m", "q4_k_s", "q4_0", "q4_1", "q3_k_l", "q3_k_m", "q3_k_s", "q2_k",
+    "iq4_nl", "iq4_xs",
+)  # fmt: skip
+# mistral.rs's ISQ names (LLM_ISQ_TYPE=Q4K, Q4_K, ...) for the K-quants: their medium variant
+_ISQ_NAMES = {"q2k": "q2_k", "q3k": "q3_k_m", "q4k": "q4_k_m", "q5k": "q5_k_m", "q6k": "q6_k"}
+_FALSE = ("0", "false", "no", "off")
+
+
+def quant_type(text: str) -> str:
+    """`text` as one of QUANT_TYPES: any case, and mistral.rs's names (Q4K, Q4_K: q4_k_m).
+    ValueError naming the types for anything else."""
+    name = text.strip().lower()
+    name = _ISQ_NAMES.get(name.replace("_", ""), name) if name not in QUANT_TYPES else name
+    if name not in QUANT_TYPES:
+        raise ValueError(f"unknown quantization type {text!r}; one of {', '.join(QUANT_TYPES)}")
+    return name
+
+
+def _quant_or_none(value: object) -> object:
+    return quant_type(value) if isinstance(value, str) else value
+
 
 class ModelConfig(BaseModel):
     """One model to serve."""
@@ -131,6 +156,11 @@ class ModelConfig(BaseModel):
     keep_alive: float | None = Field(
         None, description="Seconds idle before this model is unloaded (default: keep_alive)"
     )
+    quantize: str | None = Field(
+        None,
+        description="A Hugging Face checkpoint is converted to GGUF at this type (q8_0, "
+        "q4_k_m, f16, ...; default: the quantize setting)",
+    )
     tool_format: Literal["auto", "hermes", "llama3", "mistral", "json", "off"] = Field(
         "auto",
         description="How the model writes tool calls (docs/api.md, Tools): auto reads it from "
@@ -141,6 +171,8 @@ class ModelConfig(BaseModel):
         description="GGUF metadata overridden at load, key -> bool, int, float or string "
         "(e.g. {'tokenizer.ggml.fim_pre_token_id' = 3})",
     )
+
+    _check_quantize = field_validator("quantize", mode="before")(_quant_or_none)
 
     @model_validator(mode="after")
     def _check_cache_types(self) -> ModelConfig:
@@ -228,6 +260,16 @@ class Settings(BaseSettings):
     model_map: dict[str, str] = Field(
         default_factory=dict,
         description="Extra names for models, e.g. {'mistral:latest' = 'smollm2:135m'}",
+    )
+    quantize: str | None = Field(
+        None,
+        description="Type Hugging Face checkpoints are converted to when their model sets "
+        "none (q8_0, q4_k_m, ...; default: f16). Without it, LLM_ISQ_TYPE is used unless "
+        "LLM_ENABLE_ISQ is false",
+    )
+    convert_cache_dir: Path = Field(
+        default_factory=lambda: Path(platformdirs.user_cache_dir("inferd")) / "converted",
+        description="Where converted Hugging Face checkpoints are kept (GGUF files by content)",
     )
     default_model: str | None = Field(
         None, description="Model used when a request names none (default: the first one)"
@@ -355,6 +397,17 @@ class Settings(BaseSettings):
     retention_interval: float = Field(
         3600.0, gt=0, description="Seconds between two retention runs"
     )
+
+    _check_quantize = field_validator("quantize", mode="before")(_quant_or_none)
+
+    @model_validator(mode="after")
+    def _isq_from_env(self) -> Settings:
+        """The seed's mistral.rs settings, when `quantize` is set nowhere else."""
+        isq_type = os.environ.get("LLM_ISQ_TYPE")
+        enabled = os.environ.get("LLM_ENABLE_ISQ", "true").strip().lower() not in _FALSE
+        if self.quantize is None and isq_type and enabled:
+            self.quantize = quant_type(isq_type)
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -11,34 +11,7 @@ import pytest
 
 from inferd.errors import InvalidCheckpoint, InvalidModelFile, UnsupportedArchitecture
 from inferd.models import checkpoint
-
-CONFIG = {"architectures": ["LlamaForCausalLM"], "model_type": "llama"}
-
-
-def safetensors_bytes(tensors: dict[str, tuple[str, list[int]]], *, cut: int = 0) -> bytes:
-    """A safetensors file of zeros with the given (dtype, shape) tensors; `cut` bytes short."""
-    width = {"F32": 4, "F16": 2, "BF16": 2}
-    header: dict[str, object] = {}
-    offset = 0
-    for name, (dtype, shape) in tensors.items():
-        size = width[dtype]
-        for d in shape:
-            size *= d
-        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
-        offset += size
-    raw = json.dumps(header).encode()
-    data = struct.pack("<Q", len(raw)) + raw + bytes(offset)
-    return data[: len(data) - cut]
-
-
-def make(folder: Path, *, config: object = CONFIG, weights: bytes | None = None) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(config))
-    tensors = {"embed.weight": ("F16", [8, 4]), "norm.weight": ("F32", [4])}
-    (folder / "model.safetensors").write_bytes(weights or safetensors_bytes(tensors))
-    (folder / "tokenizer.json").write_text("{}")
-    (folder / "tokenizer_config.json").write_text("{}")
-    return folder
+from tests.checkpoints import CONFIG, make, safetensors_bytes
 
 
 def test_a_checkpoint_is_read_from_its_headers(tmp_path: Path) -> None:

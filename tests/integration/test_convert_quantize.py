@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from inferd.engine.backends.llamacpp_quantize import QuantizeError, quantize
+from inferd.engine.backends.llamacpp.quantize import QuantizeError, quantize
 from inferd.models.gguf_header import read_header
 from tests.checkpoints import engine_greedy, serving
 

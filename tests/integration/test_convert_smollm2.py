@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 
-from inferd.engine.backends.llamacpp_quantize import quantize
+from inferd.engine.backends.llamacpp.quantize import quantize
 from inferd.models import checkpoint
 from inferd.models.convert_cache import CacheEntry, ConvertCache
 from inferd.models.gguf_header import read_header
+from inferd.models.spec import bundled_model_path
 from tests import checkpoints
 from tests.checkpoints import assert_agrees, engine_greedy, hf_greedy, serving
 
@@ -98,3 +99,25 @@ async def test_quantized_conversions_load_and_agree(
     # q8_0 is near-lossless: the same first tokens as f16; q4_k_m still answers the easy one
     assert answers["q8_0"] == answers["f16"]
     assert answers["q4_k_m"][0][:2] == answers["f16"][0][:2]
+
+
+async def test_converted_at_the_bundled_type_answers_as_the_bundled_file(
+    checkpoint_root: Path, smollm2_dir: Path, prompts: list[list[int]]
+) -> None:
+    """The benchmark's quality half (docs/benchmarks.md): the checkpoint converted back to the
+    bundled file's type (Q4_1, through f16 and llama.cpp's quantizer) answers greedily as the
+    bundled GGUF does."""
+    bundled = bundled_model_path()
+    assert read_header(bundled).metadata["general.file_type"] == "3"  # Q4_1
+    cache = ConvertCache(checkpoint_root / "converted", quantize=quantize)
+    entry = cache.get_or_convert(checkpoint.inspect(smollm2_dir), "q4_1")
+    answers = []
+    for path in (bundled, entry.path):
+        async with serving(path) as engine:
+            answers.append([await engine_greedy(engine, p, N) for p in prompts])
+    agree = [
+        next((i for i, (a, b) in enumerate(zip(x, y, strict=False)) if a != b), min(len(x), len(y)))
+        for x, y in zip(*answers, strict=True)
+    ]
+    # the same tokens, up to rounding that flips a near-tie late in an answer
+    assert min(agree) >= 16 and sum(agree) >= 0.9 * sum(len(a) for a in answers[0]), agree

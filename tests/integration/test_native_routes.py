@@ -134,3 +134,30 @@ async def test_native_errors_are_openai_shaped(real: AppHandle) -> None:
         "/models/{name}/load",
     ]:
         assert p in paths
+
+
+async def test_platform_generate_stream_applies_the_chat_template(real: AppHandle) -> None:
+    """/api/generate/stream answers an instruct model's prompt as a user message (it used to
+    end at once on "Write a haiku."); raw: true is the text as it is, as /generate/stream."""
+    params = {"max_tokens": 24, "temperature": 0}
+
+    async def final(path: str, body: dict[str, object]) -> dict[str, object]:
+        resp = await real.client.post(path, json={**body, **params})
+        assert resp.status_code == 200, resp.text
+        last: dict[str, object] = sse(resp.text)[-1]
+        return last
+
+    haiku = {"prompt": "Write a haiku."}
+    templated = await final("/api/generate/stream", haiku)
+    user = {"role": "user", "content": "Write a haiku."}
+    chat = await final("/chat/stream", {"messages": [user]})
+    assert templated["text"] == chat["text"] and templated["tokens_generated"] == 24
+    raw = await final("/api/generate/stream", {**haiku, "raw": True})
+    plain = await final("/generate/stream", haiku)
+    assert raw["text"] == plain["text"] != templated["text"]
+    with_system = await final("/api/generate/stream", {**haiku, "system": "Be terse."})
+    system = {"role": "system", "content": "Be terse."}
+    chat = await final("/chat/stream", {"messages": [system, user]})
+    assert with_system["text"] == chat["text"]
+    # and /generate/stream keeps completing text unless raw: false asks for the template
+    assert (await final("/generate/stream", {**haiku, "raw": False}))["text"] == templated["text"]

@@ -99,18 +99,31 @@ async def test_required_and_named_calls_are_schema_valid(
             "function": {"name": choice},
         }
     )
-    for seed in (1, 2):
+    r = await h.client.post(
+        "/v1/chat/completions",
+        json=body(tool_choice=tool_choice, temperature=1.0, seed=1, parallel_tool_calls=False),
+    )
+    assert r.status_code == 200, r.text
+    choice_out = r.json()["choices"][0]
+    assert choice_out["finish_reason"] == "tool_calls"
+    names = set(SCHEMAS) if choice == "required" else {choice}
+    check_calls(choice_out["message"]["tool_calls"], names)
+
+
+@pytest.mark.parametrize("fmt", ["llama3", "mistral", "json"])
+async def test_every_formats_grammar_gives_valid_calls(model_path: Path, fmt: str) -> None:
+    """The other families' call formats, forced by the tool_format setting on the bundled
+    model (the fallback description shows it the format)."""
+    spec = bundled_spec(model_path, tool_format=fmt)
+    async with AppHandle(Settings(), ModelRegistry([spec], llamacpp_factory())) as h:
         r = await h.client.post(
             "/v1/chat/completions",
-            json=body(
-                tool_choice=tool_choice, temperature=1.0, seed=seed, parallel_tool_calls=False
-            ),
+            json=body(tool_choice={"type": "function", "function": {"name": "book_hotel"}}),
         )
         assert r.status_code == 200, r.text
-        choice_out = r.json()["choices"][0]
-        assert choice_out["finish_reason"] == "tool_calls"
-        names = set(SCHEMAS) if choice == "required" else {choice}
-        check_calls(choice_out["message"]["tool_calls"], names)
+        choice = r.json()["choices"][0]
+        assert choice["finish_reason"] == "tool_calls"
+        check_calls(choice["message"]["tool_calls"], {"book_hotel"})
 
 
 async def test_streamed_calls_are_the_answers_calls(templated: AppHandle) -> None:

@@ -156,3 +156,21 @@ def test_invalid_settings_are_a_config_error_not_a_traceback(tmp_path: Path) -> 
     result = CliRunner().invoke(app, ["serve", "--config", str(cfg)])
     assert result.exit_code == 2
     assert "invalid settings" in result.output and "Traceback" not in result.output
+
+
+def test_quantize_per_model_and_server_wide_with_the_seeds_isq_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = tmp_path / "inferd.toml"
+    cfg.write_text(f'quantize = "Q8_0"\n[[models]]\npath = "{tmp_path}"\nquantize = "Q4K"\n')
+    s = load_settings(cfg)
+    assert s.quantize == "q8_0" and s.models[0].quantize == "q4_k_m"
+    monkeypatch.setenv("LLM_ISQ_TYPE", "Q4_K")  # mistral.rs's setting, when none is set here
+    assert load_settings().quantize == "q4_k_m"
+    monkeypatch.setenv("INFERD_QUANTIZE", "q6_k")
+    assert load_settings().quantize == "q6_k"
+    monkeypatch.delenv("INFERD_QUANTIZE")
+    monkeypatch.setenv("LLM_ENABLE_ISQ", "false")
+    assert load_settings().quantize is None
+    with pytest.raises(ConfigError, match=r"quantize.*unknown quantization type 'q3'.*q4_k_m"):
+        load_settings(quantize="q3")

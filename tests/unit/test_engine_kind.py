@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from inferd.config import ModelConfig
-from inferd.models.engines import LLAMACPP, TRANSFORMERS, engine_kind
+from inferd.models.engines import CHECKPOINT, LLAMACPP, TRANSFORMERS, engine_kind
 from inferd.models.spec import ModelSpec
 
 
@@ -35,17 +35,17 @@ def test_auto_rules(tmp_path: Path) -> None:
 
     assert engine_kind(spec(gguf)) == LLAMACPP
     assert engine_kind(spec(gguf), cuda=cuda) == LLAMACPP and asked == []  # a file: not asked
-    assert engine_kind(spec(llama)) == LLAMACPP  # converts, on a CPU
+    assert engine_kind(spec(llama)) == CHECKPOINT  # converted for llama.cpp, on a CPU
     assert engine_kind(spec(llama), cuda=cuda) == TRANSFORMERS  # a CUDA device is present
     assert engine_kind(spec(other)) == TRANSFORMERS
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "config.json").write_text("{")
-    assert engine_kind(spec(broken)) == TRANSFORMERS  # its load says what is wrong
+    assert engine_kind(spec(broken)) == CHECKPOINT  # its inspection says what is wrong
 
 
 def test_the_backend_setting_wins(tmp_path: Path) -> None:
     llama = checkpoint(tmp_path, "LlamaForCausalLM")
     assert engine_kind(spec(llama, backend="transformers")) == TRANSFORMERS
     other = checkpoint(tmp_path, "GPTNeoXForCausalLM")
-    assert engine_kind(spec(other, backend="llama.cpp"), cuda=lambda: True) == LLAMACPP
+    assert engine_kind(spec(other, backend="llama.cpp"), cuda=lambda: True) == CHECKPOINT

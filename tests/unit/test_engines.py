@@ -33,7 +33,9 @@ class Recording:
         self.loads: list[str] = []
         self.inner = BackendEngineFactory(lambda _s: FakeBackend(), lambda _s: 7)  # type: ignore[arg-type]
 
-    async def load(self, spec: ModelSpec, *, on_finish: FinishHook) -> LoadedModel:
+    async def load(
+        self, spec: ModelSpec, *, on_finish: FinishHook, on_progress: object = None
+    ) -> LoadedModel:
         self.loads.append(spec.name)
         return await self.inner.load(spec, on_finish=on_finish)
 
@@ -41,8 +43,8 @@ class Recording:
         return len(self.kind)
 
 
-def test_every_model_today_is_llama_cpp() -> None:
-    assert engine_kind(spec("m")) == LLAMACPP
+def test_a_gguf_file_is_llama_cpp() -> None:
+    assert engine_kind(spec("m")) == LLAMACPP  # a checkpoint folder: tests/unit/test_converting
 
 
 async def test_each_model_loads_with_the_factory_of_its_kind() -> None:

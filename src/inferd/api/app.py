@@ -19,6 +19,7 @@ from inferd.api import conversations, ops, stats, ui
 from inferd.api.errors import install_error_handlers
 from inferd.api.guard import PUBLIC_PATHS, Guard, is_loopback
 from inferd.api.native.router import router as native_router
+from inferd.api.ollama.manage import router as ollama_manage_router
 from inferd.api.ollama.router import router as ollama_router
 from inferd.api.openai.router import router as openai_router
 from inferd.api.routing import Dialect, Namespace, Routing
@@ -101,6 +102,7 @@ def create_app(
     app.include_router(stats.router)
     app.include_router(native_router)
     app.include_router(ollama_router)
+    app.include_router(ollama_manage_router)
     app.include_router(ui.router)
 
     @app.get("/swagger-ui", include_in_schema=False)

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 _TABLE: list[tuple[type[e.InferdError], int, str]] = [
     (e.InvalidRequest, 400, "invalid_request_error"),
     (e.InvalidModelFile, 400, "invalid_request_error"),
+    (e.PullFailed, 400, "invalid_request_error"),
     (e.Unauthenticated, 401, "authentication_error"),
     (e.PermissionDenied, 403, "permission_error"),
     (e.ProtectedModel, 403, "permission_error"),

@@ -31,6 +31,8 @@ from inferd.security.limits import RateLimits, Window
 # /metrics joins them by the metrics_require_key setting (default: on loopback only).
 PUBLIC_PATHS = frozenset({"/", "/health", "/health/live", "/health/ready"})
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+# POSTs here upload a model's blob (Ollama's /api/blobs/:digest): gigabytes, no body limit
+UPLOADS = "/api/blobs/"
 
 
 def is_loopback(host: str) -> bool:
@@ -155,7 +157,8 @@ class Guard:
         if sum(len(k) + len(v) + 4 for k, v in headers) > self.max_header_bytes:
             await error_response(request, 431, "Request headers too large")(scope, receive, send)
             return
-        if self._declared_length(headers) > self.max_body_bytes:
+        upload = scope["path"].startswith(UPLOADS) and scope["method"] == "POST"
+        if self._declared_length(headers) > self.max_body_bytes and not upload:
             # refused before reading a byte; a chunked body is counted as it arrives
             await error_response(request, 413, "Content Too Large")(scope, receive, send)
             return
@@ -192,7 +195,7 @@ class Guard:
             except InferdError as exc:
                 await domain_error_response(request, exc)(scope, receive, send_with_limits)
                 return
-            await self.app(scope, self._limited(receive), send_with_limits)
+            await self.app(scope, self._limited(receive, upload=upload), send_with_limits)
         finally:
             # a cancelled request (shutdown, client gone) still gives its share back
             await asyncio.shield(ticket.close())
@@ -245,16 +248,19 @@ class Guard:
                 ticket.requests = await self.limits.requests(principal)
                 raise
 
-    def _limited(self, receive: Receive) -> Receive:
+    def _limited(self, receive: Receive, *, upload: bool = False) -> Receive:
         """`receive` with a size limit (413) and a deadline (408) for the whole body. The
         HTTPExceptions raised here reach the app's error handler through FastAPI's body
-        reading, so they answer in the dialect's shape."""
-        deadline = asyncio.get_running_loop().time() + self.body_timeout
+        reading, so they answer in the dialect's shape. An upload (a model's blob, already
+        admitted: its route needs an admin key) has no size limit, and its deadline is for
+        each part of the body, not the whole."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.body_timeout
         done = False
         size = 0
 
         async def limited() -> Message:
-            nonlocal done, size
+            nonlocal done, size, deadline
             if done:
                 return await receive()
             try:
@@ -264,8 +270,10 @@ class Guard:
                 raise HTTPException(408, "The request body was not received in time") from None
             if message["type"] == "http.request":
                 size += len(message.get("body", b""))
-                if size > self.max_body_bytes:
+                if size > self.max_body_bytes and not upload:
                     raise HTTPException(413, "Content Too Large")
+                if upload:
+                    deadline = loop.time() + self.body_timeout
             if message["type"] != "http.request" or not message.get("more_body", False):
                 done = True
             return message

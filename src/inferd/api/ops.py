@@ -28,6 +28,8 @@ async def health(request: Request, registry: RegistryDep) -> dict[str, Any]:
         }
         if entry.error:
             item["error"] = entry.error
+        if entry.progress is not None:
+            item["progress"] = {"phase": entry.progress.phase, "fraction": entry.progress.fraction}
         if entry.model is not None:
             st = entry.model.engine.stats()
             item.update(

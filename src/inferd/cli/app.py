@@ -17,6 +17,7 @@ from inferd.cli.remote import cp, ps, stop
 from inferd.cli.run import run
 from inferd.config import ModelConfig, load_settings
 from inferd.errors import ConfigError, InferdError
+from inferd.models import checkpoint
 from inferd.models.hf_cache import is_hf_spec
 from inferd.models.spec import BUNDLED_ALIASES, BUNDLED_NAME
 
@@ -67,13 +68,14 @@ def _model_configs(models: list[str]) -> list[ModelConfig]:
         if m in (BUNDLED_NAME, *BUNDLED_ALIASES):
             continue  # the bundled model is what an empty list serves
         path = Path(m).expanduser()
-        if is_hf_spec(m) and not path.exists():
+        if not path.exists() and (is_hf_spec(m) or checkpoint.find(m) is not None):
             out.append(ModelConfig(path=Path(m)))  # resolved in the Hugging Face cache
             continue
-        if not path.is_file():
+        if not (path.is_file() or checkpoint.is_checkpoint_dir(path)):
             raise ConfigError(
-                f"--model {m}: no such file (give the path of a .gguf file, "
-                "or org/repo:file.gguf from the Hugging Face cache)"
+                f"--model {m}: no such file (give the path of a .gguf file or of a Hugging "
+                "Face checkpoint folder, or org/repo:file.gguf or org/repo from the Hugging "
+                "Face cache)"
             )
         out.append(ModelConfig(path=path.resolve()))
     return out
@@ -84,7 +86,12 @@ def _model_configs(models: list[str]) -> list[ModelConfig]:
 def serve(
     model: Annotated[
         list[str] | None,
-        typer.Option("--model", "-m", help="A .gguf file to serve (repeatable); default: bundled"),
+        typer.Option(
+            "--model",
+            "-m",
+            help="A .gguf file or Hugging Face checkpoint (a folder, or org/repo in the HF "
+            "cache) to serve (repeatable); default: bundled",
+        ),
     ] = None,
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="TOML file with settings")

@@ -36,10 +36,11 @@ def build(settings: Settings, model_flags: dict[str, Any]) -> Launch:
     """Raises InferdError for settings that cannot be served (a missing file, bad values)."""
     from inferd.api.app import create_app
     from inferd.cli.keys import open_keys
-    from inferd.models.loading import engine_factory
+    from inferd.models.loading import convert_cache, engine_factory, quantizer
     from inferd.models.registry import ModelRegistry, RegistryOptions
     from inferd.models.spec import specs_from_settings
     from inferd.models.store import ModelStore
+    from inferd.models.workshop import Workshop
     from inferd.security.keys import KeyRing
     from inferd.security.limits import RateLimits
     from inferd.storage.repository import Repository
@@ -47,7 +48,12 @@ def build(settings: Settings, model_flags: dict[str, Any]) -> Launch:
 
     registry = ModelRegistry(
         specs_from_settings(settings, model_flags),
-        engine_factory(verbose=settings.llama_verbose, tune_dir=tune_dir(settings)),
+        engine_factory(
+            verbose=settings.llama_verbose,
+            conversions=settings.convert_cache_dir,
+            quantize=settings.quantize,
+            tune_dir=tune_dir(settings),
+        ),
         default=settings.default_model,
         options=RegistryOptions.from_settings(settings),
         store=ModelStore(settings.models_dir),
@@ -65,4 +71,11 @@ def build(settings: Settings, model_flags: dict[str, Any]) -> Launch:
     store = Store.from_settings(settings)
     keys = KeyRing(Repository(store.engine), max_age=settings.key_cache_seconds)
     app = create_app(settings, registry, keys=keys, limits=limits, store=store, open_store=True)
+    # what /api/pull and /api/create make models with
+    app.state.workshop = Workshop(
+        registry,
+        convert_cache(settings.convert_cache_dir),
+        quantizer(),
+        default_quant=settings.quantize,
+    )
     return Launch(app, registry, store, auth=settings.require_auth or has_keys)

@@ -53,7 +53,7 @@ _SLACK = 64 * 1024 * 1024  # metadata, tokenizer, rounding
 
 
 class Quantizer(Protocol):
-    """llama.cpp's quantizer (inferd.engine.backends.llamacpp_quantize.quantize)."""
+    """llama.cpp's quantizer (inferd.engine.backends.llamacpp.quantize.quantize)."""
 
     def __call__(
         self,
@@ -286,12 +286,16 @@ class ConvertCache:
         return out
 
 
+def gguf_bytes(checkpoint: Checkpoint, quant: str) -> int:
+    """About how large the GGUF of `checkpoint` at `quant` will be."""
+    return int(checkpoint.n_params * _BITS.get(quant, 8.5) / 8)
+
+
 def estimate_bytes(checkpoint: Checkpoint, quant: str) -> int:
     """Disk a conversion needs at its peak: the GGUF at `quant`, plus the 16-bit file it is
     quantized from when the converter cannot write `quant` itself."""
-    final = checkpoint.n_params * _BITS.get(quant, 8.5) / 8
     wide = 0 if quant in OUTTYPES else checkpoint.n_params * 2
-    return int((final + wide) * 1.05) + _SLACK
+    return int((gguf_bytes(checkpoint, quant) + wide) * 1.05) + _SLACK
 
 
 def _read_entry(folder: Path) -> CacheEntry | None:

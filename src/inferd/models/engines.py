@@ -20,6 +20,7 @@ from inferd.engine.client import AsyncEngine, FinishHook
 from inferd.errors import ConfigError, InferdError
 from inferd.models.chat_template import CHATML, ChatTemplate
 from inferd.models.checkpoint import CONFIG, SUPPORTED_ARCHITECTURES, find
+from inferd.models.convert import ProgressCallback
 from inferd.models.entry import LoadedModel
 from inferd.models.spec import ModelSpec
 
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 
 LLAMACPP = "llama.cpp"
 TRANSFORMERS = "transformers"
+CHECKPOINT = "hf-checkpoint"  # converted to GGUF (models/converting.py), then llama.cpp
 
 BackendLoader = Callable[[ModelSpec], Backend]
 
@@ -34,10 +36,17 @@ BackendLoader = Callable[[ModelSpec], Backend]
 class EngineFactory(Protocol):
     """Makes started engines of one kind (or picks the factory of the right kind)."""
 
-    async def load(self, spec: ModelSpec, *, on_finish: FinishHook) -> LoadedModel:
+    async def load(
+        self,
+        spec: ModelSpec,
+        *,
+        on_finish: FinishHook,
+        on_progress: ProgressCallback | None = None,
+    ) -> LoadedModel:
         """The model with its engine started, its chat template and its memory; blocking work
         runs off the event loop. Raises InferdError (a clean message) when it cannot load,
-        having released whatever it had taken."""
+        having released whatever it had taken. Work before the load proper (a conversion)
+        reports to `on_progress`, called on the event loop."""
         ...
 
     def footprint(self, spec: ModelSpec) -> int:
@@ -49,28 +58,31 @@ class EngineFactory(Protocol):
 def engine_kind(spec: ModelSpec, *, cuda: Callable[[], bool] = lambda: False) -> str:
     """The kind of engine that serves `spec`: the one place this is decided.
 
-    The model's `backend` setting wins. Otherwise (auto): a GGUF file runs on llama.cpp; a
-    Hugging Face checkpoint folder runs on transformers when a CUDA device is present (`cuda`,
-    asked only for a checkpoint) or when its architecture does not convert to GGUF, and on
-    llama.cpp (converted) otherwise.
+    The model's `backend` setting wins: `transformers` runs it on PyTorch; `llama.cpp` runs a
+    GGUF file, or a Hugging Face checkpoint converted to GGUF first (CHECKPOINT). Otherwise
+    (auto): a GGUF file runs on llama.cpp; a checkpoint runs on transformers when a CUDA device
+    is present (`cuda`, asked only for a checkpoint) or when its architecture does not convert
+    to GGUF, and is converted for llama.cpp otherwise.
     """
-    if spec.config.backend != "auto":
-        return spec.config.backend
+    backend = spec.config.backend
+    if backend == TRANSFORMERS:
+        return TRANSFORMERS
     folder = find(str(spec.path))
     if folder is None:
         return LLAMACPP
-    if cuda() or not convertible(folder):
+    if backend == "auto" and (cuda() or not convertible(folder)):
         return TRANSFORMERS
-    return LLAMACPP
+    return CHECKPOINT
 
 
 def convertible(folder: Path) -> bool:
-    """Whether a checkpoint's architecture converts to GGUF (an unreadable config: no)."""
+    """Whether a checkpoint's architecture converts to GGUF. An unreadable config counts as
+    convertible: the conversion path inspects the checkpoint first and names what is wrong."""
     try:
         config = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
         return str(config["architectures"][0]) in SUPPORTED_ARCHITECTURES
     except (OSError, ValueError, KeyError, IndexError, TypeError):
-        return False
+        return True
 
 
 class EngineFactories:
@@ -91,8 +103,14 @@ class EngineFactories:
             raise ConfigError(f"this server cannot run {kind} models ({spec.name})")
         return factory
 
-    async def load(self, spec: ModelSpec, *, on_finish: FinishHook) -> LoadedModel:
-        return await self._factory(spec).load(spec, on_finish=on_finish)
+    async def load(
+        self,
+        spec: ModelSpec,
+        *,
+        on_finish: FinishHook,
+        on_progress: ProgressCallback | None = None,
+    ) -> LoadedModel:
+        return await self._factory(spec).load(spec, on_finish=on_finish, on_progress=on_progress)
 
     def footprint(self, spec: ModelSpec) -> int:
         return self._factory(spec).footprint(spec)
@@ -116,7 +134,13 @@ class BackendEngineFactory:
     def footprint(self, spec: ModelSpec) -> int:
         return self._footprint(spec)
 
-    async def load(self, spec: ModelSpec, *, on_finish: FinishHook) -> LoadedModel:
+    async def load(
+        self,
+        spec: ModelSpec,
+        *,
+        on_finish: FinishHook,
+        on_progress: ProgressCallback | None = None,  # nothing to report: it only loads
+    ) -> LoadedModel:
         backend, template, memory = await asyncio.to_thread(self._prepare, spec)
         cfg = spec.config
         engine = AsyncEngine(

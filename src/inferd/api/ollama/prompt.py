@@ -99,3 +99,24 @@ def render(req: s.GenerateRequest, *, bos_token: str, eos_token: str) -> str:
         )
     template, values = go_values(template, req)
     return template.render(values)
+
+
+def render_chat(
+    source: str, messages: list[dict[str, Any]], *, bos_token: str, eos_token: str
+) -> str:
+    """A conversation's prompt by a model's template from /api/create: Jinja as a chat
+    template; Go with .Messages (and .System), or a legacy Go template (.System, .Prompt)
+    with the last user message as the prompt."""
+    if len(source) > MAX_TEMPLATE_CHARS:
+        raise TemplateError(f"the template is longer than {MAX_TEMPLATE_CHARS} characters")
+    if is_jinja(source):
+        return ChatTemplate(source, bos_token=bos_token, eos_token=eos_token).render(messages)
+    template = GoTemplate.parse(source)
+    system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
+    values: dict[str, Any] = {"System": system, "Response": "", "Think": False}
+    values["IsThinkSet"] = False
+    if "messages" in template.identifiers():
+        msgs = [message(m["role"], m["content"]) for m in messages]
+        return template.render({**values, "Messages": msgs, "Tools": []})
+    values["Prompt"] = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+    return template.cut_after("Response").render(values)

@@ -96,7 +96,8 @@ async def show(body: s.ShowRequest, request: Request, registry: RegistryDep) -> 
     name = body.model or body.name
     if not name:
         raise InvalidRequest("model is required", param="model")
-    return adapter.show(await acquire_model(request, registry, name), registry.entry(name))
+    model = await acquire_model(request, registry, name)
+    return adapter.show(model, registry.entry(name), registry.profile(name))
 
 
 async def _after(registry: ModelRegistry, model: LoadedModel, keep_alive: float | None) -> None:
@@ -155,7 +156,7 @@ async def _run(
         keep_alive = adapter.parse_keep_alive(body.keep_alive)
         model = await acquire_model(request, registry, body.model)
         return JSONResponse(await _load_only(registry, model, keep_alive, chat=chat))
-    gen = adapter.generation(body)
+    gen = adapter.generation(body, registry.profile(body.model))
     keep_alive = adapter.parse_keep_alive(body.keep_alive)
     run = await prepare(request, gen, record)
     model = run.model

@@ -159,6 +159,9 @@ class ShowResponse(BaseModel):
     modelfile: str
     parameters: str
     template: str
+    system: str | None = None
+    license: str | None = None
+    messages: list[dict[str, str]] | None = None
     details: ModelDetails
     model_info: dict[str, Any]
     capabilities: list[str]
@@ -173,3 +176,26 @@ class CopyRequest(_Wire):
 class DeleteRequest(_Wire):
     model: StrictStr | None = None
     name: StrictStr | None = None  # older clients
+
+
+class PullRequest(_Wire):
+    model: StrictStr | None = None
+    name: StrictStr | None = None  # older clients
+    stream: StrictBool = True
+    insecure: StrictBool | None = None
+
+
+class CreateRequest(_Wire):
+    model: StrictStr | None = None
+    name: StrictStr | None = None  # older clients
+    stream: StrictBool = True
+    from_: StrictStr | None = Field(None, alias="from")
+    files: dict[StrictStr, StrictStr] | None = None
+    quantize: StrictStr | None = None
+    template: StrictStr | None = None
+    system: StrictStr | None = None
+    parameters: dict[str, Any] | None = None
+    messages: list[dict[str, Any]] | None = None
+    license: StrictStr | list[StrictStr] | None = None
+    modelfile: StrictStr | None = None  # older clients send the Modelfile's text
+    adapters: dict[StrictStr, StrictStr] | None = None

@@ -212,14 +212,23 @@ def tool_use(model: LoadedModel, request: ToolRequest, output: OutputFormat) -> 
             f"{request.choice_param} {request.choice} cannot be combined with a JSON output format",
             param=request.choice_param,
         )
-    return ToolUse(request, support, constrain_calls=output == TEXT)
+    grammars = model.engine.info.grammars
+    if request.choice in ("required", "function") and not grammars:
+        raise InvalidRequest(
+            f"{request.choice_param} {request.choice} needs constrained decoding, which "
+            f'{model.name}\'s runtime does not have: use "auto" or "none"',
+            param=request.choice_param,
+        )
+    # without grammars, auto still offers the tools and parses the calls the model writes
+    # (validated against their schemas; anything else is returned as text)
+    return ToolUse(request, support, constrain_calls=output == TEXT and grammars)
 
 
 @dataclass(frozen=True, slots=True)
 class ToolUse:
     request: ToolRequest
     support: ToolSupport
-    constrain_calls: bool = True  # False: a JSON output format has the grammar
+    constrain_calls: bool = True  # False: a JSON output format has the grammar, or no grammars
 
     @property
     def format(self) -> ToolFormat:

@@ -54,6 +54,8 @@ class ModelInfo:
     fim_pre: int = -1
     fim_suf: int = -1
     fim_mid: int = -1
+    # whether the runtime constrains sampling with grammars (JSON output, tool calls)
+    grammars: bool = True
 
     @property
     def embed_limit(self) -> int:

@@ -127,6 +127,7 @@ class TorchBackend:
             template = template.get("default") or next(iter(template.values()), None)
         t = self._tokens
         self.info = ModelInfo(
+            grammars=False,  # no constrained decoding on torch logits yet
             n_vocab=n_vocab,
             n_ctx=n_ctx,
             max_seqs=options.max_seqs,

@@ -2,7 +2,9 @@
 
 `quantize` runs it in a child process (this module as a script), so a crash or an
 out-of-memory kill fails one conversion, not the server; the child's per-tensor log lines
-(`[  12/ 272] blk.1.attn_q.weight ...`) become progress. The parent never imports llama_cpp here.
+(`[  12/ 272] blk.1.attn_q.weight ...`) become progress. This module calls llama_cpp only in
+the child. The types it writes are `inferd.config.QUANT_TYPES`, the values the `quantize`
+setting takes.
 """
 
 from __future__ import annotations
@@ -16,12 +18,7 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
-# the types `quantize` writes, by llama.cpp's names (llama_ftype LLAMA_FTYPE_MOSTLY_<NAME>)
-QUANT_TYPES = (
-    "f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q5_k_s", "q5_0", "q5_1",
-    "q4_k_m", "q4_k_s", "q4_0", "q4_1", "q3_k_l", "q3_k_m", "q3_k_s", "q2_k",
-    "iq4_nl", "iq4_xs",
-)  # fmt: skip
+from inferd.config import QUANT_TYPES
 
 _TENSOR = re.compile(r"\[\s*(\d+)/\s*(\d+)\]")
 
