@@ -30,6 +30,10 @@ from tests.postgres import PostgresServer, postgres_bindir
 # Small enough to keep the tests quick, big enough for every test's prompts.
 TEST_N_CTX = 2048
 
+# No flash-attention measurement at every server start (in-process or a subprocess, which
+# inherits this): the tests that tune ask for it themselves.
+os.environ.setdefault("INFERD_TUNE_KERNELS", "false")
+
 # Fixtures that load the bundled model (in-process or in a server subprocess): a test using one,
 # or living under tests/e2e or tests/conformance (servers on the real model), is marked `model`.
 # `make test-fast` runs the rest (`-m "not model"`): unit tests and the fake backend.
@@ -140,6 +144,8 @@ class LiveServer:
             env={
                 **os.environ,
                 "INFERD_DATA_DIR": self.data_dir,
+                # no per-machine kernel measurement at each start (tests/test_tuning*)
+                "INFERD_TUNE_KERNELS": "false",
                 "INFERD_DATABASE_URL": "",
                 "DATABASE_URL": "",
                 **env,

@@ -138,7 +138,9 @@ class ModelConfig(BaseModel):
     n_threads: int | None = Field(None, ge=1, description="CPU threads (default: all cores)")
     n_gpu_layers: int = Field(0, ge=-1, description="Layers to offload to the GPU (-1: all)")
     flash_attn: Literal["auto", "on", "off"] | None = Field(
-        None, description="Flash attention (default: off on CPU, where it is slower; auto on GPU)"
+        None,
+        description="Flash attention (default on a CPU: measured once per machine and model "
+        "when tune_kernels is on, else off; auto with GPU offload)",
     )
     cache_type_k: KvCacheType = Field(
         "f16", description="KV cache element type for keys (quantized types take less memory)"
@@ -372,6 +374,12 @@ class Settings(BaseSettings):
         description="Log lines as JSON or for a terminal; auto: pretty on a TTY, else JSON",
     )
     llama_verbose: bool = Field(False, description="Let llama.cpp print its own logs")
+    tune_kernels: bool = Field(
+        True,
+        description="Measure at a CPU model's first load whether llama.cpp's flash attention "
+        "is faster on this machine, when its flash_attn is not set (seconds; cached in "
+        "data_dir/tuning); off: flash attention stays off on CPU",
+    )
     data_dir: Path = Field(
         default_factory=lambda: Path(platformdirs.user_data_dir("inferd")),
         description="Directory of the SQLite database and the usage spool file",

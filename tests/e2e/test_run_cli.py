@@ -54,6 +54,7 @@ def env_for(url: str, home: Path) -> dict[str, str]:
         "INFERD_DATABASE_URL": "",
         "DATABASE_URL": "",
         "INFERD_DEFAULT_MAX_TOKENS": MAX_TOKENS,  # for the in-process server
+        "INFERD_TUNE_KERNELS": "false",  # no kernel measurement at each in-process start
         "TERM": "dumb",  # no escape sequences from readline in what the test reads
     }
 

@@ -94,7 +94,8 @@ def bench(
         bool, typer.Option(help="Also measure in-process llama.cpp batched decode (the ceiling)")
     ] = False,
     model_path: Annotated[
-        Path | None, typer.Option(help="GGUF for --ceiling (default: the bundled model)")
+        Path | None,
+        typer.Option(help="GGUF for --ceiling and --tune (default: the bundled model)"),
     ] = None,
     kv_split: Annotated[
         bool | None,
@@ -112,10 +113,23 @@ def bench(
         list[str] | None,
         typer.Option("--serve-arg", help="Extra argument for the inferd it starts (repeatable)"),
     ] = None,
+    tune: Annotated[
+        bool,
+        typer.Option(
+            "--tune",
+            help="Instead: measure flash attention off and on on this machine for --model-path "
+            "(default: the served model), print the table and the pick, store it for serve",
+        ),
+    ] = False,
 ) -> None:
     """Load a server at each concurrency level; report throughput, TTFT, TPOT and ITL."""
     levels_c = _ints(concurrency)
     console = Console(stderr=as_json)
+    if tune:
+        from inferd.cli.tune import tune_report
+
+        tune_report(model_path, console, as_json=as_json)
+        return
     if not console.is_terminal:  # piped or redirected: wide enough that no column folds
         console.width = max(console.width, REPORT_WIDTH)
     workload = Workload(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from inferd.config import Settings
@@ -24,6 +25,11 @@ class Launch:
     registry: ModelRegistry
     store: Store  # its database engine is disposed by whoever runs the app, in its loop
     auth: bool  # API keys exist or require_auth is on
+
+
+def tune_dir(settings: Settings) -> Path | None:
+    """Where kernel choices measured on this machine are cached (None: tuning is off)."""
+    return settings.data_dir / "tuning" if settings.tune_kernels else None
 
 
 def build(settings: Settings, model_flags: dict[str, Any]) -> Launch:
@@ -46,6 +52,7 @@ def build(settings: Settings, model_flags: dict[str, Any]) -> Launch:
             verbose=settings.llama_verbose,
             conversions=settings.convert_cache_dir,
             quantize=settings.quantize,
+            tune_dir=tune_dir(settings),
         ),
         default=settings.default_model,
         options=RegistryOptions.from_settings(settings),

@@ -31,12 +31,18 @@ if TYPE_CHECKING:
 
 
 def engine_factory(
-    *, verbose: bool = False, conversions: Path | None = None, quantize: str | None = None
+    *,
+    verbose: bool = False,
+    conversions: Path | None = None,
+    quantize: str | None = None,
+    tune_dir: Path | None = None,
 ) -> EngineFactories:
     """Every kind of engine this server can load models with, by kind (`engine_kind` picks
     one per model): a new kind is added here. Checkpoints for llama.cpp are converted into the cache
-    at `conversions` (default: none served), at `quantize` unless their model sets a type."""
-    llamacpp = llamacpp_factory(verbose=verbose)
+    at `conversions` (default: none served), at `quantize` unless their model sets a type.
+    `tune_dir`: where llama.cpp kernel choices measured per machine and model are cached
+    (None: no measuring)."""
+    llamacpp = llamacpp_factory(verbose=verbose, tune_dir=tune_dir)
     kinds: dict[str, EngineFactory] = {LLAMACPP: llamacpp, TRANSFORMERS: transformers_factory()}
     if conversions is not None:
         kinds[CHECKPOINT] = ConvertingFactory(
@@ -57,12 +63,18 @@ def quantizer() -> Quantizer:
     return quantize
 
 
-def llamacpp_factory(*, verbose: bool = False) -> BackendEngineFactory:
+def llamacpp_factory(
+    *, verbose: bool = False, tune_dir: Path | None = None
+) -> BackendEngineFactory:
     """inferd's engine over llama.cpp, with the KV-aware memory estimate."""
-    return BackendEngineFactory(llamacpp_loader(verbose=verbose), llamacpp_footprint)
+    return BackendEngineFactory(
+        llamacpp_loader(verbose=verbose, tune_dir=tune_dir), llamacpp_footprint
+    )
 
 
-def llamacpp_options(spec: ModelSpec, *, verbose: bool = False) -> LlamaCppOptions:
+def llamacpp_options(
+    spec: ModelSpec, *, verbose: bool = False, tune_dir: Path | None = None
+) -> LlamaCppOptions:
     from inferd.engine.backends.llamacpp import LlamaCppOptions
 
     c = spec.config
@@ -80,11 +92,12 @@ def llamacpp_options(spec: ModelSpec, *, verbose: bool = False) -> LlamaCppOptio
         cache_type_k=c.cache_type_k,
         cache_type_v=c.cache_type_v,
         kv_overrides=tuple(c.kv_overrides.items()),
+        tune_dir=tune_dir,
         verbose=verbose,
     )
 
 
-def llamacpp_loader(*, verbose: bool = False) -> BackendLoader:
+def llamacpp_loader(*, verbose: bool = False, tune_dir: Path | None = None) -> BackendLoader:
     """Spec -> a loaded llama.cpp backend (blocking: seconds for a large model)."""
 
     def load(spec: ModelSpec) -> Backend:
@@ -92,7 +105,8 @@ def llamacpp_loader(*, verbose: bool = False) -> BackendLoader:
 
         # a clean error for garbage, before llama.cpp parses (and allocates for) it
         read_header(spec.path)
-        return LlamaCppBackend(spec.path, llamacpp_options(spec, verbose=verbose))
+        options = llamacpp_options(spec, verbose=verbose, tune_dir=tune_dir)
+        return LlamaCppBackend(spec.path, options)
 
     return load
 

@@ -134,6 +134,7 @@ def model_info(entry: ModelEntry) -> s.ModelInfo:
             max_seqs=info.max_seqs,
             kv_cells=facts.get("kv_cells"),
             kv_split=facts.get("kv_layout") == "split",
+            flash_attn=facts.get("flash_attn"),
         )
     return s.ModelInfo(
         name=spec.name,

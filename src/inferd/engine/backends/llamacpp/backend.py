@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import os
 import threading
 from array import array
 from collections.abc import Sequence as Seq
@@ -17,13 +16,14 @@ from inferd.engine.backends.base import ModelInfo, SequenceFailed
 from inferd.engine.backends.llamacpp.cells import CellPool
 from inferd.engine.backends.llamacpp.embeddings import Embedder, pooling_of
 from inferd.engine.backends.llamacpp.loading import LlamaModel, context_params, kv_cell_bytes
-from inferd.engine.backends.llamacpp.options import LlamaCppOptions, flash_attn_type, plan_kv
+from inferd.engine.backends.llamacpp.options import LlamaCppOptions, step_layout
 from inferd.engine.backends.llamacpp.sampling import (
     LlamaCppSampler,
     NumpySampler,
     Samplers,
     row_logits,
 )
+from inferd.engine.backends.llamacpp.tuning import choose_flash_attn
 from inferd.engine.backends.logprobs import prompt_positions, token_logprobs
 from inferd.engine.sequence import Chunk, Sequence
 from inferd.engine.types import SamplingParams
@@ -50,17 +50,19 @@ class LlamaCppBackend:
         self._vocab = self._model.vocab
         cell_bytes = kv_cell_bytes(model, options)
         n_ctx_train = int(llama_cpp.llama_model_n_ctx_train(model))
-        kv = plan_kv(options, n_ctx_train=n_ctx_train, cell_bytes=cell_bytes)
+        layout = step_layout(options, n_ctx_train=n_ctx_train, cell_bytes=cell_bytes)
+        kv, n_batch = layout.kv, layout.n_batch
         n_ctx, max_seqs, split = kv.n_ctx, kv.max_seqs, kv.split
-        self._n_threads = options.n_threads or max(1, os.cpu_count() or 1)
-        n_batch = max(options.n_batch or (512 if options.n_gpu_layers else 128), options.max_seqs)
+        self._n_threads = layout.n_threads
+        # measured (or cached) for this CPU and model where nothing decides it (tuning.py)
+        self.flash_attn = choose_flash_attn(model, path, options, layout)
         cparams = context_params(
             split=split,
             cells=kv.cells,
             batch=n_batch,
             seqs=max_seqs,
             threads=self._n_threads,
-            flash_attn=flash_attn_type(options),
+            flash_attn=self.flash_attn.llama_type,
             type_k=options.cache_type_k,
             type_v=options.cache_type_v,
         )
@@ -116,12 +118,14 @@ class LlamaCppBackend:
 
     def facts(self) -> dict[str, Any]:
         """The KV layout ("unified": one pool of cells shared by the slots; "split": a
-        stream per slot), its cells and their size, and the GGUF metadata."""
+        stream per slot), its cells and their size, the flash attention chosen (on/off/auto,
+        forced/default/measured/cached, why, the timings) and the GGUF metadata."""
         return {
             "backend": "llama.cpp",
             "kv_layout": "split" if self._split else "unified",
             "kv_cells": self.pool.capacity,
             "kv_cell_bytes": self._cell_bytes,
+            "flash_attn": self.flash_attn.facts(),
             "metadata": dict(self._metadata),
         }
 

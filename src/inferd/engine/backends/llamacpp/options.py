@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import llama_cpp
 
@@ -25,10 +26,12 @@ class LlamaCppOptions:
     n_batch: int | None = None
     n_threads: int | None = None
     n_gpu_layers: int = 0
-    # Flash attention: None picks off on CPU (llama.cpp's CPU kernel made a decode step at a
-    # 2,000-token context 2x slower and a mixed prompt+decode step up to 3x slower, measured
-    # with 0.3.36) and auto with GPU offload; otherwise "on", "off" or "auto".
+    # Flash attention: "on", "off" or "auto"; None: auto with GPU offload, on with a quantized
+    # V cache, else on a CPU measured per machine and model when tune_dir is set (tuning.py:
+    # llama.cpp's CPU kernel is faster on some CPUs, 2-3x slower on others) and off without.
     flash_attn: str | None = None
+    # Where per-machine kernel decisions are cached (tuning.py); None: no tuning
+    tune_dir: Path | None = None
     # One KV stream per sequence slot instead of one unified cache. Unified, llama.cpp's
     # attention (without flash attention) spans every occupied cell of every sequence, so a
     # step's cost grows with the total context in use; split, each sequence attends over its
@@ -55,7 +58,7 @@ class LlamaCppOptions:
     verbose: bool = False
 
 
-_FLASH_ATTN = {"auto": -1, "off": 0, "on": 1}
+FLASH_ATTN = {"auto": -1, "off": 0, "on": 1}
 
 
 @dataclass(frozen=True)
@@ -86,12 +89,13 @@ KV_TYPES = {
 
 
 def flash_attn_type(options: LlamaCppOptions) -> int:
-    """llama.cpp's flash_attn_type for these options (the default is explained above; a
-    quantized V cache needs flash attention, so it is on by default there)."""
+    """llama.cpp's flash_attn_type for these options without a measurement (the default is
+    explained above; a quantized V cache needs flash attention, so it is on there). A
+    generating context on a CPU may get a measured choice instead (tuning.py)."""
     default = "auto" if options.n_gpu_layers else "off"
     if KV_TYPES[options.cache_type_v].quantized:
         default = "on"
-    return _FLASH_ATTN[options.flash_attn or default]
+    return FLASH_ATTN[options.flash_attn or default]
 
 
 # The automatic layout splits the KV cache only while n_ctx x max_seqs cells take at most
@@ -139,6 +143,29 @@ def plan_kv(options: LlamaCppOptions, *, n_ctx_train: int, cell_bytes: int) -> K
     else:
         cells = max(options.kv_cells or default_kv_cells(n_ctx, max_seqs), n_ctx)
     return KvPlan(n_ctx, max_seqs, split, cells)
+
+
+@dataclass(frozen=True)
+class StepLayout:
+    """What a generating context's steps look like: its KV plan, tokens per step, threads
+    and the bytes of one KV cell."""
+
+    kv: KvPlan
+    n_batch: int
+    n_threads: int
+    cell_bytes: int
+
+
+def step_layout(options: LlamaCppOptions, *, n_ctx_train: int, cell_bytes: int) -> StepLayout:
+    """The layout a context for these options gets on this host (n_batch: 128 on CPU, 512
+    with GPU offload, at least max_seqs; threads: every core unless given)."""
+    n_batch = max(options.n_batch or (512 if options.n_gpu_layers else 128), options.max_seqs)
+    return StepLayout(
+        kv=plan_kv(options, n_ctx_train=n_ctx_train, cell_bytes=cell_bytes),
+        n_batch=n_batch,
+        n_threads=options.n_threads or max(1, os.cpu_count() or 1),
+        cell_bytes=cell_bytes,
+    )
 
 
 def estimate_kv_bytes(options: LlamaCppOptions, metadata: Mapping[str, str]) -> int:

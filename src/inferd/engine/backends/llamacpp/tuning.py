@@ -1,0 +1,427 @@
+"""Flash attention on or off for this CPU and model, by measurement (issue 22).
+
+llama.cpp's CPU flash-attention kernel is faster on some CPUs and much slower on others
+(docs/benchmarks.md: on an AMD EPYC 16 short streams ran 13-20 % faster with it, on an Intel
+Xeon long-context decode ran 2x and mixed steps 2.8x slower). When a CPU model's
+`flash_attn` is not set, the load times the step shapes inferd runs, with flash attention
+off and on, in two small probe contexts over the loaded weights:
+
+- decode of 1 and of B streams (B = max_seqs - 1, at most 15) at a short context;
+- decode of 1 stream at a long context (1,024 tokens, fewer for a model whose prefill would
+  take more than PREFILL_BUDGET_S or whose probe caches more than PROBE_MEMORY_BYTES);
+- a mixed step: up to 8 decode tokens and a 16-token chunk of a prompt at the long context;
+- a prompt chunk of n_batch tokens at the long context.
+
+Every step runs at a fixed context (its cells are trimmed after it), the two settings
+alternate round by round (three; two once MEASURE_BUDGET_S has passed), and a
+shape's time per setting is its best round's median. On the bundled model this takes
+seconds; a large model's long shapes shrink to what its prefill does in PREFILL_BUDGET_S, and
+a measurement still running after MEASURE_LIMIT_S is given up (off, not cached: the next
+load measures again).
+
+The rule (`decide`): "on" only when no shape is slower with it by more than the noise, and
+some shape is faster by more than the noise; otherwise "off", the safe default. The noise is
+the larger of NOISE_FLOOR and the spread of a shape's rounds, so a pick never costs more than
+what the measurement could not tell apart. The decision is cached on disk, keyed by the CPU
+(model name and flags), the model file (name, size, mtime), llama.cpp's version, the threads
+and the step layout (`tuning_key`); a later load with the same key reuses it without measuring.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import logging
+import os
+import statistics
+import time
+from array import array
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import llama_cpp
+
+from inferd.engine.backends.llamacpp.loading import LlamaModel, context_params, kv_cell_bytes
+from inferd.engine.backends.llamacpp.options import (
+    FLASH_ATTN,
+    KV_TYPES,
+    LlamaCppOptions,
+    StepLayout,
+    step_layout,
+)
+from inferd.errors import BackendError
+
+log = logging.getLogger(__name__)
+
+NOISE_FLOOR = 0.05  # relative: differences below 5 % are never taken as real
+LONG_MAX = 1024  # tokens of the long-context shapes
+LONG_MIN = 128
+SHORT = 64  # tokens of context of the short streams
+MIXED_DECODES = 8
+MIXED_CHUNK = 16
+PREFILL_BUDGET_S = 2.0  # per setting, for the long sequence's prompt
+PROBE_MEMORY_BYTES = 512 << 20  # KV cache of one probe context
+ROUNDS = 3  # at most; 2 at least, and no third once MEASURE_BUDGET_S has passed
+MEASURE_BUDGET_S = 10.0
+# A hard limit: a measurement still running then (a busy machine: llama.cpp's threads spin
+# at barriers, and a step can take 10-100x its time) is given up: off, not cached.
+MEASURE_LIMIT_S = 60.0
+STEPS = 5  # timed steps per shape and round (the prompt chunk: 1)
+
+
+@dataclass(frozen=True)
+class ShapeTiming:
+    """One step shape: best-round median seconds with flash attention off and on, and the
+    largest relative spread of its rounds (the noise of this measurement)."""
+
+    shape: str
+    off_s: float
+    on_s: float
+    spread: float
+
+    @property
+    def ratio(self) -> float:
+        return self.on_s / self.off_s
+
+
+@dataclass(frozen=True)
+class FlashAttnChoice:
+    """The flash attention a context gets, where the choice came from and why.
+
+    source: "forced" (settings, or a quantized V cache that needs it), "default" (GPU
+    offload, or tuning switched off), "measured" (at this load) or "cached" (measured
+    earlier on this machine for this model)."""
+
+    mode: str  # "on", "off" or "auto"
+    source: str
+    reason: str
+    table: tuple[ShapeTiming, ...] = ()
+
+    @property
+    def llama_type(self) -> int:
+        return FLASH_ATTN[self.mode]
+
+    def facts(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"mode": self.mode, "source": self.source, "reason": self.reason}
+        if self.table:
+            out["table"] = [
+                {
+                    "shape": t.shape,
+                    "off_ms": round(t.off_s * 1000, 3),
+                    "on_ms": round(t.on_s * 1000, 3),
+                    "ratio": round(t.ratio, 3),
+                }
+                for t in self.table
+            ]
+        return out
+
+
+def static_choice(options: LlamaCppOptions, *, fresh: bool = False) -> FlashAttnChoice | None:
+    """The choice that needs no measurement, or None when this model is to be measured.
+    `fresh` (`inferd bench --tune`) measures despite the settings, where measuring can
+    tell anything: not with a quantized V (it needs flash attention) or GPU offload."""
+    quantized_v = KV_TYPES[options.cache_type_v].quantized
+    if options.flash_attn and (quantized_v or not fresh):
+        return FlashAttnChoice(options.flash_attn, "forced", "flash_attn is set")
+    if quantized_v:
+        reason = f"cache_type_v {options.cache_type_v} needs flash attention"
+        return FlashAttnChoice("on", "forced", reason)
+    if options.n_gpu_layers:
+        return FlashAttnChoice("auto", "default", "GPU offload: llama.cpp decides")
+    if options.tune_dir is None and not fresh:
+        return FlashAttnChoice("off", "default", "tuning is off (tune_kernels)")
+    return None
+
+
+def decide(table: tuple[ShapeTiming, ...]) -> tuple[str, str]:
+    """("on" | "off", why): on only when no shape is slower beyond its noise and at least one
+    is faster beyond it."""
+    if not table:
+        return "off", "nothing measured"
+    slower = [t for t in table if t.ratio > 1 + max(NOISE_FLOOR, t.spread)]
+    faster = [t for t in table if t.ratio < 1 - max(NOISE_FLOOR, t.spread)]
+    if slower:
+        worst = max(slower, key=lambda t: t.ratio)
+        return "off", f"flash attention is slower on {worst.shape} ({worst.ratio:.2f}x)"
+    if not faster:
+        return "off", "no shape is faster with flash attention beyond the noise"
+    best = min(faster, key=lambda t: t.ratio)
+    return "on", f"no shape slower; faster on {best.shape} ({best.ratio:.2f}x)"
+
+
+# ---- the key and the cache ------------------------------------------------------------------
+
+
+def cpu_identity(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model name and flags (the first processor's), or the platform's name."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        import platform
+
+        return platform.processor() or platform.machine()
+    fields: dict[str, str] = {}
+    for line in text.split("\n\n", 1)[0].splitlines():
+        name, _, value = line.partition(":")
+        fields[name.strip()] = value.strip()
+    keys = ("model name", "flags", "Features", "CPU implementer", "CPU part")
+    return "; ".join(f"{k}: {fields[k]}" for k in keys if k in fields)
+
+
+def tuning_key(path: Path, layout: StepLayout, options: LlamaCppOptions) -> dict[str, Any]:
+    """What the decision depends on: the CPU, the model file, llama.cpp's build, the
+    threads and the step layout."""
+    stat = path.stat()
+    return {
+        "cpu": cpu_identity(),
+        "model": {"name": path.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns},
+        "llama_cpp": llama_cpp.__version__,
+        "n_threads": layout.n_threads,
+        "split": layout.kv.split,
+        "n_batch": layout.n_batch,
+        "max_seqs": layout.kv.max_seqs,
+        "cache_types": [options.cache_type_k, options.cache_type_v],
+    }
+
+
+class DecisionCache:
+    """Decisions on disk, one JSON file per key (its hash) under `directory`."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def _file(self, key: dict[str, Any]) -> Path:
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+        return self.directory / f"flash-attn-{digest[:32]}.json"
+
+    def get(self, key: dict[str, Any]) -> FlashAttnChoice | None:
+        try:
+            doc = json.loads(self._file(key).read_text())
+            if doc["key"] != key:
+                return None
+            table = tuple(ShapeTiming(**row) for row in doc["table"])
+            return FlashAttnChoice(doc["mode"], "cached", doc["reason"], table)
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def put(self, key: dict[str, Any], choice: FlashAttnChoice) -> Path:
+        file = self._file(key)
+        doc = {
+            "key": key,
+            "mode": choice.mode,
+            "reason": choice.reason,
+            "table": [asdict(t) for t in choice.table],
+            "measured_at": time.time(),
+        }
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = file.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(doc, indent=2))
+        tmp.replace(file)
+        return file
+
+
+def choose_flash_attn(
+    model: Any,
+    path: Path,
+    options: LlamaCppOptions,
+    layout: StepLayout,
+    *,
+    fresh: bool = False,
+    measure: Callable[[Any, StepLayout, LlamaCppOptions], tuple[ShapeTiming, ...]] | None = None,
+) -> FlashAttnChoice:
+    """The flash attention for this model's context: a static choice where one applies,
+    else the cached decision for its key, else a measurement (stored for the next load).
+    `fresh` measures even when a decision is cached (`inferd bench --tune`)."""
+    static = static_choice(options, fresh=fresh)
+    if static is not None:
+        return static
+    key = tuning_key(path, layout, options)
+    cache = DecisionCache(options.tune_dir) if options.tune_dir is not None else None
+    if cache is not None and not fresh:
+        cached = cache.get(key)
+        if cached is not None:
+            return cached
+    log.info("measuring flash attention off and on for %s", path.name)
+    try:
+        table = (measure or measure_shapes)(model, layout, options)
+    except BackendError as exc:  # no memory for the probes, over time: off, not cached
+        log.warning("flash attention not measured for %s: %s", path.name, exc)
+        return FlashAttnChoice("off", "default", f"measurement failed: {exc}")
+    mode, reason = decide(table)
+    choice = FlashAttnChoice(mode, "measured", reason, table)
+    log.info("flash attention %s for %s: %s", mode, path.name, reason)
+    if cache is not None:
+        cache.put(key, choice)
+    return choice
+
+
+# ---- the measurement ------------------------------------------------------------------------
+
+
+class _Probe:
+    """A small llama.cpp context over loaded weights, for timing steps."""
+
+    def __init__(self, model: Any, cparams: Any, n_batch: int) -> None:
+        self.ctx = llama_cpp.llama_init_from_model(model, cparams)
+        if not self.ctx:
+            raise BackendError("failed to create a llama.cpp context for tuning")
+        self.mem = llama_cpp.llama_get_memory(self.ctx)
+        self.batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
+        self.ones = array("i", [1]) * n_batch
+
+    def decode(self, tokens: list[tuple[int, int, bool]], token: int = 1) -> None:
+        """One step of (seq, position, logits) entries."""
+        n = len(tokens)
+        b = self.batch
+        ctypes.memmove(b.token, array("i", [token] * n).tobytes(), 4 * n)
+        ctypes.memmove(b.pos, array("i", [p for _, p, _ in tokens]).tobytes(), 4 * n)
+        ctypes.memmove(b.n_seq_id, self.ones.tobytes()[: 4 * n], 4 * n)
+        ctypes.memmove(b.logits, bytes(lg for _, _, lg in tokens), n)
+        for i, (s, _, _) in enumerate(tokens):
+            b.seq_id[i][0] = s
+        b.n_tokens = n
+        rc = llama_cpp.llama_decode(self.ctx, b)
+        if rc != 0:
+            raise BackendError(f"llama_decode failed with status {rc} while tuning")
+
+    def step(self, tokens: list[tuple[int, int, bool]]) -> float:
+        """Seconds of one step, its cells removed after it (the context stays as it was)."""
+        t = time.perf_counter()
+        self.decode(tokens)
+        elapsed = time.perf_counter() - t
+        for s in {s for s, _, _ in tokens}:
+            first = min(p for q, p, _ in tokens if q == s)
+            llama_cpp.llama_memory_seq_rm(self.mem, s, first, -1)
+        return elapsed
+
+    def close(self) -> None:
+        llama_cpp.llama_batch_free(self.batch)
+        llama_cpp.llama_free(self.ctx)
+
+
+@contextmanager
+def _probes(
+    model: Any, layout: StepLayout, options: LlamaCppOptions, long: int
+) -> Iterator[tuple[_Probe, _Probe, int]]:
+    """Two probe contexts, flash attention off and on, in the model's layout; and the
+    streams they hold (the long sequence is 0, the short ones 1 ... streams - 1)."""
+    streams = max(2, min(layout.kv.max_seqs, 16))
+    room = -(-(long + layout.n_batch + 8) // 256) * 256  # llama.cpp pads a stream to 256
+    cells = streams * room if layout.kv.split else room + streams * (SHORT + 8)
+    with ExitStack() as stack:
+        probes = []
+        for fa in (0, 1):
+            cparams = context_params(
+                split=layout.kv.split,
+                cells=cells,
+                batch=layout.n_batch,
+                seqs=streams,
+                threads=layout.n_threads,
+                flash_attn=fa,
+                type_k=options.cache_type_k,
+                type_v=options.cache_type_v,
+            )
+            probe = _Probe(model, cparams, layout.n_batch)
+            stack.callback(probe.close)
+            probes.append(probe)
+        yield probes[0], probes[1], streams
+
+
+def long_context(layout: StepLayout, cell_bytes: int) -> int:
+    """The long shapes' context before the time bound: LONG_MAX, less where the window or
+    PROBE_MEMORY_BYTES of probe cache is smaller."""
+    streams = max(2, min(layout.kv.max_seqs, 16))
+    per_stream = PROBE_MEMORY_BYTES // max(1, cell_bytes) // (streams if layout.kv.split else 1)
+    fits = min(LONG_MAX, layout.kv.n_ctx - layout.n_batch - 8, per_stream - layout.n_batch - 8)
+    return max(LONG_MIN, fits)
+
+
+def measure_shapes(
+    model: Any,
+    layout: StepLayout,
+    options: LlamaCppOptions,
+    *,
+    long: int | None = None,
+    steps: int = STEPS,
+) -> tuple[ShapeTiming, ...]:
+    """Time every shape with flash attention off and on (the module's docstring); `long`
+    and `steps` bound it further (tests)."""
+    started = time.perf_counter()
+
+    def in_time() -> None:
+        if time.perf_counter() - started > MEASURE_LIMIT_S:
+            raise BackendError(f"the measurement took over {MEASURE_LIMIT_S:.0f} s")
+
+    long = long or long_context(layout, layout.cell_bytes)
+    n_batch = layout.n_batch
+    with _probes(model, layout, options, long) as (off, on, streams):
+        # the long sequence's prompt, in n_batch chunks; its first chunk bounds its length
+        filled = 0
+        while filled < long:
+            part = min(n_batch, long - filled)
+            t = time.perf_counter()
+            for probe in (off, on):
+                probe.decode([(0, filled + i, False) for i in range(part)])
+                in_time()
+            filled += part
+            per_token = (time.perf_counter() - t) / (2 * part)
+            long = min(long, max(LONG_MIN, int(PREFILL_BUDGET_S / per_token)))
+        prompts = [(s, i, False) for s in range(1, streams) for i in range(SHORT)]
+        for probe in (off, on):  # the short streams' prompts, n_batch tokens a decode
+            for start in range(0, len(prompts), n_batch):
+                probe.decode(prompts[start : start + n_batch])
+                in_time()
+        short = list(range(1, streams))
+        mixed = short[:MIXED_DECODES]
+        chunk = min(MIXED_CHUNK, n_batch - len(mixed))
+        shapes: dict[str, tuple[list[tuple[int, int, bool]], int]] = {
+            "decode 1 @short": ([(1, SHORT, True)], steps),
+            f"decode {len(short)} @short": ([(s, SHORT, True) for s in short], steps),
+            f"decode 1 @{filled}": ([(0, filled, True)], steps),
+            f"mixed {len(mixed)}+{chunk} @{filled}": (
+                [(s, SHORT, True) for s in mixed] + [(0, filled + i, False) for i in range(chunk)],
+                steps,
+            ),
+            f"prompt {n_batch} @{filled}": (
+                [(0, filled + i, False) for i in range(n_batch)],
+                max(1, steps // 3),
+            ),
+        }
+        for probe in (off, on):  # warm-up: every shape's graph once
+            for tokens, _ in shapes.values():
+                probe.step(tokens)
+                in_time()
+        rounds: dict[str, list[list[float]]] = {k: [[], []] for k in shapes}
+        for r in range(ROUNDS):
+            if r >= 2 and time.perf_counter() - started > MEASURE_BUDGET_S:
+                break
+            order = (0, 1) if r % 2 == 0 else (1, 0)
+            for setting in order:
+                probe = (off, on)[setting]
+                for name, (tokens, steps) in shapes.items():
+                    times = [probe.step(tokens) for _ in range(steps)]
+                    rounds[name][setting].append(statistics.median(times))
+                    in_time()
+    return tuple(_timing(name, off_r, on_r) for name, (off_r, on_r) in rounds.items())
+
+
+def _timing(shape: str, off: list[float], on: list[float]) -> ShapeTiming:
+    spread = max((max(r) - min(r)) / min(r) for r in (off, on))
+    return ShapeTiming(shape, min(off), min(on), spread)
+
+
+def tune(path: Path, options: LlamaCppOptions) -> FlashAttnChoice:
+    """Measure afresh for this model file and options (its cached decision, if any, is
+    replaced when options.tune_dir is set): `inferd bench --tune`."""
+    loaded = LlamaModel(path, options)
+    try:
+        n_ctx_train = int(llama_cpp.llama_model_n_ctx_train(loaded.model))
+        cell_bytes = kv_cell_bytes(loaded.model, options)
+        layout = step_layout(options, n_ctx_train=n_ctx_train, cell_bytes=cell_bytes)
+        return choose_flash_attn(loaded.model, path, options, layout, fresh=True)
+    finally:
+        loaded.close()

@@ -1,0 +1,148 @@
+"""Flash attention measured on the real bundled model: every shape gets sane numbers and a
+pick, a load stores it and the next load reuses it, /models and `inferd bench --tune` show it.
+The measurement is bounded here (the shortest long context, one step a round) and no test
+asserts which setting wins: this machine is shared and noisy."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from inferd.config import Settings
+from inferd.engine.backends.llamacpp import LlamaCppBackend, LlamaCppOptions, tuning
+from inferd.engine.backends.llamacpp.loading import LlamaModel, kv_cell_bytes
+from inferd.engine.backends.llamacpp.options import step_layout
+from inferd.models.loading import llamacpp_factory
+from inferd.models.registry import ModelRegistry
+from tests.conftest import AppHandle, bundled_spec
+
+# small and single-threaded: quick, and no spinning threads fighting a loaded machine
+SMALL = {"n_ctx": 512, "max_seqs": 4, "n_batch": 32, "n_threads": 1}
+
+
+@pytest.fixture
+def bounded(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Measurements at the shortest long context, two rounds of one step; counts them."""
+    real = tuning.measure_shapes
+    monkeypatch.setattr(tuning, "ROUNDS", 2)
+    calls: list[int] = []
+
+    def measure(model: Any, layout: Any, options: Any) -> Any:
+        calls.append(1)
+        return real(model, layout, options, long=tuning.LONG_MIN, steps=1)
+
+    monkeypatch.setattr(tuning, "measure_shapes", measure)
+    return calls
+
+
+def test_a_measurement_times_every_shape_and_picks(model_path: Path) -> None:
+    options = LlamaCppOptions(**SMALL)  # type: ignore[arg-type]
+    loaded = LlamaModel(model_path, options)
+    try:
+        layout = step_layout(
+            options, n_ctx_train=8192, cell_bytes=kv_cell_bytes(loaded.model, options)
+        )
+        table = tuning.measure_shapes(loaded.model, layout, options, long=128, steps=1)
+    finally:
+        loaded.close()
+    assert [t.shape for t in table] == [
+        "decode 1 @short",
+        "decode 3 @short",
+        "decode 1 @128",
+        "mixed 3+16 @128",
+        "prompt 32 @128",
+    ]
+    for t in table:
+        for seconds in (t.off_s, t.on_s):
+            assert 0 < seconds < 30 and math.isfinite(seconds), t
+        assert t.spread >= 0
+    # a 32-token prompt chunk costs more than one decode token, with either kernel
+    assert table[4].off_s > table[0].off_s and table[4].on_s > table[0].on_s
+    mode, reason = tuning.decide(table)
+    assert mode in ("on", "off") and reason
+
+
+def _stored(directory: Path) -> list[Path]:
+    return list(directory.glob("flash-attn-*.json"))
+
+
+async def test_a_load_measures_stores_and_the_next_reuses(
+    model_path: Path, tmp_path: Path, bounded: list[int]
+) -> None:
+    spec = bundled_spec(model_path, **{k: v for k, v in SMALL.items() if k != "n_ctx"})
+    registry = ModelRegistry([spec], llamacpp_factory(tune_dir=tmp_path))
+    async with AppHandle(Settings(), registry) as handle:
+        shown = (await handle.client.get("/models")).json()["models"][0]["config"]["flash_attn"]
+    assert shown["source"] == "measured" and shown["mode"] in ("on", "off")
+    assert shown["table"][0]["shape"] == "decode 1 @short"
+    assert all(row["off_ms"] > 0 and row["on_ms"] > 0 for row in shown["table"])
+    assert len(bounded) == 1 and len(_stored(tmp_path)) == 1
+
+    options = LlamaCppOptions(tune_dir=tmp_path, **SMALL)  # type: ignore[arg-type]
+    backend = LlamaCppBackend(model_path, options)
+    try:
+        again = backend.facts()["flash_attn"]
+    finally:
+        backend.close()
+    assert len(bounded) == 1  # not measured again
+    assert again["source"] == "cached"
+    assert (again["mode"], again["table"]) == (shown["mode"], shown["table"])
+
+    forced = LlamaCppBackend(model_path, LlamaCppOptions(flash_attn="on", **SMALL))  # type: ignore[arg-type]
+    try:
+        assert forced.facts()["flash_attn"] == {
+            "mode": "on",
+            "source": "forced",
+            "reason": "flash_attn is set",
+        }
+    finally:
+        forced.close()
+    assert len(bounded) == 1
+
+
+def test_bench_tune_prints_the_table_and_stores_the_pick(
+    model_path: Path, tmp_path: Path, bounded: list[int]
+) -> None:
+    from inferd.cli.app import app
+
+    env = {
+        "INFERD_DATA_DIR": str(tmp_path),
+        "INFERD_MODELS": json.dumps([{"path": str(model_path), **SMALL}]),
+        "COLUMNS": "200",
+    }
+    result = CliRunner().invoke(app, ["bench", "--tune"], env=env)
+    assert result.exit_code == 0, result.output
+    out = result.output
+    for shape in ("decode 1 @short", "decode 3 @short", "mixed 3+16 @128", "prompt 32 @128"):
+        assert shape in out
+    assert "pick: flash attention o" in out and str(tmp_path / "tuning") in out
+    stored = [json.loads(f.read_text()) for f in (tmp_path / "tuning").glob("*.json")]
+    assert len(stored) == 1 and stored[0]["mode"] in out.split("pick: flash attention ")[1]
+    assert stored[0]["key"]["n_threads"] == 1 and stored[0]["key"]["model"]["name"]
+
+    # fresh every time, ignoring what is stored; --json for scripts
+    result = CliRunner().invoke(app, ["bench", "--tune", "--json"], env=env)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout.strip().splitlines()[-1])
+    assert doc["source"] == "measured" and doc["mode"] in ("on", "off")
+    assert len(doc["table"]) == 5 and len(bounded) == 2
+
+
+def test_a_measurement_over_its_time_limit_keeps_off_and_stores_nothing(
+    model_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tuning, "MEASURE_LIMIT_S", 0.0)
+    backend = LlamaCppBackend(model_path, LlamaCppOptions(tune_dir=tmp_path, **SMALL))  # type: ignore[arg-type]
+    try:
+        shown = backend.facts()["flash_attn"]
+        assert backend.decode([1], [0], [0], [True])  # the model serves all the same
+    finally:
+        backend.close()
+    assert (shown["mode"], shown["source"]) == ("off", "default")
+    assert "took over 0 s" in shown["reason"]
+    assert not _stored(tmp_path)
