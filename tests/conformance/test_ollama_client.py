@@ -92,7 +92,7 @@ def test_show(client: ollama.Client, name: str) -> None:
     assert info.modelinfo["general.architecture"] == "llama"
     assert 100_000_000 < info.modelinfo["general.parameter_count"] < 200_000_000
     assert not [k for k in info.modelinfo if k.startswith("tokenizer.ggml.")]
-    assert info.capabilities == ["completion"]
+    assert info.capabilities == ["completion", "tools"]
     assert isinstance(info.modified_at, datetime)
 
 
@@ -239,7 +239,7 @@ async def test_async_concurrent_requests(aclient: ollama.AsyncClient) -> None:
 
 async def test_async_list_show_ps(aclient: ollama.AsyncClient) -> None:
     assert MODEL in [m.model for m in (await aclient.list()).models]
-    assert (await aclient.show(MODEL)).capabilities == ["completion"]
+    assert (await aclient.show(MODEL)).capabilities == ["completion", "tools"]
     assert [m.model for m in (await aclient.ps()).models] == [MODEL]
 
 
@@ -284,7 +284,8 @@ def test_bad_requests_are_400(client: ollama.Client) -> None:
             lambda: client.generate(model=MODEL, prompt="Hi", options={"num_predict": 0}),
             "num_predict",
         ),
-        (lambda: client.chat(model=MODEL, messages=USER, options={"num_ctx": 10**9}), "num_ctx"),
+        # above the model's context num_ctx is cut to it, as Ollama does; beyond Go's int a 400
+        (lambda: client.chat(model=MODEL, messages=USER, options={"num_ctx": 2**64}), "num_ctx"),
         (
             lambda: client.generate(
                 model=MODEL, prompt="Hi", format={"$ref": "https://example.com/s.json"}

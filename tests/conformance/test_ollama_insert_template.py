@@ -74,8 +74,8 @@ def fim_length(prefix: str, suffix: str, client: ollama.Client) -> int:
 
 
 def test_show_lists_insert(fim_client: ollama.Client, client: ollama.Client) -> None:
-    assert fim_client.show(FIM_MODEL).capabilities == ["completion", "insert"]
-    assert client.show(MODEL).capabilities == ["completion"]
+    assert fim_client.show(FIM_MODEL).capabilities == ["completion", "tools", "insert"]
+    assert client.show(MODEL).capabilities == ["completion", "tools"]
 
 
 def test_generate_with_suffix(fim_client: ollama.Client) -> None:

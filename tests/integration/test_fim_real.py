@@ -100,7 +100,7 @@ async def test_show_lists_insert_only_where_the_model_can(fim: AppHandle, real: 
         resp = await app.client.post("/api/show", json={"model": MODEL})
         assert resp.status_code == 200, resp.text
         caps[name] = resp.json()["capabilities"]
-    assert caps == {"fim": ["completion", "insert"], "plain": ["completion"]}
+    assert caps == {"fim": ["completion", "tools", "insert"], "plain": ["completion", "tools"]}
 
 
 # ---- Ollama --------------------------------------------------------------------------------

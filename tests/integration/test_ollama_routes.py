@@ -270,7 +270,7 @@ async def test_show(real: AppHandle, field: str, name: str) -> None:
     assert 100_000_000 < info["general.parameter_count"] < 200_000_000
     assert not [k for k in info if k.startswith("tokenizer.ggml.")]
     assert "tokenizer.chat_template" not in info
-    assert body["capabilities"] == ["completion"]
+    assert body["capabilities"] == ["completion", "tools"]
     parse_time(body["modified_at"])
 
 
