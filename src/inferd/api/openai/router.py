@@ -95,7 +95,7 @@ async def embeddings(
     return adapter.embedding_list(model.name, result, body.encoding_format)
 
 
-@router.post("/responses")
+@router.post("/responses", responses=SSE)
 async def create_response(
     body: responses.ResponsesRequest,
     request: Request,
