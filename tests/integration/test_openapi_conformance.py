@@ -116,3 +116,58 @@ def test_the_document_declares_errors_and_streams() -> None:
     for path, media_type in streamed.items():
         assert media_type in paths[path]["post"]["responses"]["200"]["content"], path
     assert "HTTPValidationError" not in doc["components"]["schemas"]
+
+
+def test_whole_floats_are_integers_as_the_document_says(server: LocalServer) -> None:
+    """JSON Schema counts 1.0 as an integer, so every dialect takes it; 1.5, "1" and true
+    stay 400s naming the parameter."""
+    chat = {"messages": [{"role": "user", "content": "hi"}]}
+    served = [
+        ("/v1/chat/completions", {**chat, "n": 1.0, "max_tokens": 3.0, "seed": 7.0}),
+        ("/v1/completions", {"prompt": "hi", "max_tokens": 3.0}),
+        ("/generate", {"prompt": "hi", "max_tokens": 3.0, "top_k": 2.0}),
+        ("/api/generate", {"prompt": "hi", "stream": False, "options": {"num_predict": 3.0}}),
+        ("/v1/responses", {"input": "hi", "max_output_tokens": 3.0}),
+    ]
+    for path, body in served:
+        response = httpx.post(f"{server.url}{path}", json={"model": "fake", **body}, timeout=30)
+        assert response.status_code == 200, (path, response.text)
+    for bad in (1.5, "1", True):
+        response = httpx.post(
+            f"{server.url}/v1/chat/completions",
+            json={"model": "fake", **chat, "n": bad},
+            timeout=30,
+        )
+        assert response.status_code == 400, (bad, response.text)
+        assert response.json()["error"]["param"] == "n"
+
+
+def test_the_document_allows_only_the_content_parts_served() -> None:
+    """A content part the document allows is served; the others (an image) are 400s that
+    the document does not allow."""
+    defs = fake_app(Path("unused")).openapi()["components"]["schemas"]
+    assert defs["ContentPart"]["properties"]["type"]["enum"] == ["text"]
+    assert defs["ContentPart"]["required"] == ["type", "text"]
+    assert set(defs["InputContent"]["properties"]["type"]["enum"]) == {
+        "input_text",
+        "output_text",
+        "text",
+    }
+
+
+def test_content_parts_outside_the_document_are_refused_by_name(server: LocalServer) -> None:
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    response = httpx.post(
+        f"{server.url}/v1/chat/completions",
+        json={"model": "fake", "messages": [{"role": "user", "content": [image]}]},
+        timeout=30,
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "messages[0].content[0]"
+    text = {"type": "text", "text": "hi"}
+    response = httpx.post(
+        f"{server.url}/v1/chat/completions",
+        json={"model": "fake", "messages": [{"role": "user", "content": [text]}], "max_tokens": 2},
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text

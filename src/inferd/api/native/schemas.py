@@ -4,29 +4,28 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
 from inferd.api.sessions import SessionId
-
-FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+from inferd.api.wire import FiniteFloat, WholeInt
 
 
 class _Params(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
     model: StrictStr | None = None
-    max_tokens: Annotated[StrictInt, Field(ge=1)] | None = Field(
+    max_tokens: Annotated[WholeInt, Field(ge=1)] | None = Field(
         None, validation_alias=AliasChoices("max_tokens", "max_new_tokens")
     )
     temperature: Annotated[FiniteFloat, Field(ge=0.0, le=2.0)] | None = None
-    top_k: Annotated[StrictInt, Field(ge=0)] | None = None
+    top_k: Annotated[WholeInt, Field(ge=0)] | None = None
     top_p: Annotated[FiniteFloat, Field(gt=0.0, le=1.0)] | None = None
     min_p: Annotated[FiniteFloat, Field(ge=0.0, le=1.0)] | None = None
     repetition_penalty: Annotated[FiniteFloat, Field(gt=0.0, le=10.0)] | None = Field(
         None, validation_alias=AliasChoices("repetition_penalty", "word_repetition_penalty")
     )
     stop: StrictStr | list[StrictStr] | None = None
-    seed: StrictInt | None = None
+    seed: WholeInt | None = None
 
 
 class GenerateBody(_Params):

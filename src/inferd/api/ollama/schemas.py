@@ -4,19 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    StrictBool,
-    StrictFloat,
-    StrictInt,
-    StrictStr,
-)
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictStr
 
-FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+from inferd.api.wire import FiniteFloat, WholeInt
+
 # "5m", "1h30m", "300ms", "-1", or a number of seconds
-KeepAlive = StrictStr | StrictInt | StrictFloat | None
+KeepAlive = StrictStr | WholeInt | StrictFloat | None
 
 
 class _Wire(BaseModel):
@@ -24,19 +17,19 @@ class _Wire(BaseModel):
 
 
 class Options(_Wire):
-    num_predict: StrictInt | None = None
+    num_predict: Annotated[WholeInt, Field(le=2**63 - 1)] | None = None  # Go's int
     temperature: Annotated[FiniteFloat, Field(ge=0.0, le=2.0)] | None = None
-    top_k: Annotated[StrictInt, Field(ge=0)] | None = None
+    top_k: Annotated[WholeInt, Field(ge=0)] | None = None
     top_p: Annotated[FiniteFloat, Field(gt=0.0, le=1.0)] | None = None
     min_p: Annotated[FiniteFloat, Field(ge=0.0, le=1.0)] | None = None
     repeat_penalty: Annotated[FiniteFloat, Field(gt=0.0, le=10.0)] | None = None
-    repeat_last_n: Annotated[StrictInt, Field(ge=-1)] | None = None
+    repeat_last_n: Annotated[WholeInt, Field(ge=-1)] | None = None
     presence_penalty: Annotated[FiniteFloat, Field(ge=-2.0, le=2.0)] | None = None
     frequency_penalty: Annotated[FiniteFloat, Field(ge=-2.0, le=2.0)] | None = None
-    seed: StrictInt | None = None
+    seed: WholeInt | None = None
     stop: list[StrictStr] | None = None
     # above the model's context: cut to it (Go's int holds at most 2**63 - 1)
-    num_ctx: Annotated[StrictInt, Field(ge=1, le=2**63 - 1)] | None = None
+    num_ctx: Annotated[WholeInt, Field(ge=1, le=2**63 - 1)] | None = None
 
 
 class ToolCallFunction(_Wire):
@@ -63,11 +56,11 @@ class _Common(_Wire):
     options: Options | None = None
     keep_alive: KeepAlive = None
     # platform-client aliases for the common options
-    max_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
+    max_tokens: Annotated[WholeInt, Field(ge=1)] | None = None
     temperature: Annotated[FiniteFloat, Field(ge=0.0, le=2.0)] | None = None
     top_p: Annotated[FiniteFloat, Field(gt=0.0, le=1.0)] | None = None
     logprobs: StrictBool = False
-    top_logprobs: StrictInt | None = None
+    top_logprobs: WholeInt | None = None
     # true, false, or an effort ("high", "medium", "low"): show a thinking model's reasoning
     think: StrictBool | Literal["high", "medium", "low"] | None = None
 
@@ -79,7 +72,7 @@ class GenerateRequest(_Common):
     template: StrictStr | None = None
     raw: StrictBool = False
     images: list[Any] | None = None
-    context: list[StrictInt] | None = None
+    context: list[WholeInt] | None = None
 
 
 class ChatRequest(_Common):
@@ -93,7 +86,7 @@ class EmbedRequest(_Wire):
     truncate: StrictBool = True
     options: Options | None = None
     keep_alive: KeepAlive = None
-    dimensions: StrictInt | None = None
+    dimensions: WholeInt | None = None
 
 
 class EmbeddingsRequest(_Wire):

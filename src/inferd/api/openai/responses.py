@@ -25,20 +25,21 @@ from datetime import UTC
 from typing import Annotated, Any, Literal
 
 from fastapi import HTTPException, Request
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
+from inferd.api.openai.schemas import text_parts_only
 from inferd.api.pipeline.request import ChatPrompt, Generation, Options, Param
 from inferd.api.pipeline.run import ChoiceResult, Run
 from inferd.api.pipeline.tools import ToolCall, ToolOutput, tool_request
 from inferd.api.record import RequestRecord
 from inferd.api.sessions import SESSION_PATTERN, Exchange, session_of
 from inferd.api.structured import JSON_OBJECT, TEXT, OutputFormat, schema_format
+from inferd.api.wire import FiniteFloat, WholeInt
 from inferd.engine.types import FinishReason, Usage
 from inferd.errors import InvalidRequest, StoreUnavailable, UnsupportedParameter
 from inferd.storage.records import MessageRecord
 from inferd.storage.store import Store
 
-FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 PREFIX = "resp_"
 SESSION_ID = re.compile(SESSION_PATTERN)
 
@@ -48,6 +49,10 @@ class _Wire(BaseModel):
 
 
 class InputContent(_Wire):
+    model_config = ConfigDict(
+        json_schema_extra=text_parts_only("input_text", "output_text", "text")
+    )
+
     type: StrictStr
     text: StrictStr | None = None
 
@@ -78,7 +83,7 @@ class ResponsesRequest(_Wire):
     model: StrictStr | None = None
     input: StrictStr | list[InputItem]
     instructions: StrictStr | None = None
-    max_output_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
+    max_output_tokens: Annotated[WholeInt, Field(ge=1)] | None = None
     temperature: Annotated[FiniteFloat, Field(ge=0.0, le=2.0)] | None = None
     top_p: Annotated[FiniteFloat, Field(gt=0.0, le=1.0)] | None = None
     stream: StrictBool = False

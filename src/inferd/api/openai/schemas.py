@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
 from inferd.api.sessions import SessionId
+from inferd.api.wire import FiniteFloat, WholeInt
 
-FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
-PositiveInt = Annotated[StrictInt, Field(ge=1)]
+PositiveInt = Annotated[WholeInt, Field(ge=1)]
 
 
 class _Wire(BaseModel):
@@ -38,7 +38,21 @@ class TextPart(_Wire):
     text: StrictStr
 
 
+def text_parts_only(*types: str) -> Any:
+    """What the document says of a content part: only text is served. The model itself
+    takes any type so that an image part is refused by name, not by a union's error list."""
+
+    def shape(schema: dict[str, Any]) -> None:
+        schema["properties"]["type"] = {"type": "string", "enum": list(types)}
+        schema["properties"]["text"] = {"type": "string"}
+        schema["required"] = ["type", "text"]
+
+    return shape
+
+
 class ContentPart(_Wire):
+    model_config = ConfigDict(json_schema_extra=text_parts_only("text"))
+
     type: StrictStr
     text: StrictStr | None = None
 
@@ -88,10 +102,10 @@ class SamplingFields(_Wire):
     presence_penalty: Annotated[FiniteFloat, Field(ge=-2.0, le=2.0)] | None = None
     frequency_penalty: Annotated[FiniteFloat, Field(ge=-2.0, le=2.0)] | None = None
     logit_bias: dict[str, Annotated[FiniteFloat, Field(ge=-100.0, le=100.0)]] | None = None
-    seed: StrictInt | None = None
+    seed: WholeInt | None = None
     user: StrictStr | None = None
     # extensions, as llama.cpp and vLLM accept them
-    top_k: Annotated[StrictInt, Field(ge=0)] | None = None
+    top_k: Annotated[WholeInt, Field(ge=0)] | None = None
     min_p: Annotated[FiniteFloat, Field(ge=0.0, le=1.0)] | None = None
     repetition_penalty: Annotated[FiniteFloat, Field(gt=0.0, le=10.0)] | None = None
     ignore_eos: StrictBool = False
@@ -101,7 +115,7 @@ class ChatCompletionRequest(SamplingFields):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: PositiveInt | None = None
     logprobs: StrictBool | None = None
-    top_logprobs: StrictInt | None = None
+    top_logprobs: WholeInt | None = None
     tools: list[Any] | None = None
     tool_choice: Any = None
     parallel_tool_calls: StrictBool | None = None
@@ -114,24 +128,24 @@ class ChatCompletionRequest(SamplingFields):
 
 
 class CompletionRequest(SamplingFields):
-    max_tokens: Annotated[StrictInt, Field(ge=0)] | None = None  # 0: with echo only
+    max_tokens: Annotated[WholeInt, Field(ge=0)] | None = None  # 0: with echo only
     prompt: (
         StrictStr
         | Annotated[list[StrictStr], Field(min_length=1)]
-        | Annotated[list[StrictInt], Field(min_length=1)]
-        | Annotated[list[Annotated[list[StrictInt], Field(min_length=1)]], Field(min_length=1)]
+        | Annotated[list[WholeInt], Field(min_length=1)]
+        | Annotated[list[Annotated[list[WholeInt], Field(min_length=1)]], Field(min_length=1)]
     )
     echo: StrictBool = False
     suffix: StrictStr | None = None
-    best_of: StrictInt | None = None
-    logprobs: Annotated[StrictInt, Field(ge=0)] | None = None
+    best_of: WholeInt | None = None
+    logprobs: Annotated[WholeInt, Field(ge=0)] | None = None
 
 
 class EmbeddingRequest(_Wire):
     model: StrictStr | None = None
-    input: StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
+    input: StrictStr | list[StrictStr] | list[WholeInt] | list[list[WholeInt]]
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: StrictInt | None = None
+    dimensions: WholeInt | None = None
     user: StrictStr | None = None
 
 
