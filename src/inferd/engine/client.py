@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any, Protocol
 
 from inferd.engine.backends.base import Backend, ModelInfo
@@ -45,6 +45,15 @@ class EngineClient(Protocol):
         ...
 
     def generate(self, request: GenerateRequest) -> AsyncGenerator[GenerationOutput, None]: ...
+
+    def generate_many(
+        self, requests: Sequence[GenerateRequest]
+    ) -> AsyncGenerator[list[GenerationOutput], None]:
+        """The outputs of several requests (one HTTP request's choices) as they arrive: all
+        that arrived by the time the consumer runs, in one list (each request's outputs in
+        order), so a consumer wakes once per engine step, however many requests and tokens
+        that step brought. Leaving early aborts the requests not finished."""
+        ...
 
     def abort(self, request_id: str) -> None: ...
 
@@ -101,7 +110,7 @@ class AsyncEngine:
             prefix_cache=prefix_cache,
             prefix_cache_bytes=prefix_cache_bytes,
         )
-        self._queues: dict[str, asyncio.Queue[GenerationOutput]] = {}
+        self._inboxes: dict[str, _Inbox] = {}  # by request id; one per generate_many
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped = False
         self.submitted = 0  # requests handed to the core so far (also in stats())
@@ -162,34 +171,40 @@ class AsyncEngine:
         return await asyncio.to_thread(self._backend.embed, inputs)
 
     async def generate(self, request: GenerateRequest) -> AsyncGenerator[GenerationOutput, None]:
+        async with contextlib.aclosing(self.generate_many([request])) as batches:
+            async for batch in batches:
+                for out in batch:
+                    yield out
+
+    async def generate_many(
+        self, requests: Sequence[GenerateRequest]
+    ) -> AsyncGenerator[list[GenerationOutput], None]:
         if self._stopped or self._loop is None:
             raise EngineStopped("the engine is not running")
-        rid = request.request_id
-        q: asyncio.Queue[GenerationOutput] = asyncio.Queue()
-        self._queues[rid] = q
-        finished = False
-        last: GenerationOutput | None = None
-        started = time.monotonic()
-        self.submitted += 1
-        first_token: float | None = None
+        inbox = _Inbox(self._loop)
+        runs = {r.request_id: _Progress(r) for r in requests}
+        for rid in runs:
+            self._inboxes[rid] = inbox
+        self.submitted += len(requests)
+        unfinished = len(runs)
         try:
-            self._core.submit(request)
-            while True:
-                out = await q.get()
-                finished = out.finished
-                last = out
-                if first_token is None and out.token_ids:
-                    first_token = time.monotonic() - started
-                if finished:
-                    self._finished(out, started)
-                yield out
-                if finished:
-                    return
+            for r in requests:
+                self._core.submit(r)
+            while unfinished:
+                batch = await inbox.take()
+                for out in batch:
+                    run = runs[out.request_id]
+                    run.seen(out)
+                    if out.finished:
+                        unfinished -= 1
+                        self._finished(out, run.started)
+                yield batch
         finally:
-            self._queues.pop(rid, None)
-            if not finished:
-                self._core.abort(rid)
-                self._finished(_aborted(request, last, first_token), started)
+            for rid, run in runs.items():
+                self._inboxes.pop(rid, None)
+                if not run.finished:
+                    self._core.abort(rid)
+                    self._finished(run.aborted(), run.started)
 
     def _finished(self, out: GenerationOutput, started: float) -> None:
         if self._on_finish is not None:
@@ -217,22 +232,70 @@ class AsyncEngine:
 
     def _dispatch(self, outputs: list[GenerationOutput]) -> None:
         for out in outputs:
-            q = self._queues.get(out.request_id)
-            if q is not None:
-                q.put_nowait(out)
+            inbox = self._inboxes.get(out.request_id)
+            if inbox is not None:
+                inbox.put(out)
 
 
-def _aborted(
-    request: GenerateRequest, last: GenerationOutput | None, first_token: float | None
-) -> GenerationOutput:
-    """The final output of a request left early: what it had generated, finish ABORT."""
-    usage = last.usage if last is not None else Usage(prompt_tokens=len(request.prompt_tokens))
-    return GenerationOutput(
-        request.request_id,
-        "",
-        (),
-        usage,
-        FinishReason.ABORT,
-        queue_time=last.queue_time if last is not None else None,
-        time_to_first_token=first_token,
-    )
+class _Inbox:
+    """Where the core's outputs wait for one consumer: a list, and the consumer's waiter,
+    woken by the first output put while it waits (the rest ride along)."""
+
+    __slots__ = ("_loop", "_outputs", "_waiter")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._outputs: list[GenerationOutput] = []
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put(self, out: GenerationOutput) -> None:
+        self._outputs.append(out)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def take(self) -> list[GenerationOutput]:
+        """Everything put since the last take, waiting for the first of it."""
+        while not self._outputs:
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        taken, self._outputs = self._outputs, []
+        return taken
+
+
+class _Progress:
+    """One request's progress as its consumer sees it, for its accounting."""
+
+    __slots__ = ("finished", "first_token", "last", "request", "started")
+
+    def __init__(self, request: GenerateRequest) -> None:
+        self.request = request
+        self.started = time.monotonic()
+        self.last: GenerationOutput | None = None
+        self.first_token: float | None = None
+        self.finished = False
+
+    def seen(self, out: GenerationOutput) -> None:
+        self.last = out
+        self.finished = out.finished
+        if self.first_token is None and out.token_ids:
+            self.first_token = time.monotonic() - self.started
+
+    def aborted(self) -> GenerationOutput:
+        """The final output of a request left early: what it had generated, finish ABORT."""
+        last = self.last
+        usage = (
+            last.usage if last is not None else Usage(prompt_tokens=len(self.request.prompt_tokens))
+        )
+        return GenerationOutput(
+            self.request.request_id,
+            "",
+            (),
+            usage,
+            FinishReason.ABORT,
+            queue_time=last.queue_time if last is not None else None,
+            time_to_first_token=self.first_token,
+        )
