@@ -115,16 +115,17 @@ class Exchange:
             self.remember(results[0].text, model)
 
     async def remembering(
-        self, outputs: AsyncIterator[tuple[int, GenerationOutput]], model: str
-    ) -> AsyncIterator[tuple[int, GenerationOutput]]:
+        self, outputs: AsyncIterator[list[tuple[int, GenerationOutput]]], model: str
+    ) -> AsyncIterator[list[tuple[int, GenerationOutput]]]:
         """Pass a stream through, storing the first choice's answer when it completes."""
         parts: list[str] = []
-        async for index, out in outputs:
-            if index == 0:
-                parts.append(out.text)
-                if out.finish_reason in _ANSWERED:
-                    self.remember("".join(parts), model)
-            yield index, out
+        async for batch in outputs:
+            for index, out in batch:
+                if index == 0:
+                    parts.append(out.text)
+                    if out.finish_reason in _ANSWERED:
+                        self.remember("".join(parts), model)
+            yield batch
 
 
 async def open_exchange(

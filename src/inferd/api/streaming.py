@@ -1,13 +1,14 @@
 """Wire framing for streams (SSE, NDJSON) and disconnect handling for plain responses.
 
 A stream that fails after it started ends with the error table's `error_event`, in the
-dialect of the request's route."""
+dialect of the request's route. A stream's events come in batches (what the engine
+delivered at once), and each batch goes out in one write."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from sse_starlette import EventSourceResponse
@@ -20,40 +21,47 @@ from inferd.errors import InferdError
 
 T = TypeVar("T")
 
-DONE = "[DONE]"  # the OpenAI stream's last event
+DONE = b"data: [DONE]\r\n\r\n"  # the OpenAI stream's last event
+
+# What a stream writes: lists of events, each list in one write (what one engine step, or
+# several when the loop lagged, brought to the connection; never held back for more).
+Batches = AsyncIterator[list[dict[str, Any]]]
 
 
-async def _ending_in_errors(
-    request: Request, events: AsyncIterator[dict[str, Any]]
-) -> AsyncIterator[dict[str, Any]]:
-    """`events`, and an error event in the route's dialect if they fail."""
-    try:
-        async for item in events:
-            yield item
-    except InferdError as exc:
-        yield error_event(dialect_of(request.scope) or Dialect.OPENAI, exc)
+def _encoder() -> Callable[[Any], str]:
+    """Compact JSON with non-ASCII escaped (an echoed prompt may hold lone surrogates,
+    which UTF-8 cannot encode). One encoder per stream: `json.dumps` with `separators`
+    builds a new one for every call."""
+    return json.JSONEncoder(separators=(",", ":")).encode
 
 
 def sse_response(
     request: Request,
-    events: AsyncIterator[dict[str, Any]],
+    batches: Batches,
     *,
     drain_timeout: float,
     done: bool = False,
 ) -> EventSourceResponse:
-    """Server-sent events: each item is one `data:` line of compact JSON, then `[DONE]`
-    when `done` (after an error event too).
+    """Server-sent events: each event one `data:` line of compact JSON, a batch's events in
+    one write; then `[DONE]` when `done` (after an error event too). A stream that fails
+    after it started ends with the error table's `error_event` in the route's dialect.
 
     When the client disconnects, sse-starlette cancels the iteration, whose cleanup aborts
     the engine sequences behind it. On server shutdown the stream may run on for
     `drain_timeout` seconds to finish its answer before it is cancelled.
     """
+    dialect = dialect_of(request.scope) or Dialect.OPENAI
+    encode = _encoder()
 
-    async def frames() -> AsyncIterator[dict[str, str]]:
-        async for item in _ending_in_errors(request, events):
-            yield {"data": json.dumps(item, separators=(",", ":"))}
+    async def frames() -> AsyncIterator[bytes]:
+        try:
+            async for batch in batches:
+                if batch:
+                    yield "".join([f"data: {encode(e)}\r\n\r\n" for e in batch]).encode()
+        except InferdError as exc:
+            yield f"data: {encode(error_event(dialect, exc))}\r\n\r\n".encode()
         if done:
-            yield {"data": DONE}
+            yield DONE
 
     return EventSourceResponse(
         frames(),
@@ -63,12 +71,19 @@ def sse_response(
     )
 
 
-def ndjson_response(request: Request, events: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
-    """Newline-delimited JSON, one object a line."""
+def ndjson_response(request: Request, batches: Batches) -> StreamingResponse:
+    """Newline-delimited JSON, one object a line, a batch's lines in one write; a stream
+    that fails after it started ends with the dialect's `error_event`."""
+    dialect = dialect_of(request.scope) or Dialect.OPENAI
+    encode = _encoder()
 
     async def lines() -> AsyncIterator[bytes]:
-        async for item in _ending_in_errors(request, events):
-            yield json.dumps(item, separators=(",", ":")).encode() + b"\n"
+        try:
+            async for batch in batches:
+                if batch:
+                    yield "".join([f"{encode(e)}\n" for e in batch]).encode()
+        except InferdError as exc:
+            yield f"{encode(error_event(dialect, exc))}\n".encode()
 
     return StreamingResponse(lines(), media_type="application/x-ndjson")
 

@@ -43,25 +43,28 @@ async def _stream(
     run = await prepare(request, adapter.generation(body, chat_template=chat_template), record)
     prompt = body.prompt if isinstance(body, s.GenerateBody) else None
 
-    async def events() -> AsyncIterator[dict[str, Any]]:
+    async def events() -> AsyncIterator[list[dict[str, Any]]]:
         r = ChoiceResult(0)
-        async for _, out in run.stream():
-            r.text += out.text
-            r.token_ids.extend(out.token_ids)
-            if out.text:
-                yield {"text": out.text, "done": False}
-            if out.finish_reason is not None:
-                r.finish_reason = out.finish_reason
-                r.usage = out.usage
-                r.time_to_first_token = out.time_to_first_token
-                final = adapter.result(
-                    r,
-                    model=run.model.name,
-                    prompt=prompt,
-                    sp=run.sampling,
-                    elapsed=record.seconds(),
-                )
-                yield {**final.model_dump(), "done": True}
+        async for batch in run.stream():
+            events: list[dict[str, Any]] = []
+            for _, out in batch:
+                r.text += out.text
+                r.token_ids.extend(out.token_ids)
+                if out.text:
+                    events.append({"text": out.text, "done": False})
+                if out.finish_reason is not None:
+                    r.finish_reason = out.finish_reason
+                    r.usage = out.usage
+                    r.time_to_first_token = out.time_to_first_token
+                    final = adapter.result(
+                        r,
+                        model=run.model.name,
+                        prompt=prompt,
+                        sp=run.sampling,
+                        elapsed=record.seconds(),
+                    )
+                    events.append({**final.model_dump(), "done": True})
+            yield events
 
     return sse_response(request, events(), drain_timeout=settings.drain_timeout)
 

@@ -57,17 +57,19 @@ async def _progress(
         task.result()  # raises the error, in the dialect's shape and status
         return JSONResponse({"status": "success"})
 
-    async def lines() -> AsyncIterator[dict[str, Any]]:
-        yield first.result()
+    async def lines() -> AsyncIterator[list[dict[str, Any]]]:
+        yield [first.result()]
         while True:
             getter = asyncio.ensure_future(queue.get())
             await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
             if getter.done():
-                yield getter.result()
+                yield [getter.result()]
                 continue
             getter.cancel()
+            rest = []
             while not queue.empty():
-                yield queue.get_nowait()
+                rest.append(queue.get_nowait())
+            yield rest
             task.result()  # an InferdError ends the stream with {"error": ...}
             return
 

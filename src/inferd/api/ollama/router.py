@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -25,7 +25,7 @@ from inferd.api.pipeline.run import ChoiceResult, prepare
 from inferd.api.pipeline.tools import ToolOutput
 from inferd.api.routing import Dialect, RecordDep, dialect_router
 from inferd.api.streaming import ndjson_response
-from inferd.engine.types import FinishReason
+from inferd.engine.types import FinishReason, GenerationOutput
 from inferd.errors import InvalidRequest, ModelNotFound
 from inferd.models.registry import LoadedModel, ModelRegistry, ModelStatus
 
@@ -207,29 +207,33 @@ async def _run(
             body["message"]["tool_calls"] = adapter.tool_calls(calls)
         return {**body, "done": False}
 
-    async def chunks() -> AsyncIterator[dict[str, Any]]:
-        result = ChoiceResult(0)
-        # with tools, text that may start a call is held back; the calls come in one chunk
-        tools = run.tools.stream() if run.tools is not None else None
+    result = ChoiceResult(0)
+    # with tools, text that may start a call is held back; the calls come in one chunk
+    tools = run.tools.stream() if run.tools is not None else None
+
+    def chunks_of(out: GenerationOutput) -> Iterator[dict[str, Any]]:
+        result.token_ids.extend(out.token_ids)
+        part = run.split(0, out)
+        text = part.content if tools is None else tools.feed(part.content)
+        if text or part.reasoning or (scoring and out.logprobs):
+            part_chunk = chunk(text, thinking=part.reasoning)
+            if scoring:
+                part_chunk["logprobs"] = token_entries(describer.scored(out.logprobs))
+            yield part_chunk
+        if out.finish_reason is not None:
+            if tools is not None:
+                tail = tools.finish(truncated=out.finish_reason is FinishReason.LENGTH)
+                if tail.content or tail.calls:
+                    yield chunk(tail.content, tail if tail.calls else None)
+            result.finish_reason = out.finish_reason
+            result.usage = out.usage
+            result.time_to_first_token = out.time_to_first_token
+            yield final(result)
+
+    async def chunks() -> AsyncIterator[list[dict[str, Any]]]:
         try:
-            async for _, out in run.stream():
-                result.token_ids.extend(out.token_ids)
-                part = run.split(0, out)
-                text = part.content if tools is None else tools.feed(part.content)
-                if text or part.reasoning or (scoring and out.logprobs):
-                    part_chunk = chunk(text, thinking=part.reasoning)
-                    if scoring:
-                        part_chunk["logprobs"] = token_entries(describer.scored(out.logprobs))
-                    yield part_chunk
-                if out.finish_reason is not None:
-                    if tools is not None:
-                        tail = tools.finish(truncated=out.finish_reason is FinishReason.LENGTH)
-                        if tail.content or tail.calls:
-                            yield chunk(tail.content, tail if tail.calls else None)
-                    result.finish_reason = out.finish_reason
-                    result.usage = out.usage
-                    result.time_to_first_token = out.time_to_first_token
-                    yield final(result)
+            async for batch in run.stream():
+                yield [c for _, out in batch for c in chunks_of(out)]
         finally:
             await asyncio.shield(_after(registry, model, keep_alive))
 

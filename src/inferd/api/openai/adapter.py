@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from inferd.api.embeddings import Embeddings, to_base64
@@ -27,7 +27,7 @@ from inferd.api.pipeline.run import ChoiceResult, Run
 from inferd.api.pipeline.tools import ToolOutput, ToolRequest, tool_request
 from inferd.api.structured import JSON_OBJECT, TEXT, OutputFormat, schema_format
 from inferd.config import Settings
-from inferd.engine.types import FinishReason, Usage
+from inferd.engine.types import FinishReason, GenerationOutput, Usage
 from inferd.errors import InvalidRequest, UnsupportedParameter
 
 log = logging.getLogger(__name__)
@@ -423,10 +423,11 @@ def completion(
 
 async def chat_chunks(
     rid: str, run: Run, n: int, *, include_usage: bool, legacy: bool = False
-) -> AsyncIterator[dict[str, Any]]:
-    """chat.completion.chunk objects, then the usage chunk if asked for. With tools, text
-    that may start a call is held back; each call then comes as OpenAI streams it: a delta
-    with its index, id, type, function name and empty arguments, then its arguments."""
+) -> AsyncIterator[list[dict[str, Any]]]:
+    """chat.completion.chunk objects, then the usage chunk if asked for; a list of them per
+    batch of the engine's outputs (written together). With tools, text that may start a
+    call is held back; each call then comes as OpenAI streams it: a delta with its index,
+    id, type, function name and empty arguments, then its arguments."""
     created = now()
 
     def chunk(choices: list[dict[str, Any]], usage: s.UsageInfo | None = None) -> dict[str, Any]:
@@ -443,12 +444,13 @@ async def chat_chunks(
 
     describers = [Describer(run.model.engine) for _ in range(n)]
     scoring = run.sampling.logprobs is not None
-    for i in range(n):
-        yield chunk(
-            [{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]
-        )
+    yield [
+        chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+        for i in range(n)
+    ]
     streams = [run.tools.stream() for _ in range(n)] if run.tools is not None else None
-    async for i, out in run.stream():
+
+    def chunks_of(i: int, out: GenerationOutput) -> Iterator[dict[str, Any]]:
         part = run.split(i, out)
         if part.reasoning:
             delta = {"reasoning_content": part.reasoning}
@@ -470,8 +472,11 @@ async def chat_chunks(
                 yield chunk([{"index": i, "delta": delta, "finish_reason": None}])
             reason = chat_finish(out.finish_reason, tail, legacy)
             yield chunk([{"index": i, "delta": {}, "finish_reason": reason}])
+
+    async for batch in run.stream():
+        yield [c for i, out in batch for c in chunks_of(i, out)]
     if include_usage:
-        yield chunk([], usage_info(run.usage))
+        yield [chunk([], usage_info(run.usage))]
 
 
 def _tail_deltas(tail: ToolOutput, legacy: bool) -> list[dict[str, Any]]:
@@ -498,9 +503,9 @@ def _tail_deltas(tail: ToolOutput, legacy: bool) -> list[dict[str, Any]]:
 
 async def completion_chunks(
     rid: str, run: Run, req: s.CompletionRequest, *, include_usage: bool
-) -> AsyncIterator[dict[str, Any]]:
+) -> AsyncIterator[list[dict[str, Any]]]:
     """text_completion chunks (with `echo`, a choice's first one starts with its prompt),
-    then the usage chunk if asked for."""
+    then the usage chunk if asked for; a list of them per batch of the engine's outputs."""
     created = now()
     echo = echo_texts(req, run)
     scoring = run.sampling.logprobs is not None
@@ -518,7 +523,7 @@ async def completion_chunks(
             body["usage"] = usage.model_dump() if usage else None
         return body
 
-    async for i, out in run.stream():
+    def chunks_of(i: int, out: GenerationOutput) -> Iterator[dict[str, Any]]:
         reason = finish_reason(out.finish_reason)
         text = out.text
         scored: list[ScoredToken] = []
@@ -537,5 +542,8 @@ async def completion_chunks(
         if text or reason or scored:
             logprobs = lp.completion_logprobs(scored) if scoring else None
             yield chunk([{"index": i, "text": text, "finish_reason": reason, "logprobs": logprobs}])
+
+    async for batch in run.stream():
+        yield [c for i, out in batch for c in chunks_of(i, out)]
     if include_usage:
-        yield chunk([], usage_info(run.usage))
+        yield [chunk([], usage_info(run.usage))]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC
 from typing import Annotated, Any, Literal
 
@@ -35,7 +35,7 @@ from inferd.api.record import RequestRecord
 from inferd.api.sessions import SESSION_PATTERN, Exchange, session_of
 from inferd.api.structured import JSON_OBJECT, TEXT, OutputFormat, schema_format
 from inferd.api.wire import FiniteFloat, WholeInt
-from inferd.engine.types import FinishReason, Usage
+from inferd.engine.types import FinishReason, GenerationOutput, Usage
 from inferd.errors import InvalidRequest, StoreUnavailable, UnsupportedParameter
 from inferd.storage.records import MessageRecord
 from inferd.storage.store import Store
@@ -354,11 +354,12 @@ class _Events:
 
 async def events(
     rid: str, run: Run, req: ResponsesRequest, result: ChoiceResult
-) -> AsyncIterator[dict[str, Any]]:
+) -> AsyncIterator[list[dict[str, Any]]]:
     """The stream's events as the openai SDK reads them: response.created, .in_progress,
     the reasoning item (a thinking model), the message item with its output_text part and
     deltas, the function_call items (a request with tools), then response.completed (or
-    .incomplete at the token limit). `result` collects the answer for the store."""
+    .incomplete at the token limit); a list of them per batch of the engine's outputs.
+    `result` collects the answer for the store."""
     event = _Events()
     created = int(time.time())
     name = run.model.name
@@ -424,11 +425,11 @@ async def events(
         )
         return [*opening, delta]
 
-    yield event("response.created", response=snapshot("in_progress"))
-    yield event("response.in_progress", response=snapshot("in_progress"))
     tools = run.tools.stream() if run.tools is not None else None
     calls: list[ToolCall] = []
-    async for _, out in run.stream():
+
+    def of_output(out: GenerationOutput) -> Iterator[dict[str, Any]]:
+        nonlocal reasoning_open, calls
         part = run.split(0, out)
         if part.reasoning:
             if not reasoning_open:
@@ -452,57 +453,67 @@ async def events(
                 text += tail.content
                 calls = tail.calls
         if text:
-            for e in text_delta(text):
-                yield e
-    if reasoning_open:
-        for e in close_reasoning():
-            yield e
-    if not message_open and not calls:  # an empty answer is an empty message
-        message_open = True
-        for e in open_message():
-            yield e
-    if message_open:
-        at = len(done)
-        message = _message(rid, sent)
-        done.append(message)
-        part_done = message["content"][0]
-        yield event(
-            "response.output_text.done",
-            item_id=msg_id,
-            output_index=at,
-            content_index=0,
-            text=sent,
-            logprobs=[],
-        )
-        yield event(
-            "response.content_part.done",
-            item_id=msg_id,
-            output_index=at,
-            content_index=0,
-            part=part_done,
-        )
-        yield event("response.output_item.done", output_index=at, item=message)
-    for call in calls:
-        at = len(done)
-        item = _call(call)
-        yield event("response.output_item.added", output_index=at, item=_call(call, "in_progress"))
-        yield event(
-            "response.function_call_arguments.delta",
-            item_id=item["id"],
-            output_index=at,
-            delta=item["arguments"],
-        )
-        yield event(
-            "response.function_call_arguments.done",
-            item_id=item["id"],
-            output_index=at,
-            name=call.name,
-            arguments=item["arguments"],
-        )
-        done.append(item)
-        yield event("response.output_item.done", output_index=at, item=item)
-    status = _status(result.finish_reason)
-    yield event(f"response.{status}", response=snapshot(status, run.usage))
+            yield from text_delta(text)
+
+    def ending() -> Iterator[dict[str, Any]]:
+        nonlocal message_open
+        if reasoning_open:
+            yield from close_reasoning()
+        if not message_open and not calls:  # an empty answer is an empty message
+            message_open = True
+            yield from open_message()
+        if message_open:
+            at = len(done)
+            message = _message(rid, sent)
+            done.append(message)
+            part_done = message["content"][0]
+            yield event(
+                "response.output_text.done",
+                item_id=msg_id,
+                output_index=at,
+                content_index=0,
+                text=sent,
+                logprobs=[],
+            )
+            yield event(
+                "response.content_part.done",
+                item_id=msg_id,
+                output_index=at,
+                content_index=0,
+                part=part_done,
+            )
+            yield event("response.output_item.done", output_index=at, item=message)
+        for call in calls:
+            at = len(done)
+            item = _call(call)
+            yield event(
+                "response.output_item.added", output_index=at, item=_call(call, "in_progress")
+            )
+            yield event(
+                "response.function_call_arguments.delta",
+                item_id=item["id"],
+                output_index=at,
+                delta=item["arguments"],
+            )
+            yield event(
+                "response.function_call_arguments.done",
+                item_id=item["id"],
+                output_index=at,
+                name=call.name,
+                arguments=item["arguments"],
+            )
+            done.append(item)
+            yield event("response.output_item.done", output_index=at, item=item)
+        status = _status(result.finish_reason)
+        yield event(f"response.{status}", response=snapshot(status, run.usage))
+
+    yield [
+        event("response.created", response=snapshot("in_progress")),
+        event("response.in_progress", response=snapshot("in_progress")),
+    ]
+    async for batch in run.stream():
+        yield [e for _, out in batch for e in of_output(out)]
+    yield list(ending())
 
 
 # ---- the store ------------------------------------------------------------------------------

@@ -117,8 +117,8 @@ async def create_response(
         result = ChoiceResult(0)
 
         async def events() -> Any:
-            async for event in responses.events(rid, run, body, result):
-                yield event
+            async for batch in responses.events(rid, run, body, result):
+                yield batch
             responses.keep(kept, request, record, inputs, result, run.model.name)
 
         return sse_response(request, events(), drain_timeout=settings.drain_timeout)

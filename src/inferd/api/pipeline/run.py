@@ -11,10 +11,9 @@ once, here.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -120,11 +119,13 @@ class Run:
         """The request's usage so far (all of it once every choice has ended)."""
         return self.record.usage
 
-    def stream(self) -> AsyncIterator[tuple[int, GenerationOutput]]:
-        """Outputs of all choices as they come, tagged with the choice index; an engine
-        failure raises BackendError (streams end with an error event). Leaving early (the
-        client is gone) aborts every choice's sequence."""
-        outputs = self._choices()
+    def stream(self) -> AsyncIterator[list[tuple[int, GenerationOutput]]]:
+        """Outputs of all choices as they come, tagged with the choice index: what the
+        engine delivered by the time the consumer ran (one step's, or several when it
+        lagged) in one list, each choice's in order. An engine failure raises BackendError
+        (streams end with an error event). Leaving early (the client is gone) aborts every
+        choice's sequence."""
+        outputs = self._outputs()
         if self.exchange is not None:
             outputs = self.exchange.remembering(outputs, self.model.name)
         return outputs
@@ -140,91 +141,55 @@ class Run:
     async def _collect(self) -> list[ChoiceResult]:
         results = [ChoiceResult(i) for i in range(len(self.requests))]
         started = time.monotonic()
-        async for i, out in self._choices():
-            r = results[i]
-            part = self.split(i, out)
-            r.text += part.content
-            r.reasoning += part.reasoning
-            r.token_ids.extend(out.token_ids)
-            r.usage = out.usage
-            if out.logprobs:
-                r.logprobs.extend(out.logprobs)
-            if out.prompt_logprobs is not None:
-                r.prompt_logprobs = out.prompt_logprobs
-            if out.finish_reason is not None:
-                r.finish_reason = out.finish_reason
-                r.time_to_first_token = out.time_to_first_token
-                r.queue_time = out.queue_time
-                r.seconds = time.monotonic() - started
+        async for batch in self._outputs():
+            for i, out in batch:
+                r = results[i]
+                part = self.split(i, out)
+                r.text += part.content
+                r.reasoning += part.reasoning
+                r.token_ids.extend(out.token_ids)
+                r.usage = out.usage
+                if out.logprobs:
+                    r.logprobs.extend(out.logprobs)
+                if out.prompt_logprobs is not None:
+                    r.prompt_logprobs = out.prompt_logprobs
+                if out.finish_reason is not None:
+                    r.finish_reason = out.finish_reason
+                    r.time_to_first_token = out.time_to_first_token
+                    r.queue_time = out.queue_time
+                    r.seconds = time.monotonic() - started
         return results
 
-    async def _choices(self) -> AsyncIterator[tuple[int, GenerationOutput]]:
-        if len(self.requests) == 1:
-            async with contextlib.aclosing(self._sequence(self.requests[0])) as gen:
-                async for out in gen:
-                    yield 0, out
-            return
-        queue: asyncio.Queue[tuple[int, GenerationOutput] | BaseException | None]
-        queue = asyncio.Queue()
-
-        async def pump(index: int, req: GenerateRequest) -> None:
-            try:
-                async with contextlib.aclosing(self._sequence(req)) as gen:
-                    async for out in gen:
-                        await queue.put((index, out))
-            except Exception as exc:  # an engine failure: the request fails
-                await queue.put(exc)
-            finally:
-                await queue.put(None)
-
-        tasks = [asyncio.create_task(pump(i, r)) for i, r in enumerate(self.requests)]
-        try:
-            remaining = len(tasks)
-            while remaining:
-                item = await queue.get()
-                if item is None:
-                    remaining -= 1
-                elif isinstance(item, BaseException):
-                    raise item
-                else:
-                    yield item
-        finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-    async def _sequence(self, req: GenerateRequest) -> AsyncGenerator[GenerationOutput, None]:
-        """One sequence's outputs. Its final output goes on the record (an ABORT one with
-        the usage so far when it is left early); an ERROR one raises BackendError, an ABORT
-        one (its engine stopped: an unload, a shutdown) GenerationInterrupted."""
+    async def _outputs(self) -> AsyncIterator[list[tuple[int, GenerationOutput]]]:
+        """Every choice's outputs, from one engine stream for all of them. Each sequence's
+        final output goes on the record (an ABORT one with the usage so far when it is left
+        early); an ERROR one raises BackendError, an ABORT one (its engine stopped: an
+        unload, a shutdown) GenerationInterrupted, after the outputs before it."""
         started = time.monotonic()
-        last: GenerationOutput | None = None
-        first_token: float | None = None
-        ended = False
+        choices = {r.request_id: _Choice(i, r) for i, r in enumerate(self.requests)}
         try:
-            async with contextlib.aclosing(self.model.engine.generate(req)) as gen:
-                async for out in gen:
-                    last = out
-                    if first_token is None and out.token_ids:
-                        first_token = time.monotonic() - started
-                    if out.finish_reason is not None:
-                        ended = True
-                        self._ended(out, started)
-                    if out.finish_reason is FinishReason.ERROR:
-                        raise BackendError(out.error or "generation failed")
-                    if out.finish_reason is FinishReason.ABORT:
-                        # the engine stopped under a request still read: never a normal end
-                        raise GenerationInterrupted(
-                            "the model was unloaded, or the server shut down, before this "
-                            "answer was finished; retry the request"
-                        )
-                    yield out
+            async with contextlib.aclosing(self.model.engine.generate_many(self.requests)) as gen:
+                async for batch in gen:
+                    tagged: list[tuple[int, GenerationOutput]] = []
+                    for out in batch:
+                        choice = choices[out.request_id]
+                        choice.seen(out, started)
+                        if out.finish_reason is not None:
+                            self._ended(out, started)
+                        if out.finish_reason in _FAILED:
+                            if tagged:
+                                yield tagged
+                            raise _failure(out)
+                        tagged.append((choice.index, out))
+                    yield tagged
         except EngineStopped:
-            ended = True  # never submitted: nothing to account for
+            for choice in choices.values():
+                choice.ended = True  # never submitted: nothing to account for
             raise
         finally:
-            if not ended:
-                self._ended(_abandoned(req, last, first_token), started)
+            for choice in choices.values():
+                if not choice.ended:
+                    self._ended(choice.abandoned(), started)
 
     def _ended(self, out: GenerationOutput, started: float) -> None:
         self.record.finished(out)
@@ -232,20 +197,51 @@ class Run:
             self.observe(self.model.name, out, time.monotonic() - started)
 
 
-def _abandoned(
-    req: GenerateRequest, last: GenerationOutput | None, first_token: float | None
-) -> GenerationOutput:
-    """The final output of a sequence left early: what it had generated, finish ABORT."""
-    usage = last.usage if last is not None else Usage(prompt_tokens=len(req.prompt_tokens))
-    return GenerationOutput(
-        req.request_id,
-        "",
-        (),
-        usage,
-        FinishReason.ABORT,
-        queue_time=last.queue_time if last is not None else None,
-        time_to_first_token=first_token,
+_FAILED = (FinishReason.ERROR, FinishReason.ABORT)
+
+
+def _failure(out: GenerationOutput) -> Exception:
+    """What a sequence's failed end raises: the engine failed (BackendError), or it stopped
+    under a request still read (an unload, a shutdown: never a normal end)."""
+    if out.finish_reason is FinishReason.ERROR:
+        return BackendError(out.error or "generation failed")
+    return GenerationInterrupted(
+        "the model was unloaded, or the server shut down, before this answer was finished; "
+        "retry the request"
     )
+
+
+@dataclass
+class _Choice:
+    """One choice's sequence as the pipeline reads it, for its accounting."""
+
+    index: int
+    request: GenerateRequest
+    last: GenerationOutput | None = None
+    first_token: float | None = None
+    ended: bool = False
+
+    def seen(self, out: GenerationOutput, started: float) -> None:
+        self.last = out
+        if self.first_token is None and out.token_ids:
+            self.first_token = time.monotonic() - started
+        if out.finish_reason is not None:
+            self.ended = True
+
+    def abandoned(self) -> GenerationOutput:
+        """The final output of a sequence left early: what it had generated, finish ABORT."""
+        last = self.last
+        return GenerationOutput(
+            self.request.request_id,
+            "",
+            (),
+            last.usage
+            if last is not None
+            else Usage(prompt_tokens=len(self.request.prompt_tokens)),
+            FinishReason.ABORT,
+            queue_time=last.queue_time if last is not None else None,
+            time_to_first_token=self.first_token,
+        )
 
 
 async def prepare(request: Request, gen: Generation, record: RequestRecord) -> Run:
