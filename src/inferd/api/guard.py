@@ -14,7 +14,7 @@ import asyncio
 import ipaddress
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 
 from fastapi import Request
 from starlette.exceptions import HTTPException
@@ -178,16 +178,22 @@ class Guard:
         scope["state"]["ticket"] = ticket
         scope["state"]["key_id"] = None
 
-        async def send_with_limits(message: Message) -> None:
-            if message["type"] == "http.response.start" and ticket.principal is not None:
+        async def start_with_limits(message: Message) -> None:
+            if ticket.principal is not None:
                 if ticket.tokens is None and ticket.principal.tpm is not None:
                     ticket.tokens = await self.limits.tokens(ticket.principal)
                 extra = ratelimit_headers(ticket.requests, ticket.tokens)
                 message = {**message, "headers": [*message.get("headers", []), *extra]}
-            elif message["type"] == "http.response.start" and ticket.requests is not None:
+            elif ticket.requests is not None:
                 extra = ratelimit_headers(ticket.requests, None)
                 message = {**message, "headers": [*message.get("headers", []), *extra]}
             await send(message)
+
+        def send_with_limits(message: Message) -> Awaitable[None]:
+            # the body's writes go straight on: no coroutine of their own
+            if message["type"] == "http.response.start":
+                return start_with_limits(message)
+            return send(message)
 
         try:
             try:

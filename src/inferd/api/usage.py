@@ -9,6 +9,7 @@ ends without one (client gone, server stopping): exactly once.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 from starlette.datastructures import State
@@ -45,13 +46,15 @@ class UsageMiddleware:
             recorded = True
             store.record(usage_record(scope, record, http_status, ended=ended))
 
-        async def send_wrapper(message: Message) -> None:
+        def send_wrapper(message: Message) -> Awaitable[None]:
+            # a plain function handing on send's awaitable: no coroutine of its own for
+            # each of a stream's writes
             nonlocal http_status
             if message["type"] == "http.response.start":
                 http_status = message["status"]
             elif message["type"] == "http.response.body" and not message.get("more_body"):
                 write(ended=True)  # durable before the client has the last byte
-            await send(message)
+            return send(message)
 
         try:
             await self.app(scope, receive, send_wrapper)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Awaitable
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -65,7 +66,9 @@ class ObservabilityMiddleware:
         status = 500
         started_response = False
 
-        async def send_wrapper(message: Message) -> None:
+        def send_wrapper(message: Message) -> Awaitable[None]:
+            # a plain function handing on send's awaitable: no coroutine of its own for
+            # each of a stream's writes
             nonlocal status, started_response
             if message["type"] == "http.response.start":
                 started_response = True
@@ -75,7 +78,7 @@ class ObservabilityMiddleware:
                 ]
                 headers.append(rid_header)
                 message = {**message, "headers": headers}
-            await send(message)
+            return send(message)
 
         dialect = dialect_label(scope)  # the Routing middleware, outside this one, found it
         in_flight = self.metrics.http_in_flight.labels(dialect)
