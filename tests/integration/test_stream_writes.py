@@ -9,6 +9,9 @@ import json
 import time
 from typing import Any
 
+import pytest
+from sse_starlette import sse
+
 from tests.conftest import AppHandle, FakeFactory
 
 REPLY = "héllo wörld ✓ "
@@ -52,7 +55,7 @@ async def writes(app: AppHandle, path: str, body: dict[str, Any]) -> list[bytes]
             if message.get("body"):
                 parts.append(message["body"])
                 if len(parts) == 2:
-                    time.sleep(0.1)  # a busy loop; the fake engine steps every 5 ms
+                    time.sleep(0.1)  # noqa: ASYNC251 (a busy loop; the engine steps every 5 ms)
             if not message.get("more_body"):
                 ended.set()
 
@@ -104,3 +107,26 @@ async def test_ndjson_lines_queued_meanwhile_go_in_one_write(fake_app: FakeFacto
     assert body == b"".join(f"{json.dumps(c, separators=(',', ':'))}\n".encode() for c in chunks)
     assert "".join(c["response"] for c in chunks) == REPLY * 3
     assert [c["done"] for c in chunks] == [False] * (len(chunks) - 1) + [True]
+
+
+async def test_sse_writes_go_without_a_cancel_scope_each(
+    fake_app: FakeFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sse-starlette wraps every write in `anyio.move_on_after`; ours skip it (no send
+    timeout is set), which fails here if an sse-starlette upgrade moves that write."""
+    scopes: list[object] = []
+    move_on_after = sse.anyio.move_on_after
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        scopes.append(args)
+        return move_on_after(*args, **kwargs)
+
+    monkeypatch.setattr(sse.anyio, "move_on_after", counted)
+    async with fake_app(reply=REPLY) as h:
+        parts = await writes(
+            h,
+            "/v1/completions",
+            {"model": "fake", "prompt": "hi", "max_tokens": 5, "stream": True},
+        )
+    assert b"".join(parts).endswith(b"data: [DONE]\r\n\r\n") and len(parts) >= 3
+    assert scopes == []
