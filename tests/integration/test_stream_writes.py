@@ -122,11 +122,14 @@ async def test_sse_writes_go_without_a_cancel_scope_each(
         return move_on_after(*args, **kwargs)
 
     monkeypatch.setattr(sse.anyio, "move_on_after", counted)
-    async with fake_app(reply=REPLY) as h:
+    async with fake_app(reply=REPLY, step_delay=0.005) as h:
         parts = await writes(
             h,
             "/v1/completions",
             {"model": "fake", "prompt": "hi", "max_tokens": 5, "stream": True},
         )
-    assert b"".join(parts).endswith(b"data: [DONE]\r\n\r\n") and len(parts) >= 3
+    body = b"".join(parts)
+    assert body.endswith(b"data: [DONE]\r\n\r\n") and len(parts) >= 2
+    events = [json.loads(f[6:]) for f in body.split(b"\r\n\r\n") if f.startswith(b"data: {")]
+    assert "".join(e["choices"][0]["text"] for e in events) == "héll"  # 5 bytes: é is two
     assert scopes == []
