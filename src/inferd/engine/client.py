@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from inferd.engine.backends.base import Backend, ModelInfo
 from inferd.engine.core import DEFAULT_PREFIX_CACHE_BYTES, EngineCore
+from inferd.engine.speculative import NgramDrafter
 from inferd.engine.types import (
     EngineStats,
     FinishReason,
@@ -90,6 +91,7 @@ class AsyncEngine:
         on_finish: FinishHook | None = None,
         prefix_cache: bool = True,
         prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES,
+        drafter: NgramDrafter | None = None,
     ) -> None:
         self._backend = backend
         self._name = name
@@ -100,6 +102,7 @@ class AsyncEngine:
             name=name,
             prefix_cache=prefix_cache,
             prefix_cache_bytes=prefix_cache_bytes,
+            drafter=drafter,
         )
         self._queues: dict[str, asyncio.Queue[GenerationOutput]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
