@@ -260,3 +260,14 @@ async def test_a_backend_that_cannot_verify_drafts_gets_none(engines) -> None:  
         assert engine.stats().draft_tokens_total == 0
     finally:
         await engine.stop()
+
+
+async def test_a_step_without_room_for_its_drafts_runs_without_them(engines) -> None:  # type: ignore[no-untyped-def]
+    # the cache has room for the tokens but not for the drafts (llama.cpp's unified cache,
+    # fragmented): the step runs again without drafts instead of preempting anything
+    spec = engines(NgramDrafter(max_draft=8), reply=REPLY, no_room_for_drafts=True)
+    plain = engines(None, reply=REPLY)
+    outs = await generate(spec, QUOTE, max_tokens=60)
+    assert summary(outs) == summary(await generate(plain, QUOTE, max_tokens=60))
+    stats = spec.stats()
+    assert stats.preemptions == 0 and stats.draft_tokens_total == 0

@@ -231,6 +231,10 @@ class EngineCore:
             return
         try:
             sampled = self.backend.execute(chunks)
+            if sampled is None and any(c.draft for c in chunks):  # no KV room: drafts go first
+                for c in chunks:
+                    c.draft = ()
+                sampled = self.backend.execute(chunks)
         except SequenceFailed as exc:  # nothing ran: fail that request, plan again
             log.error("request %s failed: %s", exc.seq.request_id, exc.message)
             self._emit([self._finish(exc.seq, FinishReason.ERROR, "", error=exc.message)])

@@ -94,6 +94,8 @@ class FakeBackend:
     samplers_closed: int = 0
     restore_fails: bool = False  # make every restore_seq fail (no contiguous room)
     copy_fails: bool = False  # make every copy_prefix fail (as a split copy may)
+    # a step with drafts finds no KV room (as a fragmented unified llama.cpp cache may)
+    no_room_for_drafts: bool = False
     restores: int = 0
     moves: list[tuple[int, int]] = field(default_factory=list)  # (src, dst) of move_seq
     seq_id_batches: list[list[int]] = field(default_factory=list)  # each decode's seq ids
@@ -176,6 +178,8 @@ class FakeBackend:
                 assert isinstance(seq.sampler, FakeSampler)
                 samplers.append(seq.sampler)
                 sampling.append(c)
+        if self.no_room_for_drafts and any(c.draft for c in chunks):
+            return None
         if not self.decode(tokens, positions, seq_ids):
             return None
         for c in chunks:

@@ -1,0 +1,204 @@
+"""Speculative decoding (prompt lookup) on the bundled model: the same tokens as decoding
+without it, greedy and seeded, alone and beside other requests; stops and max_tokens
+inside accepted drafts are exact; the acceptance shows in the stats, the OpenAI timings
+and /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from inferd.config import Settings
+from inferd.engine.client import AsyncEngine
+from inferd.engine.speculative import NgramDrafter
+from inferd.engine.types import FinishReason, GenerateRequest, GenerationOutput, SamplingParams
+from inferd.models.loading import llamacpp_factory, llamacpp_loader
+from inferd.models.registry import ModelRegistry
+from tests.conftest import AppHandle, bundled_spec
+
+TEXT = (
+    "The lighthouse keeper climbed the spiral stairs every evening at dusk. He polished the "
+    "great lens, trimmed the wick, and wrote the weather in a leather notebook: wind from "
+    "the north-west, a heavy swell, two fishing boats returning late. In forty years he had "
+    "never missed a night."
+)
+CODE = (
+    "def total(items):\n    result = 0\n    for item in items:\n        result = result + "
+    "item.price * item.count\n    return result\n"
+)
+
+
+def chat(user: str) -> str:
+    return f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+
+
+QUOTE = chat(f"Repeat this text exactly, word for word:\n\n{TEXT}")
+REWRITE = chat(f"Rename the function `total` to `order_total` in this code:\n\n{CODE}")
+STORY = chat("Write a short story about a dragon who is afraid of the dark.")
+
+
+@pytest.fixture(scope="module")
+async def engines(model_path: Path) -> AsyncIterator[tuple[AsyncEngine, AsyncEngine]]:
+    """The same model twice, without and with prompt-lookup drafts."""
+    spec = bundled_spec(model_path, max_seqs=8)
+    plain = AsyncEngine(llamacpp_loader()(spec))
+    drafting = AsyncEngine(llamacpp_loader()(spec), drafter=NgramDrafter(max_draft=8))
+    plain.start()
+    drafting.start()
+    try:
+        yield plain, drafting
+    finally:
+        await plain.stop()
+        await drafting.stop()
+
+
+Answer = tuple[tuple[int, ...], str, FinishReason | None, int]
+
+
+async def answer(engine: AsyncEngine, rid: str, prompt: str, **sampling: object) -> Answer:
+    outs = await outputs(engine, rid, prompt, **sampling)
+    last = outs[-1]
+    tokens = tuple(t for o in outs for t in o.token_ids)
+    return tokens, "".join(o.text for o in outs), last.finish_reason, last.usage.completion_tokens
+
+
+async def outputs(
+    engine: AsyncEngine, rid: str, prompt: str, **sampling: object
+) -> list[GenerationOutput]:
+    tokens = tuple(await engine.tokenize(prompt))
+    req = GenerateRequest(rid, tokens, SamplingParams(**sampling))  # type: ignore[arg-type]
+    return [o async for o in engine.generate(req)]
+
+
+GREEDY = {"temperature": 0.0, "max_tokens": 120}
+
+
+async def test_greedy_quote_is_token_identical_and_takes_fewer_steps(engines) -> None:  # type: ignore[no-untyped-def]
+    plain, drafting = engines
+    for prompt in (QUOTE, REWRITE):
+        steps = (plain.stats().steps, drafting.stats().steps)
+        want = await answer(plain, "p", prompt, **GREEDY)
+        outs = await outputs(drafting, "d", prompt, **GREEDY)
+        got = (
+            tuple(t for o in outs for t in o.token_ids),
+            "".join(o.text for o in outs),
+            outs[-1].finish_reason,
+            outs[-1].usage.completion_tokens,
+        )
+        assert got == want
+        usage = outs[-1].usage
+        assert usage.draft_accepted >= usage.completion_tokens // 3, usage
+        taken = (plain.stats().steps - steps[0], drafting.stats().steps - steps[1])
+        assert taken[1] < taken[0] * 0.75, taken
+
+
+@pytest.mark.parametrize(
+    "sampling",
+    [
+        {"temperature": 0.8, "seed": 7, "max_tokens": 100},  # numpy sampler, seeded draws
+        {"temperature": 0.7, "top_p": 0.9, "seed": 3, "max_tokens": 100},
+        # llama.cpp's chain: penalties keep the tokens they saw, in order
+        {"temperature": 0.0, "repetition_penalty": 1.1, "max_tokens": 100},
+        {"temperature": 0.9, "frequency_penalty": 0.3, "seed": 11, "max_tokens": 100},
+    ],
+)
+async def test_seeded_and_penalized_sampling_is_identical(engines, sampling) -> None:  # type: ignore[no-untyped-def]
+    plain, drafting = engines
+    before = drafting.stats().draft_tokens_total
+    assert await answer(drafting, "d", QUOTE, **sampling) == await answer(
+        plain, "p", QUOTE, **sampling
+    )
+    assert drafting.stats().draft_tokens_total > before
+
+
+async def test_structured_output_with_drafts_is_identical(engines) -> None:  # type: ignore[no-untyped-def]
+    plain, drafting = engines
+    prompt = chat(
+        'Give this as JSON with keys "name" and "city": My name is Ada Lovelace and I live '
+        "in London. Ada Lovelace, London."
+    )
+    sampling = {"temperature": 0.0, "max_tokens": 60, "json_mode": True}
+    want = await answer(plain, "p", prompt, **sampling)
+    assert await answer(drafting, "d", prompt, **sampling) == want
+
+
+@pytest.mark.parametrize(
+    "cut",
+    [{"max_tokens": 37}, {"max_tokens": 120, "stop": ("notebook",)}, {"stop": (" swell,",)}],
+)
+async def test_a_cut_inside_accepted_drafts_is_exact(engines, cut) -> None:  # type: ignore[no-untyped-def]
+    plain, drafting = engines
+    sampling = {**GREEDY, **cut}
+    want = await answer(plain, "p", QUOTE, **sampling)
+    outs = await outputs(drafting, "d", QUOTE, **sampling)
+    tokens = tuple(t for o in outs for t in o.token_ids)
+    got = (tokens, "".join(o.text for o in outs), outs[-1].finish_reason)
+    assert got == want[:3]
+    assert outs[-1].usage.completion_tokens == want[3] == len(tokens)
+    assert len(tokens) <= int(sampling["max_tokens"])  # type: ignore[call-overload]
+    assert outs[-1].usage.draft_accepted > 0
+
+
+async def test_concurrent_requests_mixed_with_undrafted_ones(engines) -> None:  # type: ignore[no-untyped-def]
+    """Quoting and rewriting sequences (long drafts) decode in the same steps as free
+    writing (few drafts) and a request for log probabilities (none); every answer is the
+    one the same requests get together without drafts."""
+    plain, drafting = engines
+    cases: list[tuple[str, dict[str, object]]] = [
+        (QUOTE, GREEDY),
+        (REWRITE, GREEDY),
+        (STORY, GREEDY),
+        (QUOTE, {"temperature": 0.8, "seed": 5, "max_tokens": 80}),
+        (STORY, {**GREEDY, "logprobs": 2, "max_tokens": 40}),
+        (QUOTE, {**GREEDY, "max_tokens": 50, "stop": ("swell",)}),
+    ]
+
+    async def together(engine: AsyncEngine) -> list[list[GenerationOutput]]:
+        return await asyncio.gather(
+            *(outputs(engine, f"c{i}", p, **s) for i, (p, s) in enumerate(cases))
+        )
+
+    want = await together(plain)
+    before = drafting.stats()
+    got = await together(drafting)
+    for g, w in zip(got, want, strict=True):
+        assert [t for o in g for t in o.token_ids] == [t for o in w for t in o.token_ids]
+        assert "".join(o.text for o in g) == "".join(o.text for o in w)
+        assert g[-1].finish_reason == w[-1].finish_reason
+        assert g[-1].usage.completion_tokens == w[-1].usage.completion_tokens
+    assert [o.logprobs for o in got[4]] == [o.logprobs for o in want[4]]
+    assert got[4][-1].usage.draft_tokens == 0  # log probabilities: never drafted
+    after = drafting.stats()
+    assert after.draft_accepted_total - before.draft_accepted_total > 50
+    assert after.kv_cells_used <= after.kv_cells_total
+
+
+async def test_timings_and_metrics_show_the_acceptance(model_path: Path) -> None:
+    """Configured per model: the OpenAI timings carry the request's drafts, /metrics the
+    model's counters."""
+    spec = bundled_spec(model_path, speculative="ngram", speculative_max_draft=6)
+    registry = ModelRegistry([spec], llamacpp_factory())
+    async with AppHandle(Settings(), registry) as app:
+        body = {
+            "model": spec.name,
+            "messages": [{"role": "user", "content": f"Repeat this text exactly:\n\n{TEXT}"}],
+            "temperature": 0,
+            "max_tokens": 80,
+        }
+        r = await app.client.post("/v1/chat/completions", json=body)
+        assert r.status_code == 200, r.text
+        timings = r.json()["timings"]
+        assert 0 < timings["draft_accepted"] <= timings["draft_tokens"]
+        metrics = (await app.client.get("/metrics")).text
+
+        def counter(name: str) -> float:
+            m = re.search(rf'^inferd_{name}_total{{model="{spec.name}"}} (\S+)$', metrics, re.M)
+            assert m, name
+            return float(m.group(1))
+
+        assert counter("engine_draft_tokens") >= timings["draft_tokens"]
+        assert counter("engine_draft_accepted_tokens") >= timings["draft_accepted"] > 0
