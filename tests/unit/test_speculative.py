@@ -6,9 +6,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
+from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
+from inferd.config import ModelConfig, Settings
 from inferd.engine.backends.fake import FakeBackend
 from inferd.engine.client import AsyncEngine
 from inferd.engine.detokenizer import Detokenizer
@@ -16,7 +19,10 @@ from inferd.engine.scheduler import Scheduler, StepPlan
 from inferd.engine.sequence import Chunk, Sequence
 from inferd.engine.speculative import MAX_PAUSE, NgramDrafter
 from inferd.engine.types import GenerateRequest, GenerationOutput, SamplingParams
-from tests.conftest import wait_for
+from inferd.models.engines import BackendEngineFactory
+from inferd.models.registry import ModelRegistry
+from inferd.models.spec import ModelSpec
+from tests.conftest import AppHandle, wait_for
 
 REPLY = "the quick brown fox jumps over the lazy dog, then naps in the sun"
 
@@ -271,3 +277,35 @@ async def test_a_step_without_room_for_its_drafts_runs_without_them(engines) -> 
     assert summary(outs) == summary(await generate(plain, QUOTE, max_tokens=60))
     stats = spec.stats()
     assert stats.preemptions == 0 and stats.draft_tokens_total == 0
+
+
+def test_ngram_sizes_are_checked() -> None:
+    with pytest.raises(ValidationError, match="speculative_ngram_min"):
+        ModelConfig(path=Path("m.gguf"), speculative_ngram_min=5, speculative_ngram_max=3)
+    with pytest.raises(ValidationError):
+        ModelConfig(path=Path("m.gguf"), speculative="lookahead")  # type: ignore[arg-type]
+
+
+async def test_configured_per_model_and_shown_in_timings_and_metrics() -> None:
+    spec = ModelSpec(
+        "fake", Path("fake.gguf"), ModelConfig(path=Path("fake.gguf"), speculative="ngram"), ()
+    )
+    factory = BackendEngineFactory(lambda _spec: FakeBackend(reply=REPLY))
+    async with AppHandle(Settings(), ModelRegistry([spec], factory)) as app:
+        body = {
+            "model": "fake",
+            "messages": [{"role": "user", "content": f"Repeat: {REPLY}"}],
+            "max_tokens": 100,
+        }
+        r = await app.client.post("/v1/chat/completions", json=body)
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["message"]["content"] == REPLY
+        timings = r.json()["timings"]
+        assert 0 < timings["draft_accepted"] <= timings["draft_tokens"]
+        metrics = (await app.client.get("/metrics")).text
+        counter = 'inferd_engine_draft_accepted_tokens_total{model="fake"}'
+        assert f"{counter} {timings['draft_accepted']}.0" in metrics
+    plain = ModelSpec("fake", Path("fake.gguf"), ModelConfig(path=Path("fake.gguf")), ())
+    async with AppHandle(Settings(), ModelRegistry([plain], factory)) as app:
+        r = await app.client.post("/v1/chat/completions", json=body)
+        assert r.json()["timings"].get("draft_tokens") is None
