@@ -137,7 +137,7 @@ class ModelConfig(BaseModel):
         "the engine step; the output is unchanged (llama.cpp only)",
     )
     speculative_max_draft: int = Field(
-        8, ge=1, le=64, description="Speculative decoding: most draft tokens per step"
+        8, ge=2, le=64, description="Speculative decoding: most draft tokens per step"
     )
     speculative_ngram_min: int = Field(
         2, ge=1, le=16, description="Speculative decoding: shortest n-gram looked up"

@@ -17,7 +17,7 @@ from inferd.engine.client import AsyncEngine
 from inferd.engine.detokenizer import Detokenizer
 from inferd.engine.scheduler import Scheduler, StepPlan
 from inferd.engine.sequence import Chunk, Sequence
-from inferd.engine.speculative import MAX_PAUSE, NgramDrafter
+from inferd.engine.speculative import MAX_PAUSE, MIN_DRAFT, NgramDrafter
 from inferd.engine.types import GenerateRequest, GenerationOutput, SamplingParams
 from inferd.models.engines import BackendEngineFactory
 from inferd.models.registry import ModelRegistry
@@ -55,6 +55,8 @@ def test_draft_follows_the_latest_occurrence_of_the_longest_ngram() -> None:
     # no (0, 8, 9) before: the latest (8, 9), at 11
     assert drafter.propose(seq_of([*tokens[:-3], 8, 9], drafter), 10) == (5, 0, 8, 9)
     assert drafter.propose(seq_of([1, 2, 3, 4, 5], drafter), 10) == ()  # nothing repeats
+    assert drafter.propose(seq_of(tokens, drafter), 1) == ()  # less than MIN_DRAFT
+    assert drafter.propose(seq_of([4, 3, 3, 3], drafter), 10) == ()  # one token follows (3, 3)
 
 
 def test_the_index_grows_with_the_sequence_as_if_built_at_once() -> None:
@@ -85,13 +87,15 @@ def test_drafts_shrink_after_a_miss_and_pause_longer_after_each_failure() -> Non
     assert state.length == 8
     pauses = []
     for _ in range(9):
-        state.record(1, 0)
+        state.record(2, 0)
         pauses.append(state.pause)
     assert pauses == [1, 2, 4, 8, 16, 32, 64, MAX_PAUSE, MAX_PAUSE]
-    assert state.length == 1
-    state.record(1, 1)
-    assert state.failures == 0 and state.length == 2
-    assert (state.proposed, state.accepted) == (8 + 4 + 9 + 1, 3 + 4 + 1)
+    assert state.length == MIN_DRAFT
+    state.record(2, 2)
+    assert state.failures == 0 and state.length == 4
+    state.record(4, 1)
+    assert state.length == MIN_DRAFT  # never a one-token draft
+    assert (state.proposed, state.accepted) == (8 + 4 + 9 * 2 + 2 + 4, 3 + 4 + 2 + 1)
 
 
 # ---- the scheduler and the backend ----------------------------------------------------------
@@ -251,7 +255,7 @@ async def test_drafting_pauses_when_drafts_keep_failing(engines) -> None:  # typ
     usage = outs[-1].usage
     assert usage.draft_accepted == 0
     # 55 lookups of "q" found a match; the pauses (1, 2, 4, ...) let only a few draft
-    assert 0 < usage.draft_tokens <= 8 + 7
+    assert 0 < usage.draft_tokens <= 8 + 7 * MIN_DRAFT
 
 
 async def test_a_backend_that_cannot_verify_drafts_gets_none(engines) -> None:  # type: ignore[no-untyped-def]

@@ -7,14 +7,19 @@ draft after the sequence's last sampled token in the same step as everything els
 (`Chunk.draft`); the backend computes logits at every position and samples them in order
 with the sequence's own sampler, keeping drafts while they equal what it samples and
 stopping at the first difference (that sample is the next token) or after the last draft
-(one token more). Nothing is sampled past a difference, so the output, a seeded one
-included, is the one decoding token by token gives; rejected drafts' KV is removed when the
-step is committed (`KVPool.commit`).
+(one token more). Nothing is sampled past a difference, so sampling (a seeded one, penalties,
+grammars) goes exactly as decoding token by token, on the logits the step computed (which on
+llama.cpp's CPU kernels differ from a one-token step's by float noise: docs/architecture.md);
+rejected drafts' KV is removed when the step is committed (`KVPool.commit`).
 
 A draft costs compute (on a CPU a step costs about its token count), so a sequence drafts
 only when an n-gram matches, drafts fewer tokens after a partial acceptance, and after a
 draft of which nothing was accepted pauses for a number of steps that doubles with every
-such failure (free writing soon stops drafting).
+such failure (free writing soon stops drafting). A draft is at least MIN_DRAFT tokens: with
+llama.cpp's split KV cache a step is cut into micro-batches of equal tokens per sequence, so a
+drafted sequence's tokens beyond the others' one run in a micro-batch of their own (a pass over
+the weights), which one draft token does not repay; and a micro-batch of one token is computed
+by llama.cpp's one-token kernels, whose logits differ from a larger batch's.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from inferd.engine.sequence import Sequence
 
+MIN_DRAFT = 2
 # Steps a sequence skips drafting after its nth draft in a row with nothing accepted: 1, 2,
 # 4, ... up to this (a run of quoting later in the answer still gets drafts again).
 MAX_PAUSE = 64
@@ -52,10 +58,10 @@ class DraftState:
             self.length = min(self.max_draft, 2 * self.length)
             self.failures = 0
         elif accepted:
-            self.length = accepted + 1
+            self.length = max(MIN_DRAFT, accepted + 1)
             self.failures = 0
         else:
-            self.length = 1
+            self.length = MIN_DRAFT
             self.pause = min(MAX_PAUSE, 1 << self.failures)
             self.failures += 1
 
@@ -71,8 +77,8 @@ class NgramDrafter:
     sizes: tuple[int, ...] = field(init=False)
 
     def __post_init__(self) -> None:
-        if not 1 <= self.ngram_min <= self.ngram_max or self.max_draft < 1:
-            raise ValueError("need 1 <= ngram_min <= ngram_max and max_draft >= 1")
+        if not 1 <= self.ngram_min <= self.ngram_max or self.max_draft < MIN_DRAFT:
+            raise ValueError(f"need 1 <= ngram_min <= ngram_max and max_draft >= {MIN_DRAFT}")
         object.__setattr__(self, "sizes", tuple(range(self.ngram_max, self.ngram_min - 1, -1)))
 
     def start(self) -> DraftState:
@@ -81,7 +87,7 @@ class NgramDrafter:
     def propose(self, seq: Sequence, limit: int) -> tuple[int, ...]:
         """A draft of at most `limit` tokens to follow `seq.tokens` (empty: none)."""
         state = seq.drafting
-        if state is None or limit <= 0:
+        if state is None or limit < MIN_DRAFT:
             return ()
         if state.pause:
             state.pause -= 1
@@ -93,7 +99,7 @@ class NgramDrafter:
             if n_tokens <= n:
                 continue
             after = state.index[n].get(tuple(tokens[-n:]))
-            if after is not None:
+            if after is not None and after + MIN_DRAFT <= n_tokens:
                 return tuple(tokens[after : after + min(limit, state.length)])
         return ()
 
