@@ -394,7 +394,12 @@ def test_drafts_are_verified_in_order_and_the_rejected_ones_leave_no_kv(
     seq.n_computed = chunk.end + chunk.accepted
     backend.pool.commit([chunk])
     seq.tokens += [*chunk.draft, token]
-    while len(seq.tokens) < len(ref.tokens):
+    assert seq.tokens == ref.tokens[: len(seq.tokens)]
+    # the answer goes on from there: each next token at the next position (llama.cpp
+    # refuses a position its cache already holds). Not compared with the reference beyond:
+    # a drafted step's logits differ from a one-token step's by float noise on llama.cpp's
+    # CPU kernels, which a near-tie later on may show
+    for _ in range(4):
         step(backend, [Chunk(seq, seq.n_computed, seq.n_computed + 1)])
-    assert seq.tokens == ref.tokens
+        assert backend.pool.used == seq.n_computed == len(seq.tokens) - 1
     finish(backend, seq)
