@@ -19,6 +19,7 @@ from inferd.engine.backends.base import ModelInfo, SequenceFailed
 from inferd.engine.backends.logprobs import prompt_positions, token_logprobs
 from inferd.engine.backends.torch.blocks import BlockPool
 from inferd.engine.backends.torch.cache import PagedKV, layout
+from inferd.engine.backends.torch.constraint import Grammars
 from inferd.engine.backends.torch.options import (
     BLOCK_SIZE,
     KvShape,
@@ -74,6 +75,16 @@ def _load(
     return model, tokenizer
 
 
+def _grammars(tokenizer: Any, n_vocab: int, tokens: Tokens, source: str) -> Grammars | None:
+    """The model's grammar machinery; None (structured output refused) when llguidance
+    cannot take its tokenizer (only fast, `tokenizers`-backed ones)."""
+    try:
+        return Grammars(tokenizer, n_vocab, tokens.eog, tokens.piece)
+    except (ValueError, TypeError, RuntimeError) as exc:
+        log.warning("%s: no structured output for this model: %s", Path(source).name, exc)
+        return None
+
+
 class TorchBackend:
     """The step-level `Backend` over one transformers model: `execute` runs a step's chunks
     as one ragged batch (one forward, no padding) over the paged KV cache (`cache.PagedKV`),
@@ -115,20 +126,21 @@ class TorchBackend:
         eos = gen.eos_token_id if gen is not None else None
         eos_ids = [*(eos if isinstance(eos, list) else [eos]), tokenizer.eos_token_id]
         self._tokens = Tokens(tokenizer, [e for e in eos_ids if e is not None])
+        n_vocab = int(self._model.get_output_embeddings().weight.shape[0])
+        self._n_vocab = n_vocab
+        self._grammars = _grammars(tokenizer, n_vocab, self._tokens, source)
         self.pool = BlockPool(self._kv, blocks=positions // BLOCK_SIZE, slots=options.max_seqs)
         window = tc.get("sliding_window") if tc.get("use_sliding_window", True) else None
         self._window = int(window) if window else None
         self._cache_arg = self._cache_keyword()
         self._embed_lock = threading.Lock()
-        n_vocab = int(self._model.get_output_embeddings().weight.shape[0])
-        self._n_vocab = n_vocab
         params = list(self._model.parameters())
         template = tokenizer.chat_template
         if isinstance(template, dict):
             template = template.get("default") or next(iter(template.values()), None)
         t = self._tokens
         self.info = ModelInfo(
-            grammars=False,  # no constrained decoding on torch logits yet
+            grammars=self._grammars is not None,
             n_vocab=n_vocab,
             n_ctx=n_ctx,
             max_seqs=options.max_seqs,
@@ -199,23 +211,25 @@ class TorchBackend:
     # ---- sampling -------------------------------------------------------------------------
 
     def check_sampling(self, params: SamplingParams) -> None:
-        if params.tagged is not None:
+        if not params.constrained:
+            return
+        if self._grammars is None:
             raise InvalidRequest(
-                "structured output (the grammar of tool calls) is not available for models "
-                'served by the transformers backend: use tool_choice "none"'
+                "structured output (a JSON format or schema, or the grammar of tool calls) "
+                "is not available for this model: its tokenizer is not a fast one"
             )
-        if params.constrained:
-            raise InvalidRequest(
-                "structured output (a JSON format or schema) is not available for models "
-                "served by the transformers backend"
-            )
+        self._grammars.check(params)
 
     def new_sampler(self, params: SamplingParams) -> TorchSampler:
-        self.check_sampling(params)
+        constraint = None
+        if params.constrained:
+            self.check_sampling(params)
+            assert self._grammars is not None
+            constraint = self._grammars.constraint(params)
         bias = list(params.logit_bias)
         if params.ignore_eos:
             bias += self._bias_eog
-        return TorchSampler(params, bias)
+        return TorchSampler(params, bias, constraint)
 
     def _sampler_for(self, seq: Sequence) -> TorchSampler:
         try:
@@ -227,6 +241,7 @@ class TorchBackend:
 
     def execute(self, chunks: list[Chunk]) -> list[int] | None:
         samplers: list[TorchSampler] = []
+        sampling: list[Sequence] = []
         rows: list[int] = []
         tokens: list[int] = []
         scored: list[tuple[Sequence, int]] = []  # (sequence, its sampling row) with logprobs
@@ -242,12 +257,14 @@ class TorchBackend:
                 if seq.request.sampling.logprobs is not None:
                     scored.append((seq, len(samplers)))
                 samplers.append(cast("TorchSampler", seq.sampler))
+                sampling.append(seq)
                 rows.append(len(tokens) - 1)
         if not self.pool.grow(chunks):
             return None
         extra = [base + p for _, base, wanted in prompts for p in wanted]
         logits = self.forward(chunks, tokens, rows + extra)
-        sampled = [s.sample(logits[i]) for i, s in enumerate(samplers)]
+        sample_rows = self._sample_rows(logits, sampling)
+        sampled = [s.sample(row) for s, row in zip(samplers, sample_rows, strict=True)]
         for seq, i in scored:  # the samplers read the rows, never write them
             k = seq.request.sampling.logprobs or 0
             seq.sampled_logprob = token_logprobs(logits[i : i + 1], [sampled[i]], k)[0]
@@ -259,6 +276,24 @@ class TorchBackend:
             seq.prompt_logprobs.extend(token_logprobs(logits[at : at + len(wanted)], targets, k))
             at += len(wanted)
         return sampled
+
+    def _sample_rows(self, logits: np.ndarray, sampling: list[Sequence]) -> list[np.ndarray]:
+        """The row each sequence samples from: its logits, masked by its grammar where it has
+        one that constrains this token (all such rows masked in one batch)."""
+        out = list(logits[: len(sampling)])
+        constrained = []
+        for i, seq in enumerate(sampling):
+            constraint = cast("TorchSampler", seq.sampler).constraint
+            if constraint is not None:
+                matcher = constraint.follow(seq.tokens[seq.n_prompt :])
+                if matcher is not None:
+                    constrained.append((i, matcher))
+        if constrained:
+            assert self._grammars is not None
+            masked = self._grammars.masked(logits, constrained)
+            for (i, _), row in zip(constrained, masked, strict=True):
+                out[i] = row
+        return out
 
     def forward(self, chunks: Seq[Chunk], tokens: list[int], rows: list[int]) -> np.ndarray:
         """One forward pass over the step's tokens: the float32 logits of `rows`."""
