@@ -75,6 +75,21 @@ def _load(
     return model, tokenizer
 
 
+def _set_threads(n: int | None, name: str) -> None:
+    """torch's intra-op threads are one pool for the whole process, shared by every
+    transformers model in it: a model's `n_threads` sets them for all of them (the last
+    model loaded with it decides), and the log says so when it changes them."""
+    if n and n != torch.get_num_threads():
+        log.info(
+            "%s: n_threads %d sets torch's threads for the whole process (from %d), "
+            "for every transformers model in it",
+            name,
+            n,
+            torch.get_num_threads(),
+        )
+        torch.set_num_threads(n)
+
+
 def _grammars(tokenizer: Any, n_vocab: int, tokens: Tokens, source: str) -> Grammars | None:
     """The model's grammar machinery; None (structured output refused) when llguidance
     cannot take its tokenizer (only fast, `tokenizers`-backed ones)."""
@@ -93,8 +108,7 @@ class TorchBackend:
     def __init__(self, folder: Path, options: TorchOptions) -> None:
         """`folder`: a checkpoint's folder (a local one, or a snapshot in the HF cache)."""
         source = str(folder)
-        if options.n_threads:
-            torch.set_num_threads(options.n_threads)
+        _set_threads(options.n_threads, folder.name)
         self._device = torch.device(options.device)
         if options.on_gpu and not cuda_available():
             raise BackendError(f"device {options.device} asked for, but torch sees no CUDA device")
