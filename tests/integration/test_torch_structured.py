@@ -191,7 +191,8 @@ async def test_a_schema_llguidance_cannot_compile_is_a_400(app: AppHandle, diale
         r = await app.client.post("/v1/chat/completions", json=body)
         assert r.status_code == 400, r.text
         error = r.json()["error"]
-        assert error["param"] == "response_format" and "uniqueItems" in error["message"]
+        assert error["param"] == "response_format.json_schema.schema"
+        assert "uniqueItems" in error["message"]
     else:
         body = {"model": HF, "stream": False, "format": UNENFORCEABLE, "prompt": "Numbers."}
         r = await app.client.post("/api/generate", json=body)
@@ -264,8 +265,23 @@ async def test_constrained_and_free_requests_share_steps(smollm2_dir: Path) -> N
 async def test_preempted_constrained_answers_continue_where_they_were(smollm2_dir: Path) -> None:
     """Constrained requests in a cache of 160 positions: some are preempted and recomputed,
     their matchers keep their state, and each answer is the one it gets alone."""
-    params = SamplingParams(max_tokens=48, temperature=0, json_schema=json.dumps(PERSON))
-    asks = [f"Describe a person named {n}, as JSON." for n in ("Ann", "Bo", "Cy", "Di", "Ed")]
+    schema = {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "maxLength": 20},
+            "hobbies": {
+                "type": "array",
+                "items": {"type": "string", "maxLength": 30},
+                "minItems": 3,
+                "maxItems": 3,
+            },
+        },
+        "required": ["name", "hobbies"],
+        "additionalProperties": False,
+    }
+    params = SamplingParams(max_tokens=48, temperature=0, json_schema=json.dumps(schema))
+    names = ("Ann", "Bo", "Cy", "Di", "Ed", "Flo", "Gus", "Hal")
+    asks = [f"Describe {n} and three of {n}'s hobbies, as JSON." for n in names]
     async with serving_torch(
         smollm2_dir, n_ctx=160, kv_cells=160, max_seqs=8, prefix_cache_mb=0
     ) as engine:
@@ -278,4 +294,4 @@ async def test_preempted_constrained_answers_continue_where_they_were(smollm2_di
     assert stats.preemptions > 0
     assert together == alone
     for text in together:
-        jsonschema.validate(json.loads(text), PERSON)
+        jsonschema.validate(json.loads(text), schema)
