@@ -184,6 +184,29 @@ async def test_required_and_named_calls_are_schema_valid(
         jsonschema.validate(arguments, SCHEMAS[call["function"]["name"]])
 
 
+async def test_the_other_formats_grammars_give_valid_calls(smollm2_dir: Path) -> None:
+    """Mistral's shape (a prefix, calls joined by a separator, a suffix) and Llama 3's
+    (`parameters`, "; "), forced by the tool_format setting: a named call is valid."""
+    specs = [spec(fmt, smollm2_dir, tool_format=fmt) for fmt in ("mistral", "llama3")]
+    async with AppHandle(Settings(), ModelRegistry(specs, engine_factory())) as h:
+        for fmt in ("mistral", "llama3"):
+            body = {
+                "model": fmt,
+                "messages": ASK_BOOKING,
+                "tools": TOOLS,
+                "tool_choice": {"type": "function", "function": {"name": "book_hotel"}},
+                "temperature": 0,
+                "max_tokens": 64,
+            }
+            r = await h.client.post("/v1/chat/completions", json=body)
+            assert r.status_code == 200, r.text
+            out = r.json()["choices"][0]
+            assert out["finish_reason"] == "tool_calls", (fmt, out)
+            (call,) = out["message"]["tool_calls"]
+            assert call["function"]["name"] == "book_hotel"
+            jsonschema.validate(json.loads(call["function"]["arguments"]), BOOKING)
+
+
 @pytest.mark.parametrize("dialect", ["openai", "ollama"])
 async def test_a_schema_llguidance_cannot_compile_is_a_400(app: AppHandle, dialect: str) -> None:
     if dialect == "openai":
