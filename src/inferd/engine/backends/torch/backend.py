@@ -277,7 +277,7 @@ class TorchBackend:
             return None
         extra = [base + p for _, base, wanted in prompts for p in wanted]
         logits = self.forward(chunks, tokens, rows + extra)
-        sample_rows = self._sample_rows(logits, sampling)
+        sample_rows = self._sample_rows(logits, samplers, sampling)
         sampled = [s.sample(row) for s, row in zip(samplers, sample_rows, strict=True)]
         for seq, i in scored:  # the samplers read the rows, never write them
             k = seq.request.sampling.logprobs or 0
@@ -291,13 +291,15 @@ class TorchBackend:
             at += len(wanted)
         return sampled
 
-    def _sample_rows(self, logits: np.ndarray, sampling: list[Sequence]) -> list[np.ndarray]:
-        """The row each sequence samples from: its logits, masked by its grammar where it has
-        one that constrains this token (all such rows masked in one batch)."""
+    def _sample_rows(
+        self, logits: np.ndarray, samplers: list[TorchSampler], sampling: list[Sequence]
+    ) -> list[np.ndarray]:
+        """The row each sampler draws from: its sequence's logits, masked by its grammar where
+        it has one that constrains this token (all such rows masked in one batch)."""
         out = list(logits[: len(sampling)])
         constrained = []
-        for i, seq in enumerate(sampling):
-            constraint = cast("TorchSampler", seq.sampler).constraint
+        for i, (sampler, seq) in enumerate(zip(samplers, sampling, strict=True)):
+            constraint = sampler.constraint
             if constraint is not None:
                 matcher = constraint.follow(seq.tokens[seq.n_prompt :])
                 if matcher is not None:
