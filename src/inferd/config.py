@@ -130,6 +130,21 @@ class ModelConfig(BaseModel):
         description="Host memory for finished requests' saved KV state, in MiB (least "
         "recently used dropped first)",
     )
+    speculative: Literal["off", "ngram"] = Field(
+        "off",
+        description="Speculative decoding: ngram drafts the tokens that followed the last "
+        "n-gram's earlier occurrence in the prompt or answer (prompt lookup), verified in "
+        "the engine step; the output is unchanged (llama.cpp only)",
+    )
+    speculative_max_draft: int = Field(
+        8, ge=2, le=64, description="Speculative decoding: most draft tokens per step"
+    )
+    speculative_ngram_min: int = Field(
+        2, ge=1, le=16, description="Speculative decoding: shortest n-gram looked up"
+    )
+    speculative_ngram_max: int = Field(
+        4, ge=1, le=16, description="Speculative decoding: longest n-gram looked up (tried first)"
+    )
     n_ctx_embed: int = Field(
         2048,
         ge=16,
@@ -186,6 +201,12 @@ class ModelConfig(BaseModel):
                 f"cache_type_v = {self.cache_type_v!r} needs flash attention: "
                 "flash_attn cannot be 'off'"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _check_ngrams(self) -> ModelConfig:
+        if self.speculative_ngram_min > self.speculative_ngram_max:
+            raise ValueError("speculative_ngram_min cannot be above speculative_ngram_max")
         return self
 
     @field_validator("kv_overrides", mode="before")

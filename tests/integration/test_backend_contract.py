@@ -351,3 +351,55 @@ def test_log_probabilities_only_for_the_sequences_that_ask(
         assert x.logprob == pytest.approx(y.logprob, abs=1e-3)
         assert len(x.top) == 1 and y.top == ()
     finish(backend, alone, again)
+
+
+def test_drafts_are_verified_in_order_and_the_rejected_ones_leave_no_kv(
+    backend: Backend, pool_empty: None
+) -> None:
+    """A decode chunk with a draft samples its positions in order while they match: the
+    accepted drafts keep their KV, the first mismatch's sample is the next token, and after
+    the pool's commit the rejected drafts' KV is gone (llama.cpp then takes the next token at
+    the next position, and the answer goes on as decoding one by one). A backend that cannot
+    verify drafts says so and is never given one."""
+    if not backend.info.drafts:
+        assert not isinstance(backend, FakeBackend | LlamaCppBackend)  # transformers
+        return
+    prompt = tokens_of(backend)
+    ref = make_seq("ref", prompt)
+    assert backend.pool.acquire(ref)
+    prefill(backend, ref)
+    for _ in range(16):
+        step(backend, [Chunk(ref, ref.n_computed, ref.n_computed + 1)])
+    answer = ref.tokens[len(prompt) :]  # 17 greedy tokens
+    finish(backend, ref)
+
+    seq = make_seq("drafted", prompt)
+    assert backend.pool.acquire(seq)
+    prefill(backend, seq)
+    start = seq.n_computed
+    wrong = next(t for t in range(3, 99) if t != answer[4])
+    # answer[1:4] right, then a wrong guess and more: 3 accepted, answer[4] sampled instead
+    chunk = Chunk(seq, start, start + 1, draft=(*answer[1:4], wrong, *answer[5:8]))
+    [token] = backend.execute([chunk])  # type: ignore[misc]
+    assert (chunk.accepted, token) == (3, answer[4])
+    seq.n_computed = chunk.end + chunk.accepted
+    backend.pool.commit([chunk])
+    seq.tokens += [*chunk.draft[:3], token]
+    assert backend.pool.used == seq.n_computed == len(seq.tokens) - 1 == start + 4
+    # all right: every draft accepted and one token more
+    n = seq.n_computed
+    chunk = Chunk(seq, n, n + 1, draft=tuple(answer[5:9]))
+    [token] = backend.execute([chunk])  # type: ignore[misc]
+    assert (chunk.accepted, token) == (4, answer[9])
+    seq.n_computed = chunk.end + chunk.accepted
+    backend.pool.commit([chunk])
+    seq.tokens += [*chunk.draft, token]
+    assert seq.tokens == ref.tokens[: len(seq.tokens)]
+    # the answer goes on from there: each next token at the next position (llama.cpp
+    # refuses a position its cache already holds). Not compared with the reference beyond:
+    # a drafted step's logits differ from a one-token step's by float noise on llama.cpp's
+    # CPU kernels, which a near-tie later on may show
+    for _ in range(4):
+        step(backend, [Chunk(seq, seq.n_computed, seq.n_computed + 1)])
+        assert backend.pool.used == seq.n_computed == len(seq.tokens) - 1
+    finish(backend, seq)

@@ -23,6 +23,8 @@ _MODEL_FIELDS = (
     "prefill_per_decode",
     "prefix_cache",
     "prefix_cache_mb",
+    "speculative",
+    "speculative_max_draft",
     "n_threads",
     "n_gpu_layers",
     "flash_attn",

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from inferd.engine.backends.base import Backend, ModelInfo
 from inferd.engine.core import DEFAULT_PREFIX_CACHE_BYTES, EngineCore
+from inferd.engine.speculative import NgramDrafter
 from inferd.engine.types import (
     EngineStats,
     FinishReason,
@@ -99,6 +100,7 @@ class AsyncEngine:
         on_finish: FinishHook | None = None,
         prefix_cache: bool = True,
         prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES,
+        drafter: NgramDrafter | None = None,
     ) -> None:
         self._backend = backend
         self._name = name
@@ -109,6 +111,7 @@ class AsyncEngine:
             name=name,
             prefix_cache=prefix_cache,
             prefix_cache_bytes=prefix_cache_bytes,
+            drafter=drafter,
         )
         self._inboxes: dict[str, _Inbox] = {}  # by request id; one per generate_many
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -14,6 +14,7 @@ from inferd.engine.backends.base import Backend, SequenceFailed
 from inferd.engine.detokenizer import Detokenizer
 from inferd.engine.scheduler import Scheduler
 from inferd.engine.sequence import Sequence
+from inferd.engine.speculative import NgramDrafter
 from inferd.engine.types import (
     STEP_SEQ_BUCKETS,
     EngineStats,
@@ -64,8 +65,13 @@ class EngineCore:
         name: str = "model",
         prefix_cache: bool = True,
         prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES,
+        drafter: NgramDrafter | None = None,
     ) -> None:
         info = backend.info
+        if drafter is not None and not info.drafts:
+            log.warning("model %s: this backend cannot verify drafts; speculation is off", name)
+            drafter = None
+        self._drafter = drafter
         self.backend = backend
         self.name = name
         self._sink = sink
@@ -77,6 +83,7 @@ class EngineCore:
             prefix_cache=prefix_cache,
             prefix_cache_bytes=prefix_cache_bytes,
             prefill_per_decode=info.prefill_per_decode,
+            drafter=drafter,
         )
         self._seqs: dict[str, Sequence] = {}
         self._thread = threading.Thread(target=self._run, name=f"inferd-core-{name}", daemon=True)
@@ -133,6 +140,8 @@ class EngineCore:
             reused_tokens_total=sched.reused_tokens,
             kv_moves=pool.moves,
             submitted=self._submitted,
+            draft_tokens_total=sched.draft_tokens,
+            draft_accepted_total=sched.draft_accepted,
         )
 
     # ---- the loop ------------------------------------------------------------------------
@@ -204,6 +213,8 @@ class EngineCore:
             tokens=list(prompt),
             n_prompt=len(prompt),
             prompt_logprobs=None if sp.prompt_logprobs is None else [None],
+            # drafts are verified without log probabilities
+            drafting=self._drafter.start() if self._drafter and sp.logprobs is None else None,
         )
         self._seqs[req.request_id] = seq
         self._sched.add(seq)
@@ -220,6 +231,10 @@ class EngineCore:
             return
         try:
             sampled = self.backend.execute(chunks)
+            if sampled is None and any(c.draft for c in chunks):  # no KV room: drafts go first
+                for c in chunks:
+                    c.draft = ()
+                sampled = self.backend.execute(chunks)
         except SequenceFailed as exc:  # nothing ran: fail that request, plan again
             log.error("request %s failed: %s", exc.seq.request_id, exc.message)
             self._emit([self._finish(exc.seq, FinishReason.ERROR, "", error=exc.message)])
@@ -237,8 +252,14 @@ class EngineCore:
         self._step_seqs[bisect.bisect_left(STEP_SEQ_BUCKETS, len(chunks))] += 1
         self._sched.commit(plan)
         self._prompt_tokens += sum(max(0, min(c.end, c.seq.n_prompt) - c.start) for c in chunks)
-        sampling = [c.seq for c in chunks if c.samples]
-        self._emit([self._accept(seq, token) for seq, token in zip(sampling, sampled, strict=True)])
+        outputs = []
+        for c, token in zip([c for c in chunks if c.samples], sampled, strict=True):
+            for t in (*c.draft[: c.accepted], token):  # one output per token, in order
+                out = self._accept(c.seq, t)
+                outputs.append(out)
+                if out.finished:  # a stop or max_tokens inside accepted drafts
+                    break
+        self._emit(outputs)
 
     def _emit(self, outputs: list[GenerationOutput]) -> None:
         """Send outputs, then let the KV pool finish the releases of the sequences that
@@ -309,6 +330,8 @@ class EngineCore:
         is sampled)."""
         if flush and reason is not FinishReason.ABORT:
             text += seq.detokenizer.flush()
+        # accepted drafts after a stop hold KV of tokens the answer does not have
+        seq.n_computed = min(seq.n_computed, len(seq.tokens))
         keep = keep or reason in (FinishReason.STOP, FinishReason.LENGTH)
         self._sched.finish(seq, keep_prefix=keep)
         self.backend.drop(seq)
@@ -333,6 +356,8 @@ class EngineCore:
             prompt_tokens=seq.n_prompt,
             completion_tokens=seq.n_generated,
             cached_tokens=seq.cached_tokens,
+            draft_tokens=seq.drafting.proposed if seq.drafting else 0,
+            draft_accepted=seq.drafting.accepted if seq.drafting else 0,
         )
 
     def _relieve_kv_pressure(self) -> None:

@@ -7,7 +7,9 @@ running sequence holds (shared through the KV pool) or a finished one left kept 
 from host memory). A finished sequence's prefix is kept and its place given back at once.
 When the KV cache cannot hold the next step, the newest running sequence is preempted: it
 drops its KV and goes back to the front of the queue, to be recomputed later (its sampler
-keeps its state, so the output continues unchanged).
+keeps its state, so the output continues unchanged). With speculative decoding, a decoding
+sequence may add draft tokens to its chunk (`engine.speculative`) with what is left of the
+step's token budget and KV room after the prompts: drafts never delay a prompt nor preempt.
 
 Where a sequence's KV lives, how much room is left and how the runtime wants a step laid
 out are the backend's `KVPool`'s (see `backends.base`); this module decides only order,
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field
 from inferd.engine.backends.base import KVPool
 from inferd.engine.prefix_cache import MIN_REUSE, PrefixStore, SavedPrefix, best_prefix
 from inferd.engine.sequence import Chunk, SeqState, Sequence
+from inferd.engine.speculative import NgramDrafter
 
 MIN_PREFILL_CHUNK = 8
 
@@ -34,12 +37,13 @@ class StepPlan:
 
     @property
     def n_tokens(self) -> int:
-        return sum(c.end - c.start for c in self.chunks)
+        return sum(c.end - c.start + len(c.draft) for c in self.chunks)
 
 
 class Scheduler:
     """Plans steps over a backend's KV pool. Core thread only. `prefix_cache` False: no
-    reuse of any kind (neither running prefixes nor kept ones)."""
+    reuse of any kind (neither running prefixes nor kept ones). `drafter`: decoding sequences
+    that have a `drafting` state draft tokens with it."""
 
     def __init__(
         self,
@@ -50,6 +54,7 @@ class Scheduler:
         prefix_cache: bool = True,
         prefix_cache_bytes: int = 0,
         prefill_per_decode: int = 0,
+        drafter: NgramDrafter | None = None,
     ) -> None:
         if max_batch_tokens < max_seqs:
             raise ValueError("the step token budget must be at least the number of slots")
@@ -69,6 +74,9 @@ class Scheduler:
         self.prefix_queries = 0
         self.prefix_hits = 0
         self.reused_tokens = 0
+        self.drafter = drafter
+        self.draft_tokens = 0  # draft tokens verified, in all
+        self.draft_accepted = 0  # of them, accepted
 
     # ---- queue changes -------------------------------------------------------------------
 
@@ -135,13 +143,22 @@ class Scheduler:
             plan.chunks.append(Chunk(s, s.n_computed, s.n_computed + n))
             budget -= n
             claimed += s.n_pending  # the whole rest of the prompt is spoken for
+        if self.drafter is not None:
+            spare = self.max_batch_tokens - plan.n_tokens
+            self._draft(plan.chunks[: len(decoding)], spare, claimed)
         pool.order(plan.chunks)
         return plan
 
     def commit(self, plan: StepPlan) -> None:
-        """The step ran: the fed tokens now have KV."""
+        """The step ran: the fed tokens, and the drafts the backend accepted, now have KV
+        (the pool removes the rejected drafts')."""
         for c in plan.chunks:
-            c.seq.n_computed = c.end
+            c.seq.n_computed = c.end + c.accepted
+            state = c.seq.drafting
+            if c.draft and state is not None:
+                state.record(len(c.draft), c.accepted)
+                self.draft_tokens += len(c.draft)
+                self.draft_accepted += c.accepted
         self.pool.commit(plan.chunks)
 
     def drop_cache(self) -> None:
@@ -156,6 +173,19 @@ class Scheduler:
         return None
 
     # ---- internals -----------------------------------------------------------------------
+
+    def _draft(self, decoding: list[Chunk], budget: int, claimed: int) -> None:
+        """Drafts for the decoding chunks, in running order, within `budget` tokens and the
+        pool's room beyond `claimed` positions; a draft never reaches past max_len."""
+        assert self.drafter is not None
+        room = self.pool.room(claimed)
+        for c in decoding:
+            limit = min(budget, room, c.seq.max_len - len(c.seq.tokens) - 1)
+            if limit <= 0:
+                continue
+            c.draft = self.drafter.propose(c.seq, limit)
+            budget -= len(c.draft)
+            room -= len(c.draft)
 
     def _admit(self, seq: Sequence, claimed: int) -> bool:
         """Give `seq` a place and any reusable prefix, if its prompt fits: a kept prefix

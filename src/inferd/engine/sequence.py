@@ -13,6 +13,7 @@ from inferd.engine.types import FinishReason, GenerateRequest, TokenLogprob
 
 if TYPE_CHECKING:
     from inferd.engine.backends.base import Sampler
+    from inferd.engine.speculative import DraftState
 
 
 class SeqState(enum.Enum):
@@ -40,6 +41,9 @@ class Sequence:
     the one of the token it has just sampled in `sampled_logprob`, and appends the prompt's
     to `prompt_logprobs` as it computes them (which starts as [None]: the first token has
     none); the core takes both into the sequence's outputs.
+
+    `drafting`: the prompt-lookup state of a sequence that may draft tokens (speculative
+    decoding, `engine.speculative`), else None.
     """
 
     request: GenerateRequest
@@ -64,6 +68,7 @@ class Sequence:
     run_starts: array[int] = field(default_factory=lambda: array("i"))
     sampled_logprob: TokenLogprob | None = None
     prompt_logprobs: list[TokenLogprob | None] | None = None
+    drafting: DraftState | None = None
 
     @property
     def request_id(self) -> str:
@@ -90,11 +95,19 @@ class Sequence:
 
 @dataclass(slots=True)
 class Chunk:
-    """The tokens `seq.tokens[start:end]` fed to a sequence in one step."""
+    """The tokens `seq.tokens[start:end]` fed to a sequence in one step.
+
+    A decoding sequence may carry a `draft` (speculative decoding): tokens guessed to follow
+    its last one, fed after it at the next positions. The backend samples the chunk's
+    positions in order and sets `accepted` to how many drafts equal what it sampled; the
+    token it returns is the one sampled after them.
+    """
 
     seq: Sequence
     start: int
     end: int
+    draft: tuple[int, ...] = ()
+    accepted: int = 0
 
     @property
     def samples(self) -> bool:

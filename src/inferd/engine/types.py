@@ -67,6 +67,9 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    # speculative decoding: draft tokens verified, and of them accepted
+    draft_tokens: int = 0
+    draft_accepted: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -137,3 +140,5 @@ class EngineStats:
     reused_tokens_total: int = 0
     kv_moves: int = 0  # sequences the KV pool moved to keep its layout (llama.cpp split KV)
     submitted: int = 0  # requests handed to the core so far
+    draft_tokens_total: int = 0  # speculative decoding: draft tokens verified
+    draft_accepted_total: int = 0  # of them, accepted

@@ -17,6 +17,7 @@ from typing import Protocol
 
 from inferd.engine.backends.base import Backend
 from inferd.engine.client import AsyncEngine, FinishHook
+from inferd.engine.speculative import NgramDrafter
 from inferd.errors import ConfigError, InferdError
 from inferd.models.chat_template import CHATML, ChatTemplate
 from inferd.models.checkpoint import CONFIG, SUPPORTED_ARCHITECTURES, find
@@ -149,6 +150,13 @@ class BackendEngineFactory:
             on_finish=on_finish,
             prefix_cache=cfg.prefix_cache,
             prefix_cache_bytes=cfg.prefix_cache_mb << 20,
+            drafter=(
+                NgramDrafter(
+                    cfg.speculative_max_draft, cfg.speculative_ngram_min, cfg.speculative_ngram_max
+                )
+                if cfg.speculative == "ngram"
+                else None
+            ),
         )
         engine.start()
         facts = engine.facts()

@@ -110,6 +110,12 @@ class EngineCollector(Collector):
         gen_tokens = counter("engine_generation_tokens", "Tokens generated")
         steps = counter("engine_steps", "Engine steps (one batch decode each)")
         step_tokens = counter("engine_step_tokens", "Tokens fed to the model in engine steps")
+        draft_tokens = counter(
+            "engine_draft_tokens", "Speculative decoding: draft tokens verified in steps"
+        )
+        draft_accepted = counter(
+            "engine_draft_accepted_tokens", "Speculative decoding: draft tokens accepted"
+        )
         step_seqs = HistogramMetricFamily(
             "inferd_engine_step_sequences",
             "Sequences per engine step (the batch size)",
@@ -144,6 +150,8 @@ class EngineCollector(Collector):
             gen_tokens.add_metric(name, st.generated_tokens_total)
             steps.add_metric(name, st.steps)
             step_tokens.add_metric(name, st.step_tokens_total)
+            draft_tokens.add_metric(name, st.draft_tokens_total)
+            draft_accepted.add_metric(name, st.draft_accepted_total)
             if st.step_seqs_counts:
                 bounds = [*map(str, STEP_SEQ_BUCKETS), "+Inf"]
                 cumulative = list(itertools.accumulate(st.step_seqs_counts))
@@ -154,7 +162,8 @@ class EngineCollector(Collector):
         yield from (
             loaded, ready, load_seconds, failures, running, waiting, kv_usage, kv_total,
             cached, cached_bytes, prefix_queries, prefix_hits, reused, preemptions, moves,
-            prompt_tokens, gen_tokens, steps, step_tokens, step_seqs,
+            prompt_tokens, gen_tokens, steps, step_tokens, draft_tokens, draft_accepted,
+            step_seqs,
         )  # fmt: skip
 
     def describe(self) -> Iterator[Metric]:

@@ -327,11 +327,13 @@ def usage_info(usage: Usage) -> s.UsageInfo:
 
 
 def timings(results: list[ChoiceResult]) -> s.Timings:
-    """The request's queue wait (longest of its choices), first token (earliest) and decode
-    speed (tokens after each choice's first, over the longest decode)."""
+    """The request's queue wait (longest of its choices), first token (earliest), decode
+    speed (tokens after each choice's first, over the longest decode) and, when drafts were
+    verified (speculative decoding), their tokens and the accepted ones (all choices)."""
     queues = [r.queue_time for r in results if r.queue_time is not None]
     firsts = [r.time_to_first_token for r in results if r.time_to_first_token is not None]
     decode_tokens = sum(max(r.usage.completion_tokens - 1, 0) for r in results)
+    drafted = sum(r.usage.draft_tokens for r in results)
     decode_time = max(
         (
             r.seconds - r.time_to_first_token
@@ -346,6 +348,8 @@ def timings(results: list[ChoiceResult]) -> s.Timings:
         decode_tokens_per_s=round(decode_tokens / decode_time, 3)
         if decode_tokens and decode_time > 0
         else None,
+        draft_tokens=drafted or None,
+        draft_accepted=sum(r.usage.draft_accepted for r in results) if drafted else None,
     )
 
 

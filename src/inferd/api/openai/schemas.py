@@ -191,6 +191,9 @@ class Timings(BaseModel):
     queue_s: float | None = None
     time_to_first_token_s: float | None = None
     decode_tokens_per_s: float | None = None
+    # speculative decoding (a model with `speculative` on): draft tokens verified, accepted
+    draft_tokens: int | None = None
+    draft_accepted: int | None = None
 
 
 class ToolCallFunction(BaseModel):

@@ -56,6 +56,8 @@ class ModelInfo:
     fim_mid: int = -1
     # whether the runtime constrains sampling with grammars (JSON output, tool calls)
     grammars: bool = True
+    # whether `execute` verifies draft tokens (`Chunk.draft`, speculative decoding)
+    drafts: bool = False
 
     @property
     def embed_limit(self) -> int:
@@ -141,7 +143,9 @@ class KVPool(Protocol):
         ...
 
     def commit(self, chunks: Seq[Chunk]) -> None:
-        """The step ran: each chunk's tokens now hold KV (`n_computed` already moved)."""
+        """The step ran: each chunk's tokens, and its accepted drafts, now hold KV
+        (`n_computed` already moved past them); the KV of rejected drafts (positions from
+        `n_computed` on) is removed here."""
         ...
 
 
@@ -184,6 +188,16 @@ class Backend(Protocol):
         positions, into the place the pool gave `seq`); for each chunk that `samples`, in
         order, sample the next token with the sequence's sampler (made from its
         SamplingParams on first use) and return it.
+
+        A chunk with a `draft` (only where `info.drafts`) feeds its token and then the
+        draft tokens at the next positions; its positions are sampled in order, each with
+        the sequence's sampler as if decoded one by one, while the sampled token equals the
+        draft token at that position: `chunk.accepted` is set to how many did, and the token
+        returned is the one sampled after them (at the first difference, or after the last
+        draft). No position after a difference is sampled, so sampler state (random draws,
+        penalties, grammars) is exactly as without drafts. The rejected drafts' KV stays
+        until `KVPool.commit` removes it. Sequences with a draft never ask for log
+        probabilities.
 
         Log probabilities (`backends.logprobs`), only for the sequences that ask: with
         `sampling.logprobs` set, the sampled token's in `seq.sampled_logprob`; with

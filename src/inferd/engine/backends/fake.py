@@ -94,6 +94,8 @@ class FakeBackend:
     samplers_closed: int = 0
     restore_fails: bool = False  # make every restore_seq fail (no contiguous room)
     copy_fails: bool = False  # make every copy_prefix fail (as a split copy may)
+    # a step with drafts finds no KV room (as a fragmented unified llama.cpp cache may)
+    no_room_for_drafts: bool = False
     restores: int = 0
     moves: list[tuple[int, int]] = field(default_factory=list)  # (src, dst) of move_seq
     seq_id_batches: list[list[int]] = field(default_factory=list)  # each decode's seq ids
@@ -122,6 +124,7 @@ class FakeBackend:
             fim_pre=self.fim[0] if self.fim else -1,
             fim_suf=self.fim[1] if self.fim else -1,
             fim_mid=self.fim[2] if self.fim else -1,
+            drafts=True,
         )
 
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
@@ -159,12 +162,13 @@ class FakeBackend:
         positions: list[int] = []
         seq_ids: list[int] = []
         samplers: list[FakeSampler] = []
-        sampling: list[Sequence] = []
+        sampling: list[Chunk] = []
         for c in chunks:
             seq = c.seq
             tokens += seq.tokens[c.start : c.end]
-            positions += range(c.start, c.end)
-            seq_ids += [seq.slot] * (c.end - c.start)
+            tokens += c.draft
+            positions += range(c.start, c.end + len(c.draft))
+            seq_ids += [seq.slot] * (c.end + len(c.draft) - c.start)
             if c.samples:
                 if seq.sampler is None:
                     try:
@@ -173,7 +177,9 @@ class FakeBackend:
                         raise SequenceFailed(seq, exc.message) from None
                 assert isinstance(seq.sampler, FakeSampler)
                 samplers.append(seq.sampler)
-                sampling.append(seq)
+                sampling.append(c)
+        if self.no_room_for_drafts and any(c.draft for c in chunks):
+            return None
         if not self.decode(tokens, positions, seq_ids):
             return None
         for c in chunks:
@@ -184,8 +190,9 @@ class FakeBackend:
                 scored.extend(
                     token_logprobs(rows, targets, c.seq.request.sampling.prompt_logprobs or 0)
                 )
-        sampled = [s.sample() for s in samplers]
-        for seq, token in zip(sampling, sampled, strict=True):
+        sampled = [_verify(s, c) for s, c in zip(samplers, sampling, strict=True)]
+        for c, token in zip(sampling, sampled, strict=True):
+            seq = c.seq
             top = seq.request.sampling.logprobs
             if top is not None:
                 row = fake_logits(seq.tokens[-1:])
@@ -304,3 +311,15 @@ class FakeBackend:
 
     def close(self) -> None:
         pass
+
+
+def _verify(sampler: FakeSampler, chunk: Chunk) -> int:
+    """Sample the chunk's positions in order while they equal its draft (as llama.cpp's)."""
+    draft = chunk.draft
+    token = sampler.sample()
+    i = 0
+    while i < len(draft) and token == draft[i]:
+        i += 1
+        token = sampler.sample()
+    chunk.accepted = i
+    return token

@@ -112,6 +112,7 @@ class LlamaCppBackend:
             fim_pre=int(llama_cpp.llama_vocab_fim_pre(self._vocab)),
             fim_suf=int(llama_cpp.llama_vocab_fim_suf(self._vocab)),
             fim_mid=int(llama_cpp.llama_vocab_fim_mid(self._vocab)),
+            drafts=True,
         )
 
     # ---- facts ----------------------------------------------------------------------------
@@ -189,20 +190,22 @@ class LlamaCppBackend:
 
     def execute(self, chunks: list[Chunk]) -> list[int] | None:
         """The chunks as one llama_batch (a sequence's slot is its llama.cpp sequence id),
-        logits only on the rows that sample (and the prompt rows of a sequence that wants
-        its prompt's log probabilities); then each sampling row is sampled."""
+        logits only on the rows that sample (a drafted chunk's last token and its drafts; the
+        prompt rows of a sequence that wants its prompt's log probabilities); then each
+        sampling chunk's rows are sampled in order (drafts: while they match)."""
         tokens: list[int] = []
         positions: list[int] = []
         seq_ids: list[int] = []
         logits: list[bool] = []
-        rows: list[tuple[LlamaCppSampler | NumpySampler, int]] = []
+        rows: list[tuple[LlamaCppSampler | NumpySampler, int, Chunk]] = []  # first row
         scored: list[tuple[Sequence, int]] = []  # (sequence, index in rows) with logprobs
         prompts: list[tuple[Sequence, int, range]] = []  # (sequence, row of position 0, ...)
         for c in chunks:
             seq = c.seq
-            start, end = c.start, c.end
+            start, end = c.start, c.end + len(c.draft)
             n = end - start
-            tokens += seq.tokens[start:end]
+            tokens += seq.tokens[start : c.end]
+            tokens += c.draft
             positions += range(start, end)
             seq_ids += [seq.slot] * n
             logits += [False] * n
@@ -213,16 +216,17 @@ class LlamaCppBackend:
                     logits[base + wanted.start : base + wanted.stop] = [True] * len(wanted)
                     prompts.append((seq, base, wanted))
             if c.samples:
-                logits[-1] = True
+                first = len(tokens) - 1 - len(c.draft)
+                logits[first:] = [True] * (1 + len(c.draft))
                 sampler = seq.sampler
                 if sampler is None:
                     sampler = seq.sampler = self._sampler_for(seq)
                 if seq.request.sampling.logprobs is not None:
                     scored.append((seq, len(rows)))
-                rows.append((cast("LlamaCppSampler | NumpySampler", sampler), len(tokens) - 1))
+                rows.append((cast("LlamaCppSampler | NumpySampler", sampler), first, c))
         if not self.decode(tokens, positions, seq_ids, logits):
             return None
-        sampled = [sampler.sample(row) for sampler, row in rows]
+        sampled = [_verify(sampler, row, c) for sampler, row, c in rows]
         for seq, base, wanted in prompts:
             self._score_prompt(seq, base, wanted)
         for seq, i in scored:  # samplers read the logits, never write them
@@ -366,3 +370,16 @@ class LlamaCppBackend:
             llama_cpp.llama_free(self._ctx)
             self._ctx = None
         self._model.close()
+
+
+def _verify(sampler: LlamaCppSampler | NumpySampler, row: int, chunk: Chunk) -> int:
+    """Sample `chunk`'s rows from `row` on in order while each sample equals the draft token
+    fed after it; set `chunk.accepted`; return the last sample (without a draft: the one)."""
+    draft = chunk.draft
+    token = sampler.sample(row)
+    i = 0
+    while i < len(draft) and token == draft[i]:
+        i += 1
+        token = sampler.sample(row + i)
+    chunk.accepted = i
+    return token

@@ -201,7 +201,11 @@ class CellPool:
             chunks.sort(key=lambda c: c.seq.slot)
 
     def commit(self, chunks: Seq[Chunk]) -> None:
-        """Unified: a step shared with others starts a new run of each sequence's cells."""
+        """Rejected draft tokens leave their cells (llama_memory_seq_rm from the first
+        one). Unified: a step shared with others starts a new run of each sequence's cells."""
+        for c in chunks:
+            if c.accepted < len(c.draft):
+                self._cache.trim_seq(c.seq.slot, c.seq.n_computed)
         if len(chunks) > 1 and not self.split:
             for c in chunks:
                 c.seq.run_starts.append(c.start)
