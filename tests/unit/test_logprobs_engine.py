@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from inferd.engine.backends.fake import FakeBackend, fake_logits
-from inferd.engine.backends.logprobs import token_logprobs
+from inferd.engine.backends.logprobs import FLOOR, token_logprobs
 from inferd.engine.client import AsyncEngine
 from inferd.engine.types import FinishReason, GenerateRequest, GenerationOutput, SamplingParams
 
@@ -32,6 +32,14 @@ def test_token_logprobs_is_the_log_softmax_with_the_top_k_in_order() -> None:
         assert [t for t, _ in lp.top] == best.tolist()
         assert [v for _, v in lp.top] == pytest.approx([reference(rows[i], t) for t in best])
     assert token_logprobs(rows, [1, 2, 3], 0)[0].top == ()
+
+
+def test_a_token_the_model_rules_out_scores_the_floor_not_minus_infinity() -> None:
+    row = np.array([[2.0, 1.0, -np.inf, -np.inf]], dtype=np.float32)
+    [lp] = token_logprobs(row, [2], 4)
+    assert lp.logprob == FLOOR
+    assert [v for _, v in lp.top][-2:] == [FLOOR, FLOOR]
+    assert all(np.isfinite(v) for _, v in lp.top)
 
 
 async def run(engine: AsyncEngine, rid: str, **sampling: object) -> list[GenerationOutput]:

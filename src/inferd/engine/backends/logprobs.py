@@ -5,7 +5,9 @@ A log probability is the log-softmax of the model's raw logits: before logit bia
 penalties, temperature, top-k/p and grammars, so it says what the model thinks of a token,
 not how likely the sampler was to pick it (the same definition as vLLM's default and
 llama.cpp's server `n_probs` before sampling). Computed only for the sequences whose
-SamplingParams ask for them (see `Backend.execute`).
+SamplingParams ask for them (see `Backend.execute`). A token the model rules out (a raw
+logit of -inf, e.g. a padded vocabulary's unused rows) scores FLOOR, as OpenAI and vLLM
+write it: JSON has no infinity.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import numpy as np
 from inferd.engine.sequence import Chunk
 from inferd.engine.types import TokenLogprob
 
+FLOOR = -9999.0
+
 
 def token_logprobs(rows: np.ndarray, tokens: Seq[int], k: int) -> list[TokenLogprob]:
     """For each row of logits (2-D: rows x vocabulary) the log probability of the token at
@@ -27,7 +31,7 @@ def token_logprobs(rows: np.ndarray, tokens: Seq[int], k: int) -> list[TokenLogp
         np.exp(x - top, dtype=np.float32).sum(axis=1, dtype=np.float64)
     )
     ids = np.asarray(tokens, dtype=np.intp)
-    chosen = x[np.arange(len(ids)), ids].astype(np.float64) - lse
+    chosen = np.maximum(x[np.arange(len(ids)), ids].astype(np.float64) - lse, FLOOR)
     best: np.ndarray | None = None
     if k > 0:
         k = min(k, x.shape[1])
@@ -38,7 +42,7 @@ def token_logprobs(rows: np.ndarray, tokens: Seq[int], k: int) -> list[TokenLogp
     for i, token in enumerate(ids.tolist()):
         alts: tuple[tuple[int, float], ...] = ()
         if best is not None:
-            alts = tuple((int(t), float(x[i, t] - lse[i])) for t in best[i])
+            alts = tuple((int(t), max(float(x[i, t] - lse[i]), FLOOR)) for t in best[i])
         out.append(TokenLogprob(token, float(chosen[i]), alts))
     return out
 
