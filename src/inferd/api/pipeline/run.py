@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from fastapi import Request
@@ -261,7 +261,7 @@ async def prepare(request: Request, gen: Generation, record: RequestRecord) -> R
         messages, exchange = await open_exchange(
             state.store, settings, session, gen.session.history, prompts[0].messages, record
         )
-        prompts = [ChatPrompt(messages)]
+        prompts = [replace(prompts[0], messages=messages)]
     model = await acquire_model(request, state.registry, gen.model)
     record.resolved(model.name)
     tools = None if gen.tools is None else tool_use(model, gen.tools, gen.output)
