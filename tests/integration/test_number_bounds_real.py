@@ -107,12 +107,12 @@ NUMBER_SCHEMAS = [
 
 
 def number_texts() -> Iterator[str]:
+    """JSON numbers from -4.2 to 4.2: with two decimals, as short as can be, with a
+    trailing zero, and with one more digit."""
     for k in range(-420, 421):
         value = Decimal(k) / 100
-        yield str(value)  # two decimals
-        yield str(value.normalize()) if value != 0 else "0"
-        yield f"{value}0"  # a trailing zero
-        yield f"{value}1"  # one more digit
+        two = format(value, ".2f")
+        yield from (two, format(value.normalize(), "f"), f"{two}0", f"{two}1")
     yield from ("0.005", "0.0049", "0.0051", "1.05", "1.0500", "1.049999", "12.75", "12.751")
 
 
