@@ -72,19 +72,18 @@ def _bounds(schema: dict[str, Any]) -> tuple[Bound, Bound]:
     minimum, maximum = schema.get("minimum"), schema.get("maximum")
     ex_min, ex_max = schema.get("exclusiveMinimum"), schema.get("exclusiveMaximum")
     for value, strict in ((minimum, ex_min is True), (ex_min, True)):
-        if _is_number(value):
-            low = _tighter(low, Bound(_decimal(value), strict), lower=True)
+        if (bound := _decimal(value)) is not None:
+            low = _tighter(low, Bound(bound, strict), lower=True)
     for value, strict in ((maximum, ex_max is True), (ex_max, True)):
-        if _is_number(value):
-            high = _tighter(high, Bound(_decimal(value), strict), lower=False)
+        if (bound := _decimal(value)) is not None:
+            high = _tighter(high, Bound(bound, strict), lower=False)
     return low, high
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _decimal(value: int | float) -> Decimal:
+def _decimal(value: Any) -> Decimal | None:
+    """A bound's exact value; None for what is no number (a draft-4 boolean)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError("a bound must be a finite number")
     return Decimal(value) if isinstance(value, int) else Decimal(repr(value))

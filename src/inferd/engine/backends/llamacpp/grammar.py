@@ -21,7 +21,7 @@ _LITERAL_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\
 _BEFORE_TYPE = frozenset({"$ref", "oneOf", "anyOf", "allOf", "const", "enum"})
 
 
-class _Converter(llama_grammar.SchemaConverter):  # type: ignore[misc]
+class _Converter(llama_grammar.SchemaConverter):
     """llama.cpp's converter, with integers and numbers kept within their bounds (a
     bounded type list, such as ["integer", "null"], keeps its bounds per type)."""
 
