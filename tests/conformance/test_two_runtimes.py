@@ -4,6 +4,7 @@ side (configured in a TOML file, as a user would)."""
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from collections.abc import Iterator
@@ -11,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jsonschema
 import ollama
 import openai
+import pydantic
 import pytest
 
 from inferd.models.spec import bundled_model_path
@@ -116,3 +119,44 @@ def test_ollama_chat_and_generate(oll: ollama.Client, model: str) -> None:
         )
     )
     assert parts[-1].done and "".join(p.response for p in parts)
+
+
+class Person(pydantic.BaseModel):
+    name: str = pydantic.Field(max_length=20)
+    age: int = pydantic.Field(ge=0, le=150)
+
+
+@pytest.mark.parametrize("model", [GGUF, HF])
+def test_openai_parse_gives_the_schema_on_either_runtime(oai: openai.OpenAI, model: str) -> None:
+    """The client's own `parse` helper (a pydantic model as the JSON schema): llama.cpp's
+    grammar sampler on the GGUF, llguidance on transformers."""
+    completion = oai.chat.completions.parse(
+        model=model,
+        messages=[{"role": "user", "content": "Describe Alice, who is 30 years old, as JSON."}],
+        response_format=Person,
+        temperature=0,
+        max_tokens=80,
+    )
+    assert isinstance(completion.choices[0].message.parsed, Person)
+
+
+def test_openai_required_tool_call_on_transformers(oai: openai.OpenAI) -> None:
+    weather = {
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 30}},
+        "required": ["city"],
+        "additionalProperties": False,
+    }
+    out = oai.chat.completions.create(
+        model=HF,
+        messages=[{"role": "user", "content": "What is the weather in Oslo?"}],
+        tools=[{"type": "function", "function": {"name": "get_weather", "parameters": weather}}],
+        tool_choice="required",
+        temperature=0,
+        max_tokens=48,
+    )
+    choice = out.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.tool_calls
+    for call in choice.message.tool_calls:
+        assert call.type == "function" and call.function.name == "get_weather"
+        jsonschema.validate(json.loads(call.function.arguments), weather)

@@ -4,6 +4,7 @@ input."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -180,6 +181,28 @@ async def test_the_constraint_follows_tool_choice() -> None:
         await h.client.post("/v1/chat/completions", json=chat(parallel_tool_calls=False))
         single = seen(h).tagged
         assert single is not None and not single.repeat
+
+
+async def test_a_runtime_without_grammars_parses_auto_and_refuses_required() -> None:
+    """A runtime that cannot constrain sampling (a transformers model whose tokenizer
+    llguidance cannot take): auto offers the tools and parses what the model writes, without
+    a grammar; required and a named function are a 400 naming tool_choice."""
+
+    def backend(_spec: ModelSpec) -> FakeBackend:
+        fake = FakeBackend(reply=CALL, n_ctx=4096, kv_cells=8192)
+        fake.info = dataclasses.replace(fake.info, grammars=False)
+        return fake
+
+    spec = ModelSpec("fake", Path("fake.gguf"), ModelConfig(path=Path("fake.gguf")))
+    registry = ModelRegistry([spec], BackendEngineFactory(backend))
+    async with AppHandle(Settings(), registry) as h:
+        r = await h.client.post("/v1/chat/completions", json=chat())
+        assert r.json()["choices"][0]["finish_reason"] == "tool_calls"
+        assert seen(h).tagged is None
+        for choice in ("required", {"type": "function", "function": {"name": "get_time"}}):
+            r = await h.client.post("/v1/chat/completions", json=chat(tool_choice=choice))
+            assert r.status_code == 400, r.text
+            assert r.json()["error"]["param"] == "tool_choice"
 
 
 async def test_legacy_functions_answer_with_function_call() -> None:

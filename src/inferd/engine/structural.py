@@ -28,3 +28,11 @@ class TaggedJson:
     suffix: str = ""
     repeat: bool = False  # one tag, or one or more
     trigger: str | None = None  # None: the whole output has this shape
+
+    def __post_init__(self) -> None:
+        if self.trigger is not None:
+            starts = [self.prefix] if self.prefix else [t.begin for t in self.tags]
+            if not self.trigger or not all(s.startswith(self.trigger) for s in starts):
+                raise ValueError(
+                    "a lazy shape's prefix (or each tag's begin) starts with its trigger"
+                )

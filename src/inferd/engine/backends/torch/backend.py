@@ -19,6 +19,7 @@ from inferd.engine.backends.base import ModelInfo, SequenceFailed
 from inferd.engine.backends.logprobs import prompt_positions, token_logprobs
 from inferd.engine.backends.torch.blocks import BlockPool
 from inferd.engine.backends.torch.cache import PagedKV, layout
+from inferd.engine.backends.torch.constraint import Grammars
 from inferd.engine.backends.torch.options import (
     BLOCK_SIZE,
     KvShape,
@@ -74,6 +75,31 @@ def _load(
     return model, tokenizer
 
 
+def _set_threads(n: int | None, name: str) -> None:
+    """torch's intra-op threads are one pool for the whole process, shared by every
+    transformers model in it: a model's `n_threads` sets them for all of them (the last
+    model loaded with it decides), and the log says so when it changes them."""
+    if n and n != torch.get_num_threads():
+        log.info(
+            "%s: n_threads %d sets torch's threads for the whole process (from %d), "
+            "for every transformers model in it",
+            name,
+            n,
+            torch.get_num_threads(),
+        )
+        torch.set_num_threads(n)
+
+
+def _grammars(tokenizer: Any, n_vocab: int, tokens: Tokens, source: str) -> Grammars | None:
+    """The model's grammar machinery; None (structured output refused) when llguidance
+    cannot take its tokenizer (only fast, `tokenizers`-backed ones)."""
+    try:
+        return Grammars(tokenizer, n_vocab, tokens.eog, tokens.piece)
+    except (ValueError, TypeError, RuntimeError) as exc:
+        log.warning("%s: no structured output for this model: %s", Path(source).name, exc)
+        return None
+
+
 class TorchBackend:
     """The step-level `Backend` over one transformers model: `execute` runs a step's chunks
     as one ragged batch (one forward, no padding) over the paged KV cache (`cache.PagedKV`),
@@ -82,8 +108,7 @@ class TorchBackend:
     def __init__(self, folder: Path, options: TorchOptions) -> None:
         """`folder`: a checkpoint's folder (a local one, or a snapshot in the HF cache)."""
         source = str(folder)
-        if options.n_threads:
-            torch.set_num_threads(options.n_threads)
+        _set_threads(options.n_threads, folder.name)
         self._device = torch.device(options.device)
         if options.on_gpu and not cuda_available():
             raise BackendError(f"device {options.device} asked for, but torch sees no CUDA device")
@@ -115,20 +140,21 @@ class TorchBackend:
         eos = gen.eos_token_id if gen is not None else None
         eos_ids = [*(eos if isinstance(eos, list) else [eos]), tokenizer.eos_token_id]
         self._tokens = Tokens(tokenizer, [e for e in eos_ids if e is not None])
+        n_vocab = int(self._model.get_output_embeddings().weight.shape[0])
+        self._n_vocab = n_vocab
+        self._grammars = _grammars(tokenizer, n_vocab, self._tokens, source)
         self.pool = BlockPool(self._kv, blocks=positions // BLOCK_SIZE, slots=options.max_seqs)
         window = tc.get("sliding_window") if tc.get("use_sliding_window", True) else None
         self._window = int(window) if window else None
         self._cache_arg = self._cache_keyword()
         self._embed_lock = threading.Lock()
-        n_vocab = int(self._model.get_output_embeddings().weight.shape[0])
-        self._n_vocab = n_vocab
         params = list(self._model.parameters())
         template = tokenizer.chat_template
         if isinstance(template, dict):
             template = template.get("default") or next(iter(template.values()), None)
         t = self._tokens
         self.info = ModelInfo(
-            grammars=False,  # no constrained decoding on torch logits yet
+            grammars=self._grammars is not None,
             n_vocab=n_vocab,
             n_ctx=n_ctx,
             max_seqs=options.max_seqs,
@@ -199,23 +225,25 @@ class TorchBackend:
     # ---- sampling -------------------------------------------------------------------------
 
     def check_sampling(self, params: SamplingParams) -> None:
-        if params.tagged is not None:
+        if not params.constrained:
+            return
+        if self._grammars is None:
             raise InvalidRequest(
-                "structured output (the grammar of tool calls) is not available for models "
-                'served by the transformers backend: use tool_choice "none"'
+                "structured output (a JSON format or schema, or the grammar of tool calls) "
+                "is not available for this model: its tokenizer is not a fast one"
             )
-        if params.constrained:
-            raise InvalidRequest(
-                "structured output (a JSON format or schema) is not available for models "
-                "served by the transformers backend"
-            )
+        self._grammars.check(params)
 
     def new_sampler(self, params: SamplingParams) -> TorchSampler:
-        self.check_sampling(params)
+        constraint = None
+        if params.constrained:
+            self.check_sampling(params)
+            assert self._grammars is not None
+            constraint = self._grammars.constraint(params)
         bias = list(params.logit_bias)
         if params.ignore_eos:
             bias += self._bias_eog
-        return TorchSampler(params, bias)
+        return TorchSampler(params, bias, constraint)
 
     def _sampler_for(self, seq: Sequence) -> TorchSampler:
         try:
@@ -227,6 +255,7 @@ class TorchBackend:
 
     def execute(self, chunks: list[Chunk]) -> list[int] | None:
         samplers: list[TorchSampler] = []
+        sampling: list[Sequence] = []
         rows: list[int] = []
         tokens: list[int] = []
         scored: list[tuple[Sequence, int]] = []  # (sequence, its sampling row) with logprobs
@@ -242,12 +271,14 @@ class TorchBackend:
                 if seq.request.sampling.logprobs is not None:
                     scored.append((seq, len(samplers)))
                 samplers.append(cast("TorchSampler", seq.sampler))
+                sampling.append(seq)
                 rows.append(len(tokens) - 1)
         if not self.pool.grow(chunks):
             return None
         extra = [base + p for _, base, wanted in prompts for p in wanted]
         logits = self.forward(chunks, tokens, rows + extra)
-        sampled = [s.sample(logits[i]) for i, s in enumerate(samplers)]
+        sample_rows = self._sample_rows(logits, samplers, sampling)
+        sampled = [s.sample(row) for s, row in zip(samplers, sample_rows, strict=True)]
         for seq, i in scored:  # the samplers read the rows, never write them
             k = seq.request.sampling.logprobs or 0
             seq.sampled_logprob = token_logprobs(logits[i : i + 1], [sampled[i]], k)[0]
@@ -259,6 +290,26 @@ class TorchBackend:
             seq.prompt_logprobs.extend(token_logprobs(logits[at : at + len(wanted)], targets, k))
             at += len(wanted)
         return sampled
+
+    def _sample_rows(
+        self, logits: np.ndarray, samplers: list[TorchSampler], sampling: list[Sequence]
+    ) -> list[np.ndarray]:
+        """The row each sampler draws from: its sequence's logits, masked by its grammar where
+        it has one that constrains this token (all such rows masked in one batch)."""
+        out = list(logits[: len(sampling)])
+        constrained = []
+        for i, (sampler, seq) in enumerate(zip(samplers, sampling, strict=True)):
+            constraint = sampler.constraint
+            if constraint is not None:
+                matcher = constraint.follow(seq.tokens[seq.n_prompt :])
+                if matcher is not None:
+                    constrained.append((i, matcher))
+        if constrained:
+            assert self._grammars is not None
+            masked = self._grammars.masked(logits, constrained)
+            for (i, _), row in zip(constrained, masked, strict=True):
+                out[i] = row
+        return out
 
     def forward(self, chunks: Seq[Chunk], tokens: list[int], rows: list[int]) -> np.ndarray:
         """One forward pass over the step's tokens: the float32 logits of `rows`."""
