@@ -67,6 +67,24 @@ def test_lm_eval_loglikelihood_task(
     tokenizer_dir: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    tokenizer = {"tokenizer_backend": "huggingface", "tokenizer": str(tokenizer_dir)}
+    run_task(live_server, task_dir, tokenizer, monkeypatch)
+
+
+def test_lm_eval_with_the_servers_tokenizer(
+    live_server: LiveServer, task_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`tokenizer_backend=remote`: lm_eval reads /tokenizer_info and tokenizes through
+    /tokenize (vLLM's routes), so no tokenizer files are needed."""
+    run_task(live_server, task_dir, {"tokenizer_backend": "remote"}, monkeypatch)
+
+
+def run_task(
+    live_server: LiveServer,
+    task_dir: Path,
+    tokenizer: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     from lm_eval import simple_evaluate
@@ -77,8 +95,7 @@ def test_lm_eval_loglikelihood_task(
         model_args={
             "model": "smollm2:135m",
             "base_url": f"{live_server.url}/v1/completions",
-            "tokenizer_backend": "huggingface",
-            "tokenizer": str(tokenizer_dir),
+            **tokenizer,
             "num_concurrent": 4,
             "max_retries": 1,
         },

@@ -932,7 +932,7 @@ NAN, INF = float("nan"), float("inf")
 BAD_OPTIONS = [
     ("num_predict", "5"),
     ("num_predict", 1.5),
-    ("num_predict", 1e30),  # beyond Go's int (5.0 is served: JSON Schema's integer)
+    # 5.0 and 1e30 are whole numbers: served, and a huge one is capped to the room
     ("num_predict", True),
     ("num_predict", [1]),
     ("num_predict", 0),

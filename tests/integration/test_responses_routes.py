@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from inferd.engine.backends.fake import FakeBackend
 from inferd.models.engines import BackendEngineFactory
 from inferd.models.registry import ModelRegistry
 from inferd.models.spec import ModelSpec
+from inferd.storage.records import MessageRecord
 from tests.conftest import AppHandle, FakeFactory, open_store
 
 REPLY = "Hello there!"
@@ -61,7 +63,7 @@ async def test_response_object(app: AppHandle) -> None:
 
     got = await app.client.get(f"/v1/responses/{body['id']}")
     assert got.status_code == 200, got.text
-    assert got.json()["output"][0]["content"][0]["text"] == REPLY
+    assert got.json() == body  # as it was sent: usage, instructions, metadata and all
     assert (await app.client.get("/v1/responses/resp_nope")).status_code == 404
     assert (await app.client.get("/v1/responses/other")).status_code == 404
 
@@ -124,7 +126,7 @@ async def test_stream_events(app: AppHandle) -> None:
     assert final["output"][0]["content"][0]["text"] == REPLY and final["usage"]["output_tokens"]
     assert len({e["response"]["id"] for e in evs if "response" in e}) == 1
     got = await app.client.get(f"/v1/responses/{final['id']}")
-    assert got.json()["output"][0]["content"][0]["text"] == REPLY
+    assert got.json() == final
 
 
 async def test_text_format_json_schema(app: AppHandle) -> None:
@@ -185,6 +187,42 @@ async def test_reasoning_item(tmp_path: Path) -> None:
             "/v1/responses", json={"input": "x", "previous_response_id": body["id"]}
         )
         assert r.status_code == 503, r.text
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_stored_response_keeps_reasoning_usage_and_calls(
+    tmp_path: Path, stream: bool
+) -> None:
+    spec = ModelSpec("t", Path("t.gguf"), ModelConfig(path=Path("t.gguf"), thinking=True))
+    reply = f"<think>Look it up.</think>{CALL}"
+    store = open_store(f"sqlite:///{tmp_path / 'inferd.db'}", tmp_path / "spool.jsonl")
+    await store.start()
+    backend = lambda _s: FakeBackend(reply=reply, n_ctx=4096, kv_cells=8192)  # noqa: E731
+    registry = ModelRegistry([spec], BackendEngineFactory(backend))
+    body = {"input": "Weather?", "tools": [WEATHER], "tool_choice": "auto", "stream": stream}
+    async with AppHandle(Settings(), registry, store) as h:
+        r = await h.client.post("/v1/responses", json=body)
+        sent = events(r.text)[-1]["response"] if stream else r.json()
+        assert [i["type"] for i in sent["output"]] == ["reasoning", "function_call"]
+        assert sent["usage"]["output_tokens"] > 0
+        got = await h.client.get(f"/v1/responses/{sent['id']}")
+        assert got.status_code == 200 and got.json() == sent
+    await store.close()
+
+
+async def test_a_response_stored_before_comes_back_as_its_message(app: AppHandle) -> None:
+    """Rows written before the response object was kept (no `response`): the answer alone."""
+    store = app.app.state.store
+    at = datetime.now(UTC)
+    store.remember(
+        [
+            MessageRecord("resp_old", "old", 0, "user", "hi", at, "fake"),
+            MessageRecord("resp_old", "old", 1, "assistant", "Hello.", at, "fake"),
+        ]
+    )
+    got = (await app.client.get("/v1/responses/resp_old")).json()
+    assert [i["content"][0]["text"] for i in got["output"]] == ["Hello."]
+    assert got["usage"] is None
 
 
 async def test_no_store_still_answers(fake_app: FakeFactory) -> None:

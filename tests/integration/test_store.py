@@ -394,10 +394,14 @@ async def test_the_spool_is_replayed_at_start_without_duplicates(
 async def test_a_database_at_0001_upgrades_and_keeps_its_sessions(database_url: str) -> None:
     """Revision 0002 widens session ids for `key_id/session_id`: an existing conversation
     stays readable (the namespace without a key), and a key's longest session id fits."""
+    import dataclasses
+
+    import sqlalchemy as sa
     from alembic import command
 
     from inferd.storage import db
     from inferd.storage.repository import Repository
+    from inferd.storage.tables import messages
 
     engine = db.create_engine(database_url)
     try:
@@ -416,7 +420,11 @@ async def test_a_database_at_0001_upgrades_and_keeps_its_sessions(database_url: 
         def message(session: str, rid: str) -> MessageRecord:
             return MessageRecord(session, rid, 0, "user", "hello", now, "m")
 
-        await repo.write_batch([], [message("old", "r0")])
+        old = message("old", "r0")
+        async with engine.begin() as conn:  # as 0001 has it: no later column (response)
+            await repo._touch_sessions(conn, [old])
+            row = {k: v for k, v in dataclasses.asdict(old).items() if k != "response"}
+            await conn.execute(sa.insert(messages), [row])
         await db.upgrade(engine)
         assert await db.current_revision(engine) == db.head_revision()
         longest = "key_0123456789ab/" + "s" * 128

@@ -171,3 +171,42 @@ async def test_without_a_format_the_model_answers_in_prose(real: AppHandle) -> N
         json=openai_chat("Which color is the sky? Answer in one sentence.", schema_format(COLOR)),
     )
     assert json.loads(r.json()["choices"][0]["message"]["content"]) in COLOR["enum"]
+
+
+BOUNDED = {
+    "type": "object",
+    "properties": {
+        "n": {"type": "integer", "minimum": 10, "maximum": 20},
+        "p": {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
+    },
+    "required": ["n", "p"],
+    "additionalProperties": False,
+}
+
+
+async def test_number_bounds_hold_while_sampling(real: AppHandle) -> None:
+    """A prompt that asks for values out of range and a hot sampler: every answer keeps
+    10 <= n <= 20 and 0 <= p < 1 (the grammar bounds them, bounds.py)."""
+    ask = "Reply with JSON where n is 999 and p is 7.5."
+    fields = openai_chat(ask, schema_format(BOUNDED), temperature=1.5, seed=7, n=6)
+    r = await real.client.post("/v1/chat/completions", json=fields)
+    assert r.status_code == 200, r.text
+    values = []
+    for choice in r.json()["choices"]:
+        assert choice["finish_reason"] == "stop", choice
+        values.append(json.loads(choice["message"]["content"]))
+    assert len(values) == 6
+    for value in values:
+        jsonschema.validate(value, BOUNDED)
+
+
+async def test_bounds_without_a_value_are_a_400(real: AppHandle) -> None:
+    schema = {"type": "integer", "minimum": 2.1, "maximum": 2.9}
+    r = await real.client.post(
+        "/v1/chat/completions", json=openai_chat("n?", schema_format(schema))
+    )
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert (
+        error["param"] == "response_format.json_schema.schema" and "no integer" in error["message"]
+    )

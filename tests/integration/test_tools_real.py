@@ -28,9 +28,8 @@ BOOKING = {
     "type": "object",
     "properties": {
         "city": {"type": "string", "enum": ["Paris", "Rome", "Oslo"]},
-        # llama.cpp's schema converter does not bound numbers (minimum, maximum): such a
-        # call is validated after and returned as text; the grammar holds everything here
-        "nights": {"type": "integer"},
+        # bounds are part of the grammar (bounds.py), so a constrained call keeps them
+        "nights": {"type": "integer", "minimum": 1, "maximum": 14},
         "breakfast": {"type": "boolean"},
     },
     "required": ["city", "nights"],
@@ -193,3 +192,26 @@ async def test_a_lazy_grammar_applies_from_its_trigger_on(real: AppHandle) -> No
     head, _, tail = constrained.partition("Paris")
     assert head == before.partition("Paris")[0]
     jsonschema.validate(json.loads(tail), schema)
+
+
+async def test_bounded_arguments_stay_in_range_at_a_high_temperature(templated: AppHandle) -> None:
+    """The prompt asks for 300 nights and the sampler is hot: the grammar keeps nights in
+    1..14 in every call, where validation alone would return most answers as text."""
+    fields = body(
+        messages=[{"role": "user", "content": "Book a hotel in Oslo for 300 nights."}],
+        tool_choice={"type": "function", "function": {"name": "book_hotel"}},
+        temperature=1.5,
+        seed=3,
+        n=6,
+    )
+    r = await templated.client.post("/v1/chat/completions", json=fields)
+    assert r.status_code == 200, r.text
+    nights = []
+    for choice in r.json()["choices"]:
+        assert choice["finish_reason"] == "tool_calls", choice
+        check_calls(choice["message"]["tool_calls"], {"book_hotel"})
+        nights += [
+            json.loads(c["function"]["arguments"])["nights"]
+            for c in choice["message"]["tool_calls"]
+        ]
+    assert len(nights) == 6 and all(1 <= n <= 14 for n in nights), nights

@@ -11,12 +11,15 @@ from typing import Any
 
 import pytest
 
+from inferd.api.pipeline.request import ChatPrompt
+from inferd.api.pipeline.tools import ToolUse, tool_request
 from inferd.config import ModelConfig, Settings
 from inferd.engine.backends.fake import FakeBackend
 from inferd.engine.types import SamplingParams
 from inferd.models.engines import BackendEngineFactory
 from inferd.models.registry import ModelRegistry
 from inferd.models.spec import ModelSpec
+from inferd.models.tool_formats import FORMATS, ToolSupport
 from tests.conftest import AppHandle
 
 WEATHER = {
@@ -135,6 +138,26 @@ async def test_tool_choice_none_returns_the_text() -> None:
         r = await h.client.post("/v1/chat/completions", json=chat(tool_choice="none"))
         assert r.json()["choices"][0]["message"]["content"] == CALL
         assert seen(h).tagged is None
+
+
+@pytest.mark.parametrize("in_template", [True, False], ids=["template", "description"])
+@pytest.mark.parametrize(
+    "choice", ["none", "auto", "required", {"type": "function", "function": {"name": "get_time"}}]
+)
+def test_the_prompt_declares_every_tool_whatever_the_choice(choice: Any, in_template: bool) -> None:
+    """As OpenAI and vLLM do: tool_choice limits the answer, not what the model is told."""
+    request = tool_request([WEATHER, TIME], choice)
+    assert request is not None
+    use = ToolUse(request, ToolSupport(FORMATS["hermes"], in_template))
+    prompt = use.prompt(ChatPrompt(USER, trim_history=True))
+    assert isinstance(prompt, ChatPrompt) and prompt.trim_history
+    if in_template:
+        assert prompt.tools is not None
+        assert [t["function"]["name"] for t in prompt.tools] == ["get_weather", "get_time"]
+    else:
+        system = prompt.messages[0]
+        assert system["role"] == "system" and prompt.tools is None
+        assert '"get_weather"' in system["content"] and '"get_time"' in system["content"]
 
 
 async def test_the_constraint_follows_tool_choice() -> None:

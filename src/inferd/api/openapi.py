@@ -43,6 +43,11 @@ NDJSON: dict[int | str, dict[str, Any]] = {
         "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
     }
 }
+# a route without a body that names a model in its query (GET /tokenizer_info?model=)
+MODEL_QUERY: dict[int | str, dict[str, Any]] = {
+    404: {"description": "no such model"},
+    503: {"description": "the model is loading (Retry-After)"},
+}
 # a route of the store (usage, conversations): 503 when the server keeps none
 STORE: dict[int | str, dict[str, Any]] = {
     503: {"description": "the server keeps no usage or conversation store, or it cannot answer"}

@@ -40,17 +40,24 @@ async def tokenize_chat(
     add_generation_prompt: bool = True,
     add_bos: bool = True,
     tools: list[dict[str, Any]] | None = None,
+    variables: dict[str, Any] | None = None,
 ) -> list[int]:
-    """The prompt ids of `messages` (and `tools`, for the template's `tools` variable) under
-    `template`, in every dialect; `add_bos` false when the prompt continues a context
-    (Ollama's `context`). A long conversation renders in one of `renders`' slots."""
+    """The prompt ids of `messages` (and `tools`, for the template's `tools` variable, and
+    a request's own `variables`) under `template`, in every dialect; `add_bos` false when
+    the prompt continues a context (Ollama's `context`). A long conversation renders in one
+    of `renders`' slots."""
 
     def render(mark: Callable[[str], str]) -> str:
         marked = with_content(messages, mark)
-        # tool definitions and calls are user text too: special-token text in a description
-        # or an argument must stay text
+        # tool definitions and calls, and a request's variables, are user text too:
+        # special-token text in a description, an argument or a variable must stay text
         specs = marked_strings(tools, mark) if tools else tools
-        return template.render(marked, add_generation_prompt=add_generation_prompt, tools=specs)
+        return template.render(
+            marked,
+            add_generation_prompt=add_generation_prompt,
+            tools=specs,
+            variables=marked_strings(variables, mark) if variables else None,
+        )
 
     chars = sum(len(str(m.get("content") or "")) for m in messages)
     inline = len(messages) <= _INLINE_RENDER_MESSAGES and chars <= _INLINE_RENDER_CHARS

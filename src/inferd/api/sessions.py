@@ -84,7 +84,8 @@ class Exchange:
     started_at: datetime
     inputs: list[dict[str, Any]]
 
-    def remember(self, answer: str, model: str) -> None:
+    def remember(self, answer: str, model: str, response: str | None = None) -> None:
+        """The inputs and the answer (`response`: the Responses API object it was sent as)."""
         records = [
             MessageRecord(
                 session_id=self.session_id,
@@ -106,6 +107,7 @@ class Exchange:
                 content=answer,
                 created_at=datetime.now(UTC),
                 model=model,
+                response=response,
             )
         )
         self.store.remember(records)

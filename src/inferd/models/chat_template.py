@@ -57,6 +57,12 @@ def marked_strings(value: Any, mark: Callable[[str], str]) -> Any:
     return value
 
 
+# what `render` passes a template itself
+_RENDER_VARIABLES = frozenset(
+    {"messages", "add_generation_prompt", "bos_token", "eos_token", "range", "tools"}
+)
+
+
 def _raise_exception(message: str) -> None:
     raise TemplateError(message)
 
@@ -95,9 +101,18 @@ class ChatTemplate:
         *,
         add_generation_prompt: bool = True,
         tools: list[dict[str, Any]] | None = None,
+        variables: dict[str, Any] | None = None,
     ) -> str:
         """The prompt; `tools` (OpenAI-style function tools) go to the template's `tools`
-        variable, as Hugging Face templates take them, and are left undefined when None."""
+        variable, as Hugging Face templates take them, and are left undefined when None;
+        `variables` are a request's own (`chat_template_kwargs`), which may not replace
+        the renderer's variables or the template's globals (a 400)."""
+        taken = sorted(set(variables or ()) & (_RENDER_VARIABLES | self._template.globals.keys()))
+        if taken:
+            raise InvalidRequest(
+                f"chat_template_kwargs may not set {taken[0]!r}: the server sets it",
+                param="chat_template_kwargs",
+            )
         size = weight(messages) + (weight(tools) if tools else 0)
         if size > MAX_VALUE_CHARS:
             # the real reason, before the template would say that it writes too much
@@ -109,7 +124,7 @@ class ChatTemplate:
         previous = sys.gettrace()
         sys.settrace(Deadline())
         try:
-            return self._render(messages, add_generation_prompt, tools)
+            return self._render(messages, add_generation_prompt, tools, variables or {})
         finally:
             sys.settrace(previous)
 
@@ -118,8 +133,9 @@ class ChatTemplate:
         messages: list[dict[str, Any]],
         add_generation_prompt: bool,
         tools: list[dict[str, Any]] | None,
+        variables: dict[str, Any],
     ) -> str:
-        extra = {} if tools is None else {"tools": tools}
+        extra = variables if tools is None else {**variables, "tools": tools}
         try:
             out: list[str] = []
             size = 0

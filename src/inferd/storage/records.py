@@ -62,6 +62,9 @@ class MessageRecord:
     content: str
     created_at: datetime
     model: str | None = None
+    # a Responses API answer: the response object as it was sent (JSON text), which
+    # GET /v1/responses/{id} returns as it was (output items, usage, status)
+    response: str | None = None
 
 
 TITLE_LENGTH = 200  # characters of a conversation's title

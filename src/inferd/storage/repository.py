@@ -130,6 +130,7 @@ class Repository:
                 content=r.content,
                 created_at=r.created_at,
                 model=r.model,
+                response=r.response,
             )
             for r in reversed(rows)
         ]

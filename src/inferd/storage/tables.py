@@ -88,6 +88,7 @@ messages = sa.Table(
     sa.Column("content", sa.Text, nullable=False),
     sa.Column("model", sa.String(256)),
     sa.Column("created_at", UTCDateTime, nullable=False, index=True),
+    sa.Column("response", sa.Text),  # a stored Responses API object (JSON)
     # replaying the spool must not add a message twice
     sa.UniqueConstraint("request_id", "position", name="uq_messages_request_position"),
 )

@@ -8,11 +8,12 @@ from typing import Any
 from fastapi import Depends, Request, Response
 from sse_starlette import EventSourceResponse
 
-from inferd.api.access import check_model, require_admin
+from inferd.api import tokenizer
+from inferd.api.access import acquire_model, check_model, require_admin
 from inferd.api.deps import RegistryDep, SettingsDep
 from inferd.api.native import adapter
 from inferd.api.native import schemas as s
-from inferd.api.openapi import SSE
+from inferd.api.openapi import MODEL_QUERY, SSE
 from inferd.api.pipeline.run import ChoiceResult, prepare
 from inferd.api.routing import Dialect, RecordDep, dialect_router
 from inferd.api.streaming import sse_response
@@ -110,6 +111,33 @@ async def chat_stream(
 ) -> Response:
     """SSE, as /generate/stream, for a conversation (sessions as /chat)."""
     return await _stream(request, record, settings, body)
+
+
+@router.post("/tokenize", response_model=s.TokenizeResult)
+async def tokenize(
+    body: s.TokenizeBody, request: Request, registry: RegistryDep
+) -> s.TokenizeResult:
+    """The ids of `content` (llama-server) or `prompt` (vLLM) in the model's vocabulary;
+    `add_special`, `parse_special`, `with_pieces`, `return_token_strs`."""
+    model = await acquire_model(request, registry, body.model)
+    return await tokenizer.tokenize(model, body)
+
+
+@router.post("/detokenize", response_model=s.DetokenizeResult)
+async def detokenize(
+    body: s.DetokenizeBody, request: Request, registry: RegistryDep
+) -> s.DetokenizeResult:
+    """The text of `tokens`, as `content` (llama-server) and `prompt` (vLLM)."""
+    model = await acquire_model(request, registry, body.model)
+    return tokenizer.detokenize(model, body)
+
+
+@router.get("/tokenizer_info", response_model=s.TokenizerInfo, responses=MODEL_QUERY)
+async def tokenizer_info(
+    request: Request, registry: RegistryDep, model: str | None = None
+) -> s.TokenizerInfo:
+    """The model's special tokens, vocabulary size, context and chat template (vLLM's)."""
+    return tokenizer.tokenizer_info(await acquire_model(request, registry, model))
 
 
 @router.get("/api/llms")

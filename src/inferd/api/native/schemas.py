@@ -93,3 +93,60 @@ class ModelList(BaseModel):
 class LoadAccepted(BaseModel):
     name: str
     status: str
+
+
+# ---- the tokenizer: llama-server's and vLLM's shapes, both accepted -------------------------
+
+
+class TokenizeBody(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: StrictStr | None = None
+    content: StrictStr | None = None  # llama-server's name
+    prompt: StrictStr | None = None  # vLLM's name
+    # add the model's BOS/EOS as it does for a prompt; default: llama-server's (false)
+    # with `content`, vLLM's (true) with `prompt`
+    add_special: StrictBool | None = Field(
+        None, validation_alias=AliasChoices("add_special", "add_special_tokens")
+    )
+    # special-token text (`<|im_end|>`) as its one special token, else as plain text
+    parse_special: StrictBool = True
+    with_pieces: StrictBool = False  # llama-server: each token as {"id", "piece"}
+    return_token_strs: StrictBool = False  # vLLM: each token's text in `token_strs`
+
+
+class TokenPiece(BaseModel):
+    id: int
+    piece: str | list[int]  # its text, or its bytes when they are not whole UTF-8
+
+
+class TokenizeResult(BaseModel):
+    tokens: list[int] | list[TokenPiece]
+    count: int
+    max_model_len: int  # the context one sequence may use
+    token_strs: list[str] | None = None
+
+
+class DetokenizeBody(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: StrictStr | None = None
+    tokens: list[Annotated[WholeInt, Field(ge=0)]]
+
+
+class DetokenizeResult(BaseModel):
+    content: str  # llama-server's name
+    prompt: str  # vLLM's name
+
+
+class TokenizerInfo(BaseModel):
+    """vLLM's /tokenizer_info, which lm-evaluation-harness's remote tokenizer reads."""
+
+    model: str
+    bos_token: str | None
+    eos_token: str | None
+    pad_token: str | None = None
+    add_bos_token: bool
+    vocab_size: int
+    model_max_length: int
+    chat_template: str

@@ -27,6 +27,7 @@ from inferd.api.pipeline.request import (
     TextPrompt,
 )
 from inferd.api.pipeline.sampling import context_size
+from inferd.api.pipeline.template_vars import template_variables
 from inferd.api.pipeline.tools import ToolOutput, tool_request
 from inferd.api.structured import JSON_OBJECT, TEXT, OutputFormat, schema_format
 from inferd.engine.backends.base import ModelInfo
@@ -244,7 +245,14 @@ def generate_prompt(req: s.GenerateRequest) -> tuple[Prompt, Param[tuple[int, ..
             return prompt.render(marked, bos_token=bos, eos_token=eos)
 
         return TemplatePrompt(render), context
-    return ChatPrompt(prompt.generate_messages(req)), context
+    return ChatPrompt(prompt.generate_messages(req), variables=think_variables(req)), context
+
+
+def think_variables(req: s.GenerateRequest | s.ChatRequest) -> dict[str, Any] | None:
+    """`think` for a Jinja template, as `enable_thinking` (Qwen 3's templates read it)."""
+    if req.think is None:
+        return None
+    return template_variables(None, enable_thinking=req.think is not False, thinking_param="think")
 
 
 def chat_template_prompt(req: s.ChatRequest, template: str) -> TemplatePrompt:
@@ -297,7 +305,8 @@ def generation(
     elif profile is not None and profile.template:
         first, context = chat_template_prompt(req, profile.template), None
     else:
-        first, context = ChatPrompt(chat_messages(req), trim_history=True), None
+        first = ChatPrompt(chat_messages(req), trim_history=True, variables=think_variables(req))
+        context = None
     tools = tool_request(req.tools) if isinstance(req, s.ChatRequest) else None
     return Generation(
         model=req.model,

@@ -17,7 +17,7 @@ class _Wire(BaseModel):
 
 
 class Options(_Wire):
-    num_predict: Annotated[WholeInt, Field(le=2**63 - 1)] | None = None  # Go's int
+    num_predict: WholeInt | None = None  # above the room left: capped to it
     temperature: Annotated[FiniteFloat, Field(ge=0.0, le=2.0)] | None = None
     top_k: Annotated[WholeInt, Field(ge=0)] | None = None
     top_p: Annotated[FiniteFloat, Field(gt=0.0, le=1.0)] | None = None

@@ -24,6 +24,7 @@ from inferd.api.pipeline.request import (
     TokenPrompt,
 )
 from inferd.api.pipeline.run import ChoiceResult, Run
+from inferd.api.pipeline.template_vars import template_variables
 from inferd.api.pipeline.tools import ToolOutput, ToolRequest, tool_request
 from inferd.api.structured import JSON_OBJECT, TEXT, OutputFormat, schema_format
 from inferd.config import Settings
@@ -86,7 +87,7 @@ def chat_generation(req: s.ChatCompletionRequest) -> Generation:
     )
     return Generation(
         model=req.model,
-        prompts=[ChatPrompt(chat_messages(req))],
+        prompts=[ChatPrompt(chat_messages(req), variables=chat_variables(req))],
         prompt_param="messages",
         options=options(req, max_tokens, chat_logprobs(req)),
         n=Param(req.n, "n"),
@@ -95,6 +96,10 @@ def chat_generation(req: s.ChatCompletionRequest) -> Generation:
         session=Session(req.session_id, req.session_history),
         tools=chat_tools(req),
     )
+
+
+def chat_variables(req: s.ChatCompletionRequest) -> dict[str, Any] | None:
+    return template_variables(req.chat_template_kwargs, enable_thinking=req.enable_thinking)
 
 
 def completion_generation(req: s.CompletionRequest) -> Generation:

@@ -331,10 +331,14 @@ def response(rid: str, run: Run, req: ResponsesRequest, result: ChoiceResult) ->
 
 
 def stored_response(rid: str, records: list[MessageRecord]) -> dict[str, Any] | None:
-    """A stored response read back (None: no such response, or not a whole one)."""
+    """A stored response read back as it was sent (None: no such response, or not a
+    whole one). One stored before responses were kept whole is its message alone."""
     if not records or records[-1].role != "assistant":
         return None
     answer = records[-1]
+    if answer.response is not None:
+        kept: dict[str, Any] = json.loads(answer.response)
+        return kept
     created = int(answer.created_at.replace(tzinfo=answer.created_at.tzinfo or UTC).timestamp())
     return response_object(
         rid, answer.model or "", None, created=created, output=[_message(rid, answer.content)]
@@ -546,13 +550,15 @@ def keep(
     record: RequestRecord,
     inputs: list[dict[str, Any]],
     result: ChoiceResult,
-    model: str,
+    sent: dict[str, Any],
 ) -> None:
-    """Store a finished response (its inputs and answer) under its own id."""
+    """Store a finished response under its own id: its inputs, its answer (the history of
+    a later `previous_response_id`) and the response object `sent` (what GET returns)."""
     if store is None or result.finish_reason not in (FinishReason.STOP, FinishReason.LENGTH):
         return
     rid = response_id(record.request_id)
     session = session_of(rid, request) or rid
+    text = json.dumps(sent, ensure_ascii=False, separators=(",", ":"))
     Exchange(store, session, record.request_id, record.started_at, inputs).remember(
-        result.text, model
+        result.text, sent["model"], text
     )

@@ -117,19 +117,23 @@ async def create_response(
         result = ChoiceResult(0)
 
         async def events() -> Any:
+            last: dict[str, Any] = {}
             async for batch in responses.events(rid, run, body, result):
+                last = batch[-1] if batch else last
                 yield batch
-            responses.keep(kept, request, record, inputs, result, run.model.name)
+            # the last event (response.completed or .incomplete) carries the whole response
+            responses.keep(kept, request, record, inputs, result, last.get("response", {}))
 
         return sse_response(request, events(), drain_timeout=settings.drain_timeout)
     result = (await run.collect(request))[0]
-    responses.keep(kept, request, record, inputs, result, run.model.name)
-    return JSONResponse(responses.response(rid, run, body, result))
+    sent = responses.response(rid, run, body, result)
+    responses.keep(kept, request, record, inputs, result, sent)
+    return JSONResponse(sent)
 
 
 @router.get("/responses/{response_id}")
 async def get_response(response_id: str, request: Request, store: StoreDep) -> dict[str, Any]:
-    """A stored response: its answer (usage and reasoning are not kept)."""
+    """A stored response, as it was sent (output items, usage, status)."""
     session = responses.stored_id(response_id)
     records = await store.conversation(responses.session_of(session, request) or session)
     found = responses.stored_response(response_id, records)

@@ -125,6 +125,9 @@ class ChatCompletionRequest(SamplingFields):
     # extensions: store the exchange under a session; prepend the stored conversation
     session_id: SessionId | None = None
     session_history: StrictBool = False
+    # vLLM's and llama-server's: more variables for the chat template (scalars)
+    chat_template_kwargs: dict[str, Any] | None = None
+    enable_thinking: StrictBool | None = None
 
 
 class CompletionRequest(SamplingFields):

@@ -58,6 +58,7 @@ async def prompt_tokens(
             renders=renders,
             add_bos=not context,
             tools=prompt.tools,
+            variables=prompt.variables,
         )
         if prompt.trim_history and len(context) + len(chat) >= n_ctx:
             chat = await trimmed_chat(model, prompt, chat, n_ctx - len(context), renders)
@@ -91,7 +92,12 @@ async def trimmed_chat(
         start = (lo + hi) // 2
         kept = [m for m in messages[:start] if m.get("role") == "system"] + messages[start:]
         trial = await tokenize_chat(
-            engine, model.template, kept, renders=renders, tools=prompt.tools
+            engine,
+            model.template,
+            kept,
+            renders=renders,
+            tools=prompt.tools,
+            variables=prompt.variables,
         )
         if len(trial) < room:
             best, hi = trial, start - 1

@@ -40,6 +40,9 @@ class ChatPrompt:
     # True (Ollama's /api/chat): a conversation longer than the context loses its oldest
     # messages but the system ones and the last; False: it is a 400
     trim_history: bool = False
+    # more variables for the template (checked scalars, pipeline/template_vars.py):
+    # chat_template_kwargs, enable_thinking
+    variables: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from fastapi import Request
@@ -257,7 +257,7 @@ async def prepare(request: Request, gen: Generation, record: RequestRecord) -> R
         messages, exchange = await open_exchange(
             state.store, settings, session, gen.session.history, prompts[0].messages, record
         )
-        prompts = [ChatPrompt(messages)]
+        prompts = [replace(prompts[0], messages=messages)]
     model = await acquire_model(request, state.registry, gen.model)
     record.resolved(model.name)
     tools = None if gen.tools is None else tool_use(model, gen.tools, gen.output)

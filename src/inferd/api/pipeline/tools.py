@@ -236,16 +236,19 @@ class ToolUse:
 
     def prompt(self, prompt: Prompt) -> Prompt:
         """The chat prompt with the tools: in the template's `tools` variable, or described
-        in the system prompt (then the history's calls and results are written out too)."""
+        in the system prompt (then the history's calls and results are written out too).
+        Every tool the request declares, whatever `tool_choice` says (as OpenAI and vLLM
+        do: "none" and a named function decide what the answer may be, not what the model
+        is told; a model that still writes a call under "none" has it returned as text)."""
         if not isinstance(prompt, ChatPrompt):
             return prompt
-        specs = [t.spec() for t in self.request.offered] or None
+        specs = [t.spec() for t in self.request.tools] or None
         if self.support.in_template:
-            return ChatPrompt(prompt.messages, tools=specs)
+            return dataclasses.replace(prompt, tools=specs)
         messages = _written_history(prompt.messages, self.format)
         if specs:
             messages = _with_system(messages, describe_tools(specs, self.format))
-        return ChatPrompt(messages)
+        return dataclasses.replace(prompt, messages=messages)
 
     def constrain(self, sampling: SamplingParams) -> SamplingParams:
         """The sampling with the calls' grammar: from the first token (required, a named

@@ -1,18 +1,46 @@
 """GBNF grammars for llama.cpp's grammar sampler: JSON (any object, or valid under a JSON
-Schema) and tagged JSON (tool calls: JSON values in literal text, `engine.structural`)."""
+Schema) and tagged JSON (tool calls: JSON values in literal text, `engine.structural`).
+Schemas go through llama.cpp's own converter, with numbers kept within their bounds
+(`bounds.py`), which it leaves out."""
 
 from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 import llama_cpp.llama_grammar as llama_grammar
 
+from inferd.engine.backends.llamacpp.bounds import BOUND_KEYS, integer_rule, number_rule
 from inferd.engine.structural import TaggedJson
 from inferd.engine.types import SamplingParams
 
 _REGEX_SPECIAL = re.compile(r"[\\^$.|?*+()\[\]{}]")
 _LITERAL_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+# schema keywords the converter handles before a value's type
+_BEFORE_TYPE = frozenset({"$ref", "oneOf", "anyOf", "allOf", "const", "enum"})
+
+
+class _Converter(llama_grammar.SchemaConverter):
+    """llama.cpp's converter, with integers and numbers kept within their bounds (a
+    bounded type list, such as ["integer", "null"], keeps its bounds per type)."""
+
+    def __init__(self) -> None:
+        super().__init__(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+
+    def visit(self, schema: dict[str, Any], name: str) -> str:
+        kind = schema.get("type")
+        if not BOUND_KEYS & schema.keys() or _BEFORE_TYPE & schema.keys():
+            return str(super().visit(schema, name))
+        rule_name = f"{name}-" if name in llama_grammar.RESERVED_NAMES else name or "root"
+        if isinstance(kind, list):
+            union = self._generate_union_rule(name, [{**schema, "type": t} for t in kind])
+            return str(self._add_rule(rule_name, union))
+        if kind == "integer":
+            return str(self._add_rule(rule_name, f"({integer_rule(schema)}) space"))
+        if kind == "number":
+            return str(self._add_rule(rule_name, f"({number_rule(schema)}) space"))
+        return str(super().visit(schema, name))
 
 
 def gbnf(params: SamplingParams) -> str | None:
@@ -21,17 +49,22 @@ def gbnf(params: SamplingParams) -> str | None:
     if params.tagged is not None:
         return tagged_gbnf(params.tagged)
     if params.json_schema is not None:
-        return llama_grammar.json_schema_to_gbnf(params.json_schema)
+        return schema_gbnf(params.json_schema)
     return llama_grammar.JSON_GBNF if params.json_mode else None
+
+
+def schema_gbnf(schema: str) -> str:
+    """The grammar of JSON valid under a JSON Schema (given as JSON text)."""
+    converter = _Converter()
+    converter.visit(converter.resolve_refs(json.loads(schema), "stdin"), "")
+    return str(converter.format_grammar())
 
 
 def tagged_gbnf(shape: TaggedJson) -> str:
     """root: prefix, one tag (or tags joined by the separator), suffix; a tag: its begin
     text, a JSON value under its schema, its end text. The schemas share one converter, so
     their rules (and `$ref`s, resolved per tag) get distinct names."""
-    converter = llama_grammar.SchemaConverter(
-        prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False
-    )
+    converter = _Converter()
     alternatives = []
     for i, tag in enumerate(shape.tags):
         name = f"tag-{i}"

@@ -1,0 +1,83 @@
+"""POST /tokenize, POST /detokenize and GET /tokenizer_info on the fake backend (a token is
+a byte + 1): both servers' shapes, the limits every route has (keys, body size, a model
+outside a key's list), bad input. The real vocabulary: tests/integration/test_tokenizer_real.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from inferd.config import Settings
+from tests.conftest import FakeFactory
+
+
+async def test_tokenize_in_both_shapes(fake_app: FakeFactory) -> None:
+    async with fake_app() as h:
+        r = await h.client.post("/tokenize", json={"content": "hé"})
+        assert r.status_code == 200, r.text
+        ids = [b + 1 for b in "hé".encode()]
+        assert r.json() == {"tokens": ids, "count": 3, "max_model_len": 512, "token_strs": None}
+        r = await h.client.post("/tokenize", json={"prompt": "hé", "return_token_strs": True})
+        assert r.json()["tokens"] == ids and r.json()["token_strs"] == ["h", "\ufffd", "\ufffd"]
+        r = await h.client.post("/tokenize", json={"content": "hé", "with_pieces": True})
+        # a piece that is part of a character comes as its bytes
+        assert r.json()["tokens"] == [
+            {"id": ids[0], "piece": "h"},
+            {"id": ids[1], "piece": [0xC3]},
+            {"id": ids[2], "piece": [0xA9]},
+        ]
+
+
+async def test_detokenize_in_both_shapes(fake_app: FakeFactory) -> None:
+    async with fake_app() as h:
+        ids = [b + 1 for b in "hé".encode()]
+        r = await h.client.post("/detokenize", json={"tokens": ids})
+        assert r.status_code == 200 and r.json() == {"content": "hé", "prompt": "hé"}
+
+
+async def test_tokenizer_info(fake_app: FakeFactory) -> None:
+    async with fake_app() as h:
+        r = await h.client.get("/tokenizer_info")
+        assert r.status_code == 200, r.text
+        info = r.json()
+        assert info["model"] == "fake" and info["eos_token"] == "</s>"
+        assert info["model_max_length"] == 512 and info["chat_template"]
+        assert (await h.client.get("/tokenizer_info?model=nope")).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/tokenize", {}, "prompt"),
+        ("/tokenize", {"content": "a", "prompt": "b"}, "prompt"),
+        ("/tokenize", {"content": 5}, "content"),
+        ("/tokenize", {"content": "a", "add_special": "yes"}, "add_special"),
+        ("/detokenize", {"tokens": [1, 100000]}, "tokens"),
+        ("/detokenize", {"tokens": [-1]}, "tokens[0]"),
+        ("/detokenize", {"tokens": "12"}, "tokens"),
+    ],
+)
+async def test_bad_input_is_a_400_naming_the_parameter(
+    fake_app: FakeFactory, path: str, body: dict[str, Any], param: str
+) -> None:
+    async with fake_app() as h:
+        r = await h.client.post(path, json=body)
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["param"] == param
+
+
+async def test_an_unknown_model_is_a_404(fake_app: FakeFactory) -> None:
+    async with fake_app() as h:
+        r = await h.client.post("/tokenize", json={"model": "nope", "content": "a"})
+        assert r.status_code == 404 and r.json()["error"]["param"] == "model"
+
+
+async def test_keys_and_body_size_apply(fake_app: FakeFactory) -> None:
+    async with fake_app(Settings(require_auth=True, max_body_bytes=1024)) as h:
+        for path, body in (("/tokenize", {"content": "a"}), ("/detokenize", {"tokens": [1]})):
+            assert (await h.client.post(path, json=body)).status_code == 401
+        assert (await h.client.get("/tokenizer_info")).status_code == 401
+    async with fake_app(Settings(max_body_bytes=1024)) as h:
+        r = await h.client.post("/tokenize", json={"content": "a" * 2000})
+        assert r.status_code == 413
