@@ -38,7 +38,7 @@ test: install lint
 	.ci/ensure-postgres
 	.ci/ensure-chromium
 	.ci/ensure-redis
-	$(PY) -m pytest -q -ra $(ARGS)
+	$(PY) -m pytest -q -ra --durations=25 $(ARGS)
 
 # The fast loop: unit tests and the fake backend, no model loaded, no lint (under a minute).
 test-fast: install

@@ -10,7 +10,8 @@ Targets, each a fresh server on 127.0.0.1 started by the script, all up together
 in interleaved rounds (the order reversed every other round): inferd without speculation,
 inferd with `--speculative ngram`, and with --llama-server, llama-server without and with its
 own speculation (`--llama-spec-args`; read `llama-server --help` of your build for what it
-offers: recent builds have `--spec-type ngram-simple` with `--draft-max`).
+offers: the build of llama-cpp-python 0.3.36 has `--spec-type ngram-simple`, whose lookup and
+draft lengths are `--spec-ngram-simple-size-n` (12) and `-size-m` (48); `--draft-max` is gone).
 
 A request's speed is its decode phase: (completion tokens - 1) / (last text - first text),
 from a streamed /v1/completions. At concurrency C, C copies of the request run together and
@@ -169,7 +170,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--llama-server", type=Path, help="llama-server binary: compare with it")
     p.add_argument(
         "--llama-spec-args",
-        default="--spec-type ngram-simple --draft-max 8",
+        default="--spec-type ngram-simple",
         help="llama-server's speculation flags for its speculative target",
     )
     p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
