@@ -85,7 +85,9 @@ async def test_a_gguf_and_a_checkpoint_side_by_side_and_a_broken_one_alone(
         assert resp.status_code == 503
         # tools on transformers: a required call is constrained by the tools' grammar
         # (tests/integration/test_torch_structured.py has the rest)
-        tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+        # no arguments: the grammar allows only `{}`, so the call ends well within max_tokens
+        empty = {"type": "object", "properties": {}, "additionalProperties": False}
+        tool = {"type": "function", "function": {"name": "f", "parameters": empty}}
         resp = await h.client.post(
             "/v1/chat/completions",
             json={
@@ -93,7 +95,7 @@ async def test_a_gguf_and_a_checkpoint_side_by_side_and_a_broken_one_alone(
                 "messages": [{"role": "user", "content": "x"}],
                 "tools": [tool],
                 "tool_choice": "required",
-                "max_tokens": 32,
+                "max_tokens": 64,
             },
         )
         assert resp.status_code == 200, resp.text
