@@ -765,8 +765,10 @@ def main(argv: list[str] | None = None) -> int:
     }
 
     def payload(i: int, **extra: Any) -> dict[str, Any]:
+        # --model: inferd names the file's model after the file; the one model is the default
+        named = {} if args.model else {"model": BUNDLED_NAME}
         return {
-            "model": BUNDLED_NAME,
+            **named,
             "prompt": PROMPTS[i % len(PROMPTS)],
             "max_tokens": args.max_tokens,
             "temperature": 0,
