@@ -39,13 +39,17 @@ os.environ.setdefault("INFERD_TUNE_KERNELS", "false")
 # `make test-fast` runs the rest (`-m "not model"`): unit tests and the fake backend.
 _MODEL_FIXTURES = frozenset({"model_path", "real", "live_server", "store_registry", "store_app"})
 _MODEL_DIRS = ("e2e", "conformance")
+# and files named for a real runtime: *_real.py, the torch backend's and the converter's
+_MODEL_FILES = ("test_torch_", "test_convert_")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
         in_model_dir = any(part in _MODEL_DIRS for part in item.path.parts)
-        if in_model_dir or fixtures & _MODEL_FIXTURES:
+        stem = item.path.stem
+        named = stem.endswith("_real") or stem.startswith(_MODEL_FILES)
+        if in_model_dir or named or fixtures & _MODEL_FIXTURES:
             item.add_marker(pytest.mark.model)
 
 
