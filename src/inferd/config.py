@@ -130,11 +130,17 @@ class ModelConfig(BaseModel):
         description="Host memory for finished requests' saved KV state, in MiB (least "
         "recently used dropped first)",
     )
-    speculative: Literal["off", "ngram"] = Field(
+    speculative: Literal["off", "ngram", "draft"] = Field(
         "off",
         description="Speculative decoding: ngram drafts the tokens that followed the last "
-        "n-gram's earlier occurrence in the prompt or answer (prompt lookup), verified in "
-        "the engine step; the output is unchanged (llama.cpp only)",
+        "n-gram's earlier occurrence in the prompt or answer (prompt lookup), draft has a "
+        "small model of the same vocabulary (speculative_draft) guess them; verified in the "
+        "engine step, where worth their cost; the output is unchanged (llama.cpp only)",
+    )
+    speculative_draft: str | None = Field(
+        None,
+        description="Speculative decoding with speculative = draft: the draft model, a GGUF "
+        "path (or org/repo:file in the Hugging Face cache) or a configured model's name",
     )
     speculative_max_draft: int = Field(
         8, ge=2, le=64, description="Speculative decoding: most draft tokens per step"
@@ -207,6 +213,8 @@ class ModelConfig(BaseModel):
     def _check_ngrams(self) -> ModelConfig:
         if self.speculative_ngram_min > self.speculative_ngram_max:
             raise ValueError("speculative_ngram_min cannot be above speculative_ngram_max")
+        if self.speculative == "draft" and not self.speculative_draft:
+            raise ValueError("speculative = 'draft' needs speculative_draft (the draft model)")
         return self
 
     @field_validator("kv_overrides", mode="before")

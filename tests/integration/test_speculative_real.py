@@ -27,9 +27,14 @@ from pathlib import Path
 import pytest
 
 from inferd.config import Settings
+from inferd.engine.backends.llamacpp import LlamaCppBackend
 from inferd.engine.client import AsyncEngine
-from inferd.engine.speculative import NgramDrafter
+from inferd.engine.detokenizer import Detokenizer
+from inferd.engine.scheduler import Scheduler
+from inferd.engine.sequence import Chunk, Sequence
+from inferd.engine.speculative import Drafter, DraftState, DraftStep, NgramDrafter, StepCosts
 from inferd.engine.types import FinishReason, GenerateRequest, GenerationOutput, SamplingParams
+from inferd.errors import BackendError
 from inferd.models.loading import llamacpp_factory, llamacpp_loader
 from inferd.models.registry import ModelRegistry
 from tests.conftest import AppHandle, bundled_spec
@@ -77,12 +82,33 @@ async def beside(engine: AsyncEngine) -> AsyncIterator[None]:
             await task
 
 
+class Eager:
+    """A drafter that drafts as long as it may whatever a step costs on this machine: what
+    these tests check is the verification (the cost rule has its own tests, on the fake
+    backend, where costs are what the test makes them)."""
+
+    def __init__(self, drafter: Drafter) -> None:
+        self.drafter = drafter
+
+    def start(self) -> DraftState:
+        return self.drafter.start()
+
+    def draft(self, chunks: list[Chunk], spare: int, step: DraftStep) -> None:
+        free = StepCosts()
+        free.observe(1, 0.01)
+        free.observe(64, 0.01)  # a token more in a step costs nothing
+        self.drafter.draft(chunks, spare, DraftStep(free, step.tokens, step.expected))
+
+    def drop(self, seq: Sequence) -> None:
+        self.drafter.drop(seq)
+
+
 @pytest.fixture(scope="module")
 async def engines(model_path: Path) -> AsyncIterator[tuple[AsyncEngine, AsyncEngine]]:
     """The same model twice, without and with prompt-lookup drafts."""
     spec = bundled_spec(model_path, max_seqs=8)
     plain = AsyncEngine(llamacpp_loader()(spec))
-    drafting = AsyncEngine(llamacpp_loader()(spec), drafter=NgramDrafter(max_draft=8))
+    drafting = AsyncEngine(llamacpp_loader()(spec), drafter=Eager(NgramDrafter(max_draft=8)))
     plain.start()
     drafting.start()
     try:
@@ -250,3 +276,95 @@ async def test_timings_and_metrics_show_the_acceptance(model_path: Path) -> None
 
         assert counter("engine_draft_tokens") >= timings["draft_tokens"]
         assert counter("engine_draft_accepted_tokens") >= timings["draft_accepted"] > 0
+
+
+# ---- a draft model --------------------------------------------------------------------------
+
+
+def greedy_together(backend: LlamaCppBackend, prompts: list[str], drafts: bool) -> list[list[int]]:
+    """The first 40 greedy tokens of the answers to `prompts`, decoded together by the
+    scheduler on the backend's pool (split: each sequence in its own stream of cells, in
+    order, as undrafted) beside an undrafted companion, so no micro-batch is one token (see
+    the module docstring); with the backend's draft model drafting 8 tokens a step once
+    every prompt is in (so every drafted micro-batch is 8 tokens of each), or without it."""
+    drafter = Eager(backend.drafter) if drafts and backend.drafter else None
+    sched = Scheduler(backend.pool, max_seqs=8, max_batch_tokens=128)
+    seqs = []
+    for i, prompt in enumerate([COUNT, *prompts]):
+        tokens = backend.tokenize(prompt, add_special=False, parse_special=True)
+        req = GenerateRequest(f"r{i}", tuple(tokens), SamplingParams(temperature=0.0))
+        seq = Sequence(req, Detokenizer(backend.token_piece), len(tokens) + 1000, list(tokens))
+        seq.n_prompt = len(tokens)
+        seq.drafting = drafter.start() if drafter and i else None
+        sched.add(seq)
+        seqs.append(seq)
+    while min(s.n_generated for s in seqs[1:]) < 40:
+        if all(s.decoding for s in seqs):
+            sched.drafter = drafter
+        plan = sched.schedule()
+        sampled = backend.execute(plan.chunks)
+        assert sampled is not None
+        sched.commit(plan)
+        for c, token in zip([c for c in plan.chunks if c.samples], sampled, strict=True):
+            c.seq.tokens += [*c.draft[: c.accepted], token]
+    for seq in seqs:
+        sched.finish(seq, keep_prefix=False)
+        backend.drop(seq)
+        if drafter is not None:
+            drafter.drop(seq)
+    sched.settle()
+    if drafter is not None:  # the same model guesses: most draft tokens are accepted
+        states = [s.drafting for s in seqs[1:] if s.drafting is not None]
+        proposed, accepted = sum(d.proposed for d in states), sum(d.accepted for d in states)
+        assert len(states) == 3 and accepted >= 0.8 * proposed > 60, (accepted, proposed)
+    return [s.tokens[s.n_prompt : s.n_prompt + 40] for s in seqs[1:]]
+
+
+def test_a_draft_model_drafts_for_sequences_together_exactly(model_path: Path) -> None:
+    """The bundled model as its own draft model, three sequences drafting in the same steps:
+    the answers are the undrafted ones token for token, nearly every draft token is
+    accepted (the same model guesses), and the draft context follows each sequence through
+    its accepted and rejected drafts."""
+    spec = bundled_spec(
+        model_path,
+        max_seqs=8,
+        kv_split=True,  # each sequence in its own stream of cells, in order as undrafted
+        speculative="draft",
+        speculative_draft=str(model_path),
+    )
+    backend = llamacpp_loader()(spec)
+    try:
+        assert isinstance(backend, LlamaCppBackend) and backend.drafter is not None
+        prompts = [QUOTE, STORY, REWRITE]
+        assert greedy_together(backend, prompts, drafts=True) == greedy_together(
+            backend, prompts, drafts=False
+        )
+    finally:
+        backend.close()
+
+
+async def test_a_draft_model_configured_per_model(model_path: Path) -> None:
+    """speculative = "draft" with the draft model named by its path: served, the answer is
+    the one without drafts and the timings count the drafts; a draft model whose
+    vocabulary differs (here: another EOS token) is refused at load, saying why."""
+    spec = bundled_spec(model_path, speculative="draft", speculative_draft=str(model_path))
+    registry = ModelRegistry([spec], llamacpp_factory())
+    body = {
+        "model": spec.name,
+        "messages": [{"role": "user", "content": f"Repeat this text exactly:\n\n{TEXT}"}],
+        "temperature": 0,
+        "max_tokens": 60,
+    }
+    async with AppHandle(Settings(), registry) as app:
+        r = await app.client.post("/v1/chat/completions", json=body)
+        assert r.status_code == 200, r.text
+        timings = r.json()["timings"]
+        assert 0 < timings["draft_accepted"] <= timings["draft_tokens"]
+    other_eos = bundled_spec(
+        model_path,
+        speculative="draft",
+        speculative_draft=str(model_path),
+        kv_overrides={"tokenizer.ggml.eos_token_id": 1},
+    )
+    with pytest.raises(BackendError, match="another EOS token"):
+        llamacpp_loader()(other_eos)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import random
 from pathlib import Path
 
@@ -17,11 +18,19 @@ from inferd.engine.client import AsyncEngine
 from inferd.engine.detokenizer import Detokenizer
 from inferd.engine.scheduler import Scheduler, StepPlan
 from inferd.engine.sequence import Chunk, Sequence
-from inferd.engine.speculative import MAX_PAUSE, MIN_DRAFT, NgramDrafter
+from inferd.engine.speculative import (
+    MAX_PAUSE,
+    MIN_DRAFT,
+    DraftStep,
+    NgramDrafter,
+    NgramState,
+    StepCosts,
+)
 from inferd.engine.types import GenerateRequest, GenerationOutput, SamplingParams
+from inferd.errors import ConfigError
 from inferd.models.engines import BackendEngineFactory
 from inferd.models.registry import ModelRegistry
-from inferd.models.spec import ModelSpec
+from inferd.models.spec import ModelSpec, specs_from_settings
 from tests.conftest import AppHandle, wait_for
 
 REPLY = "the quick brown fox jumps over the lazy dog, then naps in the sun"
@@ -43,6 +52,23 @@ def seq_of(tokens: list[int], drafter: NgramDrafter, max_len: int = 10_000) -> S
     )
 
 
+def costs(**seconds: float) -> StepCosts:
+    """Step costs measured as given: costs(t1=0.01, t9=0.03) for 1 and 9 tokens."""
+    measured = StepCosts()
+    for size, t in seconds.items():
+        measured.observe(int(size[1:]), t)
+    return measured
+
+
+def free_step() -> DraftStep:
+    """A one-sequence step where tokens cost nothing more: every draft pays."""
+    return DraftStep(costs(t1=0.01, t64=0.01), 1, 1)
+
+
+def propose(drafter: NgramDrafter, tokens: list[int], limit: int) -> tuple[int, ...]:
+    return drafter.propose(seq_of(tokens, drafter), limit, free_step())
+
+
 # ---- the drafter ----------------------------------------------------------------------------
 
 
@@ -50,13 +76,13 @@ def test_draft_follows_the_latest_occurrence_of_the_longest_ngram() -> None:
     drafter = NgramDrafter(max_draft=4, ngram_min=1, ngram_max=3)
     # (7, 8, 9) occurs at 0 (then 1, 2 ...) and at 6 (then 3, 4 ...); (8, 9) also at 11
     tokens = [7, 8, 9, 1, 2, 0, 7, 8, 9, 3, 4, 8, 9, 5, 0, 7, 8, 9]
-    assert drafter.propose(seq_of(tokens, drafter), 10) == (3, 4, 8, 9)
-    assert drafter.propose(seq_of(tokens, drafter), 2) == (3, 4)  # the step's limit
+    assert propose(drafter, tokens, 10) == (3, 4, 8, 9)
+    assert propose(drafter, tokens, 2) == (3, 4)  # the step's limit
     # no (0, 8, 9) before: the latest (8, 9), at 11
-    assert drafter.propose(seq_of([*tokens[:-3], 8, 9], drafter), 10) == (5, 0, 8, 9)
-    assert drafter.propose(seq_of([1, 2, 3, 4, 5], drafter), 10) == ()  # nothing repeats
-    assert drafter.propose(seq_of(tokens, drafter), 1) == ()  # less than MIN_DRAFT
-    assert drafter.propose(seq_of([4, 3, 3, 3], drafter), 10) == ()  # one token follows (3, 3)
+    assert propose(drafter, [*tokens[:-3], 8, 9], 10) == (5, 0, 8, 9)
+    assert propose(drafter, [1, 2, 3, 4, 5], 10) == ()  # nothing repeats
+    assert propose(drafter, tokens, 1) == ()  # less than MIN_DRAFT
+    assert propose(drafter, [4, 3, 3, 3], 10) == ()  # one token follows (3, 3)
 
 
 def test_the_index_grows_with_the_sequence_as_if_built_at_once() -> None:
@@ -64,38 +90,93 @@ def test_the_index_grows_with_the_sequence_as_if_built_at_once() -> None:
     tokens = [rng.randrange(6) for _ in range(300)]
     drafter = NgramDrafter(max_draft=8, ngram_min=1, ngram_max=4)
     grown = seq_of(tokens[:20], drafter)
+    assert isinstance(grown.drafting, NgramState)
     for t in tokens[20:]:
-        drafter.propose(grown, 8)
+        drafter.lookup(grown.drafting, grown.tokens, 8)
         grown.tokens.append(t)
-        assert grown.drafting is not None
-        grown.drafting.pause = 0
     whole = seq_of(tokens, drafter)
-    assert drafter.propose(grown, 8) == drafter.propose(whole, 8)
-    assert grown.drafting is not None and whole.drafting is not None
+    assert isinstance(whole.drafting, NgramState)
+    assert drafter.lookup(grown.drafting, grown.tokens, 8) == drafter.lookup(
+        whole.drafting, whole.tokens, 8
+    )
     assert grown.drafting.index == whole.drafting.index
     for n, index in whole.drafting.index.items():  # each n-gram -> after its latest occurrence
         for i in range(len(tokens) - n):
             assert index[tuple(tokens[i : i + n])] >= i + n
 
 
-def test_drafts_shrink_after_a_miss_and_pause_longer_after_each_failure() -> None:
-    state = NgramDrafter(max_draft=8).start()
-    assert state.length == 8
-    state.record(8, 3)
-    assert state.length == 4 and state.pause == 0
-    state.record(4, 4)
-    assert state.length == 8
-    pauses = []
-    for _ in range(9):
-        state.record(2, 0)
-        pauses.append(state.pause)
-    assert pauses == [1, 2, 4, 8, 16, 32, 64, MAX_PAUSE, MAX_PAUSE]
-    assert state.length == MIN_DRAFT
-    state.record(2, 2)
-    assert state.failures == 0 and state.length == 4
-    state.record(4, 1)
-    assert state.length == MIN_DRAFT  # never a one-token draft
-    assert (state.proposed, state.accepted) == (8 + 4 + 9 * 2 + 2 + 4, 3 + 4 + 2 + 1)
+def test_step_costs_are_measured_per_size_and_interpolated() -> None:
+    assert StepCosts().ratio(1, 8) == pytest.approx(3.0)  # the prior: 0.25 a token
+    one = costs(t1=0.01)
+    assert one.ratio(1, 8) == pytest.approx(3.0)  # one size measured: the prior's shape
+    measured = costs(t1=0.010, t3=0.014, t9=0.026)
+    assert measured.ratio(1, 2) == pytest.approx(1.4)
+    assert measured.ratio(1, 5) == pytest.approx(2.0)  # 6 tokens: between 3 and 9
+    assert measured.ratio(1, 11) == pytest.approx(3.2)  # 12: the slope from 3 to 9
+    assert measured.ratio(3, 6) == pytest.approx(0.026 / 0.014)
+    drifting = costs(t1=0.010)
+    for _ in range(200):  # a running mean: the machine got slower
+        drifting.observe(1, 0.020)
+    assert drifting.cost(1) == pytest.approx(0.020, rel=1e-3)
+
+
+def test_draft_length_weighs_acceptance_against_the_cost_of_tokens() -> None:
+    cheap = costs(t1=0.010, t17=0.012)  # a GPU: tokens in a step are almost free
+    cpu = costs(t1=0.010, t9=0.030)  # a CPU: a token costs a quarter of a step
+    assert DraftStep(cheap, 1, 1).choose(0.9, 16)[0] == 16
+    assert DraftStep(cheap, 1, 1).choose(0.5, 16)[0] >= 4  # where a token more is still worth it
+    assert DraftStep(cpu, 1, 1).choose(0.97, 16)[0] >= 8  # quoting: long drafts pay
+    k, gain = DraftStep(cpu, 1, 1).choose(0.8, 16)
+    assert 2 <= k <= 5 and gain > 1.3  # short ones when more are rejected
+    assert DraftStep(cpu, 1, 1).choose(0.3, 16)[1] < 1  # free writing: none pays
+    # beside seven other decoding sequences a draft slows all eight: it pays less
+    busy = costs(t8=0.020, t16=0.040)
+    assert DraftStep(busy, 8, 8).choose(0.8, 8)[1] < 1.05 < DraftStep(cpu, 1, 1).choose(0.8, 8)[1]
+
+
+def test_a_sequence_probes_after_longer_pauses_while_drafts_do_not_pay() -> None:
+    drafter = NgramDrafter(max_draft=8, ngram_min=1, ngram_max=1)
+    cpu = costs(t1=0.010, t9=0.030)
+    seq = seq_of([*range(1, 10), *range(1, 10), 1], drafter)  # every lookup: 8 tokens
+    state = seq.drafting
+    assert state is not None
+    made: list[tuple[int, int, bool]] = []  # (step, tokens, a probe)
+    for i in range(210):  # every draft wholly rejected
+        draft = drafter.propose(seq, 8, DraftStep(cpu, 1, 1))
+        if draft:
+            made.append((i, len(draft), state.probing))
+            state.record(len(draft), 0)
+    assert made[0][1] > MIN_DRAFT and not made[0][2]  # the prior: a draft worth making
+    probes = [(i, n) for i, n, probe in made if probe]
+    assert len(made) - len(probes) <= 2  # the estimate soon says no
+    assert {n for _, n in probes} == {MIN_DRAFT}
+    gaps = [b - a - 1 for (a, _), (b, _) in itertools.pairwise(probes)]
+    assert gaps == [1, 2, 4, 8, 16, 32, MAX_PAUSE, MAX_PAUSE]
+    # probes wholly accepted: the estimate recovers, drafts are no longer probes, and grow
+    lengths = []
+    while len(lengths) < 20:
+        draft = drafter.propose(seq, 8, DraftStep(cpu, 1, 1))
+        if draft:
+            lengths.append(len(draft))
+            state.record(len(draft), len(draft))
+    assert lengths[-1] == 8 and state.probes == 0 and state.rate > 0.9
+    assert lengths == sorted(lengths)
+
+
+def test_rare_probes_where_tokens_cost_more_than_a_draft_could_give() -> None:
+    # a token more in a step costs more than a step: not even drafts wholly accepted pay
+    drafter = NgramDrafter(max_draft=8, ngram_min=1, ngram_max=1)
+    dear = costs(t1=0.010, t9=0.100)
+    seq = seq_of([*range(1, 10), *range(1, 10), 1], drafter)
+    made = []
+    for i in range(200):
+        draft = drafter.propose(seq, 8, DraftStep(dear, 1, 1))
+        if draft:
+            made.append((i, len(draft)))
+            assert seq.drafting is not None
+            seq.drafting.record(len(draft), len(draft))  # wholly accepted, yet not worth it
+    assert [i for i, _ in made] == [0, 2, 5, 10, 19, 36, 69, 134, 199]  # waits 1, 2, 4 ... 64
+    assert {n for _, n in made} == {MIN_DRAFT}
 
 
 # ---- the scheduler and the backend ----------------------------------------------------------
@@ -120,6 +201,7 @@ def test_a_rejected_draft_leaves_no_cells_and_the_ledger_exact() -> None:
     backend = FakeBackend(reply="abcdefgh", max_seqs=2, kv_cells=200)
     drafter = NgramDrafter(max_draft=8, ngram_min=2, ngram_max=2)
     sched = Scheduler(backend.pool, max_seqs=2, max_batch_tokens=32, drafter=drafter)
+    sched.step_costs = free_step().costs  # every draft as long as it can be
     seq = seq_of(list(encode("xx abcdeQQQ. ")), drafter)
     sched.add(seq)
     drafted = []
@@ -245,17 +327,28 @@ async def test_concurrent_requests_with_and_without_drafts(engines) -> None:  # 
 
 
 async def test_drafting_pauses_when_drafts_keep_failing(engines) -> None:  # type: ignore[no-untyped-def]
+    """Where a step's tokens cost time (as on a CPU) and drafts are rejected, a sequence
+    soon drafts only a probe now and then."""
     # "q" then a new letter each time: every 1-gram lookup of "q" guesses the letter that
     # followed the last "q", and is wrong
     reply = "".join(f"q{chr(c)}" for c in range(ord("A"), ord("z")))
-    spec = engines(NgramDrafter(max_draft=8, ngram_min=1, ngram_max=1), reply=reply)
+    drafter = NgramDrafter(max_draft=8, ngram_min=1, ngram_max=1)
+    spec = engines(drafter, reply=reply, step_delay=0.002, token_delay=0.001)
     plain = engines(None, reply=reply)
     outs = await generate(spec, "hi", max_tokens=110)
     assert summary(outs) == summary(await generate(plain, "hi", max_tokens=110))
     usage = outs[-1].usage
     assert usage.draft_accepted == 0
-    # 55 lookups of "q" found a match; the pauses (1, 2, 4, ...) let only a few draft
-    assert 0 < usage.draft_tokens <= 8 + 7 * MIN_DRAFT
+    # 55 lookups of "q" found a match: two drafts or so, then probes after 1, 2, 4 ... steps
+    assert 0 < usage.draft_tokens <= 2 * 8 + 6 * MIN_DRAFT
+
+
+async def test_long_drafts_where_they_are_accepted_even_if_tokens_cost(engines) -> None:  # type: ignore[no-untyped-def]
+    spec = engines(NgramDrafter(max_draft=8), reply=REPLY, step_delay=0.002, token_delay=0.001)
+    outs = await generate(spec, QUOTE, max_tokens=200)
+    usage = outs[-1].usage
+    assert usage.draft_accepted >= len(REPLY) / 2  # (timings under load are noisy)
+    assert spec.stats().steps <= len(REPLY) / 2
 
 
 async def test_a_backend_that_cannot_verify_drafts_gets_none(engines) -> None:  # type: ignore[no-untyped-def]
@@ -288,6 +381,27 @@ def test_ngram_sizes_are_checked() -> None:
         ModelConfig(path=Path("m.gguf"), speculative_ngram_min=5, speculative_ngram_max=3)
     with pytest.raises(ValidationError):
         ModelConfig(path=Path("m.gguf"), speculative="lookahead")  # type: ignore[arg-type]
+
+
+def test_a_draft_model_is_named_by_path_or_by_a_configured_model(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="speculative_draft"):
+        ModelConfig(path=Path("m.gguf"), speculative="draft")
+    big, small = tmp_path / "big.gguf", tmp_path / "small.gguf"
+    big.write_bytes(b"GGUF")
+    small.write_bytes(b"GGUF")
+
+    def draft_of(draft: str) -> str | None:
+        models = [
+            ModelConfig(path=big, speculative="draft", speculative_draft=draft),
+            ModelConfig(path=small, name="tiny", aliases=["t"]),
+        ]
+        return specs_from_settings(Settings(models=models))[0].config.speculative_draft
+
+    assert draft_of("tiny") == draft_of("t") == draft_of(str(small)) == str(small)
+    with pytest.raises(ConfigError, match="'nope' is neither a GGUF file nor"):
+        draft_of("nope")
+    with pytest.raises(ConfigError, match="needs speculative_draft"):  # a flag, unvalidated
+        specs_from_settings(Settings(), {"speculative": "draft"})
 
 
 async def test_configured_per_model_and_shown_in_timings_and_metrics() -> None:

@@ -25,6 +25,7 @@ _MODEL_FIELDS = (
     "prefix_cache_mb",
     "speculative",
     "speculative_max_draft",
+    "speculative_draft",
     "n_threads",
     "n_gpu_layers",
     "flash_attn",

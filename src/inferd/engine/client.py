@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from inferd.engine.backends.base import Backend, ModelInfo
 from inferd.engine.core import DEFAULT_PREFIX_CACHE_BYTES, EngineCore
-from inferd.engine.speculative import NgramDrafter
+from inferd.engine.speculative import Drafter
 from inferd.engine.types import (
     EngineStats,
     FinishReason,
@@ -100,7 +100,7 @@ class AsyncEngine:
         on_finish: FinishHook | None = None,
         prefix_cache: bool = True,
         prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES,
-        drafter: NgramDrafter | None = None,
+        drafter: Drafter | None = None,
     ) -> None:
         self._backend = backend
         self._name = name

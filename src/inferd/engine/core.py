@@ -14,7 +14,7 @@ from inferd.engine.backends.base import Backend, SequenceFailed
 from inferd.engine.detokenizer import Detokenizer
 from inferd.engine.scheduler import Scheduler
 from inferd.engine.sequence import Sequence
-from inferd.engine.speculative import NgramDrafter
+from inferd.engine.speculative import Drafter
 from inferd.engine.types import (
     STEP_SEQ_BUCKETS,
     EngineStats,
@@ -65,7 +65,7 @@ class EngineCore:
         name: str = "model",
         prefix_cache: bool = True,
         prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES,
-        drafter: NgramDrafter | None = None,
+        drafter: Drafter | None = None,
     ) -> None:
         info = backend.info
         if drafter is not None and not info.drafts:
@@ -220,6 +220,7 @@ class EngineCore:
         self._sched.add(seq)
 
     def _step(self) -> None:
+        started = time.perf_counter()
         plan = self._sched.schedule()
         for seq in plan.preempted:
             log.debug("preempted %s (KV cache full)", seq.request_id)
@@ -259,6 +260,7 @@ class EngineCore:
                 outputs.append(out)
                 if out.finished:  # a stop or max_tokens inside accepted drafts
                     break
+        self._sched.timed(plan, time.perf_counter() - started)  # not a finished one's saving
         self._emit(outputs)
 
     def _emit(self, outputs: list[GenerationOutput]) -> None:
@@ -335,6 +337,8 @@ class EngineCore:
         keep = keep or reason in (FinishReason.STOP, FinishReason.LENGTH)
         self._sched.finish(seq, keep_prefix=keep)
         self.backend.drop(seq)
+        if self._drafter is not None:
+            self._drafter.drop(seq)
         self._seqs.pop(seq.request_id, None)
         seq.finish_reason = reason
         return GenerationOutput(

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from inferd.engine.backends.base import KVPool
 from inferd.engine.prefix_cache import MIN_REUSE, PrefixStore, SavedPrefix, best_prefix
 from inferd.engine.sequence import Chunk, SeqState, Sequence
-from inferd.engine.speculative import NgramDrafter
+from inferd.engine.speculative import Drafter, DraftStep, StepCosts
 
 MIN_PREFILL_CHUNK = 8
 
@@ -54,7 +54,7 @@ class Scheduler:
         prefix_cache: bool = True,
         prefix_cache_bytes: int = 0,
         prefill_per_decode: int = 0,
-        drafter: NgramDrafter | None = None,
+        drafter: Drafter | None = None,
     ) -> None:
         if max_batch_tokens < max_seqs:
             raise ValueError("the step token budget must be at least the number of slots")
@@ -75,6 +75,7 @@ class Scheduler:
         self.prefix_hits = 0
         self.reused_tokens = 0
         self.drafter = drafter
+        self.step_costs = StepCosts()  # what drafts cost, measured (speculative.py)
         self.draft_tokens = 0  # draft tokens verified, in all
         self.draft_accepted = 0  # of them, accepted
 
@@ -144,8 +145,7 @@ class Scheduler:
             budget -= n
             claimed += s.n_pending  # the whole rest of the prompt is spoken for
         if self.drafter is not None:
-            spare = self.max_batch_tokens - plan.n_tokens
-            self._draft(plan.chunks[: len(decoding)], spare, claimed)
+            self._draft(plan, len(decoding), claimed)
         pool.order(plan.chunks)
         return plan
 
@@ -161,6 +161,12 @@ class Scheduler:
                 self.draft_accepted += c.accepted
         self.pool.commit(plan.chunks)
 
+    def timed(self, plan: StepPlan, seconds: float) -> None:
+        """The step took `seconds` (planned, run, its outputs made): a decode step (one
+        token per sequence, and drafts) is what drafting weighs its cost against."""
+        if self.drafter is not None and all(c.end - c.start == 1 for c in plan.chunks):
+            self.step_costs.observe(plan.n_tokens, seconds)
+
     def drop_cache(self) -> None:
         """Forget every kept prefix."""
         self.saved.clear()
@@ -174,18 +180,13 @@ class Scheduler:
 
     # ---- internals -----------------------------------------------------------------------
 
-    def _draft(self, decoding: list[Chunk], budget: int, claimed: int) -> None:
-        """Drafts for the decoding chunks, in running order, within `budget` tokens and the
-        pool's room beyond `claimed` positions; a draft never reaches past max_len."""
+    def _draft(self, plan: StepPlan, n_decoding: int, claimed: int) -> None:
+        """Drafts for the plan's first `n_decoding` chunks (the decoding ones) with what is
+        left of the step's token budget and of the pool's room beyond `claimed` positions."""
         assert self.drafter is not None
-        room = self.pool.room(claimed)
-        for c in decoding:
-            limit = min(budget, room, c.seq.max_len - len(c.seq.tokens) - 1)
-            if limit <= 0:
-                continue
-            c.draft = self.drafter.propose(c.seq, limit)
-            budget -= len(c.draft)
-            room -= len(c.draft)
+        spare = min(self.max_batch_tokens - plan.n_tokens, self.pool.room(claimed))
+        step = DraftStep(self.step_costs, plan.n_tokens, sum(c.samples for c in plan.chunks))
+        self.drafter.draft(plan.chunks[:n_decoding], spare, step)
 
     def _admit(self, seq: Sequence, claimed: int) -> bool:
         """Give `seq` a place and any reusable prefix, if its prompt fits: a kept prefix

@@ -1,69 +1,232 @@
-"""Speculative decoding by prompt lookup: draft tokens copied from the sequence itself.
+"""Speculative decoding: draft tokens guessed cheaply, verified in the engine's step.
 
-When the last n tokens of a sequence (prompt + output) occurred before in it, the tokens
-that followed that earlier occurrence are a guess at what comes next: a model quoting,
-editing or extracting from a given text repeats long runs of it. The scheduler feeds such a
-draft after the sequence's last sampled token in the same step as everything else
-(`Chunk.draft`); the backend computes logits at every position and samples them in order
-with the sequence's own sampler, keeping drafts while they equal what it samples and
-stopping at the first difference (that sample is the next token) or after the last draft
-(one token more). Nothing is sampled past a difference, so sampling (a seeded one, penalties,
-grammars) goes exactly as decoding token by token, on the logits the step computed (which on
-llama.cpp's CPU kernels differ from a one-token step's by float noise: docs/architecture.md);
-rejected drafts' KV is removed when the step is committed (`KVPool.commit`).
+Prompt lookup (`NgramDrafter`): when the last n tokens of a sequence (prompt + output)
+occurred before in it, the tokens that followed that earlier occurrence are a guess at what
+comes next: a model quoting, editing or extracting from a given text repeats long runs of
+it. A draft model (a backend's `drafter`, for llama.cpp `backends.llamacpp.draft_model`)
+guesses with a small model of the same vocabulary instead. The scheduler feeds a draft after
+the sequence's last sampled token in the same step as everything else (`Chunk.draft`); the
+backend computes logits at every position and samples them in order with the sequence's
+own sampler, keeping drafts while they equal what it samples and stopping at the first
+difference (that sample is the next token) or after the last draft (one token more).
+Nothing is sampled past a difference, so sampling (a seeded one, penalties, grammars) goes
+exactly as decoding token by token, on the logits the step computed (which on llama.cpp's
+CPU kernels differ from a one-token step's by float noise: docs/architecture.md); rejected
+drafts' KV is removed when the step is committed (`KVPool.commit`).
 
-A draft costs compute (on a CPU a step costs about its token count), so a sequence drafts
-only when an n-gram matches, drafts fewer tokens after a partial acceptance, and after a
-draft of which nothing was accepted pauses for a number of steps that doubles with every
-such failure (free writing soon stops drafting). A draft is at least MIN_DRAFT tokens: with
-llama.cpp's split KV cache a step is cut into micro-batches of equal tokens per sequence, so a
-drafted sequence's tokens beyond the others' one run in a micro-batch of their own (a pass over
-the weights), which one draft token does not repay; and a micro-batch of one token is computed
-by llama.cpp's one-token kernels, whose logits differ from a larger batch's.
+A draft costs compute: on a CPU a step's time grows with its tokens, so a draft pays only
+when enough of it is accepted. Each draft is weighed: the engine keeps a running measure of
+a decode step's time by its token count (`StepCosts`), each sequence a running estimate of
+the chance that a draft token is accepted after the one before it was (`DraftState.rate`:
+accepted tokens against rejections, recent drafts weighing most), and a sequence drafts the
+length that gives the step the most expected tokens per second, only when that beats the
+step without it (`DraftStep.choose`, `DraftState.decide`). A sequence whose estimate says
+no still tries a short draft now and then (a probe, after 1, 2, 4 ... 64 steps after
+failed ones or ones that could not pay), so a copying run later in a free answer starts
+drafting again. Free writing thus drafts little; quoting drafts long.
+
+A draft is at least MIN_DRAFT tokens: with llama.cpp's split KV cache a step is cut into
+micro-batches of equal tokens per sequence, so a drafted sequence's tokens beyond the
+others' one run in a micro-batch of their own (a pass over the weights), which one draft
+token does not repay; and a micro-batch of one token is computed by llama.cpp's one-token
+kernels, whose logits differ from a larger batch's.
 """
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from inferd.engine.sequence import Sequence
+    from inferd.engine.sequence import Chunk, Sequence
 
 MIN_DRAFT = 2
-# Steps a sequence skips drafting after its nth draft in a row with nothing accepted: 1, 2,
-# 4, ... up to this (a run of quoting later in the answer still gets drafts again).
+# Steps a sequence whose estimate says "do not draft" waits between probes: 1, 2, 4, ... up
+# to this, doubling with each probe in a row.
 MAX_PAUSE = 64
+# A sequence's first estimate of the chance a draft token is accepted after the one before
+# it, as if from PRIOR_WEIGHT tokens of evidence; each draft's evidence then counts for
+# DECAY of itself at the next draft (about the last ten drafts weigh).
+PRIOR_RATE = 0.75
+PRIOR_WEIGHT = 2.0
+DECAY = 0.9
+# Until steps of two sizes are measured, a token more in a step costs this fraction of a
+# one-token step.
+PRIOR_TOKEN_COST = 0.25
+# How much a step's expected tokens per second must gain for a draft to be made.
+MIN_GAIN = 1.05
+# Weight of a new measurement in a step size's running mean (until it has 1/ALPHA of them,
+# the plain mean).
+ALPHA = 0.05
+
+
+class StepCosts:
+    """The running mean time of a decode step (every sequence decoding, no prompt chunk) by
+    its number of tokens, as the engine measures it; sizes not measured are interpolated
+    (beyond the measured ones: the slope of the two nearest). Until two sizes are measured,
+    a token more costs PRIOR_TOKEN_COST of a one-token step. Only relative costs are read:
+    `ratio`."""
+
+    __slots__ = ("_counts", "_means", "_sizes")
+
+    def __init__(self) -> None:
+        self._means: dict[int, float] = {}
+        self._counts: dict[int, int] = {}
+        self._sizes: list[int] = []  # measured sizes, ascending
+
+    def observe(self, tokens: int, seconds: float) -> None:
+        count = self._counts.get(tokens, 0) + 1
+        self._counts[tokens] = count
+        if count == 1:
+            bisect.insort(self._sizes, tokens)
+        mean = self._means.get(tokens, seconds)
+        self._means[tokens] = mean + max(ALPHA, 1 / count) * (seconds - mean)
+
+    def cost(self, tokens: int) -> float:
+        """A step of `tokens`, in seconds (in one-token steps when nothing is measured)."""
+        means, sizes = self._means, self._sizes
+        if len(sizes) < 2:  # the prior's shape, through the one measured size if any
+            scale = means[sizes[0]] / _prior(sizes[0]) if sizes else 1.0
+            return scale * _prior(tokens)
+        if tokens in means:
+            return means[tokens]
+        i = min(max(bisect.bisect(sizes, tokens), 1), len(sizes) - 1)
+        lo, hi = sizes[i - 1], sizes[i]  # around `tokens`, or the two nearest
+        slope = max(0.0, (means[hi] - means[lo]) / (hi - lo))
+        return max(means[lo] + slope * (tokens - lo), 1e-9)
+
+    def ratio(self, tokens: int, more: int) -> float:
+        """A step of `tokens` + `more` tokens, in steps of `tokens`."""
+        return self.cost(tokens + more) / self.cost(tokens)
+
+
+def _prior(tokens: int) -> float:
+    return 1 + PRIOR_TOKEN_COST * (tokens - 1)
+
+
+@dataclass(slots=True)
+class DraftStep:
+    """The step being planned, as drafts are added to it: its tokens and the tokens it is
+    expected to give (one per sampling sequence, plus the drafts' expected accepted ones)."""
+
+    costs: StepCosts
+    tokens: int
+    expected: float
+
+    def choose(self, rate: float, most: int) -> tuple[int, float]:
+        """The draft length (MIN_DRAFT to `most`) that gives the step the most expected
+        tokens per second for a sequence whose draft tokens are each accepted with chance
+        `rate` after the one before, and that gain: the step's expected tokens per second
+        with it over without it."""
+        costs, tokens, expected = self.costs, self.tokens, self.expected
+        best, gain = MIN_DRAFT, 0.0
+        accepted = sum(rate**i for i in range(1, MIN_DRAFT))  # expected accepted, k - 1 drafts
+        term = rate ** (MIN_DRAFT - 1)
+        for k in range(MIN_DRAFT, most + 1):
+            term *= rate
+            accepted += term
+            g = (expected + accepted) / expected / costs.ratio(tokens, k)
+            if g > gain:
+                best, gain = k, g
+        return best, gain
+
+    def add(self, drafted: int, rate: float) -> None:
+        self.tokens += drafted
+        self.expected += sum(rate**i for i in range(1, drafted + 1))
 
 
 @dataclass(slots=True)
 class DraftState:
-    """One sequence's lookup index and drafting history."""
+    """One sequence's drafting history: the estimate of its acceptance, its probes, its
+    counts (a drafter's own state for the sequence extends it)."""
 
-    # per n-gram size n: the n tokens -> the position after their latest occurrence
-    index: dict[int, dict[tuple[int, ...], int]]
-    max_draft: int
-    indexed: int = 0  # the n-grams followed by a token at or before this index are in
-    length: int = 0  # the most tokens the next draft may have (up to max_draft)
-    pause: int = 0  # steps left without drafting
-    failures: int = 0  # drafts in a row with nothing accepted
+    # evidence for `rate`, decayed: draft tokens accepted, and drafts cut by a rejection
+    hits: float = PRIOR_RATE * PRIOR_WEIGHT
+    misses: float = (1 - PRIOR_RATE) * PRIOR_WEIGHT
+    pause: int = 0  # steps left before the next probe
+    probes: int = 0  # probes in a row (drafts made although the estimate said no)
+    probing: bool = False  # the draft being verified is a probe
+    hopeless: bool = False  # ... that would not pay even if wholly accepted
     proposed: int = 0  # draft tokens fed, in all
     accepted: int = 0  # of them, accepted
+
+    @property
+    def rate(self) -> float:
+        """The estimated chance that a draft token is accepted after the one before it."""
+        return self.hits / (self.hits + self.misses)
+
+    def paused(self) -> bool:
+        """Whether this step is one of a pause between probes (counting it down)."""
+        if self.pause:
+            self.pause -= 1
+            return True
+        return False
+
+    def decide(self, most: int, step: DraftStep) -> int:
+        """How many tokens (MIN_DRAFT to `most`) to draft in `step`, added to it: the length
+        worth most, or, when none is worth its cost, a probe of MIN_DRAFT (the estimate is
+        only as good as the last drafts, the costs of longer steps only as good as their
+        last measure)."""
+        rate = self.rate
+        k, gain = step.choose(rate, most)
+        self.probing = gain < MIN_GAIN
+        if self.probing:
+            k = MIN_DRAFT
+            # were it wholly accepted, would a probe pay? if not, wait after it in any case
+            self.hopeless = step.choose(1.0, most)[1] < MIN_GAIN
+        else:
+            self.probes = 0
+        step.add(k, rate)
+        return k
+
+    def _wait(self) -> None:
+        """Pause before the next probe, twice as long as before the last."""
+        self.pause = min(MAX_PAUSE, 1 << self.probes)
+        self.probes += 1
 
     def record(self, proposed: int, accepted: int) -> None:
         """A draft of `proposed` tokens was verified, its first `accepted` kept."""
         self.proposed += proposed
         self.accepted += accepted
-        if accepted == proposed:
-            self.length = min(self.max_draft, 2 * self.length)
-            self.failures = 0
-        elif accepted:
-            self.length = max(MIN_DRAFT, accepted + 1)
-            self.failures = 0
-        else:
-            self.length = MIN_DRAFT
-            self.pause = min(MAX_PAUSE, 1 << self.failures)
-            self.failures += 1
+        self.hits = self.hits * DECAY + accepted
+        self.misses = self.misses * DECAY + (accepted < proposed)
+        if self.probing and (accepted < proposed or self.hopeless):
+            self._wait()
+
+
+@dataclass(slots=True)
+class NgramState(DraftState):
+    """A sequence's prompt-lookup index, beside its history."""
+
+    # per n-gram size n: the n tokens -> the position after their latest occurrence
+    index: dict[int, dict[tuple[int, ...], int]] = field(default_factory=dict)
+    indexed: int = 0  # the n-grams followed by a token at or before this index are in
+
+
+class Drafter(Protocol):
+    """What drafts the tokens of the sequences that draft: prompt lookup (`NgramDrafter`)
+    or a draft model (a backend's `drafter`)."""
+
+    def start(self) -> DraftState:
+        """A new sequence's drafting state."""
+        ...
+
+    def draft(self, chunks: list[Chunk], spare: int, step: DraftStep) -> None:
+        """Set the `draft` of these decoding chunks, in order, each worth its cost (or a
+        probe), of `spare` tokens in all (what the step's token budget and KV room leave),
+        none reaching past its sequence's max_len."""
+        ...
+
+    def drop(self, seq: Sequence) -> None:
+        """`seq` is finished: forget what is kept for it."""
+        ...
+
+
+def room_for(seq: Sequence, spare: int) -> int:
+    """The most draft tokens `seq` may take of `spare`: its accepted ones and the token after
+    them must fit in its max_len."""
+    return min(spare, seq.max_len - len(seq.tokens) - 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,18 +244,31 @@ class NgramDrafter:
             raise ValueError(f"need 1 <= ngram_min <= ngram_max and max_draft >= {MIN_DRAFT}")
         object.__setattr__(self, "sizes", tuple(range(self.ngram_max, self.ngram_min - 1, -1)))
 
-    def start(self) -> DraftState:
-        return DraftState({n: {} for n in self.sizes}, self.max_draft, length=self.max_draft)
+    def start(self) -> NgramState:
+        return NgramState(index={n: {} for n in self.sizes})
 
-    def propose(self, seq: Sequence, limit: int) -> tuple[int, ...]:
-        """A draft of at most `limit` tokens to follow `seq.tokens` (empty: none)."""
+    def draft(self, chunks: list[Chunk], spare: int, step: DraftStep) -> None:
+        for c in chunks:
+            c.draft = self.propose(c.seq, room_for(c.seq, spare), step)
+            spare -= len(c.draft)
+
+    def drop(self, seq: Sequence) -> None:
+        pass
+
+    def propose(self, seq: Sequence, limit: int, step: DraftStep) -> tuple[int, ...]:
+        """A draft of at most `limit` tokens to follow `seq.tokens` (empty: none), added to
+        `step` when it is worth its cost (or is a probe)."""
         state = seq.drafting
-        if state is None or limit < MIN_DRAFT:
+        if not isinstance(state, NgramState) or limit < MIN_DRAFT or state.paused():
             return ()
-        if state.pause:
-            state.pause -= 1
+        found = self.lookup(state, seq.tokens, min(limit, self.max_draft))
+        if len(found) < MIN_DRAFT:
             return ()
-        tokens = seq.tokens
+        return found[: state.decide(len(found), step)]
+
+    def lookup(self, state: NgramState, tokens: list[int], most: int) -> tuple[int, ...]:
+        """The up to `most` tokens that followed the latest earlier occurrence of the
+        longest n-gram ending `tokens`."""
         self._index(state, tokens)
         n_tokens = len(tokens)
         for n in self.sizes:
@@ -100,10 +276,10 @@ class NgramDrafter:
                 continue
             after = state.index[n].get(tuple(tokens[-n:]))
             if after is not None and after + MIN_DRAFT <= n_tokens:
-                return tuple(tokens[after : after + min(limit, state.length)])
+                return tuple(tokens[after : after + most])
         return ()
 
-    def _index(self, state: DraftState, tokens: list[int]) -> None:
+    def _index(self, state: NgramState, tokens: list[int]) -> None:
         """Add the n-grams that gained a successor since the last call (a whole prompt at
         once: one dict built from zipped slices, ~0.1 us a token)."""
         end = len(tokens) - 1  # the last token has no successor yet

@@ -17,7 +17,7 @@ from typing import Protocol
 
 from inferd.engine.backends.base import Backend
 from inferd.engine.client import AsyncEngine, FinishHook
-from inferd.engine.speculative import NgramDrafter
+from inferd.engine.speculative import Drafter, NgramDrafter
 from inferd.errors import ConfigError, InferdError
 from inferd.models.chat_template import CHATML, ChatTemplate
 from inferd.models.checkpoint import CONFIG, SUPPORTED_ARCHITECTURES, find
@@ -121,6 +121,21 @@ def _file_size(spec: ModelSpec) -> int:
     return spec.path.stat().st_size
 
 
+def _drafter(spec: ModelSpec, backend: Backend) -> Drafter | None:
+    """What drafts for this model's speculative decoding: prompt lookup, the draft model
+    the backend loaded beside it, or nothing."""
+    cfg = spec.config
+    if cfg.speculative == "ngram":
+        return NgramDrafter(
+            cfg.speculative_max_draft, cfg.speculative_ngram_min, cfg.speculative_ngram_max
+        )
+    if cfg.speculative != "draft":
+        return None
+    if backend.drafter is None:
+        log.warning("model %s: this backend runs no draft model; speculation is off", spec.name)
+    return backend.drafter
+
+
 class BackendEngineFactory:
     """inferd's own engine (`AsyncEngine`) over a Backend made by `backend`, for runtimes
     that run under inferd's scheduler. `footprint` estimates a model before loading it
@@ -150,13 +165,7 @@ class BackendEngineFactory:
             on_finish=on_finish,
             prefix_cache=cfg.prefix_cache,
             prefix_cache_bytes=cfg.prefix_cache_mb << 20,
-            drafter=(
-                NgramDrafter(
-                    cfg.speculative_max_draft, cfg.speculative_ngram_min, cfg.speculative_ngram_max
-                )
-                if cfg.speculative == "ngram"
-                else None
-            ),
+            drafter=_drafter(spec, backend),
         )
         engine.start()
         facts = engine.facts()

@@ -94,6 +94,10 @@ def llamacpp_options(
         kv_overrides=tuple(c.kv_overrides.items()),
         tune_dir=tune_dir,
         verbose=verbose,
+        draft_model=(
+            Path(c.speculative_draft) if c.speculative == "draft" and c.speculative_draft else None
+        ),
+        max_draft=c.speculative_max_draft,
     )
 
 
@@ -113,11 +117,16 @@ def llamacpp_loader(*, verbose: bool = False, tune_dir: Path | None = None) -> B
 
 def llamacpp_footprint(spec: ModelSpec) -> int:
     """Bytes a model will take once loaded, without loading it: its file (the weights) and
-    the KV cache its settings give it on this host, from the GGUF header."""
+    the KV cache its settings give it on this host, from the GGUF header; and so for its
+    draft model (speculative = "draft", a context of as many cells)."""
     from inferd.engine.backends.llamacpp import estimate_kv_bytes
 
-    header = read_header(spec.path)
-    return spec.path.stat().st_size + estimate_kv_bytes(llamacpp_options(spec), header.metadata)
+    options = llamacpp_options(spec)
+    total = 0
+    for path in (spec.path, options.draft_model):
+        if path is not None:
+            total += path.stat().st_size + estimate_kv_bytes(options, read_header(path).metadata)
+    return total
 
 
 def cuda_available() -> bool:

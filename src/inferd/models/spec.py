@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -68,7 +69,7 @@ def specs_from_settings(
     """
     update = dict(overrides or {})
     if not settings.models:
-        cfg = ModelConfig(path=bundled_model_path()).model_copy(update=update)
+        cfg = _with_draft(ModelConfig(path=bundled_model_path()).model_copy(update=update), {})
         return [ModelSpec(BUNDLED_NAME, cfg.path, cfg, BUNDLED_ALIASES, Source.BUNDLED)]
     specs: list[ModelSpec] = []
     seen: set[str] = set()
@@ -82,7 +83,34 @@ def specs_from_settings(
                 raise ConfigError(f"model name {n!r} is used twice")
             seen.add(n)
         specs.append(spec)
-    return specs
+    paths = {n: s.path for s in specs for n in s.names}
+    return [
+        dataclasses.replace(s, config=_with_draft(s.config, paths))
+        if s.config.speculative == "draft"
+        else s
+        for s in specs
+    ]
+
+
+def _with_draft(cfg: ModelConfig, models: Mapping[str, Path]) -> ModelConfig:
+    """`cfg` with its draft model (speculative = "draft") as a file's path: a configured
+    model's name (or the bundled model's) stands for that model's file."""
+    text = cfg.speculative_draft
+    if cfg.speculative != "draft":
+        return cfg
+    if not text:  # a flag's override is not validated
+        raise ConfigError("speculative = 'draft' needs speculative_draft (the draft model)")
+    if text in models:
+        path = models[text]
+    elif base_name(text) in (BUNDLED_NAME, *BUNDLED_ALIASES[:1]):
+        path = bundled_model_path()
+    else:
+        path = resolve_path(text)
+    if not path.is_file():
+        raise ConfigError(
+            f"speculative_draft {text!r} is neither a GGUF file nor the name of a configured model"
+        )
+    return cfg.model_copy(update={"speculative_draft": str(path)})
 
 
 def _stem(text: str) -> str:
@@ -103,6 +131,6 @@ def resolve_path(text: str) -> Path:
 def directory_spec(path: Path, overrides: Mapping[str, object] | None = None) -> ModelSpec:
     """A .gguf file (served under its stem) or a checkpoint folder (under its name) found in
     the models directory."""
-    cfg = ModelConfig(path=path).model_copy(update=dict(overrides or {}))
+    cfg = _with_draft(ModelConfig(path=path).model_copy(update=dict(overrides or {})), {})
     name = path.name if path.is_dir() else path.stem
     return ModelSpec(name, path, cfg, (), Source.DIRECTORY)

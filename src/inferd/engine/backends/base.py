@@ -28,6 +28,7 @@ from inferd.engine.types import SamplingParams
 if TYPE_CHECKING:
     from inferd.engine.prefix_cache import SavedPrefix
     from inferd.engine.sequence import Chunk, Sequence
+    from inferd.engine.speculative import Drafter
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +154,12 @@ class Backend(Protocol):
     """A model loaded into a runtime, stepped by inferd's core loop."""
 
     info: ModelInfo
+
+    @property
+    def drafter(self) -> Drafter | None:
+        """A draft model loaded beside this one (speculative = "draft"), where the runtime
+        has one."""
+        ...
 
     @property
     def pool(self) -> KVPool:

@@ -80,11 +80,13 @@ class FakeBackend:
     kv_cell_bytes: int = 0  # reported memory per KV cell (0: unknown)
     size_bytes: int = 0  # reported weights
     step_delay: float = 0.0
+    token_delay: float = 0.0  # seconds more per token in a step (as a CPU's decode costs)
     fail_after_steps: int | None = None
     n_embd: int = 8
     n_ctx_embed: int = 0
     reject_grammar: bool = False  # a sampler for structured output cannot be made
     fim: tuple[int, int, int] | None = None  # (pre, suf, mid) token ids: can insert
+    drafter: None = None  # no draft model
     # observable state for tests, modelled on llama.cpp's unified KV cache: a cell holds
     # one position and may belong to several sequence ids
     steps: int = 0
@@ -239,8 +241,8 @@ class FakeBackend:
         self.steps += 1
         self.batches.append((len(tokens), len(set(seq_ids))))
         self.seq_id_batches.append(list(seq_ids))
-        if self.step_delay:
-            time.sleep(self.step_delay)
+        if self.step_delay or self.token_delay:
+            time.sleep(self.step_delay + self.token_delay * len(tokens))
         return True
 
     @property

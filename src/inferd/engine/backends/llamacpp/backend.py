@@ -14,6 +14,7 @@ import numpy as np
 
 from inferd.engine.backends.base import ModelInfo, SequenceFailed
 from inferd.engine.backends.llamacpp.cells import CellPool
+from inferd.engine.backends.llamacpp.draft_model import DraftModel
 from inferd.engine.backends.llamacpp.embeddings import Embedder, pooling_of
 from inferd.engine.backends.llamacpp.loading import LlamaModel, context_params, kv_cell_bytes
 from inferd.engine.backends.llamacpp.options import LlamaCppOptions, step_layout
@@ -42,6 +43,7 @@ class LlamaCppBackend:
     def __init__(self, path: Path, options: LlamaCppOptions) -> None:
         self._ctx: Any = None
         self._batch: Any = None
+        self.drafter: DraftModel | None = None
         self._embedder: Embedder | None = None
         self._embed_lock = threading.Lock()
         self._options = options
@@ -87,6 +89,21 @@ class LlamaCppBackend:
         kv_cells = int(llama_cpp.llama_n_ctx(ctx))
         self._cell_bytes = cell_bytes
         self.pool = CellPool(self, slots=max_seqs, cells=kv_cells, split=split)
+        if options.draft_model is not None:
+            try:
+                self.drafter = DraftModel(
+                    options.draft_model,
+                    options,
+                    target_vocab=self._vocab,
+                    cells=kv_cells,
+                    seqs=max_seqs,
+                    threads=self._n_threads,
+                    max_draft=options.max_draft,
+                    n_batch=n_batch,
+                )
+            except BaseException:
+                self.close()
+                raise
         self._metadata = self._model.metadata()
         template = llama_cpp.llama_model_chat_template(model, None)
         self.info = ModelInfo(
@@ -359,6 +376,9 @@ class LlamaCppBackend:
             return self._embedder.embed(inputs)
 
     def close(self) -> None:
+        if self.drafter is not None:
+            self.drafter.close()
+            self.drafter = None
         with self._embed_lock:
             if self._embedder is not None:
                 self._embedder.close()

@@ -56,6 +56,10 @@ class LlamaCppOptions:
     # GGUF metadata overridden at load: (key, bool | int | float | str) pairs
     kv_overrides: tuple[tuple[str, bool | int | float | str], ...] = ()
     verbose: bool = False
+    # speculative = "draft": the draft model's GGUF file (draft_model.py), and its most
+    # draft tokens per step
+    draft_model: Path | None = None
+    max_draft: int = 8
 
 
 FLASH_ATTN = {"auto": -1, "off": 0, "on": 1}

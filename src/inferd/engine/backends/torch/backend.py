@@ -108,6 +108,7 @@ class TorchBackend:
     def __init__(self, folder: Path, options: TorchOptions) -> None:
         """`folder`: a checkpoint's folder (a local one, or a snapshot in the HF cache)."""
         source = str(folder)
+        self.drafter = None  # no draft model (speculative decoding is llama.cpp's)
         _set_threads(options.n_threads, folder.name)
         self._device = torch.device(options.device)
         if options.on_gpu and not cuda_available():
