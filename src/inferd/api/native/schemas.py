@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
 from inferd.api.sessions import SessionId
-from inferd.api.wire import FiniteFloat, WholeInt
+from inferd.api.wire import FiniteFloat, TokenId, WholeInt
 
 
 class _Params(BaseModel):
@@ -98,8 +98,17 @@ class LoadAccepted(BaseModel):
 # ---- the tokenizer: llama-server's and vLLM's shapes, both accepted -------------------------
 
 
+# ids one /tokenize or /detokenize request holds: longer than any model's context, and a
+# bound on the pieces, text and JSON built for it
+MAX_TOKENIZER_IDS = 1 << 18
+
+
 class TokenizeBody(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    # the text is `content` or `prompt`, exactly one of them
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={"oneOf": [{"required": ["content"]}, {"required": ["prompt"]}]},
+    )
 
     model: StrictStr | None = None
     content: StrictStr | None = None  # llama-server's name
@@ -131,7 +140,7 @@ class DetokenizeBody(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     model: StrictStr | None = None
-    tokens: list[Annotated[WholeInt, Field(ge=0)]]
+    tokens: list[TokenId] = Field(max_length=MAX_TOKENIZER_IDS)
 
 
 class DetokenizeResult(BaseModel):

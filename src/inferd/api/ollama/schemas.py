@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictStr
 
-from inferd.api.wire import FiniteFloat, WholeInt
+from inferd.api.wire import FiniteFloat, TokenId, WholeInt
 
 # "5m", "1h30m", "300ms", "-1", or a number of seconds
 KeepAlive = StrictStr | WholeInt | StrictFloat | None
@@ -72,7 +72,7 @@ class GenerateRequest(_Common):
     template: StrictStr | None = None
     raw: StrictBool = False
     images: list[Any] | None = None
-    context: list[WholeInt] | None = None
+    context: list[TokenId] | None = None
 
 
 class ChatRequest(_Common):
