@@ -170,3 +170,46 @@ async def test_what_this_machine_cannot_run_fails_alone(
             "/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 2}
         )
         assert r.status_code == 200, r.text
+
+
+def test_embeddings_pool_as_the_checkpoint_says(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    """A sentence-transformers Pooling module (modules.json) picks the pooling: its last token,
+    its first (cls) or the mean, which is also what a checkpoint without one gets."""
+    import torch
+    from transformers import AutoModel
+
+    folder = tmp_path / "embedder"
+    shutil.copytree(tiny_llama_dir, folder)
+    ids = [17, 2, 405, 99, 3000]
+    base = AutoModel.from_pretrained(tiny_llama_dir, dtype=torch.float32)
+    with torch.no_grad():
+        hidden = base(input_ids=torch.tensor([ids])).last_hidden_state[0]
+    expected = {"mean": hidden.mean(dim=0), "last": hidden[-1], "cls": hidden[0]}
+    modes = [("mean", None), ("last", "pooling_mode_lasttoken"), ("cls", "pooling_mode_cls_token")]
+    for mode, key in modes:
+        if key is not None:
+            (folder / "1_Pooling").mkdir(exist_ok=True)
+            pooling = {"word_embedding_dimension": 64, "pooling_mode_mean_tokens": False, key: True}
+            (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+            modules = [
+                {
+                    "idx": 0,
+                    "name": "0",
+                    "path": "",
+                    "type": "sentence_transformers.models.Transformer",
+                },
+                {
+                    "idx": 1,
+                    "name": "1",
+                    "path": "1_Pooling",
+                    "type": "sentence_transformers.models.Pooling",
+                },
+            ]
+            (folder / "modules.json").write_text(json.dumps(modules))
+        backend = transformers_load(checkpoints.transformers_spec(folder))
+        try:
+            assert backend.facts()["pooling"] == mode
+            (got,) = backend.embed([ids])
+        finally:
+            backend.close()
+        assert torch.allclose(torch.tensor(got), expected[mode], atol=1e-4), mode

@@ -26,6 +26,7 @@ from inferd.engine.backends.torch.options import (
     TorchOptions,
     context_length,
     kv_positions,
+    pooling,
     read_config,
     text_config,
 )
@@ -174,6 +175,7 @@ class TorchBackend:
         self._window = int(window) if window else None
         self._cache_arg = self._cache_keyword()
         self._embed_lock = threading.Lock()
+        self._pooling = pooling(folder)
         params = list(self._model.parameters())
         template = tokenizer.chat_template
         if isinstance(template, dict):
@@ -234,6 +236,7 @@ class TorchBackend:
             "kv_block_size": BLOCK_SIZE,
             "dtype": self._dtype_name,
             "device": str(self._device),
+            "pooling": self._pooling,
             "metadata": dict(self._metadata),
         }
 
@@ -369,7 +372,8 @@ class TorchBackend:
     # ---- embeddings -----------------------------------------------------------------------
 
     def embed(self, inputs: Seq[Seq[int]]) -> list[list[float]]:
-        """Mean of the last hidden states over each input's tokens (one input per forward)."""
+        """Each input's last hidden states pooled as the model says (`options.pooling`: the
+        mean over its tokens, its last token or its first), one input per forward."""
         with self._embed_lock:
             model = self._model
             if model is None:
@@ -381,8 +385,14 @@ class TorchBackend:
                     if not tokens or len(tokens) > self.info.embed_limit:
                         raise BackendError("an embeddings input is empty or too long")
                     ids = torch.tensor([list(tokens)], dtype=torch.long, device=self._device)
-                    hidden = base(input_ids=ids, use_cache=False).last_hidden_state[0]
-                    out.append(hidden.float().mean(dim=0).cpu().tolist())
+                    hidden = base(input_ids=ids, use_cache=False).last_hidden_state[0].float()
+                    if self._pooling == "last":
+                        pooled = hidden[-1]
+                    elif self._pooling == "cls":
+                        pooled = hidden[0]
+                    else:
+                        pooled = hidden.mean(dim=0)
+                    out.append(pooled.cpu().tolist())
             return out
 
     def _unregister(self) -> None:
