@@ -68,8 +68,8 @@ class GenerationResult(BaseModel):
     parameters: dict[str, Any]
 
 
-class ConversionProgress(BaseModel):
-    phase: str  # converting, then quantizing
+class LoadProgress(BaseModel):
+    phase: str  # converting, then quantizing (a checkpoint for llama.cpp); loading (transformers)
     fraction: float  # of that phase, 0..1
 
 
@@ -81,7 +81,7 @@ class ModelInfo(BaseModel):
     path: str
     size: int
     error: str | None = None
-    progress: ConversionProgress | None = None  # while status is "converting"
+    progress: LoadProgress | None = None  # while converting or loading, where known
     config: dict[str, Any] = Field(default_factory=dict)
 
 

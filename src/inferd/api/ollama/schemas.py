@@ -138,15 +138,23 @@ class Tags(BaseModel):
     models: list[TagModel]
 
 
+class LoadStep(BaseModel):
+    phase: str  # converting, quantizing, loading
+    fraction: float  # of that phase, 0..1
+
+
 class RunningModel(BaseModel):
     name: str
     model: str
     size: int
     digest: str
     details: ModelDetails
-    expires_at: str
+    expires_at: str | None  # None while it is converted or loaded
     size_vram: int = 0
-    context_length: int
+    context_length: int | None  # None until loaded
+    # inferd's own, which Ollama clients ignore: ready, or loading / converting (with how far)
+    status: str = "ready"
+    progress: LoadStep | None = None
 
 
 class Running(BaseModel):

@@ -255,6 +255,11 @@ class Completion(BaseModel):
     timings: Timings | None = None
 
 
+class LoadStep(BaseModel):
+    phase: str  # converting, quantizing, loading
+    fraction: float  # of that phase, 0..1
+
+
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
@@ -262,6 +267,9 @@ class ModelCard(BaseModel):
     owned_by: str = "inferd"
     aliases: list[str] = Field(default_factory=list)
     context_length: int | None = None
+    # inferd's own: ready, loading, converting, unloaded, failed; how far a load is
+    status: str = "ready"
+    progress: LoadStep | None = None
 
 
 class ModelList(BaseModel):
