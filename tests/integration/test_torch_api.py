@@ -48,3 +48,36 @@ async def test_n_seeds_stops_usage_and_metrics_on_transformers(tiny_llama_dir: P
         metrics = (await c.get("/metrics")).text
         found = re.search(r'inferd_engine_generation_tokens_total\{model="tiny"\} (\S+)', metrics)
         assert found is not None and float(found[1]) >= 2 * 3 * 8
+
+
+async def test_penalties_reach_the_sampler_in_every_dialect_on_transformers(
+    smollm2_dir: Path,
+) -> None:
+    """SmolLM2's greedy answer repeats itself; a frequency/presence penalty
+    (OpenAI), repeat_penalty (Ollama) changes them, and without one the answer is the plain
+    greedy one (the penalty is what changed it, not chance)."""
+    spec = dataclasses.replace(checkpoints.transformers_spec(smollm2_dir, max_seqs=4), name="tiny")
+    async with AppHandle(Settings(), ModelRegistry([spec], engine_factory())) as h:
+        c = h.client
+        greedy = {"model": "tiny", "prompt": PROMPT, "max_tokens": 40, "temperature": 0}
+        greedy |= {"ignore_eos": True}
+
+        async def text(**extra: object) -> str:
+            r = await c.post("/v1/completions", json={**greedy, **extra})
+            assert r.status_code == 200, r.text
+            return str(r.json()["choices"][0]["text"])
+
+        plain = await text()
+        assert await text(frequency_penalty=0.0, presence_penalty=0.0) == plain
+        assert await text(frequency_penalty=2.0) != plain
+        assert await text(presence_penalty=2.0) != plain
+
+        async def ollama(**options: object) -> str:
+            body = {"model": "tiny", "prompt": PROMPT, "raw": True, "stream": False}
+            body["options"] = {"temperature": 0, "num_predict": 40, **options}
+            r = await c.post("/api/generate", json=body)
+            assert r.status_code == 200, r.text
+            return str(r.json()["response"])
+
+        ollama_plain = await ollama(repeat_penalty=1.0)
+        assert await ollama(repeat_penalty=1.8, repeat_last_n=64) != ollama_plain
