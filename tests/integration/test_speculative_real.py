@@ -350,19 +350,22 @@ def test_a_draft_model_drafts_for_sequences_together(model_path: Path) -> None:
     most draft tokens are accepted (the same model guesses: the draft context follows each
     sequence through its accepted and rejected drafts), and each answer is the undrafted
     one up to its first near-tie (what differs is the batch shape's float noise, not the
-    sampling: see the module docstring), at least 15 tokens of each."""
+    sampling: see the module docstring)."""
     spec = bundled_spec(
         model_path, max_seqs=8, speculative="draft", speculative_draft=str(model_path)
     )
     backend = llamacpp_loader()(spec)
     try:
         assert isinstance(backend, LlamaCppBackend) and backend.drafter is not None
-        prompts = [QUOTE, STORY, REWRITE]
+        prompts = [QUOTE, chat(f"Repeat this code exactly:\n\n{CODE}"), STORY]
         drafted = greedy_together(backend, prompts, drafts=True)
         plain = greedy_together(backend, prompts, drafts=False)
+        compared = 0
         for prompt, d, p in zip(prompts, drafted, plain, strict=True):
             sure = decided(backend, prompt, p)
-            assert len(sure) >= 15 and d[: len(sure)] == sure
+            assert d[: len(sure)] == sure
+            compared += len(sure)
+        assert compared >= 60  # (a story's first token may already be a near-tie)
     finally:
         backend.close()
 
