@@ -56,13 +56,7 @@ def data_dir(tmp_path: Path) -> Path:
 
 
 def serve(data_dir: Path, *args: str, env: dict[str, str] | None = None) -> LiveServer:
-    server = LiveServer(*args, env={"INFERD_DATA_DIR": str(data_dir), **(env or {})})
-    try:
-        server.wait_ready()
-    except BaseException:
-        server.stop()
-        raise
-    return server
+    return LiveServer.started(*args, env={"INFERD_DATA_DIR": str(data_dir), **(env or {})})
 
 
 # ---- the keys CLI ---------------------------------------------------------------------------

@@ -190,13 +190,7 @@ async def test_sixteen_concurrent_streams_each_get_all_their_tokens(
 
 
 def start_server() -> LiveServer:
-    server = LiveServer("--drain-timeout", str(DRAIN_TIMEOUT))
-    try:
-        server.wait_ready()
-    except BaseException:
-        server.stop(5)
-        raise
-    return server
+    return LiveServer.started("--drain-timeout", str(DRAIN_TIMEOUT))
 
 
 async def refused_soon(url: str, within: float = 15.0) -> bool:
