@@ -13,10 +13,7 @@ import pytest
 
 from inferd.api.prompting import tokenize_chat
 from inferd.api.renders import RenderSlots
-from inferd.config import Settings
-from inferd.models.loading import llamacpp_factory
-from inferd.models.registry import ModelRegistry
-from tests.conftest import AppHandle, bundled_spec
+from tests.live import AppHandle, bundled_app
 
 pytestmark = pytest.mark.model
 
@@ -33,8 +30,7 @@ GREEDY = {"max_tokens": 12, "temperature": 0}
 
 @pytest.fixture(scope="module")
 async def qwenish(model_path: Path) -> AsyncIterator[AppHandle]:
-    registry = ModelRegistry([bundled_spec(model_path, chat_template=TEMPLATE)], llamacpp_factory())
-    async with AppHandle(Settings(), registry) as handle:
+    async with bundled_app(model_path, chat_template=TEMPLATE) as handle:
         yield handle
 
 
