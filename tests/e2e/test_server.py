@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -241,29 +243,24 @@ async def stream_then_terminate(
     return data, error, refused
 
 
-async def test_sigterm_refuses_new_connections_and_exits_within_the_drain_timeout() -> None:
-    server = start_server()
-    try:
-        _, _, refused = await stream_then_terminate(server)
-        assert refused, "a new connection was still accepted after SIGTERM"
-        server.proc.wait(DRAIN_TIMEOUT + 10)
-    finally:
-        server.stop(5)
-    assert "Traceback" not in server.output()
-
-
-async def test_sigterm_lets_an_inflight_stream_finish() -> None:
+async def test_sigterm_lets_an_inflight_stream_finish_and_refuses_new_connections() -> None:
+    """One stream in flight at SIGTERM: new connections are refused at once, the stream runs
+    to its end, its usage record is written, and the server exits 0 within the drain timeout."""
     server = start_server()
     try:
         data, error, refused = await stream_then_terminate(server, max_tokens=200)
+        assert refused, "a new connection was still accepted after SIGTERM"
         assert error is None, f"stream cut after {len(data)} events: {error!r}"
         assert data[-1] == "[DONE]"
         finals = [json.loads(d) for d in data[:-1]]
         assert finals[-1]["choices"][0]["finish_reason"] == "length"
-        assert refused
         assert server.proc.wait(DRAIN_TIMEOUT + 10) == 0
     finally:
         server.stop(5)
+    assert "Traceback" not in server.output()
+    with sqlite3.connect(Path(server.data_dir) / "inferd.db") as conn:
+        rows = conn.execute("SELECT status, completion_tokens FROM usage").fetchall()
+    assert rows == [("length", 200)]
 
 
 def test_sigterm_exit_status_is_zero() -> None:
