@@ -6,9 +6,7 @@ langchain's `bind_tools`, and a pydantic-ai agent with a structured output type.
 from __future__ import annotations
 
 import json
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -17,9 +15,8 @@ import openai
 import pydantic
 import pytest
 
-from inferd.models.spec import BUNDLED_NAME, bundled_model_path
+from inferd.models.spec import BUNDLED_NAME
 from tests.conftest import LiveServer
-from tests.tool_templates import HERMES_CHATML
 
 TIMEOUT = 300.0
 WEATHER_PARAMS = {
@@ -40,21 +37,10 @@ ASK = "What is the weather in Paris?"
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[LiveServer]:
-    with tempfile.TemporaryDirectory() as d:
-        config = Path(d) / "inferd.toml"
-        config.write_text(
-            "[[models]]\n"
-            f"path = {json.dumps(str(bundled_model_path()))}\n"
-            f"name = {json.dumps(BUNDLED_NAME)}\n"
-            f"chat_template = {json.dumps(HERMES_CHATML)}\n"
-        )
-        live = LiveServer("--config", str(config))
-        try:
-            live.wait_ready(timeout=120)
-            yield live
-        finally:
-            live.stop()
+def server(tool_server: LiveServer) -> LiveServer:
+    """The session's server with the tool template (tests/conformance/conftest.py), which
+    test_agent_clients.py shares."""
+    return tool_server
 
 
 @pytest.fixture(scope="module")
