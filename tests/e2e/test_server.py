@@ -189,6 +189,9 @@ async def test_sixteen_concurrent_streams_each_get_all_their_tokens(
 
 
 # ---- (c) graceful shutdown ---------------------------------------------------------------------
+#
+# SIGTERM with nothing in flight exits 0: the tests that stop a server of their own check it
+# (LiveServer.stop() == 0 in test_store_server.py and test_ollama_client.py).
 
 
 def start_server() -> LiveServer:
@@ -261,16 +264,6 @@ async def test_sigterm_lets_an_inflight_stream_finish_and_refuses_new_connection
     with sqlite3.connect(Path(server.data_dir) / "inferd.db") as conn:
         rows = conn.execute("SELECT status, completion_tokens FROM usage").fetchall()
     assert rows == [("length", 200)]
-
-
-def test_sigterm_exit_status_is_zero() -> None:
-    server = start_server()
-    try:
-        server.proc.terminate()
-        code = server.proc.wait(DRAIN_TIMEOUT + 10)
-    finally:
-        server.stop(5)
-    assert code == 0, f"exit status {code}"
 
 
 # ---- (d) the CLI -------------------------------------------------------------------------------
