@@ -31,7 +31,11 @@ os.environ.setdefault("INFERD_TUNE_KERNELS", "false")
 # Fixtures that load the bundled model (in-process or in a server subprocess): a test using one,
 # or living under tests/e2e or tests/conformance (servers on the real model), is marked `model`.
 # `make test-fast` runs the rest (`-m "not model"`): unit tests and the fake backend.
-_MODEL_FIXTURES = frozenset({"model_path", "real", "live_server", "store_registry", "store_app"})
+_MODEL_FIXTURES = frozenset(
+    {"model_path", "real", "live_server", "store_registry", "store_app", "tool_server"}
+    # the checkpoints tests/checkpoints.py builds from the bundled model (transformers)
+    | {"smollm2_dir", "moe_dir", "mixtral_dir", "tiny_llama_dir"}
+)
 _MODEL_DIRS = ("e2e", "conformance")
 # and files named for a real runtime: *_real.py, the torch backend's and the converter's
 _MODEL_FILES = ("test_torch_", "test_convert_")
