@@ -20,9 +20,8 @@ async def tokenize(model: LoadedModel, body: s.TokenizeBody) -> s.TokenizeResult
     add_special = body.add_special if body.add_special is not None else body.prompt is not None
     engine = model.engine
     ids = await engine.tokenize(text, add_special=add_special, parse_special=body.parse_special)
-    pieces = (
-        [engine.token_bytes(t) for t in ids] if body.with_pieces or body.return_token_strs else []
-    )
+    shown = body.with_pieces or body.return_token_strs  # control tokens as their text
+    pieces = [engine.token_bytes(t, special=True) for t in ids] if shown else []
     return s.TokenizeResult(
         tokens=[s.TokenPiece(id=t, piece=_piece(p)) for t, p in zip(ids, pieces, strict=True)]
         if body.with_pieces
@@ -36,7 +35,8 @@ async def tokenize(model: LoadedModel, body: s.TokenizeBody) -> s.TokenizeResult
 
 
 def detokenize(model: LoadedModel, body: s.DetokenizeBody) -> s.DetokenizeResult:
-    """The text of the ids, as the engine writes it in answers (control tokens write none)."""
+    """The text of the ids, control tokens written out as their text (`<|im_end|>`), as
+    llama-server's /detokenize and Hugging Face's `decode` write them."""
     n_vocab = model.engine.info.n_vocab
     bad = next((t for t in body.tokens if t >= n_vocab), None)
     if bad is not None:
@@ -44,7 +44,7 @@ def detokenize(model: LoadedModel, body: s.DetokenizeBody) -> s.DetokenizeResult
             f"tokens holds token id {bad}, outside the vocabulary (0..{n_vocab - 1})",
             param="tokens",
         )
-    text = model.engine.detokenize(body.tokens)
+    text = model.engine.detokenize(body.tokens, special=True)
     return s.DetokenizeResult(content=text, prompt=text)
 
 

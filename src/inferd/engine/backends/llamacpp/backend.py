@@ -80,7 +80,6 @@ class LlamaCppBackend:
         self._eog_set = frozenset(eog)
         self._samplers = Samplers(ctx, self._vocab, self._n_vocab, eog)
         self._ones = array("i", [1]) * n_batch
-        self._piece_buf = ctypes.create_string_buffer(256)
         self._split = split
         if split:  # a sequence never holds more than its stream's cells
             n_ctx = min(n_ctx, int(llama_cpp.llama_n_ctx_seq(ctx)))
@@ -138,10 +137,7 @@ class LlamaCppBackend:
     # ---- tokenizer ------------------------------------------------------------------------
 
     def _special_text(self, token: int) -> str:
-        if token < 0:
-            return ""
-        n = llama_cpp.llama_token_to_piece(self._vocab, token, self._piece_buf, 256, 0, True)
-        return self._piece_buf.raw[: max(n, 0)].decode("utf-8", "replace")
+        return self.token_text(token).decode("utf-8", "replace") if token >= 0 else ""
 
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
         data = text.encode("utf-8", "surrogatepass")
@@ -161,11 +157,18 @@ class LlamaCppBackend:
         return list(out[:n])
 
     def token_piece(self, token: int) -> bytes:
-        buf = self._piece_buf
-        n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+        return self._piece(token, special=False)
+
+    def token_text(self, token: int) -> bytes:
+        return self._piece(token, special=True)
+
+    def _piece(self, token: int, *, special: bool) -> bytes:
+        # a buffer per call: the core thread and request threads ask at once
+        buf = ctypes.create_string_buffer(64)
+        n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
         if n < 0:  # piece longer than the buffer: ask again with the size llama.cpp wants
             big = ctypes.create_string_buffer(-n)
-            n = llama_cpp.llama_token_to_piece(self._vocab, token, big, -n, 0, False)
+            n = llama_cpp.llama_token_to_piece(self._vocab, token, big, -n, 0, special)
             return big.raw[:n]
         return buf.raw[:n]
 
