@@ -235,3 +235,16 @@ def test_a_lazy_shape_starts_with_its_trigger() -> None:
     with pytest.raises(ValueError, match="trigger"):
         TaggedJson((tag,), prefix="[", trigger="<call>")
     TaggedJson((tag,), trigger="<ca")
+
+
+def test_multiple_of_is_kept_as_on_llama_cpp(grammars: Grammars, tokenizer: Any) -> None:
+    """llguidance keeps `multipleOf` within the bounds as the llama.cpp grammars do
+    (tests/integration/test_multiple_of_real.py): the same texts in and out."""
+    integer = SamplingParams(
+        json_schema=json.dumps({"type": "integer", "multipleOf": 7, "minimum": -50, "maximum": 100})
+    )
+    for n in range(-60, 111):
+        assert complete(grammars, tokenizer, integer, str(n)) is (n % 7 == 0 and -50 <= n <= 100)
+    number = SamplingParams(json_schema=json.dumps({"type": "number", "multipleOf": 0.25}))
+    for text, ok in (("1.25", True), ("-0.5", True), ("3", True), ("1.2", False), ("0.3", False)):
+        assert complete(grammars, tokenizer, number, text) is ok, text
