@@ -100,30 +100,32 @@ SHOP = {
 }
 
 
-async def test_the_model_writes_only_multiples_sampling_hot(real: AppHandle) -> None:
-    """At temperature 1.5 a 135M model's numbers are anything; the grammar keeps them
-    multiples, in JSON output and in tool arguments alike."""
-    ask = [{"role": "user", "content": "How many boxes of eggs, and at what price?"}]
-    hot = {"messages": ask, "temperature": 1.5, "max_tokens": 80}
+ASK = [{"role": "user", "content": "Order 7 boxes at a price of 3.14159, as JSON."}]
+HOT = {"messages": ASK, "temperature": 1.5, "seed": 7, "n": 3, "max_tokens": 64}
+
+
+async def test_json_output_holds_only_multiples_sampling_hot(real: AppHandle) -> None:
+    """A prompt that asks for values that are no multiples, and a hot sampler (three answers
+    at temperature 1.5): the grammar keeps them multiples."""
     shaped = {"type": "json_schema", "json_schema": {"name": "order", "schema": SHOP}}
+    r = await real.client.post("/v1/chat/completions", json={**HOT, "response_format": shaped})
+    assert r.status_code == 200, r.text
+    for choice in r.json()["choices"]:
+        assert choice["finish_reason"] == "stop", choice
+        jsonschema.validate(json.loads(choice["message"]["content"]), SHOP)
+
+
+async def test_tool_arguments_hold_only_multiples_sampling_hot(real: AppHandle) -> None:
     tool = {"type": "function", "function": {"name": "order", "parameters": SHOP}}
-    for seed in range(6):
-        r = await real.client.post(
-            "/v1/chat/completions", json={**hot, "seed": seed, "response_format": shaped}
-        )
-        assert r.status_code == 200, r.text
-        choice = r.json()["choices"][0]
-        if choice["finish_reason"] == "stop":
-            jsonschema.validate(json.loads(choice["message"]["content"]), SHOP)
-        r = await real.client.post(
-            "/v1/chat/completions",
-            json={**hot, "seed": seed, "tools": [tool], "tool_choice": "required"},
-        )
-        assert r.status_code == 200, r.text
-        choice = r.json()["choices"][0]
-        if choice["finish_reason"] == "tool_calls":
-            for call in choice["message"]["tool_calls"]:
-                jsonschema.validate(json.loads(call["function"]["arguments"]), SHOP)
+    named = {"type": "function", "function": {"name": "order"}}  # one call each
+    r = await real.client.post(
+        "/v1/chat/completions", json={**HOT, "tools": [tool], "tool_choice": named}
+    )
+    assert r.status_code == 200, r.text
+    for choice in r.json()["choices"]:
+        assert choice["finish_reason"] == "tool_calls", choice
+        for call in choice["message"]["tool_calls"]:
+            jsonschema.validate(json.loads(call["function"]["arguments"]), SHOP)
 
 
 async def test_a_range_without_a_multiple_or_too_large_a_grammar_is_a_400(
