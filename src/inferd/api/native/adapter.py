@@ -108,10 +108,7 @@ def result(
 
 def model_info(entry: ModelEntry) -> s.ModelInfo:
     spec, p = entry.spec, entry.progress
-    try:
-        size = spec.path.stat().st_size
-    except OSError:
-        size = 0
+    size = describe.disk_size(spec.path)
     config: dict[str, Any] = {}
     meta = entry.metadata
     arch = describe.family(meta)
@@ -159,6 +156,6 @@ def model_info(entry: ModelEntry) -> s.ModelInfo:
         path=spec.path.name,
         size=size,
         error=entry.error,
-        progress=None if p is None else s.ConversionProgress(phase=p.phase, fraction=p.fraction),
+        progress=None if p is None else s.LoadProgress(phase=p.phase, fraction=p.fraction),
         config=config,
     )

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, localcontext
 from typing import Any
 
 BOUND_KEYS = frozenset({"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"})
@@ -86,7 +86,17 @@ def _bounds(schema: dict[str, Any]) -> tuple[Bound, Bound]:
     for value, strict in ((maximum, ex_max is True), (ex_max, True)):
         if (bound := _decimal(value)) is not None:
             high = _tighter(high, Bound(bound, strict), lower=False)
-    return low, high
+    return _rounded(low, lower=True), _rounded(high, lower=False)
+
+
+def _rounded(bound: Bound, *, lower: bool) -> Bound:
+    """A bound with more than 16 fraction digits (`minimum: 5e-324`), moved inward to 16:
+    generated numbers keep to 16 fraction digits anyway, and the grammar stays a few
+    digits deep however many digits the schema writes."""
+    step = Decimal(1).scaleb(-DIGITS)
+    with localcontext(prec=3 * DIGITS):
+        moved = bound.value.quantize(step, rounding=ROUND_CEILING if lower else ROUND_FLOOR)
+    return bound if moved == bound.value else Bound(moved.normalize(), False)
 
 
 def _decimal(value: Any) -> Decimal | None:
