@@ -60,3 +60,12 @@ def test_zero_is_a_multiple_of_anything() -> None:
     """A step beyond the 16 digits an integer is written in leaves 0 alone."""
     expr, rules = multiple_rule({"multipleOf": 1e20}, integer=True)
     assert [rules[name] for name in expr.strip("()").split(" | ")] == ["[0]"]
+
+
+def test_a_step_finer_than_16_decimals_keeps_numbers_at_16() -> None:
+    """multipleOf 3e-20: a number of at most 16 decimals is a multiple when its last 16
+    digits make a multiple of 3 (the grammar stays 16 decimals deep, no deep recursion)."""
+    _, fine = multiple_rule({"multipleOf": 3e-20}, integer=False)
+    _, coarse = multiple_rule({"multipleOf": 3e-16}, integer=False)
+    assert fine.keys() == coarse.keys()
+    multiple_rule({"multipleOf": 5e-324}, integer=False)

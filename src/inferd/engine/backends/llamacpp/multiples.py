@@ -25,7 +25,7 @@ import math
 from decimal import Decimal
 from typing import Any
 
-from inferd.engine.backends.llamacpp.bounds import scaled_range
+from inferd.engine.backends.llamacpp.bounds import DIGITS, scaled_range
 
 MAX_RULES = 4096
 
@@ -35,8 +35,11 @@ def multiple_rule(schema: dict[str, Any], *, integer: bool) -> tuple[str, dict[s
     and the rules it names (name -> body; a name is its body's hash)."""
     step = schema["multipleOf"]
     modulus, places = _ratio(step)
-    if integer:
-        modulus, places = modulus // math.gcd(modulus, 10**places), 0
+    # an integer has no decimals, a number at most 16 (as the bounds' grammar writes them):
+    # the multiples with fewer are those of the step's factor left after dropping the rest
+    most = 0 if integer else DIGITS
+    if places > most:
+        modulus, places = modulus // math.gcd(modulus, 10 ** (places - most)), most
     lo, hi = scaled_range(schema, places)
     reader = _Reader(modulus, places, step)
     alternatives = []
