@@ -30,7 +30,10 @@ class Exit:
         exited by itself."""
         if self.code >= 0:
             return None
-        name = signal.Signals(-self.code).name
+        try:
+            name = signal.Signals(-self.code).name
+        except ValueError:  # a signal without a name (a real-time one)
+            name = f"signal {-self.code}"
         return f"{name} (out of memory?)" if -self.code == signal.SIGKILL else name
 
 
@@ -44,24 +47,33 @@ def run(
     """Run `cmd` to its end (stdout and stderr together), passing each non-empty line to
     `on_line`. The child is killed if the caller is interrupted."""
     tail: deque[str] = deque(maxlen=keep)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-    try:
-        assert proc.stdout is not None
-        for line in _lines(proc.stdout):
-            tail.append(line)
-            on_line(line)
-        code = proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    proc = subprocess.Popen(
+        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
+    )
+    with proc:  # closes the pipe
+        try:
+            assert proc.stdout is not None
+            for line in _lines(proc.stdout):
+                tail.append(line)
+                on_line(line)
+            code = proc.wait()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     return Exit(code, tuple(tail))
+
+
+_LONGEST = 65536  # a line longer than this goes on in a new one
 
 
 def _lines(stream: IO[bytes]) -> Iterator[str]:
     decoder, buf = codecs.getincrementaldecoder("utf-8")("replace"), ""
     while chunk := os.read(stream.fileno(), 65536):
         *done, buf = re.split(r"[\r\n]", buf + decoder.decode(chunk))
+        if len(buf) > _LONGEST:  # a child writing without newlines: bounded
+            done.append(buf)
+            buf = ""
         yield from (d.strip() for d in done if d.strip())
     if buf.strip():
         yield buf.strip()

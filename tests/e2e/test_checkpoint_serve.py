@@ -7,12 +7,16 @@ conversion-cache entries."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
+import ollama
+import openai
 import pytest
 
 from inferd.models.convert_cache import ENTRY_FILE, ConvertCache
@@ -21,10 +25,11 @@ from tests import checkpoints
 from tests.conftest import LiveServer
 
 pytestmark = [pytest.mark.model, pytest.mark.timeout(900)]
-checkpoint_root, smollm2_dir, moe_dir = (
+checkpoint_root, smollm2_dir, moe_dir, tiny_llama_dir = (
     checkpoints.checkpoint_root,
     checkpoints.smollm2_dir,
     checkpoints.moe_dir,
+    checkpoints.tiny_llama_dir,
 )
 
 # llama.cpp file types (general.file_type)
@@ -176,5 +181,58 @@ def test_moe_checkpoints_in_the_models_directory_serve_every_dialect(
         assert show["details"]["quantization_level"] == "F32"
         arch = show["model_info"]["general.architecture"]
         assert show["model_info"][f"{arch}.expert_count"] == 4
+    finally:
+        server.stop()
+
+
+def test_a_conversion_under_way_shows_in_every_listing(
+    tiny_llama_dir: Path, tmp_path: Path
+) -> None:
+    """A real conversion (the tiny llama at f32, into an empty cache) watched through a live
+    server while it runs: Ollama's /api/ps as the official client parses it, `inferd ps`,
+    OpenAI's /v1/models as the official client parses it, and /models show it converting with
+    how far; the bundled model serves meanwhile; then it is listed loaded."""
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "llama").symlink_to(tiny_llama_dir)
+    env = {
+        "INFERD_CONVERT_CACHE_DIR": str(tmp_path / "converted"),
+        "INFERD_MODELS_DIR": str(models),
+        "INFERD_QUANTIZE": "f32",
+    }
+    server = LiveServer("--n-threads", "2", env=env)
+    try:
+        server.wait_ready(timeout=120)
+        url = server.url
+        assert httpx.post(f"{url}/models/llama/load", timeout=30).status_code == 202
+        deadline = time.monotonic() + 300
+        while True:  # the converter child imports torch first: seconds at 0 %
+            ps = httpx.get(f"{url}/api/ps", timeout=30).json()["models"]
+            mine = next((m for m in ps if m["name"] == "llama"), None)
+            if mine is not None and mine["status"] == "converting":
+                break
+            assert time.monotonic() < deadline, ps
+            time.sleep(0.2)
+        assert mine["progress"]["phase"] == "converting" and mine["expires_at"] is None
+        with ollama.Client(host=url, timeout=60) as oll:
+            running = {m.model: m for m in oll.ps().models}
+        assert running["llama"].expires_at is None and running["smollm2:135m"].expires_at
+        with openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0) as oai:
+            cards = {m.id: m for m in oai.models.list()}
+        assert (cards["llama"].model_extra or {})["status"] in ("converting", "loading", "ready")
+        listed = inferd({"INFERD_HOST": url}, "ps")
+        assert listed.returncode == 0, listed.stderr
+        # converting, unless it finished while the command started
+        assert re.search(r"llama .*(converting \d+%|loading|Forever)", listed.stdout), listed.stdout
+        native = httpx.get(f"{url}/models/llama", timeout=30).json()
+        assert native["status"] in ("converting", "loading", "ready")
+        chat = {"model": "smollm2:135m", "prompt": "Hi", "max_tokens": 4}
+        assert httpx.post(f"{url}/v1/completions", json=chat, timeout=60).status_code == 200
+        while httpx.get(f"{url}/models/llama", timeout=30).json()["status"] != "ready":
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        ps = httpx.get(f"{url}/api/ps", timeout=30).json()["models"]
+        (mine,) = [m for m in ps if m["name"] == "llama"]
+        assert mine["status"] == "ready" and mine["progress"] is None and mine["expires_at"]
     finally:
         server.stop()

@@ -19,9 +19,9 @@ import pytest
 
 from inferd.errors import ConfigError, ConversionFailed, ModelNotFound
 from inferd.models import checkpoint
-from inferd.models.convert import ConvertProgress
 from inferd.models.convert_cache import ConvertCache, estimate_bytes
 from inferd.models.gguf_header import read_header
+from inferd.models.progress import LoadProgress
 from tests import checkpoints
 
 pytestmark = [pytest.mark.model, pytest.mark.timeout(900)]
@@ -47,7 +47,7 @@ def test_convert_once_then_reuse_across_restarts(
 ) -> None:
     caplog.set_level(logging.INFO, logger="inferd.models.convert_cache")
     root = tmp_path / "cache"
-    seen: list[ConvertProgress] = []
+    seen: list[LoadProgress] = []
     first = ConvertCache(root).get_or_convert(
         checkpoint.inspect(source), "f32", on_progress=seen.append
     )

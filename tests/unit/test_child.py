@@ -32,3 +32,16 @@ def test_a_killed_child_names_the_signal() -> None:
     assert end.killed == "SIGKILL (out of memory?)"
     end = child.run(python("import os, signal; os.kill(os.getpid(), signal.SIGTERM)"), print)
     assert end.killed == "SIGTERM"
+
+
+def test_output_without_newlines_is_cut_into_bounded_lines_and_stdin_is_closed() -> None:
+    seen: list[str] = []
+    code = "import sys; sys.stdout.write('x' * 300000); sys.stdout.write(sys.stdin.read())"
+    end = child.run(python(code), seen.append)
+    assert end.code == 0
+    assert "".join(seen) == "x" * 300000
+    assert max(len(line) for line in seen) <= 2 * 65536
+
+
+def test_a_signal_without_a_name_is_named_by_number() -> None:
+    assert child.Exit(-40, ()).killed == "signal 40"

@@ -9,13 +9,17 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
+import ollama
+
+from inferd.cli.remote import state
 from inferd.config import ModelConfig, Settings
 from inferd.engine.backends.fake import FakeBackend
 from inferd.errors import ConversionFailed
 from inferd.models.checkpoint import Checkpoint
-from inferd.models.convert import ConvertProgress, ProgressCallback
 from inferd.models.convert_cache import CacheEntry, ConvertCache
 from inferd.models.converting import ConvertingFactory
 from inferd.models.engines import (
@@ -26,6 +30,7 @@ from inferd.models.engines import (
     engine_kind,
 )
 from inferd.models.entry import ModelStatus
+from inferd.models.progress import LoadProgress, ProgressCallback
 from inferd.models.registry import ModelRegistry
 from inferd.models.spec import ModelSpec
 from tests.checkpoints import make
@@ -33,12 +38,13 @@ from tests.conftest import AppHandle
 
 
 class SteppedCache(ConvertCache):
-    """Converts only as far as the test lets it (`step`), then 'writes' `out`."""
+    """Converts only as far as the test lets it (`steps`: converting 25%, converting 75%,
+    quantizing 25%, done), then 'writes' `out`."""
 
     def __init__(self, root: Path, out: Path) -> None:
         super().__init__(root)
         self.out = out
-        self.steps: list[threading.Event] = [threading.Event() for _ in range(3)]
+        self.steps: list[threading.Event] = [threading.Event() for _ in range(4)]
         self.asked: list[str] = []
         self.fail: str | None = None
 
@@ -53,10 +59,11 @@ class SteppedCache(ConvertCache):
         self.asked.append(quant)
         for i, phase in enumerate(["converting", "converting", "quantizing"]):
             assert self.steps[i].wait(30)
-            on_progress(ConvertProgress(phase, 0.5 * (i % 2) + 0.25))
+            on_progress(LoadProgress(phase, 0.5 * (i % 2) + 0.25))
+        assert self.steps[3].wait(30)
         if self.fail:
             raise ConversionFailed(self.fail)
-        on_progress(ConvertProgress("done", 1.0))
+        on_progress(LoadProgress("done", 1.0))
         return CacheEntry(
             key="k" * 64, path=self.out, source=str(checkpoint.path), architecture="llama",
             quant=quant, size=1, converter="0", llama_cpp="0", created=0.0, seconds=0.0,
@@ -123,6 +130,7 @@ async def test_converting_shows_in_listings_and_answers_503_in_each_dialect(
         assert hf["progress"] == {"phase": "converting", "fraction": 0.25}
         health = next(m for m in (await c.get("/health")).json()["models"] if m["name"] == "hf")
         assert health["status"] == "converting" and health["progress"]["fraction"] == 0.25
+        await assert_listed_while_preparing(c, "hf", "converting", 0.25, folder)
 
         # meanwhile: a 503 with Retry-After, in each dialect's shape
         chat = {"model": "hf", "messages": [{"role": "user", "content": "hi"}]}
@@ -137,14 +145,57 @@ async def test_converting_shows_in_listings_and_answers_503_in_each_dialect(
         assert r.status_code == 200
 
         cache.steps[1].set()
+        await until(lambda: entry.progress is not None and entry.progress.fraction == 0.75)
         cache.steps[2].set()
+        await until(lambda: entry.progress is not None and entry.progress.phase == "quantizing")
+        await assert_listed_while_preparing(c, "hf", "converting", 0.25, folder, "quantizing")
+        cache.steps[3].set()
         await until(lambda: entry.status is ModelStatus.READY)
+        (running,) = [m for m in (await c.get("/api/ps")).json()["models"] if m["name"] == "hf"]
+        assert running["status"] == "ready" and running["progress"] is None
+        assert running["expires_at"] > "2100"
         assert entry.progress is None and loaded[-1] == tmp_path / "converted.gguf"
         assert cache.asked == ["q8_0"]  # the server's default type
         assert entry.spec.path == folder  # still known by its checkpoint
         assert h.registry.get("hf").metadata["inferd.converted_from"] == str(folder)
         r = await c.post("/v1/chat/completions", json=chat)
         assert r.status_code == 200
+
+
+def size_of(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.iterdir())
+
+
+async def assert_listed_while_preparing(
+    c: httpx.AsyncClient,
+    name: str,
+    status: str,
+    fraction: float,
+    folder: Path,
+    phase: str | None = None,
+) -> None:
+    """Each dialect's listing shows model `name` being converted or loaded, and how far:
+    Ollama's /api/ps (as the official client parses it, and as `inferd ps` prints it),
+    OpenAI's /v1/models; /api/tags lists it with its files' size."""
+    phase = phase or status
+    ps = (await c.get("/api/ps")).json()
+    (m,) = [m for m in ps["models"] if m["name"] == name]
+    assert (m["status"], m["progress"]["phase"]) == (status, phase)
+    if phase == status:
+        assert m["progress"]["fraction"] == fraction
+    assert m["expires_at"] is None and m["context_length"] is None
+    assert m["size"] > 0  # the registry's estimate of what it will take
+    parsed = ollama.ProcessResponse.model_validate(ps)  # the official client's own model
+    assert name in [p.model for p in parsed.models]
+    text = state(m, datetime.now(UTC))
+    assert text == f"{phase} {m['progress']['fraction']:.0%}"  # `inferd ps`'s UNTIL column
+    # the ready model beside it is listed as before
+    assert all(r["status"] == "ready" and r["expires_at"] for r in ps["models"] if r is not m)
+    cards = {m["id"]: m for m in (await c.get("/v1/models")).json()["data"]}
+    assert cards[name]["status"] == status and cards[name]["progress"]["phase"] == phase
+    assert all(card["status"] == "ready" for n, card in cards.items() if n != name)
+    tags = {t["name"]: t for t in (await c.get("/api/tags")).json()["models"]}
+    assert tags[f"{name}:latest"]["size"] == size_of(folder)  # its files, not its inode
 
 
 async def test_a_request_waits_for_the_conversion_it_started(tmp_path: Path) -> None:

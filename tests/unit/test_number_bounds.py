@@ -46,3 +46,18 @@ def test_the_draft_4_boolean_exclusive_bounds() -> None:
 def test_a_single_value() -> None:
     assert integer_rule({"minimum": 42, "maximum": 42}) == '("42")'
     assert number_rule({"minimum": 0.5, "maximum": 0.5}) == '("0" "." ([5] ("0"+)?))'
+
+
+def test_bounds_with_more_fraction_digits_than_a_number_writes_move_inward() -> None:
+    """`minimum: 5e-324` writes 324 fraction digits: the grammar keeps to 16 (a few
+    digits deep, not one rule per digit) and stays within the schema's range."""
+    tiny = number_rule({"minimum": 5e-324, "maximum": 1})
+    assert tiny == number_rule({"minimum": 1e-16, "maximum": 1})
+    assert len(tiny) < 1000
+    # exclusive, rounded up: the rounded bound itself is in range, so it is inclusive
+    assert number_rule({"exclusiveMinimum": 0.12345678901234567, "maximum": 0.2}) == (
+        number_rule({"minimum": 0.1234567890123457, "maximum": 0.2})
+    )
+    # no 16-digit number lies strictly between two bounds closer than that
+    with pytest.raises(ValueError, match="no number"):
+        number_rule({"minimum": 1e-300, "maximum": 2e-300})

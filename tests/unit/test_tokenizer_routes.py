@@ -54,7 +54,7 @@ async def test_tokenizer_info(fake_app: FakeFactory) -> None:
         ("/tokenize", {"content": 5}, "content"),
         ("/tokenize", {"content": "a", "add_special": "yes"}, "add_special"),
         ("/detokenize", {"tokens": [1, 100000]}, "tokens"),
-        ("/detokenize", {"tokens": [-1]}, "tokens[0]"),
+        ("/detokenize", {"tokens": [-1]}, "tokens"),  # outside the vocabulary, as 100000
         ("/detokenize", {"tokens": "12"}, "tokens"),
     ],
 )
@@ -81,3 +81,34 @@ async def test_keys_and_body_size_apply(fake_app: FakeFactory) -> None:
     async with fake_app(Settings(max_body_bytes=1024)) as h:
         r = await h.client.post("/tokenize", json={"content": "a" * 2000})
         assert r.status_code == 413
+
+
+async def test_a_control_token_detokenizes_to_its_text(fake_app: FakeFactory) -> None:
+    """/detokenize writes a control token out (the fake's EOS, id 0, is `</s>`); an answer
+    never does."""
+    async with fake_app() as h:
+        r = await h.client.post("/detokenize", json={"tokens": [ord("h") + 1, 0]})
+        assert r.json() == {"content": "h</s>", "prompt": "h</s>"}
+        assert h.engine().detokenize([ord("h") + 1, 0]) == "h"
+
+
+async def test_a_request_holds_a_bounded_number_of_ids(fake_app: FakeFactory) -> None:
+    """/detokenize refuses more ids than MAX_TOKENIZER_IDS (the OpenAPI document says so:
+    maxItems) and a whole float is an id; /tokenize refuses a text of more tokens."""
+    from inferd.api.native.schemas import MAX_TOKENIZER_IDS
+
+    async with fake_app() as h:
+        r = await h.client.post("/detokenize", json={"tokens": [1] * (MAX_TOKENIZER_IDS + 1)})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "tokens", r.text
+        r = await h.client.post("/detokenize", json={"tokens": [1.0, 2]})
+        assert r.status_code == 200, r.text
+        r = await h.client.post("/detokenize", json={"tokens": [1.5]})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "tokens[0]", r.text
+        r = await h.client.post("/tokenize", json={"content": "a " * (MAX_TOKENIZER_IDS + 8)})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "content", r.text
+        schema = (await h.client.get("/openapi.json")).json()["components"]["schemas"]
+        assert schema["DetokenizeBody"]["properties"]["tokens"]["maxItems"] == MAX_TOKENIZER_IDS
+        assert schema["TokenizeBody"]["oneOf"] == [
+            {"required": ["content"]},
+            {"required": ["prompt"]},
+        ]

@@ -55,6 +55,23 @@ class _EventStream(EventSourceResponse):
             raise
 
 
+async def _framed(
+    request: Request, batches: Batches, prefix: str, suffix: str, tail: bytes = b""
+) -> AsyncIterator[bytes]:
+    """Each batch's events as `prefix + JSON + suffix` in one write; a failure after the
+    stream started as the dialect's `error_event`; then `tail`."""
+    dialect = dialect_of(request.scope) or Dialect.OPENAI
+    encode = _encoder()
+    try:
+        async for batch in batches:
+            if batch:
+                yield "".join([f"{prefix}{encode(e)}{suffix}" for e in batch]).encode()
+    except InferdError as exc:
+        yield f"{prefix}{encode(error_event(dialect, exc))}{suffix}".encode()
+    if tail:
+        yield tail
+
+
 def sse_response(
     request: Request,
     batches: Batches,
@@ -70,21 +87,9 @@ def sse_response(
     the engine sequences behind it. On server shutdown the stream may run on for
     `drain_timeout` seconds to finish its answer before it is cancelled.
     """
-    dialect = dialect_of(request.scope) or Dialect.OPENAI
-    encode = _encoder()
-
-    async def frames() -> AsyncIterator[bytes]:
-        try:
-            async for batch in batches:
-                if batch:
-                    yield "".join([f"data: {encode(e)}\r\n\r\n" for e in batch]).encode()
-        except InferdError as exc:
-            yield f"data: {encode(error_event(dialect, exc))}\r\n\r\n".encode()
-        if done:
-            yield DONE
-
+    frames = _framed(request, batches, "data: ", "\r\n\r\n", DONE if done else b"")
     return _EventStream(
-        frames(),
+        frames,
         ping=15,
         headers={"Cache-Control": "no-cache"},
         shutdown_grace_period=drain_timeout,
@@ -94,18 +99,7 @@ def sse_response(
 def ndjson_response(request: Request, batches: Batches) -> StreamingResponse:
     """Newline-delimited JSON, one object a line, a batch's lines in one write; a stream
     that fails after it started ends with the dialect's `error_event`."""
-    dialect = dialect_of(request.scope) or Dialect.OPENAI
-    encode = _encoder()
-
-    async def lines() -> AsyncIterator[bytes]:
-        try:
-            async for batch in batches:
-                if batch:
-                    yield "".join([f"{encode(e)}\n" for e in batch]).encode()
-        except InferdError as exc:
-            yield f"{encode(error_event(dialect, exc))}\n".encode()
-
-    return StreamingResponse(lines(), media_type="application/x-ndjson")
+    return StreamingResponse(_framed(request, batches, "", "\n"), media_type="application/x-ndjson")
 
 
 async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:

@@ -124,6 +124,15 @@ def timings(final: dict[str, Any]) -> str:
     return "".join(line + "\n" for line in lines)
 
 
+def load_bar(info: dict[str, Any]) -> dict[str, Any]:
+    """A load's progress bar from a model's /models entry: `converting 42%` as a bar with its
+    fraction, a load that tells no progress as a spinner."""
+    p = info.get("progress")
+    if not p:
+        return {"description": f"{info['status']} {info['name']}", "total": None}
+    return {"description": f"{p['phase']} {info['name']}", "total": 1.0, "completed": p["fraction"]}
+
+
 @dataclass
 class Chat:
     """One conversation: what is sent with every message, and the messages so far."""
@@ -151,7 +160,8 @@ class Chat:
 
     def load(self) -> None:
         """Load the model (a chat with no messages, as `ollama run` does) with a progress
-        bar on a terminal; raises ServerError (an unknown model, a failed load)."""
+        bar on a terminal (how far a conversion or a load is, where the server knows it);
+        raises ServerError (an unknown model, a failed load)."""
         failure: list[ServerError] = []
 
         def work() -> None:
@@ -171,11 +181,21 @@ class Chat:
             transient=True,
             disable=not console.is_terminal,
         ) as progress:
-            progress.add_task(f"loading {self.model}", total=None)
+            task = progress.add_task(f"loading {self.model}", total=None)
             while worker.is_alive():
-                worker.join(0.1)
+                worker.join(LOAD_POLL_SECONDS)
+                if worker.is_alive() and console.is_terminal:
+                    progress.update(task, **self._how_far())
         if failure:
             raise failure[0]
+
+    def _how_far(self) -> dict[str, Any]:
+        """The load's bar as the server's /models says it (nothing to change when unknown)."""
+        try:
+            info = self.client.call("GET", f"/models/{model_path(self.model)}")
+        except ServerError:
+            return {}
+        return load_bar(info)
 
     def _load_now(self) -> None:
         """The load request, again while the server says 503 (a load under way that it

@@ -29,9 +29,9 @@ from rich.table import Table
 from inferd.config import Settings, load_settings, quant_type
 from inferd.errors import InferdError, ModelNotFound
 from inferd.models import describe
-from inferd.models.convert import ConvertProgress, ProgressCallback
 from inferd.models.converting import DEFAULT_QUANT
 from inferd.models.loading import convert_cache, engine_factory
+from inferd.models.progress import LoadProgress, ProgressCallback
 from inferd.models.pull import Pulled
 from inferd.models.registry import ModelEntry, ModelRegistry, RegistryOptions
 from inferd.models.spec import specs_from_settings
@@ -89,13 +89,6 @@ def size_text(n: int) -> str:
     return f"{value:.1f} {unit}"
 
 
-def _file_size(entry: ModelEntry) -> int:
-    try:
-        return entry.spec.path.stat().st_size
-    except OSError:
-        return 0
-
-
 def _family(entry: ModelEntry) -> str:
     if entry.metadata:
         return describe.family(entry.metadata)
@@ -120,7 +113,7 @@ def list_models(config: ConfigOpt = None, models_dir: DirOpt = None) -> None:
             e.spec.name + (" (default)" if e.spec.name == registry.default_name else ""),
             ", ".join(e.spec.aliases),
             e.spec.source,
-            size_text(_file_size(e)),
+            size_text(describe.disk_size(e.spec.path)),
             _family(e),
             describe.parameter_size(e.n_params) if e.metadata else "",
             describe.quantization(e.metadata) if e.metadata else "",
@@ -161,7 +154,7 @@ def show(name: str, config: ConfigOpt = None, models_dir: DirOpt = None) -> None
         "aliases": ", ".join(entry.spec.aliases) or "-",
         "source": entry.spec.source,
         "file": str(entry.spec.path),
-        "size": size_text(_file_size(entry)),
+        "size": size_text(describe.disk_size(entry.spec.path)),
     }
     if entry.metadata:
         rows.update(
@@ -170,6 +163,8 @@ def show(name: str, config: ConfigOpt = None, models_dir: DirOpt = None) -> None
             quantization=describe.quantization(entry.metadata),
             vocabulary=str(entry.array_lengths.get("tokenizer.ggml.tokens", "")),
         )
+    elif entry.spec.path.is_dir():
+        rows["kind"] = "a Hugging Face checkpoint (converted or loaded when first served)"
     else:
         rows["error"] = "not a readable GGUF file"
     for key, value in rows.items():
@@ -280,7 +275,7 @@ def quantize_model(
     with _phases(Console(stderr=True)) as report:
 
         def progress(fraction: float, line: str) -> None:
-            report(ConvertProgress("quantizing", fraction, line))
+            report(LoadProgress("quantizing", fraction, line))
 
         try:
             pulled = requantize(
@@ -311,7 +306,7 @@ def _phases(console: Console) -> Iterator[ProgressCallback]:
     with Progress(*columns, console=console, transient=True) as progress:
         tasks: dict[str, TaskID] = {}
 
-        def report(p: ConvertProgress) -> None:
+        def report(p: LoadProgress) -> None:
             if p.phase == "done":
                 return
             if p.phase not in tasks:

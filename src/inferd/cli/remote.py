@@ -52,8 +52,19 @@ def until(expires_at: str, now: datetime) -> str:
     return "Stopping..."  # unreachable: left >= 1
 
 
+def state(model: dict[str, Any], now: datetime) -> str:
+    """A loaded model's time left; else what the server is doing with it (`converting 42%`,
+    `loading`)."""
+    if model.get("expires_at"):
+        return until(model["expires_at"], now)
+    p = model.get("progress")
+    status = str(model.get("status", "loading"))
+    return status if not p else f"{p['phase']} {p['fraction']:.0%}"
+
+
 def ps(config: ConfigOpt = None) -> None:
-    """The models the server has loaded, and until when."""
+    """The models the server has loaded, and until when; those it is converting or loading,
+    and how far."""
     with Client(server_url(_settings(config))) as client:
         try:
             running: dict[str, Any] = client.call("GET", "/api/ps")
@@ -66,8 +77,8 @@ def ps(config: ConfigOpt = None) -> None:
             m["name"],
             m.get("digest", "")[:12],
             size_text(m.get("size", 0)),
-            str(m.get("context_length", "")),
-            until(m["expires_at"], now),
+            str(m.get("context_length") or ""),
+            state(m, now),
         )
     Console().print(table)
 

@@ -13,13 +13,12 @@ import os
 import re
 import shutil
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from inferd import child
 from inferd.errors import ConfigError, ConversionFailed
 from inferd.models.checkpoint import Checkpoint
+from inferd.models.progress import LoadProgress, ProgressCallback
 
 log = logging.getLogger(__name__)
 
@@ -30,19 +29,6 @@ OUTTYPES = ("f32", "f16", "bf16", "q8_0")
 _FULL = 16 * 1024 * 1024  # less free than this after a failure: the disk filled up
 _WRITING = re.compile(r"Writing:\s+(\d+)%")
 _PROBLEM = re.compile(r"^(?:ERROR:|\w+(?:\.\w+)*(?:Error|Exception)\b)")
-
-
-@dataclass(frozen=True)
-class ConvertProgress:
-    """One step of a conversion: `phase` is converting, quantizing or done; `fraction` (0..1)
-    is how far that phase is; `message` is the line it came from."""
-
-    phase: str
-    fraction: float
-    message: str = ""
-
-
-ProgressCallback = Callable[[ConvertProgress], None]
 
 
 def converter_version() -> str:
@@ -73,7 +59,7 @@ def convert_checkpoint(
     cmd += ["--outfile", str(out), "--outtype", outtype]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     report = on_progress or (lambda _p: None)
-    report(ConvertProgress("converting", 0.0, f"converting {checkpoint.path.name}"))
+    report(LoadProgress("converting", 0.0, f"converting {checkpoint.path.name}"))
     written = -1
 
     def line(text: str) -> None:
@@ -83,7 +69,7 @@ def convert_checkpoint(
             log.debug("converter: %s", text)
         elif int(m[1]) != written:
             written = int(m[1])
-            report(ConvertProgress("converting", written / 100, text))
+            report(LoadProgress("converting", written / 100, text))
 
     end = child.run(cmd, line, env=env)
     if end.killed:

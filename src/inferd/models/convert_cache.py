@@ -29,13 +29,8 @@ from typing import Protocol
 
 from inferd.errors import ConfigError, ConversionFailed, ModelNotFound
 from inferd.models.checkpoint import Checkpoint
-from inferd.models.convert import (
-    OUTTYPES,
-    ConvertProgress,
-    ProgressCallback,
-    convert_checkpoint,
-    converter_version,
-)
+from inferd.models.convert import OUTTYPES, convert_checkpoint, converter_version
+from inferd.models.progress import LoadProgress, ProgressCallback
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +114,7 @@ class ConvertCache:
                 "%s as %s: already converted (%s), nothing to convert (checked in %.2f s)",
                 checkpoint.path.name, quant, found.path, time.monotonic() - started,
             )  # fmt: skip
-            report(ConvertProgress("done", 1.0, str(found.path)))
+            report(LoadProgress("done", 1.0, str(found.path)))
             return found
         if quant not in OUTTYPES and self._quantize is None:
             raise ConfigError(
@@ -142,7 +137,7 @@ class ConvertCache:
             entry.seconds,
             entry.path,
         )
-        report(ConvertProgress("done", 1.0, str(entry.path)))
+        report(LoadProgress("done", 1.0, str(entry.path)))
         return entry
 
     def key(self, checkpoint: Checkpoint, quant: str) -> str:
@@ -211,7 +206,7 @@ class ConvertCache:
             convert_checkpoint(checkpoint, wide, "auto", on_progress=report)
 
             def progress(fraction: float, line: str) -> None:
-                report(ConvertProgress("quantizing", fraction, line))
+                report(LoadProgress("quantizing", fraction, line))
 
             try:
                 self._quantize(wide, out, quant, on_progress=progress)

@@ -16,16 +16,15 @@ from pathlib import Path
 from inferd.engine.client import FinishHook
 from inferd.errors import InferdError
 from inferd.models import checkpoint
-from inferd.models.convert import ConvertProgress, ProgressCallback
 from inferd.models.convert_cache import CacheEntry, ConvertCache, gguf_bytes
 from inferd.models.engines import EngineFactory
 from inferd.models.entry import LoadedModel
+from inferd.models.progress import ProgressCallback, from_thread, logging_progress
 from inferd.models.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
 DEFAULT_QUANT = "f16"
-_LOG_EVERY = 0.25  # log a conversion's progress at each quarter
 
 
 class ConvertingFactory:
@@ -49,13 +48,7 @@ class ConvertingFactory:
         on_finish: FinishHook,
         on_progress: ProgressCallback | None = None,
     ) -> LoadedModel:
-        loop = asyncio.get_running_loop()
-
-        def report(p: ConvertProgress) -> None:  # in the worker thread
-            if on_progress is not None:
-                loop.call_soon_threadsafe(on_progress, p)
-
-        entry = await asyncio.to_thread(self.convert, spec, report)
+        entry = await asyncio.to_thread(self.convert, spec, from_thread(on_progress))
         model = await self._gguf.load(served_spec(spec, entry.path), on_finish=on_finish)
         # the registry knows the model by its checkpoint: keep that spec, and say what it was
         model.metadata = {**model.metadata, "inferd.converted_from": entry.source}
@@ -63,18 +56,9 @@ class ConvertingFactory:
 
     def convert(self, spec: ModelSpec, report: ProgressCallback | None = None) -> CacheEntry:
         """The checkpoint's cached GGUF, converted first when no earlier run did (blocking)."""
-        quant = self.quant(spec)
-        logged = [-1.0]
-
-        def progress(p: ConvertProgress) -> None:
-            if p.phase != "done" and p.fraction >= logged[0] + _LOG_EVERY:
-                logged[0] = p.fraction
-                log.info("model %s: %s %d%%", spec.name, p.phase, round(p.fraction * 100))
-            if report is not None:
-                report(p)
-
         ckpt = checkpoint.inspect(spec.path)
-        return self.cache.get_or_convert(ckpt, quant, on_progress=progress)
+        progress = logging_progress(log, spec.name, report)
+        return self.cache.get_or_convert(ckpt, self.quant(spec), on_progress=progress)
 
     def footprint(self, spec: ModelSpec) -> int:
         """The converted file's footprint once it is cached, else the estimate of its size

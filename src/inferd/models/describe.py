@@ -1,6 +1,12 @@
-"""Human facts about a model from its metadata: family, size, quantization."""
+"""Human facts about a model from its metadata: family, size, quantization; and its size on
+disk."""
 
 from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+from inferd.models.checkpoint import find
 
 # llama.cpp's llama_ftype values (general.file_type) by name
 _FILE_TYPES = {
@@ -37,6 +43,18 @@ _FILE_TYPES = {
     36: "TQ1_0",
     37: "TQ2_0",
 }
+
+
+def disk_size(path: Path) -> int:
+    """Bytes a model takes on disk: its GGUF file, or its Hugging Face checkpoint's files
+    together (a folder, or an `org/repo` snapshot in the local HF cache); 0 if unreadable."""
+    with contextlib.suppress(OSError):
+        if path.is_file():
+            return path.stat().st_size
+        folder = find(str(path))
+        if folder is not None:
+            return sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+    return 0
 
 
 def quantization(metadata: dict[str, str]) -> str:

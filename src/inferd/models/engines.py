@@ -21,8 +21,8 @@ from inferd.engine.speculative import NgramDrafter
 from inferd.errors import ConfigError, InferdError
 from inferd.models.chat_template import CHATML, ChatTemplate
 from inferd.models.checkpoint import CONFIG, SUPPORTED_ARCHITECTURES, find
-from inferd.models.convert import ProgressCallback
 from inferd.models.entry import LoadedModel
+from inferd.models.progress import ProgressCallback, from_thread
 from inferd.models.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -140,9 +140,10 @@ class BackendEngineFactory:
         spec: ModelSpec,
         *,
         on_finish: FinishHook,
-        on_progress: ProgressCallback | None = None,  # nothing to report: it only loads
+        on_progress: ProgressCallback | None = None,
     ) -> LoadedModel:
-        backend, template, memory = await asyncio.to_thread(self._prepare, spec)
+        report = from_thread(on_progress)
+        backend, template, memory = await asyncio.to_thread(self._prepare, spec, report)
         cfg = spec.config
         engine = AsyncEngine(
             backend,
@@ -164,9 +165,16 @@ class BackendEngineFactory:
         log.info("model %s: %s", spec.name, runtime)
         return LoadedModel(spec, engine, template, memory=memory, metadata=facts["metadata"])
 
-    def _prepare(self, spec: ModelSpec) -> tuple[Backend, ChatTemplate, int]:
+    def backend(self, spec: ModelSpec, report: ProgressCallback) -> Backend:
+        """The loaded backend (blocking, in a worker thread). `report` hears how far the
+        load is, from runtimes that can tell (a subclass passes it on)."""
+        return self._backend(spec)
+
+    def _prepare(
+        self, spec: ModelSpec, report: ProgressCallback
+    ) -> tuple[Backend, ChatTemplate, int]:
         """In a worker thread: the backend, the model's chat template and its memory."""
-        backend = self._backend(spec)
+        backend = self.backend(spec, report)
         try:
             return backend, chat_template(spec, backend), self._memory(spec, backend)
         except BaseException:

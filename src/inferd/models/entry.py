@@ -10,7 +10,7 @@ from functools import cached_property
 
 from inferd.engine.client import EngineClient
 from inferd.models.chat_template import ChatTemplate
-from inferd.models.convert import ConvertProgress
+from inferd.models.progress import LoadProgress
 from inferd.models.spec import ModelSpec
 from inferd.models.tool_formats import ToolSupport, tool_support
 
@@ -42,7 +42,12 @@ class LoadedModel:
     def tools(self) -> ToolSupport | None:
         """How it calls tools (chosen once, from its settings and template); None: it
         serves no tools."""
-        return tool_support(self.spec.config.tool_format, self.template.source)
+        config = self.spec.config
+        return tool_support(
+            config.tool_format,
+            self.template.source,
+            exclude_when_none=config.exclude_tools_when_tool_choice_none,
+        )
 
 
 @dataclass
@@ -55,7 +60,8 @@ class ModelEntry:
     load_failures: int = 0
     loading: asyncio.Task[None] | None = None
     on_demand: bool = False  # the current load was started by a request
-    progress: ConvertProgress | None = None  # how far a conversion is, while CONVERTING
+    progress: LoadProgress | None = None  # how far a conversion or a load is, where known
+    memory_estimate: int = 0  # bytes the current or last load was estimated to take
     # what the last load (or a read of the file's header) learnt, kept after an unload
     metadata: dict[str, str] = field(default_factory=dict)
     n_params: int = 0

@@ -4,6 +4,7 @@ factories by engine kind that `inferd serve` loads models through."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,11 +24,14 @@ from inferd.models.engines import (
     engine_kind,
 )
 from inferd.models.gguf_header import read_header
+from inferd.models.progress import LoadProgress, ProgressCallback, logging_progress
 from inferd.models.spec import ModelSpec
 
 if TYPE_CHECKING:
     from inferd.engine.backends.llamacpp import LlamaCppOptions
     from inferd.engine.backends.torch import TorchOptions
+
+log = logging.getLogger(__name__)
 
 
 def engine_factory(
@@ -43,7 +47,7 @@ def engine_factory(
     `tune_dir`: where llama.cpp kernel choices measured per machine and model are cached
     (None: no measuring)."""
     llamacpp = llamacpp_factory(verbose=verbose, tune_dir=tune_dir)
-    kinds: dict[str, EngineFactory] = {LLAMACPP: llamacpp, TRANSFORMERS: transformers_factory()}
+    kinds: dict[str, EngineFactory] = {LLAMACPP: llamacpp, TRANSFORMERS: TransformersFactory()}
     if conversions is not None:
         kinds[CHECKPOINT] = ConvertingFactory(
             convert_cache(conversions), llamacpp, default_quant=quantize
@@ -129,9 +133,16 @@ def cuda_available() -> bool:
     return torch_cuda()
 
 
-def transformers_factory() -> BackendEngineFactory:
-    """inferd's engine over a transformers model, with the config-based memory estimate."""
-    return BackendEngineFactory(transformers_load, transformers_footprint)
+class TransformersFactory(BackendEngineFactory):
+    """inferd's engine over a transformers model, with the config-based memory estimate;
+    its load reports its weights as they are read (the model's progress in the listings,
+    and the log at each quarter)."""
+
+    def __init__(self) -> None:
+        super().__init__(transformers_load, transformers_footprint)
+
+    def backend(self, spec: ModelSpec, report: ProgressCallback) -> Backend:
+        return transformers_load(spec, logging_progress(log, spec.name, report))
 
 
 def transformers_options(spec: ModelSpec) -> TorchOptions:
@@ -152,9 +163,10 @@ def transformers_options(spec: ModelSpec) -> TorchOptions:
     )
 
 
-def transformers_load(spec: ModelSpec) -> Backend:
+def transformers_load(spec: ModelSpec, on_progress: ProgressCallback | None = None) -> Backend:
     """Spec -> a loaded transformers backend, from a checkpoint folder (checked first, from
-    its headers, for a clean error) or a repo in the local Hugging Face cache."""
+    its headers, for a clean error) or a repo in the local Hugging Face cache. `on_progress`
+    hears the load's phase `loading` (in this thread)."""
     try:
         from inferd.engine.backends.torch import TorchBackend
     except ImportError as exc:
@@ -163,7 +175,12 @@ def transformers_load(spec: ModelSpec) -> Backend:
             f"(pip install 'inferd[hf]'): {exc}"
         ) from None
     inspect(checkpoint_folder(spec), convertible=False)
-    return TorchBackend(checkpoint_folder(spec), transformers_options(spec))
+
+    def report(fraction: float, what: str) -> None:
+        if on_progress is not None:
+            on_progress(LoadProgress("loading", fraction, what))
+
+    return TorchBackend(checkpoint_folder(spec), transformers_options(spec), report)
 
 
 def transformers_footprint(spec: ModelSpec) -> int:

@@ -22,9 +22,9 @@ import httpx
 
 from inferd.errors import InferdError, PullFailed
 from inferd.models import checkpoint
-from inferd.models.convert import ProgressCallback
 from inferd.models.convert_cache import ConvertCache, Quantizer
 from inferd.models.gguf_header import read_header
+from inferd.models.progress import ProgressCallback
 from inferd.models.store import PARTIAL_SUFFIX, ModelStore
 
 # (bytes so far, total bytes when known)

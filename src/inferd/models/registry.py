@@ -11,13 +11,13 @@ from collections.abc import Iterable, Mapping
 
 from inferd.engine.types import GenerationOutput
 from inferd.errors import InferdError, ModelNotReady
-from inferd.models.convert import ConvertProgress
 from inferd.models.engines import EngineFactory
 from inferd.models.entry import LoadedModel, ModelEntry, ModelStatus
 from inferd.models.gguf_header import read_header
 from inferd.models.names import NameTable
 from inferd.models.options import RegistryOptions
 from inferd.models.profile import ModelProfile
+from inferd.models.progress import LoadProgress
 from inferd.models.residency import Clock, ResidencyPolicy
 from inferd.models.spec import ModelSpec, Source
 from inferd.models.store import ModelStore
@@ -30,17 +30,13 @@ __all__ = ["LoadedModel", "ModelEntry", "ModelRegistry", "ModelStatus", "Registr
 _PREPARING = (ModelStatus.LOADING, ModelStatus.CONVERTING)
 
 
-def _progress(entry: ModelEntry, p: ConvertProgress) -> None:
-    """A load's conversion moved on (on the event loop): the entry says so until it is done."""
+def _progress(entry: ModelEntry, p: LoadProgress) -> None:
+    """A load moved on (on the event loop): converting while a conversion or quantization
+    runs, else loading; the entry keeps the step until the phase is done."""
     if entry.status in _PREPARING:
         done = p.phase == "done"
-        entry.status = ModelStatus.LOADING if done else ModelStatus.CONVERTING
+        entry.status = ModelStatus.CONVERTING if p.converting else ModelStatus.LOADING
         entry.progress = None if done else p
-
-
-def _percent(entry: ModelEntry) -> str:
-    p = entry.progress
-    return "starting" if p is None else f"{p.phase} {p.fraction:.0%}"
 
 
 class ModelRegistry:
@@ -99,9 +95,10 @@ class ModelRegistry:
         """The loaded model called `name` (or the default). 404 unknown, 503 not ready."""
         entry = self.entry(name)
         if entry.model is None:
+            p = entry.progress
             detail = {
-                ModelStatus.LOADING: "is still loading",
-                ModelStatus.CONVERTING: f"is being converted to GGUF ({_percent(entry)})",
+                ModelStatus.LOADING: "is still loading" + ("" if p is None else f" ({p})"),
+                ModelStatus.CONVERTING: f"is being converted to GGUF ({p or 'starting'})",
                 ModelStatus.UNLOADED: "is not loaded",
             }.get(entry.status, "failed to load")
             if entry.error:
@@ -167,6 +164,7 @@ class ModelRegistry:
                 return
             # the estimate parses the GGUF header (~30 ms here): off the event loop
             need = await asyncio.to_thread(self._policy.memory, entry)
+            entry.memory_estimate = need
             never = self._policy.never_fits(need)
             if never is not None:  # a failed load, not a wait
                 entry.status, entry.error = ModelStatus.FAILED, never

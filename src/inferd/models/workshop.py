@@ -25,11 +25,11 @@ from typing import Any
 from inferd.config import quant_type
 from inferd.errors import InvalidModelFile, InvalidRequest, ModelNotFound, ProtectedModel
 from inferd.models import checkpoint, hf_cache
-from inferd.models.convert import ConvertProgress
 from inferd.models.convert_cache import ConvertCache, Quantizer
 from inferd.models.converting import DEFAULT_QUANT
 from inferd.models.gguf_header import read_header
 from inferd.models.profile import ModelProfile
+from inferd.models.progress import LoadProgress
 from inferd.models.pull import Pulled, is_url, pull, pull_checkpoint, requantize
 from inferd.models.registry import ModelEntry, ModelRegistry
 from inferd.models.spec import Source, base_name
@@ -124,7 +124,7 @@ class Workshop:
     def _convert(self, folder: Path, name: str, quant: str | None, report: Report) -> Pulled:
         quant = quant or self._default_quant
 
-        def progress(p: ConvertProgress) -> None:
+        def progress(p: LoadProgress) -> None:
             if p.phase != "done":
                 status = f"{p.phase} {folder.name[:64]} to {quant}"
                 report(

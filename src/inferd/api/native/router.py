@@ -47,12 +47,12 @@ async def _stream(
     async def events() -> AsyncIterator[list[dict[str, Any]]]:
         r = ChoiceResult(0)
         async for batch in run.stream():
-            events: list[dict[str, Any]] = []
+            written: list[dict[str, Any]] = []
             for _, out in batch:
                 r.text += out.text
                 r.token_ids.extend(out.token_ids)
                 if out.text:
-                    events.append({"text": out.text, "done": False})
+                    written.append({"text": out.text, "done": False})
                 if out.finish_reason is not None:
                     r.finish_reason = out.finish_reason
                     r.usage = out.usage
@@ -64,8 +64,8 @@ async def _stream(
                         sp=run.sampling,
                         elapsed=record.seconds(),
                     )
-                    events.append({**final.model_dump(), "done": True})
-            yield events
+                    written.append({**final.model_dump(), "done": True})
+            yield written
 
     return sse_response(request, events(), drain_timeout=settings.drain_timeout)
 
@@ -114,9 +114,7 @@ async def chat_stream(
 
 
 @router.post("/tokenize", response_model=s.TokenizeResult)
-async def tokenize(
-    body: s.TokenizeBody, request: Request, registry: RegistryDep
-) -> s.TokenizeResult:
+async def tokenize(body: s.TokenizeBody, request: Request, registry: RegistryDep) -> Response:
     """The ids of `content` (llama-server) or `prompt` (vLLM) in the model's vocabulary;
     `add_special`, `parse_special`, `with_pieces`, `return_token_strs`."""
     model = await acquire_model(request, registry, body.model)
@@ -124,12 +122,10 @@ async def tokenize(
 
 
 @router.post("/detokenize", response_model=s.DetokenizeResult)
-async def detokenize(
-    body: s.DetokenizeBody, request: Request, registry: RegistryDep
-) -> s.DetokenizeResult:
+async def detokenize(body: s.DetokenizeBody, request: Request, registry: RegistryDep) -> Response:
     """The text of `tokens`, as `content` (llama-server) and `prompt` (vLLM)."""
     model = await acquire_model(request, registry, body.model)
-    return tokenizer.detokenize(model, body)
+    return await tokenizer.detokenize(model, body)
 
 
 @router.get("/tokenizer_info", response_model=s.TokenizerInfo, responses=MODEL_QUERY)

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
 from inferd.api.sessions import SessionId
-from inferd.api.wire import FiniteFloat, WholeInt
+from inferd.api.wire import FiniteFloat, TokenId, WholeInt
 
 
 class _Params(BaseModel):
@@ -26,6 +26,10 @@ class _Params(BaseModel):
     )
     stop: StrictStr | list[StrictStr] | None = None
     seed: WholeInt | None = None
+    # variables for the chat template (vLLM's and llama-server's): a chat, or a prompt that
+    # goes through the template
+    chat_template_kwargs: dict[str, Any] | None = None
+    enable_thinking: StrictBool | None = None
 
 
 class GenerateBody(_Params):
@@ -68,8 +72,8 @@ class GenerationResult(BaseModel):
     parameters: dict[str, Any]
 
 
-class ConversionProgress(BaseModel):
-    phase: str  # converting, then quantizing
+class LoadProgress(BaseModel):
+    phase: str  # converting, then quantizing (a checkpoint for llama.cpp); loading (transformers)
     fraction: float  # of that phase, 0..1
 
 
@@ -81,7 +85,7 @@ class ModelInfo(BaseModel):
     path: str
     size: int
     error: str | None = None
-    progress: ConversionProgress | None = None  # while status is "converting"
+    progress: LoadProgress | None = None  # while converting or loading, where known
     config: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -98,8 +102,17 @@ class LoadAccepted(BaseModel):
 # ---- the tokenizer: llama-server's and vLLM's shapes, both accepted -------------------------
 
 
+# ids one /tokenize or /detokenize request holds: longer than any model's context, and a
+# bound on the pieces, text and JSON built for it
+MAX_TOKENIZER_IDS = 1 << 18
+
+
 class TokenizeBody(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    # the text is `content` or `prompt`, exactly one of them
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={"oneOf": [{"required": ["content"]}, {"required": ["prompt"]}]},
+    )
 
     model: StrictStr | None = None
     content: StrictStr | None = None  # llama-server's name
@@ -131,7 +144,7 @@ class DetokenizeBody(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     model: StrictStr | None = None
-    tokens: list[Annotated[WholeInt, Field(ge=0)]]
+    tokens: list[TokenId] = Field(max_length=MAX_TOKENIZER_IDS)
 
 
 class DetokenizeResult(BaseModel):

@@ -365,10 +365,7 @@ def modified_at(spec: ModelSpec) -> str:
 
 
 def file_size(spec: ModelSpec) -> int:
-    try:
-        return spec.path.stat().st_size
-    except OSError:
-        return 0
+    return describe.disk_size(spec.path)
 
 
 def details(entry: ModelEntry) -> s.ModelDetails:
@@ -381,6 +378,29 @@ def details(entry: ModelEntry) -> s.ModelDetails:
         families=[fam],
         parameter_size=describe.parameter_size(entry.n_params),
         quantization_level=describe.quantization(entry.metadata),
+    )
+
+
+def running(
+    entry: ModelEntry,
+    *,
+    size: int,
+    expires_at: str | None = None,
+    context_length: int | None = None,
+) -> s.RunningModel:
+    """One model of /api/ps: a loaded one (until `expires_at`), or one being converted or
+    loaded, with how far it is."""
+    p = entry.progress
+    return s.RunningModel(
+        name=entry.spec.name,
+        model=entry.spec.name,
+        size=size,
+        digest=digest(entry.spec),
+        details=details(entry),
+        expires_at=expires_at,
+        context_length=context_length,
+        status=entry.status.value,
+        progress=None if p is None else s.LoadStep(phase=p.phase, fraction=p.fraction),
     )
 
 

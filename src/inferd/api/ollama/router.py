@@ -72,6 +72,8 @@ async def tags(registry: RegistryDep) -> s.Tags:
 
 @router.get("/api/ps", response_model=s.Running)
 async def ps(registry: RegistryDep) -> s.Running:
+    """The loaded models, and those being converted or loaded (as Ollama lists a model whose
+    runner is starting), with inferd's `status` and `progress`."""
     now = datetime.now(UTC)
     out = []
     for entry in registry.entries():
@@ -80,16 +82,15 @@ async def ps(registry: RegistryDep) -> s.Running:
             left = registry.expires_in(entry)
             expires = now + (timedelta(days=36500) if left is None else timedelta(seconds=left))
             out.append(
-                s.RunningModel(
-                    name=entry.spec.name,
-                    model=entry.spec.name,
+                adapter.running(
+                    entry,
                     size=info.size_bytes or adapter.file_size(entry.spec),
-                    digest=adapter.digest(entry.spec),
-                    details=adapter.details(entry),
                     expires_at=expires.isoformat().replace("+00:00", "Z"),
                     context_length=info.n_ctx,
                 )
             )
+        elif entry.status in (ModelStatus.LOADING, ModelStatus.CONVERTING):
+            out.append(adapter.running(entry, size=entry.memory_estimate))
     return s.Running(models=out)
 
 

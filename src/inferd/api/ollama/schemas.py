@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictStr
 
-from inferd.api.wire import FiniteFloat, WholeInt
+from inferd.api.wire import FiniteFloat, TokenId, WholeInt
 
 # "5m", "1h30m", "300ms", "-1", or a number of seconds
 KeepAlive = StrictStr | WholeInt | StrictFloat | None
@@ -72,7 +72,7 @@ class GenerateRequest(_Common):
     template: StrictStr | None = None
     raw: StrictBool = False
     images: list[Any] | None = None
-    context: list[WholeInt] | None = None
+    context: list[TokenId] | None = None
 
 
 class ChatRequest(_Common):
@@ -138,15 +138,23 @@ class Tags(BaseModel):
     models: list[TagModel]
 
 
+class LoadStep(BaseModel):
+    phase: str  # converting, quantizing, loading
+    fraction: float  # of that phase, 0..1
+
+
 class RunningModel(BaseModel):
     name: str
     model: str
     size: int
     digest: str
     details: ModelDetails
-    expires_at: str
+    expires_at: str | None  # None while it is converted or loaded
     size_vram: int = 0
-    context_length: int
+    context_length: int | None  # None until loaded
+    # inferd's own, which Ollama clients ignore: ready, or loading / converting (with how far)
+    status: str = "ready"
+    progress: LoadStep | None = None
 
 
 class Running(BaseModel):

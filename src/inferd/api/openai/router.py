@@ -24,13 +24,15 @@ router = dialect_router(Dialect.OPENAI, prefix="/v1", tags=["openai"])
 async def list_models(registry: RegistryDep) -> s.ModelList:
     cards = []
     for entry in registry.entries():
-        model = entry.model
+        model, p = entry.model, entry.progress
         cards.append(
             s.ModelCard(
                 id=entry.spec.name,
                 created=model.created if model else 0,
                 aliases=list(entry.spec.aliases),
                 context_length=model.engine.info.n_ctx if model else None,
+                status=entry.status.value,
+                progress=None if p is None else s.LoadStep(phase=p.phase, fraction=p.fraction),
             )
         )
     return s.ModelList(data=cards)

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
 from inferd.api.sessions import SessionId
-from inferd.api.wire import FiniteFloat, WholeInt
+from inferd.api.wire import FiniteFloat, TokenId, WholeInt
 
 PositiveInt = Annotated[WholeInt, Field(ge=1)]
 
@@ -135,8 +135,8 @@ class CompletionRequest(SamplingFields):
     prompt: (
         StrictStr
         | Annotated[list[StrictStr], Field(min_length=1)]
-        | Annotated[list[WholeInt], Field(min_length=1)]
-        | Annotated[list[Annotated[list[WholeInt], Field(min_length=1)]], Field(min_length=1)]
+        | Annotated[list[TokenId], Field(min_length=1)]
+        | Annotated[list[Annotated[list[TokenId], Field(min_length=1)]], Field(min_length=1)]
     )
     echo: StrictBool = False
     suffix: StrictStr | None = None
@@ -146,7 +146,7 @@ class CompletionRequest(SamplingFields):
 
 class EmbeddingRequest(_Wire):
     model: StrictStr | None = None
-    input: StrictStr | list[StrictStr] | list[WholeInt] | list[list[WholeInt]]
+    input: StrictStr | list[StrictStr] | list[TokenId] | list[list[TokenId]]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: WholeInt | None = None
     user: StrictStr | None = None
@@ -255,6 +255,11 @@ class Completion(BaseModel):
     timings: Timings | None = None
 
 
+class LoadStep(BaseModel):
+    phase: str  # converting, quantizing, loading
+    fraction: float  # of that phase, 0..1
+
+
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
@@ -262,6 +267,9 @@ class ModelCard(BaseModel):
     owned_by: str = "inferd"
     aliases: list[str] = Field(default_factory=list)
     context_length: int | None = None
+    # inferd's own: ready, loading, converting, unloaded, failed; how far a load is
+    status: str = "ready"
+    progress: LoadStep | None = None
 
 
 class ModelList(BaseModel):

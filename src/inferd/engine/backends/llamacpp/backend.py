@@ -80,7 +80,7 @@ class LlamaCppBackend:
         self._eog_set = frozenset(eog)
         self._samplers = Samplers(ctx, self._vocab, self._n_vocab, eog)
         self._ones = array("i", [1]) * n_batch
-        self._piece_buf = ctypes.create_string_buffer(256)
+        self._pieces = self._piece_table()
         self._split = split
         if split:  # a sequence never holds more than its stream's cells
             n_ctx = min(n_ctx, int(llama_cpp.llama_n_ctx_seq(ctx)))
@@ -140,8 +140,21 @@ class LlamaCppBackend:
     def _special_text(self, token: int) -> str:
         if token < 0:
             return ""
-        n = llama_cpp.llama_token_to_piece(self._vocab, token, self._piece_buf, 256, 0, True)
-        return self._piece_buf.raw[: max(n, 0)].decode("utf-8", "replace")
+        return self._read_piece(token, special=True).decode("utf-8", "replace")
+
+    def _read_piece(self, token: int, *, special: bool) -> bytes:
+        buf = ctypes.create_string_buffer(256)
+        n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
+        if n < 0:  # piece longer than the buffer: ask again with the size llama.cpp wants
+            buf = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
+        return buf.raw[: max(n, 0)]
+
+    def _piece_table(self) -> tuple[bytes, ...]:
+        """Every token's piece, read once at load (a few ms per 10,000 tokens): the
+        detokenizer on the core thread and the tokenizer routes on the event loop read it at
+        once, and a lookup shares no buffer between threads."""
+        return tuple(self._read_piece(t, special=False) for t in range(self._n_vocab))
 
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
         data = text.encode("utf-8", "surrogatepass")
@@ -161,13 +174,10 @@ class LlamaCppBackend:
         return list(out[:n])
 
     def token_piece(self, token: int) -> bytes:
-        buf = self._piece_buf
-        n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
-        if n < 0:  # piece longer than the buffer: ask again with the size llama.cpp wants
-            big = ctypes.create_string_buffer(-n)
-            n = llama_cpp.llama_token_to_piece(self._vocab, token, big, -n, 0, False)
-            return big.raw[:n]
-        return buf.raw[:n]
+        return self._pieces[token]
+
+    def token_text(self, token: int) -> bytes:
+        return self._read_piece(token, special=True)
 
     def is_eog(self, token: int) -> bool:
         return token in self._eog_set

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, localcontext
 from typing import Any
 
 BOUND_KEYS = frozenset({"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"})
@@ -34,9 +34,7 @@ class Bound:
 
 def integer_rule(schema: dict[str, Any]) -> str:
     """The integers within the schema's bounds, as a GBNF alternation."""
-    low, high = _bounds(schema)
-    lo = math.ceil(low.value) + (1 if low.strict and low.value == int(low.value) else 0)
-    hi = math.floor(high.value) - (1 if high.strict and high.value == int(high.value) else 0)
+    lo, hi = scaled_range(schema)
     if lo > hi:
         raise ValueError(
             "no integer lies within the schema's minimum and maximum (and below 1e16 in magnitude)"
@@ -66,6 +64,17 @@ def number_rule(schema: dict[str, Any]) -> str:
     return " | ".join(f"({a})" for a in alternatives)
 
 
+def scaled_range(schema: dict[str, Any], places: int = 0) -> tuple[int, int]:
+    """The least and the greatest integer j with j * 10**-places within the schema's
+    bounds (an integer's range when places is 0; lo > hi when there is none)."""
+    low, high = _bounds(schema)
+    lo, hi = low.value.scaleb(places), high.value.scaleb(places)
+    return (
+        math.floor(lo) + 1 if low.strict or lo != math.floor(lo) else int(lo),
+        math.ceil(hi) - 1 if high.strict or hi != math.ceil(hi) else int(hi),
+    )
+
+
 def _bounds(schema: dict[str, Any]) -> tuple[Bound, Bound]:
     """The tightest lower and upper bound, each side clamped to 16 digits."""
     low, high = Bound(-_LIMIT, True), Bound(_LIMIT, True)
@@ -77,7 +86,17 @@ def _bounds(schema: dict[str, Any]) -> tuple[Bound, Bound]:
     for value, strict in ((maximum, ex_max is True), (ex_max, True)):
         if (bound := _decimal(value)) is not None:
             high = _tighter(high, Bound(bound, strict), lower=False)
-    return low, high
+    return _rounded(low, lower=True), _rounded(high, lower=False)
+
+
+def _rounded(bound: Bound, *, lower: bool) -> Bound:
+    """A bound with more than 16 fraction digits (`minimum: 5e-324`), moved inward to 16:
+    generated numbers keep to 16 fraction digits anyway, and the grammar stays a few
+    digits deep however many digits the schema writes."""
+    step = Decimal(1).scaleb(-DIGITS)
+    with localcontext(prec=3 * DIGITS):
+        moved = bound.value.quantize(step, rounding=ROUND_CEILING if lower else ROUND_FLOOR)
+    return bound if moved == bound.value else Bound(moved.normalize(), False)
 
 
 def _decimal(value: Any) -> Decimal | None:

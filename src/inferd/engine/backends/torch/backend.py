@@ -26,9 +26,11 @@ from inferd.engine.backends.torch.options import (
     TorchOptions,
     context_length,
     kv_positions,
+    pooling,
     read_config,
     text_config,
 )
+from inferd.engine.backends.torch.progress import Report, WeightsProgress
 from inferd.engine.backends.torch.sampling import TorchSampler
 from inferd.engine.backends.torch.tokens import Tokens
 from inferd.engine.sequence import Chunk, Sequence
@@ -44,11 +46,26 @@ def cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
+def check_device(device: str) -> torch.device:
+    """The torch device `device` names, once this machine is known to have it (BackendError
+    saying what is missing otherwise)."""
+    found = torch.device(device)
+    if found.type == "cuda":
+        count = torch.cuda.device_count() if cuda_available() else 0
+        if count == 0:
+            raise BackendError(f"device {device} asked for, but torch sees no CUDA device")
+        if (found.index or 0) >= count:
+            raise BackendError(f"device {device} asked for, but torch sees {count} CUDA device(s)")
+    elif found.type == "mps" and not torch.backends.mps.is_available():
+        raise BackendError(f"device {device} asked for, but torch sees no MPS device")
+    return found
+
+
 def _load(
-    source: str, options: TorchOptions, dtype: torch.dtype, attention: str
+    source: str, options: TorchOptions, dtype: torch.dtype, attention: str, report: Report
 ) -> tuple[Any, Any]:
     """The model (with the attention function registered as `attention`) and its tokenizer,
-    from a local folder or the local HF cache only."""
+    from a local folder or the local HF cache only; `report` hears how far its weights are."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if options.trust_remote_code:
@@ -60,15 +77,21 @@ def _load(
         "local_files_only": True,
         "trust_remote_code": options.trust_remote_code,
     }
+    shards = len(list(Path(source).glob("*.safetensors"))) or len(
+        list(Path(source).glob("pytorch_model*.bin"))
+    )
+    where = f" ({shards} files)" if shards > 1 else ""
     try:
+        report(0.0, "reading the tokenizer")
         tokenizer = AutoTokenizer.from_pretrained(source, **common)
-        model = AutoModelForCausalLM.from_pretrained(
-            source,
-            dtype=dtype,
-            attn_implementation=attention,
-            device_map=options.device if options.on_gpu else None,
-            **common,
-        )
+        with WeightsProgress(report, where):
+            model = AutoModelForCausalLM.from_pretrained(
+                source,
+                dtype=dtype,
+                attn_implementation=attention,
+                device_map=options.device if options.on_gpu else None,
+                **common,
+            )
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, ImportError) as exc:
         raise BackendError(f"{Path(source).name}: the checkpoint failed to load: {exc}") from None
     model.eval()
@@ -105,14 +128,17 @@ class TorchBackend:
     as one ragged batch (one forward, no padding) over the paged KV cache (`cache.PagedKV`),
     whose blocks are the scheduler's `pool` (`blocks.BlockPool`)."""
 
-    def __init__(self, folder: Path, options: TorchOptions) -> None:
-        """`folder`: a checkpoint's folder (a local one, or a snapshot in the HF cache)."""
+    def __init__(
+        self, folder: Path, options: TorchOptions, on_progress: Report | None = None
+    ) -> None:
+        """`folder`: a checkpoint's folder (a local one, or a snapshot in the HF cache).
+        `on_progress` hears how far the load is (in this thread): the tokenizer, then each
+        weight tensor read and put in place, then the rest (KV cache, grammar tables)."""
         source = str(folder)
+        report = on_progress or (lambda _f, _what: None)
+        self._device = check_device(options.device)
         _set_threads(options.n_threads, folder.name)
-        self._device = torch.device(options.device)
-        if options.on_gpu and not cuda_available():
-            raise BackendError(f"device {options.device} asked for, but torch sees no CUDA device")
-        bf16 = options.on_gpu and torch.cuda.is_bf16_supported()
+        bf16 = self._device.type == "cuda" and torch.cuda.is_bf16_supported()
         self._dtype_name = options.dtype_name(bf16=bf16)
         dtype = _DTYPES[self._dtype_name]
         config = read_config(folder)
@@ -131,10 +157,11 @@ class TorchBackend:
         self._attention = f"inferd_paged_{id(self):x}"
         AttentionInterface.register(self._attention, self._kv.attention)
         try:
-            self._model, tokenizer = _load(source, options, dtype, self._attention)
+            self._model, tokenizer = _load(source, options, dtype, self._attention, report)
         except BaseException:
             self._unregister()
             raise
+        report(1.0, "weights in place; the tokenizer's tables")
         self._arch = str(tc.get("model_type") or config.get("model_type") or "unknown")
         gen = self._model.generation_config
         eos = gen.eos_token_id if gen is not None else None
@@ -148,6 +175,7 @@ class TorchBackend:
         self._window = int(window) if window else None
         self._cache_arg = self._cache_keyword()
         self._embed_lock = threading.Lock()
+        self._pooling = pooling(folder)
         params = list(self._model.parameters())
         template = tokenizer.chat_template
         if isinstance(template, dict):
@@ -208,6 +236,7 @@ class TorchBackend:
             "kv_block_size": BLOCK_SIZE,
             "dtype": self._dtype_name,
             "device": str(self._device),
+            "pooling": self._pooling,
             "metadata": dict(self._metadata),
         }
 
@@ -218,6 +247,9 @@ class TorchBackend:
 
     def token_piece(self, token: int) -> bytes:
         return self._tokens.piece(token)
+
+    def token_text(self, token: int) -> bytes:
+        return self._tokens.text(token)
 
     def is_eog(self, token: int) -> bool:
         return token in self._tokens.eog
@@ -343,7 +375,8 @@ class TorchBackend:
     # ---- embeddings -----------------------------------------------------------------------
 
     def embed(self, inputs: Seq[Seq[int]]) -> list[list[float]]:
-        """Mean of the last hidden states over each input's tokens (one input per forward)."""
+        """Each input's last hidden states pooled as the model says (`options.pooling`: the
+        mean over its tokens, its last token or its first), one input per forward."""
         with self._embed_lock:
             model = self._model
             if model is None:
@@ -355,8 +388,14 @@ class TorchBackend:
                     if not tokens or len(tokens) > self.info.embed_limit:
                         raise BackendError("an embeddings input is empty or too long")
                     ids = torch.tensor([list(tokens)], dtype=torch.long, device=self._device)
-                    hidden = base(input_ids=ids, use_cache=False).last_hidden_state[0]
-                    out.append(hidden.float().mean(dim=0).cpu().tolist())
+                    hidden = base(input_ids=ids, use_cache=False).last_hidden_state[0].float()
+                    if self._pooling == "last":
+                        pooled = hidden[-1]
+                    elif self._pooling == "cls":
+                        pooled = hidden[0]
+                    else:
+                        pooled = hidden.mean(dim=0)
+                    out.append(pooled.cpu().tolist())
             return out
 
     def _unregister(self) -> None:

@@ -90,6 +90,32 @@ class KvShape:
         return self.n_layer * 2 * self.n_head_kv * self.head_dim * DTYPE_BYTES[dtype]
 
 
+# sentence-transformers' pooling modes (its Pooling module's config) this backend pools by
+_POOLING_MODES = {
+    "pooling_mode_lasttoken": "last",
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_mean_tokens": "mean",
+}
+
+
+def pooling(folder: Path) -> str:
+    """How a checkpoint pools its hidden states into one embedding: what its
+    sentence-transformers Pooling module says (`modules.json`, then that module's
+    `config.json`): `last` token, `cls` (first) token or `mean`; `mean` when it says nothing
+    or something else (max pooling, weighted means)."""
+    try:
+        modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
+        where = next(
+            m["path"] for m in modules if str(m.get("type", "")).endswith("models.Pooling")
+        )
+        config = json.loads((folder / where / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError, KeyError, StopIteration, AttributeError):
+        return "mean"
+    if not isinstance(config, dict):
+        return "mean"
+    return next((mode for key, mode in _POOLING_MODES.items() if config.get(key)), "mean")
+
+
 def context_length(config: dict[str, Any], options: TorchOptions) -> int:
     trained = int(text_config(config).get("max_position_embeddings") or 0)
     return min(options.n_ctx, trained) if trained > 0 else options.n_ctx
