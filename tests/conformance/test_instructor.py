@@ -1,6 +1,7 @@
 """instructor's TOOLS mode (its default) against a live `inferd serve` with a tool-capable
-template (the server of test_tool_clients.py): a pydantic model extracted through a named
-`tool_choice`, and a round with a validation retry (the call and the error sent back).
+template (the session's tool server, tests/conformance/conftest.py): a pydantic model
+extracted through a named `tool_choice`, and a round with a validation retry (the call and
+the error sent back).
 
 instructor cannot live in the shared virtualenv: every release pins `jiter<0.15` (1.17.0,
 the newest, too), and every openai the pinned pydantic-ai accepts needs `jiter>=0.16`. So
@@ -24,10 +25,7 @@ from pathlib import Path
 import pytest
 
 from inferd.models.spec import BUNDLED_NAME
-from tests.conformance.test_tool_clients import server
 from tests.conftest import LiveServer
-
-__all__ = ["server"]  # the live server fixture, one for this module
 
 # the newest instructor, and the newest openai whose jiter floor (0.10) meets its `<0.15`
 PINS = ("instructor==1.17.0", "openai==3.3.0")
@@ -68,9 +66,9 @@ def instructor_python(request: pytest.FixtureRequest) -> Path:
 
 
 @pytest.mark.timeout(2 * BUILD_SECONDS)  # the build (minutes, once), then the client
-def test_instructor_tools_mode(instructor_python: Path, server: LiveServer) -> None:
+def test_instructor_tools_mode(instructor_python: Path, tool_server: LiveServer) -> None:
     done = subprocess.run(
-        [str(instructor_python), str(SCRIPT), server.url, BUNDLED_NAME],
+        [str(instructor_python), str(SCRIPT), tool_server.url, BUNDLED_NAME],
         capture_output=True,
         text=True,
         timeout=BUILD_SECONDS,
