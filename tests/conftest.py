@@ -1,34 +1,28 @@
-"""Shared fixtures: the real bundled model in-process, a fake-backend app, a live server."""
+"""Shared fixtures: the real bundled model in-process, a fake-backend app, a live server.
+The helpers that start them are in tests/live.py."""
 
 from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import socket
-import subprocess
-import sys
-import tempfile
 import time
-import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from inferd.api.app import create_app
 from inferd.config import ModelConfig, Settings
 from inferd.engine.backends.fake import FakeBackend
 from inferd.models.engines import BackendEngineFactory
 from inferd.models.loading import llamacpp_factory
 from inferd.models.registry import ModelRegistry
-from inferd.models.spec import BUNDLED_ALIASES, BUNDLED_NAME, ModelSpec, bundled_model_path
+from inferd.models.spec import ModelSpec, bundled_model_path
 from inferd.storage.store import Store
+from tests.live import TEST_N_CTX, AppHandle, LiveServer, bundled_app, bundled_spec, free_port
 from tests.postgres import PostgresServer, postgres_bindir
 
-# Small enough to keep the tests quick, big enough for every test's prompts.
-TEST_N_CTX = 2048
+# the helpers many test modules import from here
+__all__ = ["TEST_N_CTX", "AppHandle", "LiveServer", "bundled_spec", "free_port"]
 
 # No flash-attention measurement at every server start (in-process or a subprocess, which
 # inherits this): the tests that tune ask for it themselves.
@@ -37,7 +31,11 @@ os.environ.setdefault("INFERD_TUNE_KERNELS", "false")
 # Fixtures that load the bundled model (in-process or in a server subprocess): a test using one,
 # or living under tests/e2e or tests/conformance (servers on the real model), is marked `model`.
 # `make test-fast` runs the rest (`-m "not model"`): unit tests and the fake backend.
-_MODEL_FIXTURES = frozenset({"model_path", "real", "live_server", "store_registry", "store_app"})
+_MODEL_FIXTURES = frozenset(
+    {"model_path", "real", "live_server", "store_registry", "store_app", "tool_server"}
+    # the checkpoints tests/checkpoints.py builds from the bundled model (transformers)
+    | {"smollm2_dir", "moe_dir", "mixtral_dir", "tiny_llama_dir"}
+)
 _MODEL_DIRS = ("e2e", "conformance")
 # and files named for a real runtime: *_real.py, the torch backend's and the converter's
 _MODEL_FILES = ("test_torch_", "test_convert_")
@@ -58,42 +56,10 @@ def model_path() -> Path:
     return bundled_model_path()
 
 
-def bundled_spec(path: Path, **config: object) -> ModelSpec:
-    cfg = ModelConfig(path=path, n_ctx=TEST_N_CTX, **config)  # type: ignore[arg-type]
-    return ModelSpec(BUNDLED_NAME, path, cfg, BUNDLED_ALIASES)
-
-
-class AppHandle:
-    """An app with its registry loaded, and an in-process client to it."""
-
-    def __init__(
-        self, settings: Settings, registry: ModelRegistry, store: Store | None = None
-    ) -> None:
-        self.settings = settings
-        self.registry = registry
-        self.store = store
-        self.app = create_app(settings, registry, store=store)
-        self.client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=self.app), base_url="http://127.0.0.1", timeout=120
-        )
-
-    async def __aenter__(self) -> AppHandle:
-        await self.registry.load_all()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.client.aclose()
-        await self.registry.close()
-
-    def engine(self, name: str | None = None):  # type: ignore[no-untyped-def]
-        return self.registry.get(name).engine
-
-
 @pytest.fixture(scope="session")
 async def real(model_path: Path) -> AsyncIterator[AppHandle]:
     """The app on the real engine and the bundled model, shared by the integration tests."""
-    registry = ModelRegistry([bundled_spec(model_path)], llamacpp_factory())
-    async with AppHandle(Settings(), registry) as handle:
+    async with bundled_app(model_path) as handle:
         yield handle
 
 
@@ -116,84 +82,11 @@ def fake_app() -> FakeFactory:
     return make
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _remove_dirs(*dirs: str) -> None:
-    for d in dirs:
-        shutil.rmtree(d, ignore_errors=True)
-
-
-class LiveServer:
-    """`inferd serve` in a subprocess on a free 127.0.0.1 port."""
-
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        # an empty models directory of its own unless the test gives one: the user's
-        # ~/.local/share/inferd/models must not change what the server serves
-        self._models_dir = tempfile.mkdtemp(prefix="inferd-test-models-")
-        env = {"INFERD_MODELS_DIR": self._models_dir, **(env or {})}
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "inferd", "serve", "--port", str(self.port)]
-        cmd += ["--n-ctx", str(TEST_N_CTX), "--log-level", "warning", *args]
-        # the store's SQLite file and spool go to a temporary directory, not the user's
-        self.data_dir = tempfile.mkdtemp(prefix="inferd-data-")
-        # tests read the data directory after stop(); it goes with this object (or at exit)
-        weakref.finalize(self, _remove_dirs, self._models_dir, self.data_dir)
-        self.proc = subprocess.Popen(
-            cmd,
-            env={
-                **os.environ,
-                "INFERD_DATA_DIR": self.data_dir,
-                # no per-machine kernel measurement at each start (tests/test_tuning*)
-                "INFERD_TUNE_KERNELS": "false",
-                "INFERD_DATABASE_URL": "",
-                "DATABASE_URL": "",
-                **env,
-            },
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                out = self.proc.stdout.read() if self.proc.stdout else ""
-                raise RuntimeError(f"inferd serve exited with {self.proc.returncode}:\n{out}")
-            try:
-                if httpx.get(f"{self.url}/health/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError("inferd serve did not become ready")
-
-    def stop(self, timeout: float = 30.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        shutil.rmtree(self._models_dir, ignore_errors=True)
-        return self.proc.returncode
-
-    def output(self) -> str:
-        return self.proc.stdout.read() if self.proc.stdout else ""
-
-
 @pytest.fixture(scope="session")
 def live_server() -> Iterator[LiveServer]:
     """One server on the bundled model for conformance and e2e tests."""
-    server = LiveServer()
+    server = LiveServer.started()
     try:
-        server.wait_ready()
         yield server
     finally:
         server.stop()

@@ -187,6 +187,12 @@ class ModelConfig(BaseModel):
         description="How the model writes tool calls (docs/api.md, Tools): auto reads it from "
         "the chat template (Hermes when the template takes no tools); off serves no tools",
     )
+    exclude_tools_when_tool_choice_none: bool = Field(
+        False,
+        description="A request with tool_choice none tells the model no tools (vLLM's "
+        "--exclude-tools-when-tool-choice-none); by default its tools are in the prompt as "
+        "OpenAI has them, only the answer is left free",
+    )
     thinking: bool | None = Field(
         None,
         description="The model writes its reasoning in a <think>...</think> section before "

@@ -1,5 +1,5 @@
 """litellm and llama-index against a live `inferd serve` whose bundled model has a
-tool-capable chat template (the server of test_tool_clients.py, one per module): tool calls,
+tool-capable chat template (the one test_tool_clients.py uses, one a session): tool calls,
 structured output and streaming through each library's own path to the server.
 
 - litellm: `openai/<model>` with `api_base` (the OpenAI dialect) and `ollama_chat/<model>`
@@ -40,7 +40,7 @@ from tests.conftest import LiveServer
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 litellm = pytest.importorskip("litellm", reason="needs the dev extra (litellm)")
 
-__all__ = ["server"]  # the live server fixture, one for this module
+__all__ = ["server"]  # the live server fixture: the session's tool server
 
 
 def openai_model(server: LiveServer) -> dict[str, Any]:

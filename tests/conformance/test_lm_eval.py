@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from inferd.models.spec import bundled_model_path
+from tests import checkpoints
 from tests.conftest import LiveServer
 
 lm_eval = pytest.importorskip("lm_eval", reason="needs the dev extra (lm_eval)")
+checkpoint_root, smollm2_dir = checkpoints.checkpoint_root, checkpoints.smollm2_dir
 
 # Questions a 135M model answers by likelihood, with one clearly right choice each.
 ITEMS = [
@@ -51,23 +52,15 @@ def task_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-@pytest.fixture
-def tokenizer_dir(tmp_path: Path) -> Path:
-    transformers = pytest.importorskip("transformers")
-    gguf = bundled_model_path()
-    out = tmp_path / "tokenizer"
-    tok = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    tok.save_pretrained(out)
-    return out
-
-
 def test_lm_eval_loglikelihood_task(
     live_server: LiveServer,
     task_dir: Path,
-    tokenizer_dir: Path,
+    smollm2_dir: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    tokenizer = {"tokenizer_backend": "huggingface", "tokenizer": str(tokenizer_dir)}
+    """The tokenizer files saved from the bundled GGUF with the checkpoint the session
+    builds once (tests/checkpoints.py)."""
+    tokenizer = {"tokenizer_backend": "huggingface", "tokenizer": str(smollm2_dir)}
     run_task(live_server, task_dir, tokenizer, monkeypatch)
 
 

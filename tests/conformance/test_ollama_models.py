@@ -26,18 +26,16 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Pa
 
 
 def start(models_dir: Path) -> LiveServer:
-    server = LiveServer(
-        env={
-            "INFERD_MODELS_DIR": str(models_dir),
-            "INFERD_MODEL_MAP": json.dumps({"mistral:latest": MODEL}),
-        }
-    )
-    server.wait_ready()
-    return server
+    env = {
+        "INFERD_MODELS_DIR": str(models_dir),
+        "INFERD_MODEL_MAP": json.dumps({"mistral:latest": MODEL}),
+    }
+    return LiveServer.started(env=env)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def server(models_dir: Path) -> Iterator[LiveServer]:
+    """One server for the tests that do not restart it."""
     s = start(models_dir)
     try:
         yield s

@@ -6,9 +6,7 @@ langchain's `bind_tools`, and a pydantic-ai agent with a structured output type.
 from __future__ import annotations
 
 import json
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -17,9 +15,8 @@ import openai
 import pydantic
 import pytest
 
-from inferd.models.spec import BUNDLED_NAME, bundled_model_path
+from inferd.models.spec import BUNDLED_NAME
 from tests.conftest import LiveServer
-from tests.tool_templates import HERMES_CHATML
 
 TIMEOUT = 300.0
 WEATHER_PARAMS = {
@@ -40,21 +37,10 @@ ASK = "What is the weather in Paris?"
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[LiveServer]:
-    with tempfile.TemporaryDirectory() as d:
-        config = Path(d) / "inferd.toml"
-        config.write_text(
-            "[[models]]\n"
-            f"path = {json.dumps(str(bundled_model_path()))}\n"
-            f"name = {json.dumps(BUNDLED_NAME)}\n"
-            f"chat_template = {json.dumps(HERMES_CHATML)}\n"
-        )
-        live = LiveServer("--config", str(config))
-        try:
-            live.wait_ready(timeout=120)
-            yield live
-        finally:
-            live.stop()
+def server(tool_server: LiveServer) -> LiveServer:
+    """The session's server with the tool template (tests/conformance/conftest.py), which
+    test_agent_clients.py shares."""
+    return tool_server
 
 
 @pytest.fixture(scope="module")
@@ -191,3 +177,62 @@ def test_pydantic_ai_agent_with_an_output_type(server: LiveServer) -> None:
     result = agent.run_sync("Which city is the capital of France?")
     assert isinstance(result.output, City)
     assert result.output.name
+
+
+def test_langchain_with_structured_output_function_calling(server: LiveServer) -> None:
+    """langchain's `with_structured_output(method="function_calling")`: the model as a
+    function tool, called by name; the answer parsed into the pydantic model."""
+    from langchain_openai import ChatOpenAI
+
+    llm = ChatOpenAI(
+        model=BUNDLED_NAME,
+        base_url=f"{server.url}/v1",
+        api_key="unused",  # type: ignore[arg-type]
+        temperature=0,
+        max_tokens=64,  # type: ignore[call-arg]
+        timeout=TIMEOUT,
+        max_retries=0,
+    )
+    shaped = llm.with_structured_output(City, method="function_calling", include_raw=True)
+    out: Any = shaped.invoke("Which city is the capital of France?")
+    assert out["parsing_error"] is None and isinstance(out["parsed"], City)
+    assert out["parsed"].name and out["raw"].tool_calls[0]["name"] == "City"
+
+
+def test_langchain_ollama_tools_structured_output_and_streaming(server: LiveServer) -> None:
+    """langchain's ChatOllama on /api/chat: `bind_tools` puts the tools in the prompt and a
+    call's history (an AIMessage with tool_calls, a ToolMessage) is taken; Ollama has no
+    tool_choice, so whether the 135M model calls is its own choice, and a call it makes is
+    valid. `with_structured_output` (Ollama's `format`) parses; a stream adds up."""
+    langchain_ollama = pytest.importorskip("langchain_ollama", reason="needs the dev extra")
+    from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+    from langchain_core.tools import tool
+
+    @tool
+    def get_weather(city: str) -> str:
+        """The current weather in a city."""
+        return f"Sunny in {city}."
+
+    llm = langchain_ollama.ChatOllama(
+        model=BUNDLED_NAME, base_url=server.url, temperature=0, num_predict=8
+    )
+    history: list[Any] = [
+        HumanMessage("What is the weather in Rome?"),
+        AIMessage("", tool_calls=[{"name": "get_weather", "args": {"city": "Rome"}, "id": "c1"}]),
+        ToolMessage("Cloudy, 18 degrees.", tool_call_id="c1"),
+        HumanMessage(ASK),
+    ]
+    plain = llm.invoke(history)
+    tooled = llm.bind_tools([get_weather]).invoke(history)
+    assert tooled.usage_metadata and plain.usage_metadata  # type: ignore[attr-defined]
+    assert tooled.usage_metadata["input_tokens"] > plain.usage_metadata["input_tokens"]  # type: ignore[attr-defined]
+    for call in tooled.tool_calls:  # type: ignore[attr-defined]
+        assert call["name"] == "get_weather" and isinstance(call["args"]["city"], str)
+
+    roomy = langchain_ollama.ChatOllama(
+        model=BUNDLED_NAME, base_url=server.url, temperature=0, num_predict=64
+    )
+    city = roomy.with_structured_output(City).invoke("Which city is the capital of France?")
+    assert isinstance(city, City) and city.name
+    whole = llm.invoke(ASK).content
+    assert whole and "".join(str(c.content) for c in llm.stream(ASK)) == whole

@@ -28,9 +28,8 @@ MAX_TOKENS = "48"
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[LiveServer]:
-    live = LiveServer("--default-max-tokens", MAX_TOKENS)
+    live = LiveServer.started("--default-max-tokens", MAX_TOKENS)
     try:
-        live.wait_ready()
         yield live
     finally:
         live.stop()

@@ -56,16 +56,10 @@ def data_dir(tmp_path: Path) -> Path:
 
 
 def serve(data_dir: Path, *args: str, env: dict[str, str] | None = None) -> LiveServer:
-    server = LiveServer(*args, env={"INFERD_DATA_DIR": str(data_dir), **(env or {})})
-    try:
-        server.wait_ready()
-    except BaseException:
-        server.stop()
-        raise
-    return server
+    return LiveServer.started(*args, env={"INFERD_DATA_DIR": str(data_dir), **(env or {})})
 
 
-# ---- the keys CLI ---------------------------------------------------------------------------
+# ---- the keys CLI ------------------------------------------------------------------------------
 
 
 def test_keys_cli_create_list_revoke(data_dir: Path) -> None:
@@ -94,75 +88,7 @@ def test_keys_cli_create_list_revoke(data_dir: Path) -> None:
     assert bad.returncode == 2
 
 
-# ---- a server with keys in its store --------------------------------------------------------
-
-
-def test_server_uses_the_stores_keys_on_both_listeners(data_dir: Path) -> None:
-    key_id, key = create_key(data_dir, "--max-parallel", "1")
-    ollama_port = free_port()
-    server = serve(
-        data_dir, "--ollama-port", str(ollama_port), env={"INFERD_KEY_CACHE_SECONDS": "0.5"}
-    )
-    try:
-        for base in (server.url, f"http://127.0.0.1:{ollama_port}"):
-            assert httpx.get(f"{base}/health", timeout=10).status_code == 200
-            r = httpx.post(f"{base}/api/chat", json={**CHAT, "stream": False}, timeout=60)
-            assert r.status_code == 401 and isinstance(r.json()["error"], str)
-            r = httpx.post(
-                f"{base}/api/chat", json={**CHAT, "stream": False}, headers=bearer(key), timeout=60
-            )
-            assert r.status_code == 200, r.text
-            r = httpx.post(
-                f"{base}/v1/chat/completions", json=CHAT, headers={"x-api-key": key}, timeout=60
-            )
-            assert r.status_code == 200, r.text
-
-        # a stream holds the key's only parallel slot until it ends
-        body = {"prompt": "Once upon a time", "max_tokens": 40, "stream": True}
-        with httpx.stream(
-            "POST", f"{server.url}/v1/completions", json=body, headers=bearer(key), timeout=60
-        ) as stream:
-            assert stream.status_code == 200
-            lines = stream.iter_lines()
-            next(lines)
-            r = httpx.post(
-                f"{server.url}/v1/chat/completions", json=CHAT, headers=bearer(key), timeout=60
-            )
-            assert r.status_code == 429 and r.headers["retry-after"] == "1"
-            assert "[DONE]" in "".join(lines)
-        r = httpx.post(
-            f"{server.url}/v1/chat/completions", json=CHAT, headers=bearer(key), timeout=60
-        )
-        assert r.status_code == 200
-
-        # tokens per minute on the real engine: reserve prompt + max_tokens, settle to usage
-        _, tpm_key = create_key(data_dir, "--tpm", "400")
-        body = {**CHAT, "max_tokens": 150}
-        r = httpx.post(
-            f"{server.url}/v1/chat/completions", json=body, headers=bearer(tpm_key), timeout=60
-        )
-        assert r.status_code == 200, r.text
-        usage = r.json()["usage"]
-        reserved = usage["prompt_tokens"] + 150
-        assert r.headers["x-ratelimit-remaining-tokens"] == str(400 - reserved)
-        r = httpx.get(f"{server.url}/v1/models", headers=bearer(tpm_key), timeout=10)
-        assert r.headers["x-ratelimit-remaining-tokens"] == str(400 - usage["total_tokens"])
-        r = httpx.post(
-            f"{server.url}/v1/chat/completions",
-            json={**CHAT, "max_tokens": 400},
-            headers=bearer(tpm_key),
-            timeout=60,
-        )
-        assert r.status_code == 429 and r.json()["error"]["param"] == "max_tokens"
-
-        # revoked from the CLI while the server runs: refused within the cache age
-        inferd("keys", "revoke", key_id, data_dir=data_dir)
-        time.sleep(0.7)
-        r = httpx.get(f"{server.url}/v1/models", headers=bearer(key), timeout=10)
-        assert r.status_code == 401
-    finally:
-        server.stop()
-    assert key not in server.output()
+# ---- serving beyond loopback -------------------------------------------------------------------
 
 
 def test_exposed_without_auth_refuses_to_start(data_dir: Path) -> None:
@@ -194,7 +120,7 @@ def test_exposed_with_require_auth_starts_and_wants_a_key(data_dir: Path) -> Non
         server.stop()
 
 
-# ---- body and header limits through uvicorn --------------------------------------------------
+# ---- body and header limits through uvicorn ----------------------------------------------------
 
 
 def test_huge_bodies_and_headers_through_the_server(live_server: LiveServer) -> None:
@@ -229,7 +155,7 @@ def test_huge_bodies_and_headers_through_the_server(live_server: LiveServer) -> 
     assert r.status_code == 200
 
 
-# ---- TLS -----------------------------------------------------------------------------------
+# ---- TLS ---------------------------------------------------------------------------------------
 
 
 def self_signed(directory: Path) -> tuple[Path, Path]:
@@ -337,7 +263,7 @@ def test_tls_needs_both_files(data_dir: Path, tmp_path: Path) -> None:
     assert out.returncode == 2 and "both --ssl-certfile and --ssl-keyfile" in out.stderr
 
 
-# ---- limits shared through Redis --------------------------------------------------------------
+# ---- a store's keys, and limits two servers share through Redis --------------------------------
 
 
 @pytest.fixture(scope="session")
@@ -372,19 +298,85 @@ def redis_url() -> Iterator[str]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def test_two_servers_share_one_limit_through_redis(data_dir: Path, redis_url: str) -> None:
-    _, key = create_key(data_dir, "--rpm", "6")
-    env = {"INFERD_RATE_LIMIT_STORAGE": redis_url}
-    a = serve(data_dir, env=env)
+def test_two_servers_share_the_stores_keys_and_one_limit_through_redis(
+    data_dir: Path, redis_url: str
+) -> None:
+    """Two servers on one data directory and one Redis: server A (an Ollama listener beside
+    its own, keys cached for 0.5 s) takes the store's keys on both listeners; between A and B
+    a requests-per-minute window and a parallel slot are one."""
+    key_id, key = create_key(data_dir, "--max-parallel", "1")
+    _, rpm_key = create_key(data_dir, "--rpm", "6")
+    ollama_port = free_port()
+    env = {"INFERD_RATE_LIMIT_STORAGE": redis_url, "INFERD_KEY_CACHE_SECONDS": "0.5"}
+    a = serve(data_dir, "--ollama-port", str(ollama_port), env=env)
     try:
         b = serve(data_dir, env=env)
         try:
-            _share_rpm(a.url, b.url, key)
+            _keys_on_both_listeners(data_dir, a.url, ollama_port, key_id, key)
+            _share_rpm(a.url, b.url, rpm_key)
             _share_parallel(data_dir, a.url, b.url)
         finally:
             b.stop()
     finally:
         a.stop()
+    assert key not in a.output() + b.output()
+
+
+def _keys_on_both_listeners(
+    data_dir: Path, url: str, ollama_port: int, key_id: str, key: str
+) -> None:
+    """The store's key (at most one request at a time) on the main and the Ollama listener,
+    tokens per minute, and a revocation from the CLI while the server runs."""
+    for base in (url, f"http://127.0.0.1:{ollama_port}"):
+        assert httpx.get(f"{base}/health", timeout=10).status_code == 200
+        r = httpx.post(f"{base}/api/chat", json={**CHAT, "stream": False}, timeout=60)
+        assert r.status_code == 401 and isinstance(r.json()["error"], str)
+        r = httpx.post(
+            f"{base}/api/chat", json={**CHAT, "stream": False}, headers=bearer(key), timeout=60
+        )
+        assert r.status_code == 200, r.text
+        r = httpx.post(
+            f"{base}/v1/chat/completions", json=CHAT, headers={"x-api-key": key}, timeout=60
+        )
+        assert r.status_code == 200, r.text
+
+    # a stream holds the key's only parallel slot until it ends
+    body = {"prompt": "Once upon a time", "max_tokens": 40, "stream": True}
+    with httpx.stream(
+        "POST", f"{url}/v1/completions", json=body, headers=bearer(key), timeout=60
+    ) as stream:
+        assert stream.status_code == 200
+        lines = stream.iter_lines()
+        next(lines)
+        r = httpx.post(f"{url}/v1/chat/completions", json=CHAT, headers=bearer(key), timeout=60)
+        assert r.status_code == 429 and r.headers["retry-after"] == "1"
+        assert "[DONE]" in "".join(lines)
+    r = httpx.post(f"{url}/v1/chat/completions", json=CHAT, headers=bearer(key), timeout=60)
+    assert r.status_code == 200
+
+    # tokens per minute on the real engine: reserve prompt + max_tokens, settle to usage
+    _, tpm_key = create_key(data_dir, "--tpm", "400")
+    body = {**CHAT, "max_tokens": 150}
+    r = httpx.post(f"{url}/v1/chat/completions", json=body, headers=bearer(tpm_key), timeout=60)
+    assert r.status_code == 200, r.text
+    usage = r.json()["usage"]
+    reserved = usage["prompt_tokens"] + 150
+    assert r.headers["x-ratelimit-remaining-tokens"] == str(400 - reserved)
+    r = httpx.get(f"{url}/v1/models", headers=bearer(tpm_key), timeout=10)
+    assert r.headers["x-ratelimit-remaining-tokens"] == str(400 - usage["total_tokens"])
+    r = httpx.post(
+        f"{url}/v1/chat/completions",
+        json={**CHAT, "max_tokens": 400},
+        headers=bearer(tpm_key),
+        timeout=60,
+    )
+    assert r.status_code == 429 and r.json()["error"]["param"] == "max_tokens"
+
+    # revoked from the CLI while the server runs: refused within the cache age
+    inferd("keys", "revoke", key_id, data_dir=data_dir)
+    time.sleep(0.7)
+    r = httpx.get(f"{url}/v1/models", headers=bearer(key), timeout=10)
+    assert r.status_code == 401
 
 
 def _share_rpm(a: str, b: str, key: str) -> None:
@@ -412,7 +404,7 @@ def _share_rpm(a: str, b: str, key: str) -> None:
 def _share_parallel(data_dir: Path, a: str, b: str) -> None:
     _, key = create_key(data_dir, "--max-parallel", "1")
     body: dict[str, Any] = {"prompt": "Once upon a time", "max_tokens": 40, "stream": True}
-    time.sleep(0.6)  # the servers' key caches (5 s) refresh on the unknown key at once anyway
+    time.sleep(0.6)  # past the key cache's age (an unknown key refreshes it at once anyway)
     with httpx.stream(
         "POST", f"{a}/v1/completions", json=body, headers=bearer(key), timeout=60
     ) as stream:

@@ -1,4 +1,5 @@
-"""The store in a real `inferd serve` process: crashes, disconnects, the CLI."""
+"""The store in a real `inferd serve` process: crashes, disconnects, the CLI. (A stream in
+flight at SIGTERM keeps its record: tests/e2e/test_server.py.)"""
 
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ import httpx
 
 import inferd.storage
 from tests.conftest import LiveServer
-from tests.e2e.test_server import DRAIN_TIMEOUT, start_server, stream_then_terminate
 
 COMPLETIONS = "/v1/completions"
 CHAT = "/v1/chat/completions"
@@ -54,10 +54,13 @@ def wait_rows(db: Path, n: int, timeout: float = 20) -> list[dict[str, Any]]:
     return rows
 
 
-def test_kill_9_keeps_the_completed_responses_records() -> None:
-    server = LiveServer()
+def test_kill_9_keeps_the_completed_responses_records_and_a_closed_stream_is_recorded() -> None:
+    """Killed (-9) right after five responses, a server restarted on the same data directory
+    replays their records from the spool. On it, a stream the client closes is recorded
+    cancelled with its tokens so far; SIGTERM writes the records and exits 0; `inferd stats`
+    shows them."""
+    server = LiveServer.started()
     try:
-        server.wait_ready()
         usages = []
         for i in range(5):
             r = httpx.post(
@@ -73,12 +76,12 @@ def test_kill_9_keeps_the_completed_responses_records() -> None:
         server.stop()
     db = Path(server.data_dir) / "inferd.db"
     # restart on the same data directory: the spool is replayed
-    again = LiveServer(env={"INFERD_DATA_DIR": server.data_dir})
+    again = LiveServer.started(env={"INFERD_DATA_DIR": server.data_dir})
     try:
-        again.wait_ready()
         rows = wait_rows(db, 5)
+        close_a_stream_early(again.url)
     finally:
-        assert again.stop() == 0
+        assert again.stop() == 0  # SIGTERM: the records are written before it exits
     assert len(rows) == 5, rows
     assert len({r["request_id"] for r in rows}) == 5
     assert sorted(r["completion_tokens"] for r in rows) == sorted(
@@ -88,53 +91,52 @@ def test_kill_9_keeps_the_completed_responses_records() -> None:
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
-
-def test_a_closed_stream_is_recorded_cancelled_with_its_tokens_so_far() -> None:
-    server = LiveServer()
-    try:
-        server.wait_ready()
-        body = {
-            "messages": [{"role": "user", "content": "Tell me a long story."}],
-            "max_tokens": 400,
-            "ignore_eos": True,
-            "stream": True,
-        }
-        seen = 0
-        with (
-            httpx.Client(timeout=60) as client,
-            client.stream("POST", f"{server.url}{CHAT}", json=body) as resp,
-        ):
-            assert resp.status_code == 200
-            lines = resp.iter_lines()  # kept referenced: dropping it closes the connection
-            for line in lines:
-                seen += line.startswith("data: ")
-                if seen >= 6:
-                    break
-        time.sleep(1.0)
-        ok = httpx.post(
-            f"{server.url}{COMPLETIONS}", json={"prompt": "Hi", "max_tokens": 2}, timeout=60
-        )
-        assert ok.status_code == 200
-    finally:
-        assert server.stop() == 0  # SIGTERM: the records are written before it exits
-    rows = usage_rows(Path(server.data_dir) / "inferd.db")
-    assert [r["route"] for r in rows] == [CHAT, COMPLETIONS]
-    cancelled = rows[0]
+    rows = usage_rows(db)
+    assert [r["route"] for r in rows] == [COMPLETIONS] * 5 + [CHAT, COMPLETIONS]
+    cancelled = rows[5]
     assert cancelled["status"] == "cancelled"
     assert cancelled["finish_reason"] == "abort"
     assert 5 <= cancelled["completion_tokens"] < 400
     assert cancelled["time_to_first_token"] is not None
-    assert rows[1]["status"] == "length"
+    assert rows[6]["status"] == "length"
     # and the terminal shows the same
     out = cli("stats", "--json", data_dir=server.data_dir)
     assert out.returncode == 0, out.stderr
     stats = json.loads(out.stdout)
-    assert stats["total"]["requests"] == 2 and stats["total"]["cancelled"] == 1
+    assert stats["total"]["requests"] == 7 and stats["total"]["cancelled"] == 1
     assert stats["by_dialect"]["openai"]["completion_tokens"] == sum(
         r["completion_tokens"] for r in rows
     )
     table = cli("stats", data_dir=server.data_dir)
     assert table.returncode == 0 and "by model" in table.stdout
+
+
+def close_a_stream_early(url: str) -> None:
+    """A long stream closed by the client after a few chunks, then a short request."""
+    body = {
+        "messages": [{"role": "user", "content": "Tell me a long story."}],
+        "max_tokens": 400,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    seen = 0
+    with (
+        httpx.Client(timeout=60) as client,
+        client.stream("POST", f"{url}{CHAT}", json=body) as resp,
+    ):
+        assert resp.status_code == 200
+        lines = resp.iter_lines()  # kept referenced: dropping it closes the connection
+        for line in lines:
+            seen += line.startswith("data: ")
+            if seen >= 6:
+                break
+    # the server has seen the client go once the sequence is gone
+    deadline = time.monotonic() + 30
+    while httpx.get(f"{url}/health", timeout=5).json()["models"][0]["running"]:
+        assert time.monotonic() < deadline, "the closed stream's sequence is still running"
+        time.sleep(0.05)
+    ok = httpx.post(f"{url}{COMPLETIONS}", json={"prompt": "Hi", "max_tokens": 2}, timeout=60)
+    assert ok.status_code == 200
 
 
 def test_db_upgrade_creates_the_schema(tmp_path: Path) -> None:
@@ -154,16 +156,3 @@ def test_db_upgrade_creates_the_schema(tmp_path: Path) -> None:
     bad = cli("db", "upgrade", "--database-url", "mysql://h/db", data_dir=str(tmp_path))
     assert bad.returncode == 2 and "unsupported database" in bad.stderr
     assert "Traceback" not in bad.stderr
-
-
-async def test_a_stream_in_flight_at_sigterm_gets_its_record() -> None:
-    server = start_server()
-    try:
-        data, error, _ = await stream_then_terminate(server, max_tokens=60)
-        assert error is None, f"stream cut after {len(data)} events: {error!r}"
-        assert server.proc.wait(DRAIN_TIMEOUT + 10) == 0
-    finally:
-        server.stop(5)
-    rows = usage_rows(Path(server.data_dir) / "inferd.db")
-    assert len(rows) == 1
-    assert rows[0]["status"] == "length" and rows[0]["completion_tokens"] == 60

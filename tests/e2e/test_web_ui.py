@@ -56,22 +56,12 @@ pytestmark = [
 # ---- servers and the browser ------------------------------------------------------------------
 
 
-def start(**env: str) -> LiveServer:
-    server = LiveServer(env=env)
-    try:
-        server.wait_ready()
-    except BaseException:
-        server.stop()
-        raise
-    return server
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterator[LiveServer]:
     """The bundled model and a second name for its file: two models to pick from."""
     models = tmp_path_factory.mktemp("models")
     (models / f"{TWIN}.gguf").symlink_to(model_path)
-    s = start(INFERD_MODELS_DIR=str(models))
+    s = LiveServer.started(env={"INFERD_MODELS_DIR": str(models)})
     try:
         yield s
     finally:
@@ -419,7 +409,7 @@ def test_keys_on_the_page_says_so_and_takes_one(page: Page, tmp_path: Path) -> N
         check=True,
     )
     key = json.loads(created.stdout)["key"]
-    server = start(INFERD_DATA_DIR=str(data), INFERD_REQUIRE_AUTH="1")
+    server = LiveServer.started(env={"INFERD_DATA_DIR": str(data), "INFERD_REQUIRE_AUTH": "1"})
     try:
         page.goto(f"{server.url}/")
         assert page.url == f"{server.url}/ui"  # the page itself needs no key

@@ -11,10 +11,7 @@ from pathlib import Path
 import pytest
 
 from inferd.api.pipeline.reasoning import ReasoningSplitter
-from inferd.config import Settings
-from inferd.models.loading import llamacpp_factory
-from inferd.models.registry import ModelRegistry
-from tests.conftest import AppHandle, bundled_spec
+from tests.live import AppHandle, bundled_app
 
 TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
@@ -27,8 +24,7 @@ MAX = 48
 
 @pytest.fixture(scope="module")
 async def thinker(model_path: Path) -> AsyncIterator[AppHandle]:
-    registry = ModelRegistry([bundled_spec(model_path, chat_template=TEMPLATE)], llamacpp_factory())
-    async with AppHandle(Settings(), registry) as handle:
+    async with bundled_app(model_path, chat_template=TEMPLATE) as handle:
         yield handle
 
 

@@ -10,20 +10,11 @@ import jsonschema
 import pytest
 
 from tests.conftest import AppHandle
+from tests.schemas import ASK_PERSON, PERSON
 
 pytestmark = pytest.mark.model
 
 MODEL = "smollm2"
-PERSON = {
-    "type": "object",
-    "properties": {
-        "name": {"type": "string", "maxLength": 20},
-        "age": {"type": "integer", "minimum": 0, "maximum": 150},
-    },
-    "required": ["name", "age"],
-    "additionalProperties": False,
-}
-ASK_PERSON = "Describe a person named Alice who is 30 years old, as JSON."
 COLOR = {"type": "string", "enum": ["red", "green", "blue"]}
 
 

@@ -13,10 +13,7 @@ import pytest
 
 from inferd.api.prompting import tokenize_chat
 from inferd.api.renders import RenderSlots
-from inferd.config import Settings
-from inferd.models.loading import llamacpp_factory
-from inferd.models.registry import ModelRegistry
-from tests.conftest import AppHandle, bundled_spec
+from tests.live import AppHandle, bundled_app
 
 pytestmark = pytest.mark.model
 
@@ -29,12 +26,12 @@ TEMPLATE = (
 )
 MESSAGES = [{"role": "user", "content": "Is 17 a prime number?"}]
 GREEDY = {"max_tokens": 12, "temperature": 0}
+OFF = ({"enable_thinking": False}, {"chat_template_kwargs": {"enable_thinking": False}})
 
 
 @pytest.fixture(scope="module")
 async def qwenish(model_path: Path) -> AsyncIterator[AppHandle]:
-    registry = ModelRegistry([bundled_spec(model_path, chat_template=TEMPLATE)], llamacpp_factory())
-    async with AppHandle(Settings(), registry) as handle:
+    async with bundled_app(model_path, chat_template=TEMPLATE) as handle:
         yield handle
 
 
@@ -85,3 +82,44 @@ async def test_a_variables_special_token_text_stays_text(qwenish: AppHandle) -> 
     # through the route, the same prompt
     answer = await chat(qwenish, max_tokens=1, chat_template_kwargs=forged)
     assert answer["usage"]["prompt_tokens"] == len(ids)
+
+
+async def test_native_routes_and_the_responses_api_take_template_variables(
+    qwenish: AppHandle,
+) -> None:
+    """`chat_template_kwargs` and `enable_thinking` reach the template from the native
+    /chat and /generate (through the template) and from the Responses API as from chat
+    completions: thinking off, the answer is text; a persona lengthens the prompt alike."""
+    native = {"messages": MESSAGES, "max_tokens": 12, "temperature": 0}
+    on = (await qwenish.client.post("/chat", json=native)).json()
+    assert on["tokens_generated"] == 12 and on["text"] == ""  # all 12 tokens reasoning
+    off = await chat(qwenish, enable_thinking=False)
+    content, prompt_tokens = off["choices"][0]["message"]["content"], off["usage"]["prompt_tokens"]
+    r = await qwenish.client.post("/chat", json={**native, **OFF[1]})
+    assert r.status_code == 200, r.text
+    assert r.json()["text"] == content and r.json()["prompt_tokens"] == prompt_tokens
+    generate = {"prompt": MESSAGES[0]["content"], "raw": False, "max_tokens": 12, "temperature": 0}
+    r = await qwenish.client.post("/generate", json={**generate, "enable_thinking": False})
+    assert r.status_code == 200 and r.json()["text"] == content
+    persona = {"persona": "a careful mathematician", "enable_thinking": False}
+    longer = (await chat(qwenish, max_tokens=1, chat_template_kwargs=persona))["usage"]
+    r = await qwenish.client.post(
+        "/chat", json={**native, "max_tokens": 1, "chat_template_kwargs": persona}
+    )
+    assert r.json()["prompt_tokens"] == longer["prompt_tokens"] > prompt_tokens
+    # a raw prompt has no template to give them to
+    r = await qwenish.client.post(
+        "/generate", json={"prompt": "Hi", "chat_template_kwargs": {"enable_thinking": False}}
+    )
+    assert r.status_code == 400 and r.json()["error"]["param"] == "chat_template_kwargs"
+
+    responses = {"input": MESSAGES[0]["content"], "max_output_tokens": 12, "temperature": 0}
+    r = await qwenish.client.post("/v1/responses", json={**responses, **OFF[0]})
+    assert r.status_code == 200, r.text
+    [message] = r.json()["output"]  # no reasoning item: thinking is off
+    assert message["type"] == "message" and message["content"][0]["text"] == content
+    assert r.json()["usage"]["input_tokens"] == prompt_tokens
+    r = await qwenish.client.post(
+        "/v1/responses", json={**responses, "chat_template_kwargs": {"messages": "x"}}
+    )
+    assert r.status_code == 400 and r.json()["error"]["param"] == "chat_template_kwargs"

@@ -44,3 +44,27 @@ async def test_detokenize_inverts_tokenize(real: AppHandle) -> None:
     ids = (await real.client.post("/tokenize", json={"content": TEXT})).json()["tokens"]
     r = await real.client.post("/detokenize", json={"tokens": ids})
     assert r.status_code == 200 and r.json() == {"content": TEXT, "prompt": TEXT}
+
+
+async def test_control_tokens_detokenize_to_their_text(real: AppHandle) -> None:
+    """A control token's id gives its text back (llama-server's /detokenize and HF's
+    `decode` do), in /detokenize and in the pieces, while user text still tokenizes into a
+    control token only when asked (`parse_special`) and answers write none."""
+    engine = real.engine()
+    text = f"<|im_start|>user\n{TEXT}<|im_end|>"
+    ids = await engine.tokenize(text, add_special=False, parse_special=True)
+    [end] = await engine.tokenize("<|im_end|>", add_special=False, parse_special=True)
+    assert ids[-1] == end
+    r = await real.client.post("/detokenize", json={"tokens": ids})
+    assert r.status_code == 200 and r.json() == {"content": text, "prompt": text}
+    r = await real.client.post("/tokenize", json={"content": text, "with_pieces": True})
+    assert r.json()["tokens"][-1] == {"id": end, "piece": "<|im_end|>"}
+    r = await real.client.post("/tokenize", json={"prompt": text, "return_token_strs": True})
+    assert r.json()["token_strs"][-1] == "<|im_end|>"
+    # the text of the control token, as plain text, is not the control token
+    plain = await engine.tokenize("<|im_end|>", add_special=False, parse_special=False)
+    assert end not in plain
+    r = await real.client.post("/detokenize", json={"tokens": plain})
+    assert r.json()["content"] == "<|im_end|>"
+    # an answer writes nothing for it
+    assert engine.detokenize(ids) == f"user\n{TEXT}"

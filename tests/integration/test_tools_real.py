@@ -13,62 +13,27 @@ from typing import Any
 import jsonschema
 import pytest
 
-from inferd.config import Settings
 from inferd.engine.structural import JsonTag, TaggedJson
 from inferd.engine.types import GenerateRequest, SamplingParams
-from inferd.models.loading import llamacpp_factory
-from inferd.models.registry import ModelRegistry
-from tests.conftest import AppHandle, bundled_spec
+from tests.live import AppHandle, bundled_app
+from tests.schemas import ASK_BOOKING, SCHEMAS, TOOLS
 from tests.tool_templates import HERMES_CHATML
 from tests.unit.test_tools_api import reassemble
 
 pytestmark = pytest.mark.model
 
-BOOKING = {
-    "type": "object",
-    "properties": {
-        "city": {"type": "string", "enum": ["Paris", "Rome", "Oslo"]},
-        # bounds are part of the grammar (bounds.py), so a constrained call keeps them
-        "nights": {"type": "integer", "minimum": 1, "maximum": 14},
-        "breakfast": {"type": "boolean"},
-    },
-    "required": ["city", "nights"],
-    "additionalProperties": False,
-}
-TOOLS = [
-    {
-        "type": "function",
-        "function": {"name": "book_hotel", "description": "Book a hotel", "parameters": BOOKING},
-    },
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "The weather in a city",
-            "parameters": {
-                "type": "object",
-                "properties": {"city": {"type": "string", "maxLength": 30}},
-                "required": ["city"],
-            },
-        },
-    },
-]
-SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
-ASK = [{"role": "user", "content": "Book me a hotel in Rome for three nights."}]
-
 
 @pytest.fixture(scope="module")
 async def templated(model_path: Path) -> AsyncIterator[AppHandle]:
     """The bundled model with a tool-capable (Hermes-style ChatML) template."""
-    spec = bundled_spec(model_path, chat_template=HERMES_CHATML)
-    async with AppHandle(Settings(), ModelRegistry([spec], llamacpp_factory())) as handle:
+    async with bundled_app(model_path, chat_template=HERMES_CHATML) as handle:
         yield handle
 
 
 def body(**fields: Any) -> dict[str, Any]:
     return {
         "model": "smollm2",
-        "messages": ASK,
+        "messages": ASK_BOOKING,
         "tools": TOOLS,
         "temperature": 0,
         "max_tokens": 48,
@@ -113,8 +78,7 @@ async def test_required_and_named_calls_are_schema_valid(
 async def test_every_formats_grammar_gives_valid_calls(model_path: Path, fmt: str) -> None:
     """The other families' call formats, forced by the tool_format setting on the bundled
     model (the fallback description shows it the format)."""
-    spec = bundled_spec(model_path, tool_format=fmt)
-    async with AppHandle(Settings(), ModelRegistry([spec], llamacpp_factory())) as h:
+    async with bundled_app(model_path, tool_format=fmt) as h:
         r = await h.client.post(
             "/v1/chat/completions",
             json=body(tool_choice={"type": "function", "function": {"name": "book_hotel"}}),
@@ -148,7 +112,7 @@ async def test_ollama_calls_are_schema_valid(real: AppHandle) -> None:
         "/api/chat",
         json={
             "model": "smollm2",
-            "messages": ASK,
+            "messages": ASK_BOOKING,
             "tools": TOOLS,
             "stream": False,
             "options": {"temperature": 0, "num_predict": 48},

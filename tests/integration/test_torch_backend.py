@@ -218,3 +218,17 @@ def test_token_pieces_rebuild_the_text_byte_for_byte(smollm2_dir: Path) -> None:
     literal = tokens.tokenize("<|im_start|>", add_special=False, parse_special=False)
     assert b"".join(tokens.piece(t) for t in literal) == b"<|im_start|>"
     assert tokens.eog == {tokenizer.eos_token_id}
+
+
+def test_a_control_token_text_is_its_name(smollm2_dir: Path) -> None:
+    """/detokenize's view: a control token written out (`<|im_start|>`), as llama.cpp's
+    piece with `special` and HF's `decode` give it; any other token as its piece."""
+    from transformers import AutoTokenizer
+
+    from inferd.engine.backends.torch.tokens import Tokens
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    tokens = Tokens(tokenizer, [tokenizer.eos_token_id])
+    ids = tokens.tokenize("<|im_start|>user\nHé<|im_end|>", add_special=False, parse_special=True)
+    text = b"".join(tokens.text(t) for t in ids).decode()
+    assert text == "<|im_start|>user\nHé<|im_end|>" == tokenizer.decode(ids)

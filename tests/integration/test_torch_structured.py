@@ -26,51 +26,12 @@ from inferd.models.spec import ModelSpec
 from tests import checkpoints
 from tests.checkpoints import serving_torch
 from tests.conftest import AppHandle
+from tests.schemas import ASK_BOOKING, ASK_PERSON, BOOKING, PERSON, SCHEMAS, TOOLS
 from tests.tool_templates import HERMES_CHATML
 
 checkpoint_root, smollm2_dir = checkpoints.checkpoint_root, checkpoints.smollm2_dir
 
 HF, TEMPLATED = "smol-hf", "smol-hf-tools"
-PERSON = {
-    "type": "object",
-    "properties": {
-        "name": {"type": "string", "maxLength": 20},
-        "age": {"type": "integer", "minimum": 0, "maximum": 150},
-    },
-    "required": ["name", "age"],
-    "additionalProperties": False,
-}
-ASK_PERSON = "Describe a person named Alice who is 30 years old, as JSON."
-BOOKING = {
-    "type": "object",
-    "properties": {
-        "city": {"type": "string", "enum": ["Paris", "Rome", "Oslo"]},
-        "nights": {"type": "integer", "minimum": 1, "maximum": 30},
-        "breakfast": {"type": "boolean"},
-    },
-    "required": ["city", "nights"],
-    "additionalProperties": False,
-}
-TOOLS = [
-    {
-        "type": "function",
-        "function": {"name": "book_hotel", "description": "Book a hotel", "parameters": BOOKING},
-    },
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "The weather in a city",
-            "parameters": {
-                "type": "object",
-                "properties": {"city": {"type": "string", "maxLength": 30}},
-                "required": ["city"],
-            },
-        },
-    },
-]
-SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
-ASK_BOOKING = [{"role": "user", "content": "Book me a hotel in Rome for three nights."}]
 # llguidance enforces no uniqueItems: refused rather than answered with what may break it
 UNENFORCEABLE = {"type": "array", "items": {"type": "integer"}, "uniqueItems": True}
 

@@ -83,6 +83,15 @@ async def test_keys_and_body_size_apply(fake_app: FakeFactory) -> None:
         assert r.status_code == 413
 
 
+async def test_a_control_token_detokenizes_to_its_text(fake_app: FakeFactory) -> None:
+    """/detokenize writes a control token out (the fake's EOS, id 0, is `</s>`); an answer
+    never does."""
+    async with fake_app() as h:
+        r = await h.client.post("/detokenize", json={"tokens": [ord("h") + 1, 0]})
+        assert r.json() == {"content": "h</s>", "prompt": "h</s>"}
+        assert h.engine().detokenize([ord("h") + 1, 0]) == "h"
+
+
 async def test_a_request_holds_a_bounded_number_of_ids(fake_app: FakeFactory) -> None:
     """/detokenize refuses more ids than MAX_TOKENIZER_IDS (the OpenAPI document says so:
     maxItems) and a whole float is an id; /tokenize refuses a text of more tokens."""

@@ -356,3 +356,20 @@ async def test_requests_without_tools_are_untouched() -> None:
         r = await h.client.post("/v1/chat/completions", json={"model": "fake", "messages": USER})
         assert r.json()["choices"][0]["message"]["content"] == CALL
         assert seen(h).tagged is None
+
+
+async def test_a_model_may_exclude_the_tools_under_tool_choice_none() -> None:
+    """vLLM's --exclude-tools-when-tool-choice-none, as a model setting: under "none" the
+    prompt is the one without tools; under any other choice the tools are declared."""
+
+    async def prompt_tokens(h: AppHandle, **fields: Any) -> int:
+        r = await h.client.post("/v1/chat/completions", json={**chat(), **fields})
+        assert r.status_code == 200, r.text
+        return int(r.json()["usage"]["prompt_tokens"])
+
+    async with app(exclude_tools_when_tool_choice_none=True) as h:
+        bare = await prompt_tokens(h, tools=None)
+        assert await prompt_tokens(h, tool_choice="none") == bare
+        assert await prompt_tokens(h, tool_choice="auto") > bare
+    async with app() as h:  # the default: declared whatever the choice
+        assert await prompt_tokens(h, tool_choice="none") > bare

@@ -235,3 +235,18 @@ def test_a_lazy_shape_starts_with_its_trigger() -> None:
     with pytest.raises(ValueError, match="trigger"):
         TaggedJson((tag,), prefix="[", trigger="<call>")
     TaggedJson((tag,), trigger="<ca")
+
+
+def test_multiple_of_is_kept_as_on_llama_cpp(grammars: Grammars, tokenizer: Any) -> None:
+    """llguidance keeps `multipleOf` within the bounds as the llama.cpp grammars do
+    (tests/integration/test_multiple_of_real.py): the same values in and out. (It writes a
+    fraction with all of multipleOf's decimals, `0.50`; llama.cpp's grammar takes `0.5` too.)"""
+    integer = SamplingParams(
+        json_schema=json.dumps({"type": "integer", "multipleOf": 7, "minimum": -50, "maximum": 100})
+    )
+    for n in range(-60, 111):
+        assert complete(grammars, tokenizer, integer, str(n)) is (n % 7 == 0 and -50 <= n <= 100)
+    number = SamplingParams(json_schema=json.dumps({"type": "number", "multipleOf": 0.25}))
+    texts = {"1.25": True, "-0.75": True, "3": True, "0.50": True, "1.20": False, "0.30": False}
+    for text, ok in texts.items():
+        assert complete(grammars, tokenizer, number, text) is ok, text

@@ -42,9 +42,8 @@ async def tokenize(model: LoadedModel, body: s.TokenizeBody) -> Response:
 
 def _tokenized(model: LoadedModel, body: s.TokenizeBody, ids: list[int]) -> Response:
     engine = model.engine
-    pieces = (
-        [engine.token_bytes(t) for t in ids] if body.with_pieces or body.return_token_strs else []
-    )
+    shown = body.with_pieces or body.return_token_strs  # control tokens as their text
+    pieces = [engine.token_bytes(t, special=True) for t in ids] if shown else []
     return _json(
         s.TokenizeResult(
             tokens=[s.TokenPiece(id=t, piece=_piece(p)) for t, p in zip(ids, pieces, strict=True)]
@@ -60,7 +59,8 @@ def _tokenized(model: LoadedModel, body: s.TokenizeBody, ids: list[int]) -> Resp
 
 
 async def detokenize(model: LoadedModel, body: s.DetokenizeBody) -> Response:
-    """The text of the ids, as the engine writes it in answers (control tokens write none)."""
+    """The text of the ids, control tokens written out as their text (`<|im_end|>`), as
+    llama-server's /detokenize and Hugging Face's `decode` write them."""
     return await asyncio.to_thread(_detokenized, model, body)
 
 
@@ -72,7 +72,7 @@ def _detokenized(model: LoadedModel, body: s.DetokenizeBody) -> Response:
             f"tokens holds token id {bad}, outside the vocabulary (0..{n_vocab - 1})",
             param="tokens",
         )
-    text = model.engine.detokenize(body.tokens)
+    text = model.engine.detokenize(body.tokens, special=True)
     return _json(s.DetokenizeResult(content=text, prompt=text))
 
 

@@ -68,10 +68,14 @@ class EngineClient(Protocol):
         self, text: str, *, add_special: bool = True, parse_special: bool = True
     ) -> list[int]: ...
 
-    def detokenize(self, tokens: list[int]) -> str: ...
+    def detokenize(self, tokens: list[int], *, special: bool = False) -> str:
+        """The text of the ids as answers write it (control tokens: none), or with control
+        tokens written out as their text (`special`)."""
+        ...
 
-    def token_bytes(self, token: int) -> bytes:
-        """The bytes a token contributes to the text (a control token: none)."""
+    def token_bytes(self, token: int, *, special: bool = False) -> bytes:
+        """The bytes a token contributes to the text (a control token: none, or its text
+        with `special`)."""
         ...
 
     async def check_sampling(self, params: SamplingParams) -> None:
@@ -154,11 +158,13 @@ class AsyncEngine:
             self._backend.tokenize, text, add_special=add_special, parse_special=parse_special
         )
 
-    def detokenize(self, tokens: list[int]) -> str:
-        return b"".join(self._backend.token_piece(t) for t in tokens).decode("utf-8", "replace")
+    def detokenize(self, tokens: list[int], *, special: bool = False) -> str:
+        return b"".join(self.token_bytes(t, special=special) for t in tokens).decode(
+            "utf-8", "replace"
+        )
 
-    def token_bytes(self, token: int) -> bytes:
-        return self._backend.token_piece(token)
+    def token_bytes(self, token: int, *, special: bool = False) -> bytes:
+        return self._backend.token_text(token) if special else self._backend.token_piece(token)
 
     async def check_sampling(self, params: SamplingParams) -> None:
         if params.constrained:  # compiling a schema is Python work: off the event loop

@@ -42,7 +42,12 @@ class LoadedModel:
     def tools(self) -> ToolSupport | None:
         """How it calls tools (chosen once, from its settings and template); None: it
         serves no tools."""
-        return tool_support(self.spec.config.tool_format, self.template.source)
+        config = self.spec.config
+        return tool_support(
+            config.tool_format,
+            self.template.source,
+            exclude_when_none=config.exclude_tools_when_tool_choice_none,
+        )
 
 
 @dataclass

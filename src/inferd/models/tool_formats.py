@@ -81,20 +81,24 @@ _WRAPPERS = ("<tool_call>", "</tool_call>", "[TOOL_CALLS]", "<|python_tag|>", "<
 @dataclass(frozen=True, slots=True)
 class ToolSupport:
     """A model's tool calling: its call format, and whether its chat template renders the
-    tools itself (else they are described in a system prompt)."""
+    tools itself (else they are described in a system prompt). With
+    `exclude_when_none`, a request whose tool_choice is "none" tells the model no tools."""
 
     format: ToolFormat
     in_template: bool
+    exclude_when_none: bool = False
 
 
-def tool_support(setting: str, template_source: str) -> ToolSupport | None:
+def tool_support(
+    setting: str, template_source: str, *, exclude_when_none: bool = False
+) -> ToolSupport | None:
     """From the model's `tool_format` setting ("auto", a format's name, "off") and its chat
     template; None: the model serves no tools."""
     if setting == "off":
         return None
     in_template = bool(_TAKES_TOOLS.search(template_source))
     name = setting if setting in FORMATS else detect(template_source)
-    return ToolSupport(FORMATS[name], in_template)
+    return ToolSupport(FORMATS[name], in_template, exclude_when_none)
 
 
 def detect(template_source: str) -> str:

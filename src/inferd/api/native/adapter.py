@@ -8,7 +8,9 @@ from typing import Any
 from inferd.api.native import schemas as s
 from inferd.api.pipeline.request import ChatPrompt, Generation, Options, Param, Session, TextPrompt
 from inferd.api.pipeline.run import ChoiceResult
+from inferd.api.pipeline.template_vars import template_variables
 from inferd.engine.types import FinishReason, SamplingParams
+from inferd.errors import InvalidRequest
 from inferd.models import describe
 from inferd.models.registry import ModelEntry
 
@@ -33,24 +35,37 @@ def generation(body: s.GenerateBody | s.ChatBody, *, chat_template: bool = False
         seed=body.seed,
         stop=stop,
     )
+    variables = template_variables(body.chat_template_kwargs, enable_thinking=body.enable_thinking)
     if isinstance(body, s.GenerateBody):
-        return Generation(body.model, [generate_prompt(body, chat_template)], "prompt", options)
+        prompt = generate_prompt(body, chat_template, variables)
+        return Generation(body.model, [prompt], "prompt", options)
     messages = [m.model_dump() for m in body.messages]
     return Generation(
         body.model,
-        [ChatPrompt(messages)],
+        [ChatPrompt(messages, variables=variables)],
         "messages",
         options,
         session=Session(body.session_id, body.session_history),
     )
 
 
-def generate_prompt(body: s.GenerateBody, chat_template: bool) -> TextPrompt | ChatPrompt:
+def generate_prompt(
+    body: s.GenerateBody, chat_template: bool, variables: dict[str, Any] | None
+) -> TextPrompt | ChatPrompt:
+    """The prompt as it is (raw), or a user message (after `system`) in the model's chat
+    template with the request's template variables."""
     raw = body.raw if body.raw is not None else not chat_template
     if raw:
+        if variables is not None:
+            given = body.chat_template_kwargs is not None
+            param = "chat_template_kwargs" if given else "enable_thinking"
+            raise InvalidRequest(
+                f"{param} needs the chat template: this prompt is raw (send raw: false)",
+                param=param,
+            )
         return TextPrompt(body.prompt)
     system = [] if body.system is None else [{"role": "system", "content": body.system}]
-    return ChatPrompt([*system, {"role": "user", "content": body.prompt}])
+    return ChatPrompt([*system, {"role": "user", "content": body.prompt}], variables=variables)
 
 
 def parameters(sp: SamplingParams) -> dict[str, Any]:

@@ -26,6 +26,10 @@ class _Params(BaseModel):
     )
     stop: StrictStr | list[StrictStr] | None = None
     seed: WholeInt | None = None
+    # variables for the chat template (vLLM's and llama-server's): a chat, or a prompt that
+    # goes through the template
+    chat_template_kwargs: dict[str, Any] | None = None
+    enable_thinking: StrictBool | None = None
 
 
 class GenerateBody(_Params):

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 from inferd.api.openai.schemas import text_parts_only
 from inferd.api.pipeline.request import ChatPrompt, Generation, Options, Param
 from inferd.api.pipeline.run import ChoiceResult, Run
+from inferd.api.pipeline.template_vars import template_variables
 from inferd.api.pipeline.tools import ToolCall, ToolOutput, tool_request
 from inferd.api.record import RequestRecord
 from inferd.api.sessions import SESSION_PATTERN, Exchange, session_of
@@ -95,6 +96,9 @@ class ResponsesRequest(_Wire):
     parallel_tool_calls: StrictBool | None = None
     metadata: dict[str, StrictStr] | None = None
     user: StrictStr | None = None
+    # variables for the chat template, as in chat completions (vLLM's, llama-server's)
+    chat_template_kwargs: dict[str, Any] | None = None
+    enable_thinking: StrictBool | None = None
 
 
 # ---- to the pipeline ------------------------------------------------------------------------
@@ -194,7 +198,14 @@ def generation(req: ResponsesRequest, earlier: list[dict[str, Any]]) -> Generati
     system = [{"role": "system", "content": req.instructions}] if req.instructions else []
     return Generation(
         model=req.model,
-        prompts=[ChatPrompt([*system, *earlier, *input_messages(req)])],
+        prompts=[
+            ChatPrompt(
+                [*system, *earlier, *input_messages(req)],
+                variables=template_variables(
+                    req.chat_template_kwargs, enable_thinking=req.enable_thinking
+                ),
+            )
+        ],
         prompt_param="input",
         options=Options(
             max_tokens=None

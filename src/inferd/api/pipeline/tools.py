@@ -239,10 +239,12 @@ class ToolUse:
         in the system prompt (then the history's calls and results are written out too).
         Every tool the request declares, whatever `tool_choice` says (as OpenAI and vLLM
         do: "none" and a named function decide what the answer may be, not what the model
-        is told; a model that still writes a call under "none" has it returned as text)."""
+        is told; a model that still writes a call under "none" has it returned as text),
+        unless the model's settings exclude them under "none" (`exclude_when_none`)."""
         if not isinstance(prompt, ChatPrompt):
             return prompt
-        specs = [t.spec() for t in self.request.tools] or None
+        excluded = self.request.choice == "none" and self.support.exclude_when_none
+        specs = None if excluded else [t.spec() for t in self.request.tools] or None
         if self.support.in_template:
             return dataclasses.replace(prompt, tools=specs)
         messages = _written_history(prompt.messages, self.format)

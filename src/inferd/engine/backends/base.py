@@ -172,6 +172,11 @@ class Backend(Protocol):
         """The bytes a generated token contributes to the text (control tokens: none)."""
         ...
 
+    def token_text(self, token: int) -> bytes:
+        """A token's bytes with a control token written out as its text (`<|im_end|>`),
+        as `/detokenize` shows ids."""
+        ...
+
     def is_eog(self, token: int) -> bool: ...
 
     def facts(self) -> dict[str, Any]:

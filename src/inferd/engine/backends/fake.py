@@ -135,6 +135,9 @@ class FakeBackend:
     def token_piece(self, token: int) -> bytes:
         return b"" if token == EOS else bytes([token - 1])
 
+    def token_text(self, token: int) -> bytes:
+        return b"</s>" if token == EOS else bytes([token - 1])
+
     def is_eog(self, token: int) -> bool:
         return token == EOS
 

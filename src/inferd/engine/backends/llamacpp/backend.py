@@ -193,6 +193,9 @@ class LlamaCppBackend:
     def token_piece(self, token: int) -> bytes:
         return self._pieces[token]
 
+    def token_text(self, token: int) -> bytes:
+        return self._read_piece(token, special=True)
+
     def is_eog(self, token: int) -> bool:
         return token in self._eog_set
 

@@ -34,9 +34,7 @@ class Bound:
 
 def integer_rule(schema: dict[str, Any]) -> str:
     """The integers within the schema's bounds, as a GBNF alternation."""
-    low, high = _bounds(schema)
-    lo = math.ceil(low.value) + (1 if low.strict and low.value == int(low.value) else 0)
-    hi = math.floor(high.value) - (1 if high.strict and high.value == int(high.value) else 0)
+    lo, hi = scaled_range(schema)
     if lo > hi:
         raise ValueError(
             "no integer lies within the schema's minimum and maximum (and below 1e16 in magnitude)"
@@ -64,6 +62,17 @@ def number_rule(schema: dict[str, Any]) -> str:
         least = low if low.value >= 0 else Bound(Decimal(0), False)
         alternatives.append(_magnitudes(least, high))
     return " | ".join(f"({a})" for a in alternatives)
+
+
+def scaled_range(schema: dict[str, Any], places: int = 0) -> tuple[int, int]:
+    """The least and the greatest integer j with j * 10**-places within the schema's
+    bounds (an integer's range when places is 0; lo > hi when there is none)."""
+    low, high = _bounds(schema)
+    lo, hi = low.value.scaleb(places), high.value.scaleb(places)
+    return (
+        math.floor(lo) + 1 if low.strict or lo != math.floor(lo) else int(lo),
+        math.ceil(hi) - 1 if high.strict or hi != math.ceil(hi) else int(hi),
+    )
 
 
 def _bounds(schema: dict[str, Any]) -> tuple[Bound, Bound]:

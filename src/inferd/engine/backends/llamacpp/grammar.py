@@ -1,7 +1,7 @@
 """GBNF grammars for llama.cpp's grammar sampler: JSON (any object, or valid under a JSON
 Schema) and tagged JSON (tool calls: JSON values in literal text, `engine.structural`).
 Schemas go through llama.cpp's own converter, with numbers kept within their bounds
-(`bounds.py`), which it leaves out."""
+(`bounds.py`) and to their `multipleOf` (`multiples.py`), which it leaves out."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any
 import llama_cpp.llama_grammar as llama_grammar
 
 from inferd.engine.backends.llamacpp.bounds import BOUND_KEYS, integer_rule, number_rule
+from inferd.engine.backends.llamacpp.multiples import multiple_rule
 from inferd.engine.structural import TaggedJson
 from inferd.engine.types import SamplingParams
 
@@ -19,28 +20,34 @@ _REGEX_SPECIAL = re.compile(r"[\\^$.|?*+()\[\]{}]")
 _LITERAL_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 # schema keywords the converter handles before a value's type
 _BEFORE_TYPE = frozenset({"$ref", "oneOf", "anyOf", "allOf", "const", "enum"})
+# keywords on numbers the converter leaves out
+_NUMBER_KEYS = BOUND_KEYS | {"multipleOf"}
 
 
 class _Converter(llama_grammar.SchemaConverter):
-    """llama.cpp's converter, with integers and numbers kept within their bounds (a
-    bounded type list, such as ["integer", "null"], keeps its bounds per type)."""
+    """llama.cpp's converter, with integers and numbers kept within their bounds and to
+    their multipleOf (a type list, such as ["integer", "null"], keeps them per type)."""
 
     def __init__(self) -> None:
         super().__init__(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
 
     def visit(self, schema: dict[str, Any], name: str) -> str:
         kind = schema.get("type")
-        if not BOUND_KEYS & schema.keys() or _BEFORE_TYPE & schema.keys():
+        if not _NUMBER_KEYS & schema.keys() or _BEFORE_TYPE & schema.keys():
             return str(super().visit(schema, name))
         rule_name = f"{name}-" if name in llama_grammar.RESERVED_NAMES else name or "root"
         if isinstance(kind, list):
             union = self._generate_union_rule(name, [{**schema, "type": t} for t in kind])
             return str(self._add_rule(rule_name, union))
-        if kind == "integer":
-            return str(self._add_rule(rule_name, f"({integer_rule(schema)}) space"))
-        if kind == "number":
-            return str(self._add_rule(rule_name, f"({number_rule(schema)}) space"))
-        return str(super().visit(schema, name))
+        if kind not in ("integer", "number"):
+            return str(super().visit(schema, name))
+        if "multipleOf" in schema:
+            rule, rules = multiple_rule(schema, integer=kind == "integer")
+            for multiple, body in rules.items():  # named by their text: added once
+                self._add_rule(multiple, body)
+        else:
+            rule = integer_rule(schema) if kind == "integer" else number_rule(schema)
+        return str(self._add_rule(rule_name, f"({rule}) space"))
 
 
 def gbnf(params: SamplingParams) -> str | None:

@@ -249,6 +249,9 @@ class TorchBackend:
     def token_piece(self, token: int) -> bytes:
         return self._tokens.piece(token)
 
+    def token_text(self, token: int) -> bytes:
+        return self._tokens.text(token)
+
     def is_eog(self, token: int) -> bool:
         return token in self._tokens.eog
 

@@ -45,6 +45,9 @@ class Tokens:
         }
         self.eog = frozenset(int(t) for t in eos_ids if t is not None)
         self._pieces = self._piece_table(special)
+        control = sorted(special)
+        names = tokenizer.convert_ids_to_tokens(control)
+        self._control = {i: n.encode("utf-8") for i, n in zip(control, names, strict=True) if n}
         self.bos_id = tokenizer.bos_token_id
         self.bos_token = tokenizer.bos_token or ""
         self.eos_token = tokenizer.eos_token or ""
@@ -86,3 +89,7 @@ class Tokens:
 
     def piece(self, token: int) -> bytes:
         return self._pieces[token] if 0 <= token < len(self._pieces) else b""
+
+    def text(self, token: int) -> bytes:
+        """The piece, with a control token written out as its text."""
+        return self._control.get(token) or self.piece(token)
