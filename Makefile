@@ -40,7 +40,7 @@ test: install lint
 	.ci/ensure-redis
 	$(PY) -m pytest -q -ra --durations=25 $(ARGS)
 
-# The fast loop: unit tests and the fake backend, no model loaded, no lint (under a minute).
+# The fast loop: unit tests and the fake backend, no model loaded, no lint (about 3 minutes).
 test-fast: install
 	$(PY) -m pytest -q -m "not model" $(ARGS)
 
