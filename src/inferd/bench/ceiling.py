@@ -6,7 +6,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from inferd.engine.backends.llamacpp import LlamaCppBackend, LlamaCppOptions
 from inferd.engine.types import SamplingParams
 
 
@@ -33,6 +32,10 @@ def measure_ceiling(
     `llama_decode` over B sequences with greedy sampling in C. `kv_split`: a KV stream per
     sequence or one unified cache, as a server started with --kv-split or --no-kv-split;
     None: the layout a server with the same n_ctx and slots picks itself."""
+    # here, not at the top: every `inferd` command imports this module (cli/bench.py), and
+    # only `inferd bench` needs llama.cpp loaded in the CLI's own process
+    from inferd.engine.backends.llamacpp import LlamaCppBackend, LlamaCppOptions
+
     options = LlamaCppOptions(n_ctx=n_ctx, max_seqs=max(batch_sizes), kv_split=kv_split)
     backend = LlamaCppBackend(path, options)
     try:
