@@ -5,8 +5,8 @@ the error sent back).
 
 instructor cannot live in the shared virtualenv: every release pins `jiter<0.15` (1.17.0,
 the newest, too), and every openai the pinned pydantic-ai accepts needs `jiter>=0.16`. So
-the test builds instructor its own virtualenv from PyPI, once, in pytest's cache directory
-under a name made from its pins (`pytest --cache-clear` or a new pin builds it again),
+the test builds instructor its own virtualenv from PyPI with uv, once, in pytest's cache
+directory under a name made from its pins (`pytest --cache-clear` or a new pin builds it again),
 and runs `instructor_tools.py` there as a subprocess. It is skipped, saying so, only when
 PyPI cannot be reached.
 """
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -26,6 +25,7 @@ import pytest
 
 from inferd.models.spec import BUNDLED_NAME
 from tests.conftest import LiveServer
+from tests.locks import build_lock
 
 # the newest instructor, and the newest openai whose jiter floor (0.10) meets its `<0.15`
 PINS = ("instructor==1.17.0", "openai==3.3.0")
@@ -42,26 +42,31 @@ def instructor_python(request: pytest.FixtureRequest) -> Path:
     python = home / "bin" / "python"
     if python.exists():
         return python
-    try:
-        urllib.request.urlopen(INDEX, timeout=15).close()
-    except OSError as exc:
-        pytest.skip(f"PyPI cannot be reached to install {' '.join(PINS)}: {exc}")
-    # built aside, then renamed into place: a half-built one is never taken for done
-    building = home.with_name(f"{key}.building-{os.getpid()}")
-    shutil.rmtree(building, ignore_errors=True)
-    try:
-        subprocess.run(
-            [sys.executable, "-m", "venv", str(building)], check=True, timeout=BUILD_SECONDS
-        )
-        pip = [str(building / "bin" / "python"), "-m", "pip", "install", "--quiet", *PINS]
-        done = subprocess.run(pip, capture_output=True, text=True, timeout=BUILD_SECONDS)
-        assert done.returncode == 0, done.stdout + done.stderr
+    with build_lock(home.with_name(f"{key}.lock")):  # one xdist worker builds it
+        if python.exists():
+            return python
         try:
-            building.rename(home)
-        except OSError:  # another run finished first: keep its
-            assert python.exists()
-    finally:
+            urllib.request.urlopen(INDEX, timeout=15).close()
+        except OSError as exc:
+            pytest.skip(f"PyPI cannot be reached to install {' '.join(PINS)}: {exc}")
+        # built aside, then renamed into place: a half-built one is never taken for done
+        building = home.with_name(f"{key}.building")
         shutil.rmtree(building, ignore_errors=True)
+        # uv (dev extra): seconds where venv + pip took most of a minute; the system's
+        # certificates, as pip is told to use here (pip.conf)
+        uv = [sys.executable, "-m", "uv", "--quiet", "--native-tls"]
+        try:
+            for args in (
+                ["venv", "--python", sys.executable, str(building)],
+                ["pip", "install", "--python", str(building / "bin" / "python"), *PINS],
+            ):
+                done = subprocess.run(
+                    [*uv, *args], capture_output=True, text=True, timeout=BUILD_SECONDS
+                )
+                assert done.returncode == 0, done.stdout + done.stderr
+            building.rename(home)
+        finally:
+            shutil.rmtree(building, ignore_errors=True)
     return python
 
 
