@@ -1,6 +1,7 @@
 """The JSON schemas and tools that the structured-output and tool-calling tests on the real
 runtimes share (llama.cpp's grammars: test_structured_real.py, test_tools_real.py;
-llguidance on torch: test_torch_structured.py), so both runtimes answer the same asks."""
+llguidance on torch: test_torch_structured.py), so both runtimes answer the same asks;
+`function_tool` builds a tool as the dialects take it, for any test."""
 
 from __future__ import annotations
 
@@ -28,23 +29,27 @@ BOOKING: dict[str, Any] = {
     "required": ["city", "nights"],
     "additionalProperties": False,
 }
+
+
+def function_tool(name: str, description: str, parameters: dict[str, Any]) -> dict[str, Any]:
+    """A tool as the OpenAI dialect (and Ollama's) takes it: a function with a JSON schema."""
+    return {
+        "type": "function",
+        "function": {"name": name, "description": description, "parameters": parameters},
+    }
+
+
 TOOLS: list[dict[str, Any]] = [
-    {
-        "type": "function",
-        "function": {"name": "book_hotel", "description": "Book a hotel", "parameters": BOOKING},
-    },
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "The weather in a city",
-            "parameters": {
-                "type": "object",
-                "properties": {"city": {"type": "string", "maxLength": 30}},
-                "required": ["city"],
-            },
+    function_tool("book_hotel", "Book a hotel", BOOKING),
+    function_tool(
+        "get_weather",
+        "The weather in a city",
+        {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 30}},
+            "required": ["city"],
         },
-    },
+    ),
 ]
 SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
 ASK_BOOKING = [{"role": "user", "content": "Book me a hotel in Rome for three nights."}]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jsonschema
 import ollama
@@ -17,6 +17,10 @@ import pytest
 
 from inferd.models.spec import BUNDLED_NAME
 from tests.conftest import LiveServer
+from tests.schemas import function_tool
+
+if TYPE_CHECKING:
+    from langchain_openai import ChatOpenAI
 
 TIMEOUT = 300.0
 WEATHER_PARAMS = {
@@ -25,14 +29,7 @@ WEATHER_PARAMS = {
     "required": ["city"],
     "additionalProperties": False,
 }
-WEATHER: Any = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The current weather in a city",
-        "parameters": WEATHER_PARAMS,
-    },
-}
+WEATHER: Any = function_tool("get_weather", "The current weather in a city", WEATHER_PARAMS)
 ASK = "What is the weather in Paris?"
 
 
@@ -127,25 +124,31 @@ def test_ollama_round_trip(server: LiveServer) -> None:
     assert second.done_reason in ("stop", "length")
 
 
+def chat_openai(server: LiveServer, *, max_tokens: int) -> ChatOpenAI:
+    """langchain's ChatOpenAI on the server's OpenAI dialect, greedy."""
+    from langchain_openai import ChatOpenAI
+
+    return ChatOpenAI(
+        model=BUNDLED_NAME,
+        base_url=f"{server.url}/v1",
+        api_key="unused",  # type: ignore[arg-type]
+        temperature=0,
+        max_tokens=max_tokens,  # type: ignore[call-arg]
+        timeout=TIMEOUT,
+        max_retries=0,
+    )
+
+
 def test_langchain_bind_tools(server: LiveServer) -> None:
     from langchain_core.messages import HumanMessage, ToolMessage
     from langchain_core.tools import tool
-    from langchain_openai import ChatOpenAI
 
     @tool
     def get_weather(city: str) -> str:
         """The current weather in a city."""
         return f"Sunny in {city}."
 
-    llm = ChatOpenAI(
-        model=BUNDLED_NAME,
-        base_url=f"{server.url}/v1",
-        api_key="unused",  # type: ignore[arg-type]
-        temperature=0,
-        max_tokens=48,  # type: ignore[call-arg]
-        timeout=TIMEOUT,
-        max_retries=0,
-    )
+    llm = chat_openai(server, max_tokens=48)
     messages: list[Any] = [HumanMessage(ASK)]
     reply = llm.bind_tools([get_weather], tool_choice="get_weather").invoke(messages)
     [call] = reply.tool_calls  # type: ignore[attr-defined]
@@ -182,17 +185,7 @@ def test_pydantic_ai_agent_with_an_output_type(server: LiveServer) -> None:
 def test_langchain_with_structured_output_function_calling(server: LiveServer) -> None:
     """langchain's `with_structured_output(method="function_calling")`: the model as a
     function tool, called by name; the answer parsed into the pydantic model."""
-    from langchain_openai import ChatOpenAI
-
-    llm = ChatOpenAI(
-        model=BUNDLED_NAME,
-        base_url=f"{server.url}/v1",
-        api_key="unused",  # type: ignore[arg-type]
-        temperature=0,
-        max_tokens=64,  # type: ignore[call-arg]
-        timeout=TIMEOUT,
-        max_retries=0,
-    )
+    llm = chat_openai(server, max_tokens=64)
     shaped = llm.with_structured_output(City, method="function_calling", include_raw=True)
     out: Any = shaped.invoke("Which city is the capital of France?")
     assert out["parsing_error"] is None and isinstance(out["parsed"], City)

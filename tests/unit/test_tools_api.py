@@ -21,19 +21,17 @@ from inferd.models.registry import ModelRegistry
 from inferd.models.spec import ModelSpec
 from inferd.models.tool_formats import FORMATS, ToolSupport
 from tests.conftest import AppHandle
+from tests.schemas import function_tool
 
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather in a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}, "unit": {"enum": ["c", "f"]}},
-            "required": ["city"],
-        },
+WEATHER = function_tool(
+    "get_weather",
+    "The weather in a city",
+    {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "unit": {"enum": ["c", "f"]}},
+        "required": ["city"],
     },
-}
+)
 TIME = {"type": "function", "function": {"name": "get_time"}}
 CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
 USER = [{"role": "user", "content": "Weather in Paris?"}]
