@@ -9,7 +9,8 @@
 - `build_tiny_llama`: a dense llama of the same small dims, random weights, SmolLM2's tokenizer.
 
 Both write into a temporary folder and rename it into place, so a folder that exists is whole;
-`cached` keys a folder by what it was built from, so a later session reuses it.
+`cached` keys a folder by what it was built from, so a later session reuses it, and builds it
+under a lock, so parallel workers (pytest-xdist) build it once.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from inferd.engine.client import AsyncEngine
 from inferd.engine.types import GenerateRequest, SamplingParams
 from inferd.models.loading import llamacpp_loader, transformers_load
 from inferd.models.spec import ModelSpec, bundled_model_path
+from tests.locks import build_lock
 
 SEED = 1234
 
@@ -48,14 +50,15 @@ def cached(root: Path, name: str, key: str, build: Callable[[Path], None]) -> Pa
     final = root / f"{name}-{digest[:16]}"
     if final.is_dir():
         return final
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
-    try:
-        build(tmp)
-        tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not final.is_dir():
+    with build_lock(root / f".{name}.lock"):  # an xdist worker building it: wait for its
+        if final.is_dir():
+            return final
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
+        try:
+            build(tmp)
+            tmp.rename(final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
             raise
     return final
 
@@ -250,16 +253,25 @@ class Greedy:
 
 def hf_greedy(folder: Path, prompts: list[list[int]], n: int) -> list[Greedy]:
     """transformers' own greedy continuation of each prompt (up to n tokens), in a child
-    process: torch's worker threads must not compete with the engine's afterwards."""
-    out = subprocess.run(
-        [sys.executable, "-c", _HF_GREEDY, str(folder), json.dumps(prompts), str(n)],
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    return [Greedy(t, g) for t, g in json.loads(out.stdout.splitlines()[-1])]
+    process: torch's worker threads must not compete with the engine's afterwards. Kept beside
+    the folder (a cached one, named for what it was built from) under a name made from the
+    prompts, n, this script and torch's version, so a later session reads it back."""
+    stamp = json.dumps([prompts, n, _HF_GREEDY, importlib.metadata.version("torch")])
+    digest = hashlib.sha256(stamp.encode()).hexdigest()[:16]
+    memo = folder.with_name(f"greedy-{folder.name}-{digest}.json")
+    if not memo.is_file():
+        out = subprocess.run(
+            [sys.executable, "-c", _HF_GREEDY, str(folder), json.dumps(prompts), str(n)],
+            capture_output=True,
+            text=True,
+            check=False,
+            env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        partial = memo.with_name(f".{memo.name}.{os.getpid()}")
+        partial.write_text(out.stdout.splitlines()[-1])
+        partial.replace(memo)  # whole or absent
+    return [Greedy(t, g) for t, g in json.loads(memo.read_text())]
 
 
 # float32 against float32 (the transformers backend against `generate`): only the order of
