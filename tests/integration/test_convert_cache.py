@@ -34,8 +34,24 @@ checkpoint_root, smollm2_dir, mixtral_dir = (
 
 @pytest.fixture
 def source(mixtral_dir: Path, tmp_path: Path) -> Path:
-    """A copy of the tiny MoE checkpoint this test may change."""
-    return Path(shutil.copytree(mixtral_dir, tmp_path / "mixtral"))
+    """A copy of the tiny MoE checkpoint this test may change, under the same name: the
+    GGUF's name comes from the folder's, so its conversion is the shared entry's byte for byte."""
+    return Path(shutil.copytree(mixtral_dir, tmp_path / mixtral_dir.name))
+
+
+@pytest.fixture(scope="module")
+def converted(checkpoint_root: Path, mixtral_dir: Path) -> Path:
+    """The folder of the tiny MoE's f32 entry in the shared conversion cache (converted once;
+    test_convert_moe.py converts the same), for the tests that need an entry to start from."""
+    cache = ConvertCache(checkpoint_root / "converted")
+    return cache.get_or_convert(checkpoint.inspect(mixtral_dir), "f32").path.parent
+
+
+def holding(converted: Path, root: Path) -> ConvertCache:
+    """A cache of its own at `root` holding a copy of the converted entry: a lookup of the
+    same files finds it (the key is their names, sizes and hashes, not where they are)."""
+    shutil.copytree(converted, root / converted.name)
+    return ConvertCache(root)
 
 
 def leftovers(root: Path) -> list[str]:
@@ -70,10 +86,12 @@ def test_convert_once_then_reuse_across_restarts(
     assert leftovers(root) == []
 
 
-def test_a_changed_source_file_converts_again(source: Path, tmp_path: Path) -> None:
+def test_a_changed_source_file_converts_again(
+    source: Path, converted: Path, tmp_path: Path
+) -> None:
     from safetensors.torch import load_file, save_file
 
-    cache = ConvertCache(tmp_path / "cache")
+    cache = holding(converted, tmp_path / "cache")
     before = cache.get_or_convert(checkpoint.inspect(source), "f32")
     weights = source / "model.safetensors"
     tensors = load_file(weights)
@@ -117,9 +135,9 @@ def test_a_killed_conversion_leaves_nothing_trusted(source: Path, tmp_path: Path
 
 
 def test_an_entry_that_does_not_match_its_record_is_not_trusted(
-    source: Path, tmp_path: Path
+    source: Path, converted: Path, tmp_path: Path
 ) -> None:
-    cache = ConvertCache(tmp_path / "cache")
+    cache = holding(converted, tmp_path / "cache")
     entry = cache.get_or_convert(checkpoint.inspect(source), "f32")
     with entry.path.open("r+b") as f:
         f.truncate(entry.size // 2)
@@ -135,7 +153,7 @@ def test_a_config_that_lies_fails_with_the_converters_reason(source: Path, tmp_p
     with pytest.raises(ConversionFailed) as exc:
         ConvertCache(root).get_or_convert(checkpoint.inspect(source), "f16")
     assert exc.value.message.startswith(
-        "converting mixtral failed: ValueError: Unprocessed experts"
+        f"converting {source.name} failed: ValueError: Unprocessed experts"
     )
     assert "Traceback" not in exc.value.message
     assert ConvertCache(root).entries() == [] and leftovers(root) == []
