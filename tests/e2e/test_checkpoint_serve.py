@@ -42,6 +42,19 @@ def inferd(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, env=run_env, timeout=600)
 
 
+def models_dir_server(models: Path, name: str, checkpoint: Path, cache: Path) -> LiveServer:
+    """`inferd serve` (starting) with a models directory that holds `checkpoint` as `name`,
+    converted at f32 into the conversion cache `cache` when first asked for."""
+    models.mkdir()
+    (models / name).symlink_to(checkpoint)
+    env = {
+        "INFERD_CONVERT_CACHE_DIR": str(cache),
+        "INFERD_MODELS_DIR": str(models),
+        "INFERD_QUANTIZE": "f32",
+    }
+    return LiveServer("--n-threads", "2", env=env)
+
+
 def test_serve_a_checkpoint_folder_converted_at_the_configured_type(
     smollm2_dir: Path, checkpoint_root: Path
 ) -> None:
@@ -124,15 +137,7 @@ def test_moe_checkpoints_in_the_models_directory_serve_every_dialect(
 ) -> None:
     """A tiny Mixtral or Qwen2-MoE folder in the models directory: converted on its first
     request (which waits for it), the same greedy text in every dialect, expert counts shown."""
-    models = tmp_path / "models"
-    models.mkdir()
-    (models / "moe").symlink_to(moe_dir)
-    env = {
-        "INFERD_CONVERT_CACHE_DIR": str(checkpoint_root / "converted"),
-        "INFERD_MODELS_DIR": str(models),
-        "INFERD_QUANTIZE": "f32",
-    }
-    server = LiveServer("--n-threads", "2", env=env)
+    server = models_dir_server(tmp_path / "models", "moe", moe_dir, checkpoint_root / "converted")
     try:
         server.wait_ready(timeout=300)
         url, prompt = server.url, "The capital of France is"
@@ -192,15 +197,7 @@ def test_a_conversion_under_way_shows_in_every_listing(
     server while it runs: Ollama's /api/ps as the official client parses it, `inferd ps`,
     OpenAI's /v1/models as the official client parses it, and /models show it converting with
     how far; the bundled model serves meanwhile; then it is listed loaded."""
-    models = tmp_path / "models"
-    models.mkdir()
-    (models / "llama").symlink_to(tiny_llama_dir)
-    env = {
-        "INFERD_CONVERT_CACHE_DIR": str(tmp_path / "converted"),
-        "INFERD_MODELS_DIR": str(models),
-        "INFERD_QUANTIZE": "f32",
-    }
-    server = LiveServer("--n-threads", "2", env=env)
+    server = models_dir_server(tmp_path / "models", "llama", tiny_llama_dir, tmp_path / "converted")
     try:
         server.wait_ready(timeout=120)
         url = server.url
