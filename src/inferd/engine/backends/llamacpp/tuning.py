@@ -45,7 +45,12 @@ from typing import Any
 
 import llama_cpp
 
-from inferd.engine.backends.llamacpp.loading import LlamaModel, context_params, kv_cell_bytes
+from inferd.engine.backends.llamacpp.loading import (
+    LlamaModel,
+    context_params,
+    free_context,
+    kv_cell_bytes,
+)
 from inferd.engine.backends.llamacpp.options import (
     FLASH_ATTN,
     KV_TYPES,
@@ -299,8 +304,7 @@ class _Probe:
         return elapsed
 
     def close(self) -> None:
-        llama_cpp.llama_batch_free(self.batch)
-        llama_cpp.llama_free(self.ctx)
+        free_context(self.ctx, self.batch)
 
 
 @contextmanager
