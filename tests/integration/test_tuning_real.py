@@ -83,6 +83,7 @@ async def test_a_load_measures_stores_and_the_next_reuses(
     async with AppHandle(Settings(), registry) as handle:
         shown = (await handle.client.get("/models")).json()["models"][0]["config"]["flash_attn"]
     assert shown["source"] == "measured" and shown["mode"] in ("on", "off")
+    assert shown["settled"] and shown["aggregate"] > 0 and shown["table"][1]["weight"] > 0
     assert shown["table"][0]["shape"] == "decode 1 @short"
     assert all(row["off_ms"] > 0 and row["on_ms"] > 0 for row in shown["table"])
     assert len(bounded) == 1 and len(_stored(tmp_path)) == 1
@@ -124,6 +125,7 @@ def test_bench_tune_prints_the_table_and_stores_the_pick(
     out = result.output
     for shape in ("decode 1 @short", "decode 3 @short", "mixed 3+16 @128", "prompt 32 @128"):
         assert shape in out
+    assert "weighted" in out  # the aggregate the pick rests on
     assert "pick: flash attention o" in out and str(tmp_path / "tuning") in out
     stored = [json.loads(f.read_text()) for f in (tmp_path / "tuning").glob("*.json")]
     assert len(stored) == 1 and stored[0]["mode"] in out.split("pick: flash attention ")[1]
