@@ -142,7 +142,8 @@ class AsyncEngine:
         """Abort what is left, end the core thread and release the model."""
         self._stopped = True
         await asyncio.to_thread(self._core.stop)
-        self._backend.close()
+        # off the loop: closing waits for an embeddings batch still running on the model
+        await asyncio.to_thread(self._backend.close)
 
     def stats(self) -> EngineStats:
         return self._core.stats()
