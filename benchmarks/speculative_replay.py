@@ -54,7 +54,8 @@ async def record(max_tokens: int, threads: int) -> dict[str, object]:
     try:
         for name, text in WORKLOADS.items():
             tokens = await engine.tokenize(chat(text))
-            req = GenerateRequest(name, tuple(tokens), SamplingParams(max_tokens=max_tokens))
+            sampling = SamplingParams(temperature=0.0, max_tokens=max_tokens)
+            req = GenerateRequest(name, tuple(tokens), sampling)
             answer = [t async for out in engine.generate(req) for t in out.token_ids]
             answers[name] = {"prompt": tokens, "answer": answer}
             print(f"{name}: {len(tokens)} prompt tokens, {len(answer)} answer tokens")
