@@ -24,8 +24,11 @@ once the machine is idle (bounded by --retries and --budget).
 
 With --llama-server, llama.cpp's server is measured twice by default, both with inferd's KV
 cells and slots: in inferd's KV layout and kernels ("llama-server": a KV stream per slot or
-one unified cache, as inferd picked; no flash attention) and with its own defaults
-("llama-server defaults": one KV stream per slot, flash attention auto).
+one unified cache, and flash attention, as inferd has them: measured at its load, or as
+--flash-attn sets it) and with its own defaults ("llama-server defaults": one KV stream per
+slot, flash attention auto). The ceiling gets inferd's kernels too: inferd is started first,
+and its pick (GET /models) is in the JSON's meta (`inferd_flash_attn`: mode, source, reason,
+the weighted on/off aggregate and the table) and under the text table.
 """
 
 from __future__ import annotations
@@ -351,7 +354,7 @@ def llama_server_cmd(
 ) -> list[str]:
     """llama.cpp's server with inferd's KV cells, slots and threads, in one of two layouts:
     "same" is inferd's (a KV stream per slot when `split`, else one unified cache; flash
-    attention `flash_attn`, off as inferd's CPU default), "default" is llama-server's own (a
+    attention `flash_attn`, as inferd picked it), "default" is llama-server's own (a
     KV stream per slot, flash attention auto). Later `--llama-server-args` override these.
     `--no-repack` is the same AMX workaround as inferd's extra_buffers=False: without it the
     server dies in warm-up."""
@@ -571,6 +574,21 @@ def http_target(
 # ---- the report --------------------------------------------------------------------------------
 
 
+def served_flash_attn(base: str) -> dict[str, Any] | None:
+    """The flash attention inferd picked for the model it serves (native GET /models:
+    mode, source, reason and, where it measured, the weighted aggregate and the table)."""
+    models = httpx.get(f"{base}/models", timeout=30).json()["models"]
+    return next((m["config"].get("flash_attn") for m in models if m["loaded"]), None)
+
+
+def describe_pick(pick: dict[str, Any] | None) -> str:
+    if not pick:
+        return "unknown (no loaded model in /models)"
+    text = f"{pick['mode']} ({pick['source']}: {pick['reason']})"
+    rows = pick.get("table", [])
+    return text + "".join(f"; {r['shape']} {r['ratio']:.2f}" for r in rows)
+
+
 def fmt(x: float | None, spec: str = ".1f") -> str:
     return "—" if x is None else format(x, spec)
 
@@ -731,7 +749,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--flash-attn",
         choices=("on", "off", "auto"),
-        help="flash attention for inferd and the ceiling (default: inferd's, off on CPU)",
+        help="flash attention for inferd, the ceiling and llama-server's 'same' layout "
+        "(default: what inferd picks, measured on CPU; the others follow it)",
     )
     ap.add_argument("--json", action="store_true", help="print JSON (the table goes to stderr)")
     args = ap.parse_args(argv)
@@ -783,10 +802,37 @@ def main(argv: list[str] | None = None) -> int:
     # for its turn is idle (blocked, no spinning threads).
     targets: list[Target] = []
     with contextlib.ExitStack() as stack:
-        # every target gets the ceiling's KV cells and layout (a stream per slot: cells / slots
-        # each); "auto" lets the backend pick them as `inferd serve` does
-        options = LlamaCppOptions(max_seqs=max_seqs, n_ctx=args.n_ctx, flash_attn=args.flash_attn)
-        if args.kv_layout != "auto":
+        # every target gets the same KV cells and layout (a stream per slot: cells / slots
+        # each); "auto" lets inferd pick them as `inferd serve` does, and the ceiling follows
+        fixed = args.kv_layout != "auto"
+        inferd: Target | None = None
+        picked: dict[str, Any] | None = None
+        if not args.skip_inferd:
+            console.print("inferd: python -m inferd serve")
+            port = free_port()
+            cmd = [sys.executable, "-m", "inferd", "serve", "--port", str(port)]
+            cmd += ["--log-level", "warning", "--n-ctx", str(args.n_ctx)]
+            cmd += ["--max-seqs", str(max_seqs)]
+            cmd += ["--flash-attn", args.flash_attn] if args.flash_attn else []
+            if fixed:
+                cells = default_kv_cells(args.n_ctx, max_seqs)
+                cmd += ["--kv-cells", str(cells), *KV_FLAGS[args.kv_layout]]
+            if args.model:
+                cmd += ["--model", str(model)]
+            cmd += shlex.split(args.inferd_args)
+            base = f"http://127.0.0.1:{port}"
+            pid = stack.enter_context(server(cmd, f"{base}/health/ready"))
+            picked = served_flash_attn(base)
+            meta["inferd_flash_attn"] = picked
+            console.print(f"inferd's flash attention: {describe_pick(picked)}")
+            inferd = http_target(
+                "inferd", base, pid, with_usage, args.max_tokens, args.timeout, console
+            )
+
+        # the ceiling (and llama-server's "same" layout) get inferd's kernels
+        flash_attn = args.flash_attn or (picked["mode"] if picked else None)
+        options = LlamaCppOptions(max_seqs=max_seqs, n_ctx=args.n_ctx, flash_attn=flash_attn)
+        if fixed:
             options = dataclasses.replace(
                 options,
                 kv_cells=default_kv_cells(args.n_ctx, max_seqs),
@@ -796,30 +842,15 @@ def main(argv: list[str] | None = None) -> int:
         stack.callback(backend.close)
         facts = backend.facts()
         cells, split = facts["kv_cells"], facts["kv_layout"] == "split"
-        meta.update(kv_cells=cells, kv_split=split)
+        kernels = facts["flash_attn"]["mode"]
+        meta.update(kv_cells=cells, kv_split=split, ceiling_flash_attn=kernels)
         console.print(f"KV cache: {cells} cells, {'a stream per slot' if split else 'unified'}")
         eog = [t for t in range(backend.info.n_vocab) if backend.is_eog(t)]
         if not args.skip_ceiling:
-            console.print("ceiling: in-process LlamaCppBackend loop")
+            console.print(f"ceiling: in-process LlamaCppBackend loop, flash attention {kernels}")
             targets.append(ceiling_target(backend, args.max_tokens))
-
-        if not args.skip_inferd:
-            console.print("inferd: python -m inferd serve")
-            port = free_port()
-            cmd = [sys.executable, "-m", "inferd", "serve", "--port", str(port)]
-            cmd += ["--log-level", "warning", "--n-ctx", str(args.n_ctx)]
-            cmd += ["--max-seqs", str(max_seqs)]
-            cmd += ["--flash-attn", args.flash_attn] if args.flash_attn else []
-            if args.kv_layout != "auto":
-                cmd += ["--kv-cells", str(cells), *KV_FLAGS[args.kv_layout]]
-            if args.model:
-                cmd += ["--model", str(model)]
-            cmd += shlex.split(args.inferd_args)
-            base = f"http://127.0.0.1:{port}"
-            pid = stack.enter_context(server(cmd, f"{base}/health/ready"))
-            targets.append(
-                http_target("inferd", base, pid, with_usage, args.max_tokens, args.timeout, console)
-            )
+        if inferd is not None:
+            targets.append(inferd)
 
         for layout in args.llama_server_layouts if args.llama_server else []:
             label = "llama-server" if layout == "same" else "llama-server defaults"
@@ -833,7 +864,7 @@ def main(argv: list[str] | None = None) -> int:
                 max_seqs,
                 split=split,
                 layout=layout,
-                flash_attn=args.flash_attn or "off",
+                flash_attn=kernels,
             )
             cmd += shlex.split(args.llama_server_args)
             base = f"http://127.0.0.1:{port}"
@@ -882,6 +913,9 @@ def main(argv: list[str] | None = None) -> int:
         "ceiling+prefill: incl. the prompt pass. others' CPU: what other processes took in the "
         f"kept round; * = no round under {args.max_others:.0%}."
     )
+    if picked is not None:
+        out.print(f"inferd's flash attention: {describe_pick(picked)}")
+    out.print(f"the ceiling's and llama-server's (same layout) flash attention: {kernels}")
     if args.json:
         print(to_json(results, meta))
     return 0

@@ -66,6 +66,23 @@ async def test_enable_thinking_turns_the_section_on_and_off(qwenish: AppHandle) 
     assert r.json()["message"]["content"] == message["content"]
 
 
+async def test_a_reasoning_effort_of_none_turns_thinking_off(qwenish: AppHandle) -> None:
+    """OpenAI's effort "none" (chat's `reasoning_effort`, Responses' `reasoning.effort`) is
+    `enable_thinking: false` to the template; another effort leaves thinking on."""
+    off = (await chat(qwenish, enable_thinking=False))["choices"][0]["message"]
+    none = (await chat(qwenish, reasoning_effort="none"))["choices"][0]["message"]
+    assert none["content"] == off["content"] and not none.get("reasoning_content")
+    high = (await chat(qwenish, reasoning_effort="high"))["choices"][0]["message"]
+    assert high["reasoning_content"] and not high["content"]
+    body = {"input": MESSAGES[0]["content"], "max_output_tokens": 12, "temperature": 0}
+    r = await qwenish.client.post("/v1/responses", json={**body, "reasoning": {"effort": "none"}})
+    assert r.status_code == 200, r.text
+    [message] = r.json()["output"]  # no reasoning item
+    assert message["type"] == "message" and message["content"][0]["text"] == off["content"]
+    r = await qwenish.client.post("/v1/responses", json={**body, "reasoning": {"effort": "low"}})
+    assert r.status_code == 200 and r.json()["output"][0]["type"] == "reasoning"
+
+
 async def test_a_variables_special_token_text_stays_text(qwenish: AppHandle) -> None:
     """A persona holding `<|im_end|>` is tokenized as that text, never as the marker that
     would end the system turn early."""

@@ -5,6 +5,7 @@ asserts which setting wins: this machine is shared and noisy."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -27,14 +28,17 @@ SMALL = {"n_ctx": 512, "max_seqs": 4, "n_batch": 32, "n_threads": 1}
 
 @pytest.fixture
 def bounded(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Measurements at the shortest long context, two rounds of one step; counts them."""
+    """Measurements at the shortest long context, two rounds of one step; counts them. Their
+    spreads are taken as quiet, so every decision stands and is stored (what is stored when
+    the rounds disagree: tests/unit/test_llamacpp_tuning.py)."""
     real = tuning.measure_shapes
     monkeypatch.setattr(tuning, "ROUNDS", 2)
     calls: list[int] = []
 
     def measure(model: Any, layout: Any, options: Any) -> Any:
         calls.append(1)
-        return real(model, layout, options, long=tuning.LONG_MIN, steps=1)
+        table = real(model, layout, options, long=tuning.LONG_MIN, steps=1)
+        return tuple(dataclasses.replace(t, spread=0.0) for t in table)
 
     monkeypatch.setattr(tuning, "measure_shapes", measure)
     return calls
@@ -63,8 +67,8 @@ def test_a_measurement_times_every_shape_and_picks(model_path: Path) -> None:
         assert t.spread >= 0
     # a 32-token prompt chunk costs more than one decode token, with either kernel
     assert table[4].off_s > table[0].off_s and table[4].on_s > table[0].on_s
-    mode, reason = tuning.decide(table)
-    assert mode in ("on", "off") and reason
+    verdict = tuning.decide(table)
+    assert verdict.mode in ("on", "off") and verdict.reason
 
 
 def _stored(directory: Path) -> list[Path]:
@@ -79,6 +83,7 @@ async def test_a_load_measures_stores_and_the_next_reuses(
     async with AppHandle(Settings(), registry) as handle:
         shown = (await handle.client.get("/models")).json()["models"][0]["config"]["flash_attn"]
     assert shown["source"] == "measured" and shown["mode"] in ("on", "off")
+    assert shown["settled"] and shown["aggregate"] > 0 and shown["table"][1]["weight"] > 0
     assert shown["table"][0]["shape"] == "decode 1 @short"
     assert all(row["off_ms"] > 0 and row["on_ms"] > 0 for row in shown["table"])
     assert len(bounded) == 1 and len(_stored(tmp_path)) == 1
@@ -120,6 +125,7 @@ def test_bench_tune_prints_the_table_and_stores_the_pick(
     out = result.output
     for shape in ("decode 1 @short", "decode 3 @short", "mixed 3+16 @128", "prompt 32 @128"):
         assert shape in out
+    assert "weighted" in out  # the aggregate the pick rests on
     assert "pick: flash attention o" in out and str(tmp_path / "tuning") in out
     stored = [json.loads(f.read_text()) for f in (tmp_path / "tuning").glob("*.json")]
     assert len(stored) == 1 and stored[0]["mode"] in out.split("pick: flash attention ")[1]

@@ -148,6 +148,32 @@ async def test_acquired_but_not_yet_generating_counts_as_busy(tmp_path: Path) ->
         assert loaded(reg) == ["b"]
 
 
+async def test_a_model_in_use_beside_its_engine_stays_loaded_and_then_idles(
+    tmp_path: Path,
+) -> None:
+    """Embeddings and the tokenizer routes use a model without its engine's queue: busy
+    for as long as they run (past its keep_alive and the acquire grace), idle the moment
+    they are done, with no grace to wait out."""
+    clock = Clock()
+    opts = RegistryOptions(max_loaded_models=1)
+    async with registry(spec(tmp_path, "a"), spec(tmp_path, "b"), options=opts, clock=clock) as reg:
+        reg.set_keep_alive("a", 0.25)
+        async with reg.using("a") as model:
+            assert model is reg.get("a")
+            clock.advance(ACQUIRE_GRACE_SECONDS + 1)
+            await reg.reap()
+            assert loaded(reg) == ["a"]  # past keep_alive and the grace, but in use
+            with pytest.raises(ModelNotReady, match="busy"):
+                await reg.acquire("b")
+        assert reg.entry("a").in_use == 0
+        await generate(reg, "b")  # idle at once: evicted for b
+        assert loaded(reg) == ["b"]
+        with contextlib.suppress(RuntimeError):  # a failing block gives the model back too
+            async with reg.using("b"):
+                raise RuntimeError("a 400 inside the block")
+        assert reg.entry("b").in_use == 0
+
+
 async def test_memory_budget(tmp_path: Path) -> None:
     opts = RegistryOptions(max_memory=250)
     specs = [spec(tmp_path, "a", size=100), spec(tmp_path, "b", size=100)]

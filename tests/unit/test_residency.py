@@ -128,6 +128,23 @@ def test_the_acquire_grace() -> None:
     assert a.acquired == 0
 
 
+def test_in_use_beside_the_engine() -> None:
+    """Embeddings or a tokenizer route running on the model: busy however long they take,
+    idle as soon as they leave."""
+    clock = Clock()
+    policy = policy_with(clock)
+    a = make_entry("a")
+    load(policy, a)
+    policy.entered(a)
+    policy.entered(a)
+    clock.advance(ACQUIRE_GRACE_SECONDS * 10)
+    assert policy.busy(a)
+    policy.left(a)
+    assert policy.busy(a)
+    policy.left(a)
+    assert not policy.busy(a) and a.last_used == clock.now
+
+
 def test_max_loaded_models() -> None:
     clock = Clock()
     policy = policy_with(clock, max_loaded_models=2)

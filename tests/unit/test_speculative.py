@@ -19,6 +19,7 @@ from inferd.engine.detokenizer import Detokenizer
 from inferd.engine.scheduler import Scheduler, StepPlan
 from inferd.engine.sequence import Chunk, Sequence
 from inferd.engine.speculative import (
+    LONG_MATCH,
     MAX_PAUSE,
     MIN_DRAFT,
     DraftStep,
@@ -85,6 +86,17 @@ def test_draft_follows_the_latest_occurrence_of_the_longest_ngram() -> None:
     assert propose(drafter, [4, 3, 3, 3], 10) == ()  # one token follows (3, 3)
 
 
+def test_lookup_tells_how_long_the_match_is() -> None:
+    drafter = NgramDrafter(max_draft=4, ngram_min=2, ngram_max=3)
+    state = drafter.start()
+    # the 3-gram (3, 4, 5) matched, and before it 2 (and 1) too: a match of LONG_MATCH
+    tokens = [1, 2, 3, 4, 5, 6, 7, 1, 2, 3, 4, 5]
+    assert drafter.lookup(state, tokens, 4) == ((6, 7, 1, 2), LONG_MATCH)
+    # only the 2-gram (4, 5) matches, and the tokens before it differ (9 against 3)
+    assert drafter.lookup(drafter.start(), [*tokens[:7], 9, 4, 5], 4) == ((6, 7, 9, 4), 2)
+    assert drafter.lookup(drafter.start(), [1, 2, 3], 4) == ((), 0)
+
+
 def test_the_index_grows_with_the_sequence_as_if_built_at_once() -> None:
     rng = random.Random(5)
     tokens = [rng.randrange(6) for _ in range(300)]
@@ -112,8 +124,14 @@ def test_step_costs_are_measured_per_size_and_interpolated() -> None:
     measured = costs(t1=0.010, t3=0.014, t9=0.026)
     assert measured.ratio(1, 2) == pytest.approx(1.4)
     assert measured.ratio(1, 5) == pytest.approx(2.0)  # 6 tokens: between 3 and 9
-    assert measured.ratio(1, 11) == pytest.approx(3.2)  # 12: the slope from 3 to 9
+    assert measured.ratio(1, 11) == pytest.approx(3.2)  # 12: on from 9 at the mean slope
     assert measured.ratio(3, 6) == pytest.approx(0.026 / 0.014)
+    # a dear last token (4 -> 5) does not make every longer step look dear: beyond the
+    # largest measured size the slope is the mean one from the smallest
+    bumpy = costs(t1=0.010, t4=0.022, t5=0.030)
+    assert bumpy.ratio(1, 8) == pytest.approx((0.030 + 4 * 0.005) / 0.010)
+    assert costs(t4=0.02, t8=0.03).ratio(2, 0) == 1  # below the smallest: the two smallest
+    assert costs(t4=0.02, t8=0.03).cost(2) == pytest.approx(0.015)
     drifting = costs(t1=0.010)
     for _ in range(200):  # a running mean: the machine got slower
         drifting.observe(1, 0.020)
@@ -159,8 +177,33 @@ def test_a_sequence_probes_after_longer_pauses_while_drafts_do_not_pay() -> None
         if draft:
             lengths.append(len(draft))
             state.record(len(draft), len(draft))
-    assert lengths[-1] == 8 and state.probes == 0 and state.rate > 0.9
+    assert lengths[-1] == 8 and state.probes == 0 and state.strong.rate > 0.9
     assert lengths == sorted(lengths)
+
+
+def test_after_short_matches_drafts_stop_once_they_fail_and_long_ones_still_draft() -> None:
+    """Free text: a two-token match is chance. Once drafts after short matches are seen
+    to fail, none are made after them, not even probes; a long match is drafted on its
+    own estimate."""
+    drafter = NgramDrafter(max_draft=8, ngram_min=2, ngram_max=4)
+    cpu = costs(t1=0.010, t9=0.030)
+    seq = seq_of([50, 1, 2, 3], drafter)
+    state = seq.drafting
+    assert state is not None
+    made = []
+    for i in range(200):  # "... x 1 2": the 2-gram (1, 2) again after a new token x
+        seq.tokens += [100 + i, 1, 2]
+        draft = drafter.propose(seq, 8, DraftStep(cpu, 1, 1))
+        if draft:
+            made.append(i)
+            state.record(len(draft), 0)
+        seq.tokens.append(200 + i)  # not what was drafted
+    assert 1 <= len(made) <= 2 and made == list(range(len(made)))  # the prior's, then none
+    assert state.weak.rate < 0.5 and state.pause == 0
+    seq.tokens += [50, 1, 2, 3]  # the prompt's first four tokens again: a long match
+    draft = drafter.propose(seq, 8, DraftStep(cpu, 1, 1))
+    assert draft == (100, 1, 2, 200, 101, 1, 2, 201)[: len(draft)] and len(draft) >= MIN_DRAFT
+    assert not state.probing  # the long matches' estimate is still the prior's: worth it
 
 
 def test_rare_probes_where_tokens_cost_more_than_a_draft_could_give() -> None:
@@ -327,20 +370,23 @@ async def test_concurrent_requests_with_and_without_drafts(engines) -> None:  # 
 
 
 async def test_drafting_pauses_when_drafts_keep_failing(engines) -> None:  # type: ignore[no-untyped-def]
-    """Where a step's tokens cost time (as on a CPU) and drafts are rejected, a sequence
-    soon drafts only a probe now and then."""
+    """Where a step's tokens cost time (as on a CPU) and drafts after short matches are
+    rejected, a sequence soon stops drafting."""
     # "q" then a new letter each time: every 1-gram lookup of "q" guesses the letter that
     # followed the last "q", and is wrong
-    reply = "".join(f"q{chr(c)}" for c in range(ord("A"), ord("z")))
+    # (never "q" itself as the letter: "qq" would make a guess right)
+    reply = "".join(f"q{chr(c)}" for c in range(ord("A"), ord("z")) if chr(c) != "q")
     drafter = NgramDrafter(max_draft=8, ngram_min=1, ngram_max=1)
-    spec = engines(drafter, reply=reply, step_delay=0.002, token_delay=0.001)
+    # a token in a step costs twice the step's base: far beyond a loaded machine's timing noise
+    spec = engines(drafter, reply=reply, step_delay=0.002, token_delay=0.004)
     plain = engines(None, reply=reply)
     outs = await generate(spec, "hi", max_tokens=110)
     assert summary(outs) == summary(await generate(plain, "hi", max_tokens=110))
     usage = outs[-1].usage
     assert usage.draft_accepted == 0
-    # 55 lookups of "q" found a match: two drafts or so, then probes after 1, 2, 4 ... steps
-    assert 0 < usage.draft_tokens <= 2 * 8 + 6 * MIN_DRAFT
+    # Every lookup of "q" found a match, each of one token (weak): a draft or two on the
+    # prior's estimate, then none (no probes after short matches)
+    assert 0 < usage.draft_tokens <= 2 * 8
 
 
 async def test_long_drafts_where_they_are_accepted_even_if_tokens_cost(engines) -> None:  # type: ignore[no-untyped-def]

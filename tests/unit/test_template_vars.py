@@ -1,6 +1,7 @@
 """Template variables from requests on the fake backend (a token is a byte, so a prompt's
 token count is its length): `chat_template_kwargs` and `enable_thinking` (OpenAI chat),
-`think` (Ollama), and the 400s for what a template may not be given."""
+`think` (Ollama), OpenAI's reasoning effort, and the 400s for what a template may not be
+given."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from tests.conftest import AppHandle
 TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
     "{% if persona is defined %}persona: {{ persona }}\n{% endif %}"
+    "{% if reasoning_effort is defined %}effort: {{ reasoning_effort }}\n{% endif %}"
     "<|im_start|>assistant\n"
     "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n"
     "{% endif %}"
@@ -50,6 +52,72 @@ async def test_variables_reach_the_template() -> None:
         assert await prompt_tokens(h, enable_thinking=True) == plain
         persona = await prompt_tokens(h, chat_template_kwargs={"persona": "a pirate", "n": 3})
         assert persona - plain == len("persona: a pirate\n")
+
+
+def effort(name: str) -> int:
+    return len(f"effort: {name}\n")
+
+
+async def test_a_reasoning_effort_is_the_thinking_switch_and_the_effort() -> None:
+    async with app() as h:
+        plain = await prompt_tokens(h)
+        # "none" turns thinking off and names no effort; any other turns it on at that effort
+        assert await prompt_tokens(h, reasoning_effort="none") == plain + len(OFF)
+        for name in ("minimal", "low", "medium", "high", "xhigh", "max"):
+            assert await prompt_tokens(h, reasoning_effort=name) == plain + effort(name)
+
+
+async def test_what_the_request_sets_itself_wins_over_its_effort() -> None:
+    async with app() as h:
+        plain = await prompt_tokens(h)
+        on = {"enable_thinking": True}
+        assert await prompt_tokens(h, reasoning_effort="none", chat_template_kwargs=on) == plain
+        assert await prompt_tokens(h, reasoning_effort="none", **on) == plain
+        off = {"enable_thinking": False}
+        both = plain + len(OFF) + effort("high")
+        assert await prompt_tokens(h, reasoning_effort="high", chat_template_kwargs=off) == both
+        assert await prompt_tokens(h, reasoning_effort="high", **off) == both
+        low = {"reasoning_effort": "low"}
+        assert await prompt_tokens(h, reasoning_effort="high", chat_template_kwargs=low) == (
+            plain + effort("low")
+        )
+
+
+async def test_the_responses_api_reasoning_effort() -> None:
+    async with app() as h:
+        plain = await prompt_tokens(h)
+        for reasoning, tokens in (
+            ({"effort": "none"}, plain + len(OFF)),
+            ({"effort": "low", "summary": "auto"}, plain + effort("low")),
+            ({}, plain),
+            (None, plain),
+        ):
+            body = {"model": "fake", "input": "Hi", "max_output_tokens": 2, "reasoning": reasoning}
+            r = await h.client.post("/v1/responses", json=body)
+            assert r.status_code == 200, r.text
+            assert r.json()["usage"]["input_tokens"] == tokens, reasoning
+            said = (reasoning or {}).get("effort")
+            assert r.json()["reasoning"] == {"effort": said, "summary": None}
+
+
+@pytest.mark.parametrize(
+    ("route", "fields", "param"),
+    [
+        ("/v1/chat/completions", {"reasoning_effort": "extreme"}, "reasoning_effort"),
+        ("/v1/chat/completions", {"reasoning_effort": 3}, "reasoning_effort"),
+        ("/v1/responses", {"reasoning": {"effort": "huge"}}, "reasoning.effort"),
+        ("/v1/responses", {"reasoning": "high"}, "reasoning"),
+    ],
+)
+async def test_a_bad_reasoning_effort_is_a_400(
+    route: str, fields: dict[str, Any], param: str
+) -> None:
+    async with app() as h:
+        prompt = {"messages": USER} if route == "/v1/chat/completions" else {"input": "Hi"}
+        r = await h.client.post(route, json={"model": "fake", **prompt, **fields})
+        assert r.status_code == 400, r.text
+        error = r.json()["error"]
+        assert error["param"] == param and error["type"] == "invalid_request_error", error
 
 
 async def test_ollama_think_is_enable_thinking() -> None:

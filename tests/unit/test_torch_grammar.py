@@ -6,7 +6,8 @@ model runs them in tests/integration/test_torch_structured.py."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, overload
 
 import numpy as np
 import pytest
@@ -205,6 +206,53 @@ def test_the_matcher_follows_the_sequences_tokens(grammars: Grammars, tokenizer:
     calls = ids(tokenizer, f"Sure.\n{CALL}")
     assert lazy.follow(calls) is not None
     assert lazy.follow(calls[:3]) is None  # back before the trigger: free again
+
+
+class Reads(Sequence[int]):
+    """A sequence's tokens that count how many of them are read."""
+
+    def __init__(self, tokens: list[int]) -> None:
+        self.tokens = tokens
+        self.reads = 0
+
+    @overload
+    def __getitem__(self, key: int) -> int: ...
+    @overload
+    def __getitem__(self, key: slice) -> list[int]: ...
+    def __getitem__(self, key: int | slice) -> int | list[int]:
+        got = self.tokens[key]
+        self.reads += len(got) if isinstance(got, list) else 1
+        return got
+
+    def __iter__(self) -> Iterator[int]:
+        for token in self.tokens:
+            self.reads += 1
+            yield token
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+def test_following_a_long_answer_reads_each_token_about_once(
+    grammars: Grammars, tokenizer: Any
+) -> None:
+    """As the backend drives it, step by step: follow the sequence (prompt, then answer),
+    sample, accept, append. The tokens read stay linear in the answer's length (comparing
+    the whole answer at every step read ~n²/2: 2 million here)."""
+    answer = ids(tokenizer, json.dumps({"values": list(range(400))}))
+    assert len(answer) > 1500
+    prompt = ids(tokenizer, "Some JSON, please.")
+    tokens = Reads(list(prompt))
+    constraint = grammars.constraint(SamplingParams(json_mode=True))
+    assert constraint is not None
+    free = np.zeros(len(tokenizer), dtype=np.float32)
+    for token in answer:
+        matcher = constraint.follow(tokens, len(prompt))
+        assert matcher is not None and not matcher.is_error()
+        tokens.tokens.append(constraint.accept(token, free))
+    done = constraint.follow(tokens, len(prompt))
+    assert done is not None and done.is_accepting()
+    assert tokens.reads <= 2 * len(answer), tokens.reads
 
 
 def test_a_schema_llguidance_cannot_enforce_is_refused_by_keyword(grammars: Grammars) -> None:

@@ -4,6 +4,8 @@ tokens-per-minute reservation, settled to actual usage when the response ends)."
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from fastapi import Request
@@ -102,6 +104,17 @@ async def acquire_model(request: Request, registry: ModelRegistry, name: str | N
     """The model for a generation, checked against the key before anything is loaded."""
     check_model(request, registry, name)
     return await registry.acquire(name)
+
+
+@contextlib.asynccontextmanager
+async def use_model(
+    request: Request, registry: ModelRegistry, name: str | None
+) -> AsyncIterator[LoadedModel]:
+    """The model for work beside its engine (embeddings, tokenizer, show), checked against
+    the key before anything is loaded, and kept loaded while the block runs."""
+    check_model(request, registry, name)
+    async with registry.using(name) as model:
+        yield model
 
 
 def session_owner(request: Request, key_id: str | None) -> str | None:

@@ -18,7 +18,7 @@ def tune_report(model_path: Path | None, console: Console, *, as_json: bool) -> 
     """Measure flash attention off and on for `model_path` (default: the first model the
     settings serve, with its settings), print the table per shape and the pick, and store it
     where `inferd serve` finds it (data_dir/tuning, even when tune_kernels is off)."""
-    from inferd.engine.backends.llamacpp.tuning import tune
+    from inferd.engine.backends.llamacpp.tuning import aggregate, tune
 
     settings = load_settings()
     if model_path is None:
@@ -29,17 +29,27 @@ def tune_report(model_path: Path | None, console: Console, *, as_json: bool) -> 
     options = llamacpp_options(spec, tune_dir=directory)
     with console.status(f"measuring flash attention off and on for {spec.path.name}"):
         choice = tune(spec.path, options)
-    stored = str(directory) if choice.source == "measured" else None  # failed: not stored
+    stored = str(directory) if choice.source == "measured" and choice.settled else None
     if as_json:
         print(json.dumps({"model": str(spec.path), "stored_in": stored, **choice.facts()}))
         return
     console.print(f"pick: flash attention {choice.mode} ({choice.reason})")
     if not choice.table:
         return
+    ratio, noise = aggregate(choice.table)
     table = Table(title=f"flash attention off vs on: {spec.path.name} (ms, best round)")
-    for col in ("step", "off", "on", "on / off"):
+    for col in ("step", "off", "on", "on / off", "noise", "weight"):
         table.add_column(col, justify="right")
     for t in choice.table:
-        table.add_row(t.shape, f"{t.off_s * 1000:.2f}", f"{t.on_s * 1000:.2f}", f"{t.ratio:.2f}")
+        table.add_row(
+            t.shape,
+            f"{t.off_s * 1000:.2f}",
+            f"{t.on_s * 1000:.2f}",
+            f"{t.ratio:.2f}",
+            f"{t.noise:.0%}",
+            f"{t.weight:g}",
+        )
+    table.add_section()
+    table.add_row("weighted", "", "", f"{ratio:.2f}", f"{noise:.0%}")
     console.print(table)
-    console.print(f"stored in {stored}")
+    console.print(f"stored in {stored}" if stored else "not stored: the next load measures again")

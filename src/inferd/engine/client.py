@@ -11,14 +11,13 @@ from typing import Any, Protocol
 
 from inferd.engine.backends.base import Backend, ModelInfo
 from inferd.engine.core import DEFAULT_PREFIX_CACHE_BYTES, EngineCore
+from inferd.engine.progress import RequestProgress
 from inferd.engine.speculative import Drafter
 from inferd.engine.types import (
     EngineStats,
-    FinishReason,
     GenerateRequest,
     GenerationOutput,
     SamplingParams,
-    Usage,
 )
 from inferd.errors import EngineStopped
 
@@ -142,7 +141,8 @@ class AsyncEngine:
         """Abort what is left, end the core thread and release the model."""
         self._stopped = True
         await asyncio.to_thread(self._core.stop)
-        self._backend.close()
+        # off the loop: closing waits for an embeddings batch still running on the model
+        await asyncio.to_thread(self._backend.close)
 
     def stats(self) -> EngineStats:
         return self._core.stats()
@@ -191,7 +191,8 @@ class AsyncEngine:
         if self._stopped or self._loop is None:
             raise EngineStopped("the engine is not running")
         inbox = _Inbox(self._loop)
-        runs = {r.request_id: _Progress(r) for r in requests}
+        started = time.monotonic()
+        runs = {r.request_id: RequestProgress(r, started) for r in requests}
         for rid in runs:
             self._inboxes[rid] = inbox
         self.submitted += len(requests)
@@ -206,14 +207,14 @@ class AsyncEngine:
                     run.seen(out)
                     if out.finished:
                         unfinished -= 1
-                        self._finished(out, run.started)
+                        self._finished(out, started)
                 yield batch
         finally:
             for rid, run in runs.items():
                 self._inboxes.pop(rid, None)
-                if not run.finished:
+                if not run.ended:
                     self._core.abort(rid)
-                    self._finished(run.aborted(), run.started)
+                    self._finished(run.abandoned(), started)
 
     def _finished(self, out: GenerationOutput, started: float) -> None:
         if self._on_finish is not None:
@@ -273,38 +274,3 @@ class _Inbox:
                 self._waiter = None
         taken, self._outputs = self._outputs, []
         return taken
-
-
-class _Progress:
-    """One request's progress as its consumer sees it, for its accounting."""
-
-    __slots__ = ("finished", "first_token", "last", "request", "started")
-
-    def __init__(self, request: GenerateRequest) -> None:
-        self.request = request
-        self.started = time.monotonic()
-        self.last: GenerationOutput | None = None
-        self.first_token: float | None = None
-        self.finished = False
-
-    def seen(self, out: GenerationOutput) -> None:
-        self.last = out
-        self.finished = out.finished
-        if self.first_token is None and out.token_ids:
-            self.first_token = time.monotonic() - self.started
-
-    def aborted(self) -> GenerationOutput:
-        """The final output of a request left early: what it had generated, finish ABORT."""
-        last = self.last
-        usage = (
-            last.usage if last is not None else Usage(prompt_tokens=len(self.request.prompt_tokens))
-        )
-        return GenerationOutput(
-            self.request.request_id,
-            "",
-            (),
-            usage,
-            FinishReason.ABORT,
-            queue_time=last.queue_time if last is not None else None,
-            time_to_first_token=self.first_token,
-        )

@@ -17,13 +17,16 @@ drafts' KV is removed when the step is committed (`KVPool.commit`).
 A draft costs compute: on a CPU a step's time grows with its tokens, so a draft pays only
 when enough of it is accepted. Each draft is weighed: the engine keeps a running measure of
 a decode step's time by its token count (`StepCosts`), each sequence a running estimate of
-the chance that a draft token is accepted after the one before it was (`DraftState.rate`:
+the chance that a draft token is accepted after the one before it was (`Acceptance`:
 accepted tokens against rejections, recent drafts weighing most), and a sequence drafts the
 length that gives the step the most expected tokens per second, only when that beats the
 step without it (`DraftStep.choose`, `DraftState.decide`). A sequence whose estimate says
 no still tries a short draft now and then (a probe, after 1, 2, 4 ... 64 steps after
 failed ones or ones that could not pay), so a copying run later in a free answer starts
-drafting again. Free writing thus drafts little; quoting drafts long.
+drafting again. Prompt lookup keeps two estimates: drafts after a match of LONG_MATCH
+tokens or more (strong: a copied run) and after a shorter one (weak: in free text a two-
+or three-token match is chance), and probes only after a long match. Free writing thus
+stops drafting after a draft or two (unless it repeats itself); quoting drafts long.
 
 A draft is at least MIN_DRAFT tokens: with llama.cpp's split KV cache a step is cut into
 micro-batches of equal tokens per sequence, so a drafted sequence's tokens beyond the
@@ -54,6 +57,9 @@ DECAY = 0.9
 # Until steps of two sizes are measured, a token more in a step costs this fraction of a
 # one-token step.
 PRIOR_TOKEN_COST = 0.25
+# A prompt-lookup draft after a match of this many tokens or more is a strong one: weaker
+# ones are never probes (in free text a match of two or three tokens is chance).
+LONG_MATCH = 4
 # How much a step's expected tokens per second must gain for a draft to be made.
 MIN_GAIN = 1.05
 # Weight of a new measurement in a step size's running mean (until it has 1/ALPHA of them,
@@ -64,9 +70,10 @@ ALPHA = 0.05
 class StepCosts:
     """The running mean time of a decode step (every sequence decoding, no prompt chunk) by
     its number of tokens, as the engine measures it; sizes not measured are interpolated
-    (beyond the measured ones: the slope of the two nearest). Until two sizes are measured,
-    a token more costs PRIOR_TOKEN_COST of a one-token step. Only relative costs are read:
-    `ratio`."""
+    (beyond the largest measured: on at the mean slope from the smallest, which one dear
+    last token does not tilt, so that longer drafts get tried and measured). Until two
+    sizes are measured, a token more costs PRIOR_TOKEN_COST of a one-token step. Only
+    relative costs are read: `ratio`."""
 
     __slots__ = ("_counts", "_means", "_sizes")
 
@@ -91,8 +98,11 @@ class StepCosts:
             return scale * _prior(tokens)
         if tokens in means:
             return means[tokens]
-        i = min(max(bisect.bisect(sizes, tokens), 1), len(sizes) - 1)
-        lo, hi = sizes[i - 1], sizes[i]  # around `tokens`, or the two nearest
+        i = bisect.bisect(sizes, tokens)
+        if i == len(sizes):  # beyond: the mean slope of all measured, not the last one's
+            lo, hi = sizes[0], sizes[-1]
+        else:  # between the two around `tokens`, or below: the two smallest
+            lo, hi = sizes[max(i, 1) - 1], sizes[max(i, 1)]
         slope = max(0.0, (means[hi] - means[lo]) / (hi - lo))
         return max(means[lo] + slope * (tokens - lo), 1e-9)
 
@@ -137,24 +147,39 @@ class DraftStep:
 
 
 @dataclass(slots=True)
-class DraftState:
-    """One sequence's drafting history: the estimate of its acceptance, its probes, its
-    counts (a drafter's own state for the sequence extends it)."""
+class Acceptance:
+    """A running estimate of the chance that a draft token is accepted after the one before
+    it: accepted tokens against rejections, recent drafts weighing most."""
 
-    # evidence for `rate`, decayed: draft tokens accepted, and drafts cut by a rejection
-    hits: float = PRIOR_RATE * PRIOR_WEIGHT
-    misses: float = (1 - PRIOR_RATE) * PRIOR_WEIGHT
+    hits: float = PRIOR_RATE * PRIOR_WEIGHT  # draft tokens accepted, decayed
+    misses: float = (1 - PRIOR_RATE) * PRIOR_WEIGHT  # drafts cut by a rejection, decayed
+
+    @property
+    def rate(self) -> float:
+        return self.hits / (self.hits + self.misses)
+
+    def record(self, proposed: int, accepted: int) -> None:
+        self.hits = self.hits * DECAY + accepted
+        self.misses = self.misses * DECAY + (accepted < proposed)
+
+
+@dataclass(slots=True)
+class DraftState:
+    """One sequence's drafting history: its estimates of acceptance, its probes, its counts
+    (a drafter's own state for the sequence extends it). Drafts come in two kinds, each
+    with its own estimate: strong ones (a draft model's; prompt lookup's after a match of
+    LONG_MATCH tokens or more) and weak ones (prompt lookup's after a shorter match, which
+    in free text is chance)."""
+
+    strong: Acceptance = field(default_factory=Acceptance)
+    weak: Acceptance = field(default_factory=Acceptance)
+    verifying: Acceptance | None = None  # the estimate of the draft being verified
     pause: int = 0  # steps left before the next probe
     probes: int = 0  # probes in a row (drafts made although the estimate said no)
     probing: bool = False  # the draft being verified is a probe
     hopeless: bool = False  # ... that would not pay even if wholly accepted
     proposed: int = 0  # draft tokens fed, in all
     accepted: int = 0  # of them, accepted
-
-    @property
-    def rate(self) -> float:
-        """The estimated chance that a draft token is accepted after the one before it."""
-        return self.hits / (self.hits + self.misses)
 
     def paused(self) -> bool:
         """Whether this step is one of a pause between probes (counting it down)."""
@@ -163,15 +188,20 @@ class DraftState:
             return True
         return False
 
-    def decide(self, most: int, step: DraftStep) -> int:
+    def decide(self, most: int, step: DraftStep, *, strong: bool = True) -> int:
         """How many tokens (MIN_DRAFT to `most`) to draft in `step`, added to it: the length
-        worth most, or, when none is worth its cost, a probe of MIN_DRAFT (the estimate is
-        only as good as the last drafts, the costs of longer steps only as good as their
-        last measure)."""
-        rate = self.rate
+        worth most by the estimate of the draft's kind, or, when none is worth its cost, a
+        probe of MIN_DRAFT if the draft is a strong one (the estimate is only as good as the
+        last drafts, the costs of longer steps only as good as their last measure), else
+        none (0)."""
+        estimate = self.strong if strong else self.weak
+        rate = estimate.rate
         k, gain = step.choose(rate, most)
-        self.probing = gain < MIN_GAIN
-        if self.probing:
+        probing = gain < MIN_GAIN
+        if probing and not strong:
+            return 0
+        self.probing, self.verifying = probing, estimate
+        if probing:
             k = MIN_DRAFT
             # were it wholly accepted, would a probe pay? if not, wait after it in any case
             self.hopeless = step.choose(1.0, most)[1] < MIN_GAIN
@@ -189,8 +219,8 @@ class DraftState:
         """A draft of `proposed` tokens was verified, its first `accepted` kept."""
         self.proposed += proposed
         self.accepted += accepted
-        self.hits = self.hits * DECAY + accepted
-        self.misses = self.misses * DECAY + (accepted < proposed)
+        if self.verifying is not None:
+            self.verifying.record(proposed, accepted)
         if self.probing and (accepted < proposed or self.hopeless):
             self._wait()
 
@@ -261,14 +291,18 @@ class NgramDrafter:
         state = seq.drafting
         if not isinstance(state, NgramState) or limit < MIN_DRAFT or state.paused():
             return ()
-        found = self.lookup(state, seq.tokens, min(limit, self.max_draft))
+        found, match = self.lookup(state, seq.tokens, min(limit, self.max_draft))
         if len(found) < MIN_DRAFT:
             return ()
-        return found[: state.decide(len(found), step)]
+        return found[: state.decide(len(found), step, strong=match >= LONG_MATCH)]
 
-    def lookup(self, state: NgramState, tokens: list[int], most: int) -> tuple[int, ...]:
+    def lookup(
+        self, state: NgramState, tokens: list[int], most: int
+    ) -> tuple[tuple[int, ...], int]:
         """The up to `most` tokens that followed the latest earlier occurrence of the
-        longest n-gram ending `tokens`."""
+        longest n-gram ending `tokens`, and how long the match is: the tokens ending
+        `tokens` that equal those before that occurrence (the n-gram's, and on up to
+        LONG_MATCH)."""
         self._index(state, tokens)
         n_tokens = len(tokens)
         for n in self.sizes:
@@ -276,8 +310,15 @@ class NgramDrafter:
                 continue
             after = state.index[n].get(tuple(tokens[-n:]))
             if after is not None and after + MIN_DRAFT <= n_tokens:
-                return tuple(tokens[after : after + most])
-        return ()
+                match = n
+                while (
+                    match < LONG_MATCH
+                    and match < after
+                    and tokens[after - match - 1] == tokens[n_tokens - match - 1]
+                ):
+                    match += 1
+                return tuple(tokens[after : after + most]), match
+        return (), 0
 
     def _index(self, state: NgramState, tokens: list[int]) -> None:
         """Add the n-grams that gained a successor since the last call (a whole prompt at

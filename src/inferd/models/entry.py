@@ -73,3 +73,4 @@ class ModelEntry:
     last_used: float = 0.0
     keep_alive: float | None = None  # set by a request (Ollama's keep_alive); None: default
     acquired: int = 0  # requests that acquired the current load (see ResidencyPolicy.busy)
+    in_use: int = 0  # requests using it outside its engine's queue (embeddings, tokenizer)

@@ -7,7 +7,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 
 from inferd.engine.types import GenerationOutput
 from inferd.errors import InferdError, ModelNotReady
@@ -107,10 +107,28 @@ class ModelRegistry:
         return entry.model
 
     async def acquire(self, name: str | None, *, wait: float | None = None) -> LoadedModel:
-        """Like `get`, but an unloaded model is loaded again first, and requests arriving
-        meanwhile share that load (each waits up to `wait` seconds, default
-        options.load_wait). A model still in its startup load answers 503 at once, as
-        /health/ready does."""
+        """The model for a generation: like `get`, but an unloaded model is loaded again
+        first, and requests arriving meanwhile share that load (each waits up to `wait`
+        seconds, default options.load_wait). A model still in its startup load answers 503
+        at once, as /health/ready does. It counts as busy until the generation reaches its
+        engine (ResidencyPolicy.busy)."""
+        entry, model = await self._take(name, wait)
+        self._policy.acquired(entry)
+        return model
+
+    @contextlib.asynccontextmanager
+    async def using(self, name: str | None) -> AsyncIterator[LoadedModel]:
+        """The model for work beside its engine's queue (embeddings, the tokenizer routes),
+        loaded as `acquire` does; busy, so never unloaded for idleness, while the block
+        runs."""
+        entry, model = await self._take(name, None)
+        self._policy.entered(entry)
+        try:
+            yield model
+        finally:
+            self._policy.left(entry)
+
+    async def _take(self, name: str | None, wait: float | None) -> tuple[ModelEntry, LoadedModel]:
         entry = self.entry(name)
         if entry.status is ModelStatus.UNLOADED:
             self._start_load(entry, on_demand=True)
@@ -118,9 +136,7 @@ class ModelRegistry:
             limit = self.options.load_wait if wait is None else wait
             with contextlib.suppress(TimeoutError):  # still loading: get() says 503
                 await asyncio.wait_for(asyncio.shield(entry.loading), limit)
-        model = self.get(name)
-        self._policy.acquired(entry)
-        return model
+        return entry, self.get(name)
 
     @property
     def ready(self) -> bool:

@@ -61,6 +61,16 @@ class ResidencyPolicy:
         entry.last_used = self._clock()
         entry.acquired += 1
 
+    def entered(self, entry: ModelEntry) -> None:
+        """A request started using it outside its engine's queue (embeddings, tokenizer)."""
+        entry.last_used = self._clock()
+        entry.in_use += 1
+
+    def left(self, entry: ModelEntry) -> None:
+        """That request is done: the idle time counts from now."""
+        entry.last_used = self._clock()
+        entry.in_use -= 1
+
     def set_keep_alive(self, entry: ModelEntry, seconds: float | None) -> None:
         """A request's keep_alive for the model (None: back to the configured default)."""
         entry.keep_alive = seconds
@@ -105,10 +115,13 @@ class ResidencyPolicy:
     # ---- busy, memory and room -----------------------------------------------------------
 
     def busy(self, entry: ModelEntry) -> bool:
-        """Requests in flight: in the engine, or acquired moments ago and not there yet."""
+        """Requests in flight: in the engine, using it beside the engine (embeddings,
+        tokenizer), or acquired moments ago and not in the engine yet."""
         model = entry.model
         if model is None:
             return False
+        if entry.in_use:
+            return True
         stats = model.engine.stats()
         if stats.running or stats.waiting:
             return True

@@ -9,7 +9,7 @@ from fastapi import Depends, Request, Response
 from sse_starlette import EventSourceResponse
 
 from inferd.api import tokenizer
-from inferd.api.access import acquire_model, check_model, require_admin
+from inferd.api.access import check_model, require_admin, use_model
 from inferd.api.deps import RegistryDep, SettingsDep
 from inferd.api.native import adapter
 from inferd.api.native import schemas as s
@@ -117,15 +117,15 @@ async def chat_stream(
 async def tokenize(body: s.TokenizeBody, request: Request, registry: RegistryDep) -> Response:
     """The ids of `content` (llama-server) or `prompt` (vLLM) in the model's vocabulary;
     `add_special`, `parse_special`, `with_pieces`, `return_token_strs`."""
-    model = await acquire_model(request, registry, body.model)
-    return await tokenizer.tokenize(model, body)
+    async with use_model(request, registry, body.model) as model:
+        return await tokenizer.tokenize(model, body)
 
 
 @router.post("/detokenize", response_model=s.DetokenizeResult)
 async def detokenize(body: s.DetokenizeBody, request: Request, registry: RegistryDep) -> Response:
     """The text of `tokens`, as `content` (llama-server) and `prompt` (vLLM)."""
-    model = await acquire_model(request, registry, body.model)
-    return await tokenizer.detokenize(model, body)
+    async with use_model(request, registry, body.model) as model:
+        return await tokenizer.detokenize(model, body)
 
 
 @router.get("/tokenizer_info", response_model=s.TokenizerInfo, responses=MODEL_QUERY)
@@ -133,7 +133,8 @@ async def tokenizer_info(
     request: Request, registry: RegistryDep, model: str | None = None
 ) -> s.TokenizerInfo:
     """The model's special tokens, vocabulary size, context and chat template (vLLM's)."""
-    return tokenizer.tokenizer_info(await acquire_model(request, registry, model))
+    async with use_model(request, registry, model) as loaded:
+        return tokenizer.tokenizer_info(loaded)
 
 
 @router.get("/api/llms")

@@ -14,7 +14,7 @@ from fastapi import Depends, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse
 
 from inferd import __version__
-from inferd.api.access import acquire_model, require_admin
+from inferd.api.access import acquire_model, require_admin, use_model
 from inferd.api.deps import RegistryDep, SettingsDep
 from inferd.api.embeddings import embed as embed_inputs
 from inferd.api.ollama import adapter
@@ -99,8 +99,8 @@ async def show(body: s.ShowRequest, request: Request, registry: RegistryDep) -> 
     name = body.model or body.name
     if not name:
         raise InvalidRequest("model is required", param="model")
-    model = await acquire_model(request, registry, name)
-    return adapter.show(model, registry.entry(name), registry.profile(name))
+    async with use_model(request, registry, name) as model:
+        return adapter.show(model, registry.entry(name), registry.profile(name))
 
 
 async def _after(registry: ModelRegistry, model: LoadedModel, keep_alive: float | None) -> None:
@@ -277,21 +277,21 @@ async def embed(
     started = time.perf_counter()
     adapter.check_embed(body)
     keep_alive = adapter.parse_keep_alive(body.keep_alive)
-    model = await acquire_model(request, registry, body.model)
-    load_seconds = time.perf_counter() - started
-    inputs = adapter.embed_inputs(body)
-    result = None
-    if inputs:
-        result = await embed_inputs(
-            model.engine,
-            inputs,
-            settings,
-            param="input",
-            indexed=isinstance(body.input, list),
-            n_ctx=adapter.embed_context(body.options, model.engine.info),
-            truncate=body.truncate,
-            dimensions=body.dimensions,
-        )
+    async with use_model(request, registry, body.model) as model:
+        load_seconds = time.perf_counter() - started
+        inputs = adapter.embed_inputs(body)
+        result = None
+        if inputs:
+            result = await embed_inputs(
+                model.engine,
+                inputs,
+                settings,
+                param="input",
+                indexed=isinstance(body.input, list),
+                n_ctx=adapter.embed_context(body.options, model.engine.info),
+                truncate=body.truncate,
+                dimensions=body.dimensions,
+            )
     await _after(registry, model, keep_alive)
     return adapter.embed_response(model.name, result, started, load_seconds)
 
@@ -303,18 +303,18 @@ async def embeddings(
     """The legacy route: one prompt, its embedding not normalized (as in Ollama)."""
     adapter.check_embed(body)
     keep_alive = adapter.parse_keep_alive(body.keep_alive)
-    model = await acquire_model(request, registry, body.model)
     vector: list[float] = []
-    if body.prompt:
-        result = await embed_inputs(
-            model.engine,
-            [body.prompt],
-            settings,
-            param="prompt",
-            n_ctx=adapter.embed_context(body.options, model.engine.info),
-            truncate=True,
-            normalize=False,
-        )
-        vector = result.vectors[0]
+    async with use_model(request, registry, body.model) as model:
+        if body.prompt:
+            result = await embed_inputs(
+                model.engine,
+                [body.prompt],
+                settings,
+                param="prompt",
+                n_ctx=adapter.embed_context(body.options, model.engine.info),
+                truncate=True,
+                normalize=False,
+            )
+            vector = result.vectors[0]
     await _after(registry, model, keep_alive)
     return s.EmbeddingsResponse(embedding=vector)

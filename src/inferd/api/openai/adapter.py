@@ -99,7 +99,11 @@ def chat_generation(req: s.ChatCompletionRequest) -> Generation:
 
 
 def chat_variables(req: s.ChatCompletionRequest) -> dict[str, Any] | None:
-    return template_variables(req.chat_template_kwargs, enable_thinking=req.enable_thinking)
+    return template_variables(
+        req.chat_template_kwargs,
+        enable_thinking=req.enable_thinking,
+        reasoning_effort=req.reasoning_effort,
+    )
 
 
 def completion_generation(req: s.CompletionRequest) -> Generation:

@@ -27,7 +27,7 @@ from typing import Annotated, Any, Literal
 from fastapi import HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
-from inferd.api.openai.schemas import text_parts_only
+from inferd.api.openai.schemas import ReasoningEffort, text_parts_only
 from inferd.api.pipeline.request import ChatPrompt, Generation, Options, Param
 from inferd.api.pipeline.run import ChoiceResult, Run
 from inferd.api.pipeline.template_vars import template_variables
@@ -80,6 +80,10 @@ class TextConfig(_Wire):
     format: TextFormat | None = None
 
 
+class ReasoningConfig(_Wire):
+    effort: ReasoningEffort | None = None  # `summary` is accepted: the reasoning comes whole
+
+
 class ResponsesRequest(_Wire):
     model: StrictStr | None = None
     input: StrictStr | list[InputItem]
@@ -99,6 +103,7 @@ class ResponsesRequest(_Wire):
     # variables for the chat template, as in chat completions (vLLM's, llama-server's)
     chat_template_kwargs: dict[str, Any] | None = None
     enable_thinking: StrictBool | None = None
+    reasoning: ReasoningConfig | None = None
 
 
 # ---- to the pipeline ------------------------------------------------------------------------
@@ -202,7 +207,9 @@ def generation(req: ResponsesRequest, earlier: list[dict[str, Any]]) -> Generati
             ChatPrompt(
                 [*system, *earlier, *input_messages(req)],
                 variables=template_variables(
-                    req.chat_template_kwargs, enable_thinking=req.enable_thinking
+                    req.chat_template_kwargs,
+                    enable_thinking=req.enable_thinking,
+                    reasoning_effort=_effort(req),
                 ),
             )
         ],
@@ -218,6 +225,10 @@ def generation(req: ResponsesRequest, earlier: list[dict[str, Any]]) -> Generati
         output_param=SCHEMA,
         tools=tool_request(req.tools, req.tool_choice, req.parallel_tool_calls),
     )
+
+
+def _effort(req: ResponsesRequest) -> ReasoningEffort | None:
+    return None if req.reasoning is None else req.reasoning.effort
 
 
 def stored_inputs(req: ResponsesRequest, earlier: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -302,7 +313,7 @@ def response_object(
         "output": output,
         "parallel_tool_calls": True,
         "previous_response_id": req.previous_response_id if req is not None else None,
-        "reasoning": {"effort": None, "summary": None},
+        "reasoning": {"effort": _effort(req) if req is not None else None, "summary": None},
         "store": req.store if req is not None else True,
         "temperature": req.temperature if req is not None else None,
         "text": {"format": fmt},

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 
-from inferd.api.access import acquire_model, check_model
+from inferd.api.access import check_model, use_model
 from inferd.api.deps import RegistryDep, SettingsDep, StoreDep
 from inferd.api.embeddings import embed
 from inferd.api.openai import adapter, responses
@@ -84,16 +84,16 @@ async def embeddings(
 ) -> s.EmbeddingList:
     """Unit-length embeddings of texts or token-id lists; too long an input is a 400."""
     adapter.check_embeddings(body, settings)
-    model = await acquire_model(request, registry, body.model)
     inputs, indexed = adapter.embedding_inputs(body)
-    result = await embed(
-        model.engine,
-        inputs,
-        settings,
-        param="input",
-        indexed=indexed,
-        dimensions=body.dimensions,
-    )
+    async with use_model(request, registry, body.model) as model:
+        result = await embed(
+            model.engine,
+            inputs,
+            settings,
+            param="input",
+            indexed=indexed,
+            dimensions=body.dimensions,
+        )
     return adapter.embedding_list(model.name, result, body.encoding_format)
 
 

@@ -10,6 +10,8 @@ from inferd.api.sessions import SessionId
 from inferd.api.wire import FiniteFloat, TokenId, WholeInt
 
 PositiveInt = Annotated[WholeInt, Field(ge=1)]
+# OpenAI's reasoning efforts (chat's `reasoning_effort`, Responses' `reasoning.effort`)
+ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]
 
 
 class _Wire(BaseModel):
@@ -128,6 +130,7 @@ class ChatCompletionRequest(SamplingFields):
     # vLLM's and llama-server's: more variables for the chat template (scalars)
     chat_template_kwargs: dict[str, Any] | None = None
     enable_thinking: StrictBool | None = None
+    reasoning_effort: ReasoningEffort | None = None
 
 
 class CompletionRequest(SamplingFields):

@@ -46,6 +46,7 @@ from inferd.api.sessions import Exchange, open_exchange, session_of
 from inferd.api.streaming import cancel_on_disconnect
 from inferd.api.structured import check_format
 from inferd.config import Settings
+from inferd.engine.progress import RequestProgress
 from inferd.engine.types import (
     FinishReason,
     GenerateRequest,
@@ -166,28 +167,30 @@ class Run:
         early); an ERROR one raises BackendError, an ABORT one (its engine stopped: an
         unload, a shutdown) GenerationInterrupted, after the outputs before it."""
         started = time.monotonic()
-        choices = {r.request_id: _Choice(i, r) for i, r in enumerate(self.requests)}
+        choices = {
+            r.request_id: (i, RequestProgress(r, started)) for i, r in enumerate(self.requests)
+        }
         try:
             async with contextlib.aclosing(self.model.engine.generate_many(self.requests)) as gen:
                 async for batch in gen:
                     tagged: list[tuple[int, GenerationOutput]] = []
                     for out in batch:
-                        choice = choices[out.request_id]
-                        choice.seen(out, started)
+                        index, choice = choices[out.request_id]
+                        choice.seen(out)
                         if out.finish_reason is not None:
                             self._ended(out, started)
                         if out.finish_reason in _FAILED:
                             if tagged:
                                 yield tagged
                             raise _failure(out)
-                        tagged.append((choice.index, out))
+                        tagged.append((index, out))
                     yield tagged
         except EngineStopped:
-            for choice in choices.values():
+            for _, choice in choices.values():
                 choice.ended = True  # never submitted: nothing to account for
             raise
         finally:
-            for choice in choices.values():
+            for _, choice in choices.values():
                 if not choice.ended:
                     self._ended(choice.abandoned(), started)
 
@@ -209,39 +212,6 @@ def _failure(out: GenerationOutput) -> Exception:
         "the model was unloaded, or the server shut down, before this answer was finished; "
         "retry the request"
     )
-
-
-@dataclass
-class _Choice:
-    """One choice's sequence as the pipeline reads it, for its accounting."""
-
-    index: int
-    request: GenerateRequest
-    last: GenerationOutput | None = None
-    first_token: float | None = None
-    ended: bool = False
-
-    def seen(self, out: GenerationOutput, started: float) -> None:
-        self.last = out
-        if self.first_token is None and out.token_ids:
-            self.first_token = time.monotonic() - started
-        if out.finish_reason is not None:
-            self.ended = True
-
-    def abandoned(self) -> GenerationOutput:
-        """The final output of a sequence left early: what it had generated, finish ABORT."""
-        last = self.last
-        return GenerationOutput(
-            self.request.request_id,
-            "",
-            (),
-            last.usage
-            if last is not None
-            else Usage(prompt_tokens=len(self.request.prompt_tokens)),
-            FinishReason.ABORT,
-            queue_time=last.queue_time if last is not None else None,
-            time_to_first_token=self.first_token,
-        )
 
 
 async def prepare(request: Request, gen: Generation, record: RequestRecord) -> Run:

@@ -1,6 +1,10 @@
 """Chat template variables a request sets: `chat_template_kwargs` as vLLM and llama-server
 take it (`{"enable_thinking": false}` turns Qwen 3's thinking off in its template), the
-`enable_thinking` shorthand, and Ollama's `think`.
+`enable_thinking` shorthand, Ollama's `think`, and OpenAI's reasoning effort
+(`reasoning_effort`, the Responses API's `reasoning.effort`) as vLLM and llama-server map it:
+the template sees `reasoning_effort` (gpt-oss's templates read it) and `enable_thinking`,
+false for "none" and true for any other effort, unless the request sets either variable
+itself (what it sets wins).
 
 Only scalars (strings, numbers, booleans, null) with identifier names, at most
 `MAX_VARIABLES` of them and `MAX_STRING` characters a string: a template sees nothing a
@@ -28,12 +32,14 @@ def template_variables(
     kwargs: Any,
     *,
     enable_thinking: bool | None = None,
+    reasoning_effort: str | None = None,
     param: str = "chat_template_kwargs",
     thinking_param: str = "enable_thinking",
 ) -> dict[str, Any] | None:
     """The checked variables (None: none given); `enable_thinking` adds that one (a 400
-    when `kwargs` says otherwise)."""
-    if kwargs is None and enable_thinking is None:
+    when `kwargs` says otherwise); a `reasoning_effort` (checked by the dialect's schema)
+    adds the variables it implies that neither says."""
+    if kwargs is None and enable_thinking is None and reasoning_effort is None:
         return None
     if kwargs is None:
         kwargs = {}
@@ -55,7 +61,17 @@ def template_variables(
                 f"{thinking_param} and {param}.enable_thinking disagree", param=thinking_param
             )
         kwargs = {**kwargs, "enable_thinking": enable_thinking}
+    if reasoning_effort is not None:
+        kwargs = {**_effort_variables(reasoning_effort), **kwargs}
     return dict(kwargs)
+
+
+def _effort_variables(effort: str) -> dict[str, Any]:
+    """What a reasoning effort says to a template: "none" turns thinking off (and names no
+    effort, as llama-server), any other turns it on at that effort."""
+    if effort == "none":
+        return {"enable_thinking": False}
+    return {"enable_thinking": True, "reasoning_effort": effort}
 
 
 def _check_value(value: Any, param: str) -> None:

@@ -16,7 +16,12 @@ from inferd.engine.backends.base import ModelInfo, SequenceFailed
 from inferd.engine.backends.llamacpp.cells import CellPool
 from inferd.engine.backends.llamacpp.draft_model import DraftModel
 from inferd.engine.backends.llamacpp.embeddings import Embedder, pooling_of
-from inferd.engine.backends.llamacpp.loading import LlamaModel, context_params, kv_cell_bytes
+from inferd.engine.backends.llamacpp.loading import (
+    LlamaModel,
+    context_params,
+    free_context,
+    kv_cell_bytes,
+)
 from inferd.engine.backends.llamacpp.options import LlamaCppOptions, step_layout
 from inferd.engine.backends.llamacpp.sampling import (
     LlamaCppSampler,
@@ -393,12 +398,8 @@ class LlamaCppBackend:
             if self._embedder is not None:
                 self._embedder.close()
                 self._embedder = None
-        if self._batch is not None:
-            llama_cpp.llama_batch_free(self._batch)
-            self._batch = None
-        if self._ctx:
-            llama_cpp.llama_free(self._ctx)
-            self._ctx = None
+        free_context(self._ctx, self._batch)
+        self._ctx = self._batch = None
         self._model.close()
 
 

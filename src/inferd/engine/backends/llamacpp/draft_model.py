@@ -25,7 +25,7 @@ from typing import Any
 import llama_cpp
 import numpy as np
 
-from inferd.engine.backends.llamacpp.loading import LlamaModel, context_params
+from inferd.engine.backends.llamacpp.loading import LlamaModel, context_params, free_context
 from inferd.engine.backends.llamacpp.options import FLASH_ATTN, LlamaCppOptions
 from inferd.engine.sequence import Chunk, Sequence
 from inferd.engine.speculative import MIN_DRAFT, DraftState, DraftStep, room_for
@@ -212,10 +212,6 @@ class DraftModel:
         return int(np.argmax(np.ctypeslib.as_array(ptr, shape=(self._n_vocab,))))
 
     def close(self) -> None:
-        if self._batch is not None:
-            llama_cpp.llama_batch_free(self._batch)
-            self._batch = None
-        if self._ctx:
-            llama_cpp.llama_free(self._ctx)
-            self._ctx = None
+        free_context(self._ctx, self._batch)
+        self._ctx = self._batch = None
         self._model.close()

@@ -11,7 +11,7 @@ from typing import Any
 import llama_cpp
 
 from inferd.engine.backends.base import ModelInfo
-from inferd.engine.backends.llamacpp.loading import context_params
+from inferd.engine.backends.llamacpp.loading import context_params, free_context
 from inferd.engine.backends.llamacpp.options import LlamaCppOptions, flash_attn_type
 from inferd.errors import BackendError
 
@@ -110,12 +110,8 @@ class Embedder:
         return vectors
 
     def close(self) -> None:
-        if self._batch is not None:
-            llama_cpp.llama_batch_free(self._batch)
-            self._batch = None
-        if self._ctx:
-            llama_cpp.llama_free(self._ctx)
-            self._ctx = None
+        free_context(self._ctx, self._batch)
+        self._ctx = self._batch = None
 
 
 def pooling_of(metadata: dict[str, str]) -> int:

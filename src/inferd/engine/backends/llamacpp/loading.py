@@ -48,6 +48,14 @@ def context_params(
     return cparams
 
 
+def free_context(ctx: Any, batch: Any) -> None:
+    """Free a llama.cpp context and its batch; either may already be gone (None)."""
+    if batch is not None:
+        llama_cpp.llama_batch_free(batch)
+    if ctx:
+        llama_cpp.llama_free(ctx)
+
+
 def kv_cell_bytes(model: Any, options: LlamaCppOptions) -> int:
     """Bytes of one KV cell (K and V of every layer, in the options' cache types) for this
     model: an estimate that takes a head's size as n_embd / n_head, as most architectures

@@ -13,18 +13,26 @@ off and on, in two small probe contexts over the loaded weights:
 - a prompt chunk of n_batch tokens at the long context.
 
 Every step runs at a fixed context (its cells are trimmed after it), the two settings
-alternate round by round (three; two once MEASURE_BUDGET_S has passed), and a
-shape's time per setting is its best round's median. On the bundled model this takes
-seconds; a large model's long shapes shrink to what its prefill does in PREFILL_BUDGET_S, and
-a measurement still running after MEASURE_LIMIT_S is given up (off, not cached: the next
-load measures again).
+alternate round by round (three; two once MEASURE_BUDGET_S has passed), and a shape's time per
+setting is its best round's median: a busy moment only ever slows a step, so the best round is
+the measurement and the gap to the second best its noise. On the bundled model this takes
+seconds; a large model's long shapes shrink to what its prefill does in PREFILL_BUDGET_S, and a
+measurement still running after MEASURE_LIMIT_S is given up (off, not stored: the next load
+measures again).
 
-The rule (`decide`): "on" only when no shape is slower with it by more than the noise, and
-some shape is faster by more than the noise; otherwise "off", the safe default. The noise is
-the larger of NOISE_FLOOR and the spread of a shape's rounds, so a pick never costs more than
-what the measurement could not tell apart. The decision is cached on disk, keyed by the CPU
-(model name and flags), the model file (name, size, mtime), llama.cpp's version, the threads
-and the step layout (`tuning_key`); a later load with the same key reuses it without measuring.
+The rule (`decide`) weighs the shapes by what a server spends its step time on (`W_*`) and
+picks on the weighted geometric mean of their on/off ratios, against its noise (the weighted
+mean of the shapes' noise, each at least NOISE_FLOOR): "on" when it is faster beyond that
+noise, "off" otherwise, and "off" whatever the aggregate when a shape is over GUARD_RATIO
+slower (the Intel Xeon's long-context decode and mixed steps), so one noisy shape cannot decide
+either way and a wrong pick costs no more than the measurement's noise. A shape that goes
+against the aggregate (slower while it is faster, or the reverse), and every noisy shape while
+the aggregate is within the noise, gets up to RECHECK_ROUNDS more rounds before the pick, while
+MEASURE_BUDGET_S lasts. Only a decision that stands beyond the noise (or a tie measured on a
+quiet machine) is stored: one made in a busy moment keeps off for this load and the next load
+measures again. Stored decisions are keyed by the CPU (model name and flags), the model file
+(name, size, mtime), llama.cpp's version, the threads, the step layout and RULE_VERSION
+(`tuning_key`); a later load with the same key reuses one without measuring.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ import ctypes
 import hashlib
 import json
 import logging
+import math
 import os
 import statistics
 import time
@@ -45,7 +54,12 @@ from typing import Any
 
 import llama_cpp
 
-from inferd.engine.backends.llamacpp.loading import LlamaModel, context_params, kv_cell_bytes
+from inferd.engine.backends.llamacpp.loading import (
+    LlamaModel,
+    context_params,
+    free_context,
+    kv_cell_bytes,
+)
 from inferd.engine.backends.llamacpp.options import (
     FLASH_ATTN,
     KV_TYPES,
@@ -58,6 +72,18 @@ from inferd.errors import BackendError
 log = logging.getLogger(__name__)
 
 NOISE_FLOOR = 0.05  # relative: differences below 5 % are never taken as real
+# A shape this much slower with flash attention keeps it off whatever the aggregate says: the
+# Intel Xeon's decode at 2,000 tokens of context was 2x, its mixed steps 2.8x slower.
+GUARD_RATIO = 1.3
+# The aggregate's weights, by what a server spends its step time on: decode most, batched decode
+# (every stream of a loaded server) most of all, a prompt chunk least (once per n_batch tokens
+# of a prompt; the mixed steps admit prompts beside running streams).
+W_DECODE_ONE = 2.0
+W_DECODE_MANY = 3.0
+W_DECODE_LONG = 2.0
+W_MIXED = 2.0
+W_PROMPT = 1.0
+RULE_VERSION = 2  # of the measurement and `decide`: a stored decision of another is measured again
 LONG_MAX = 1024  # tokens of the long-context shapes
 LONG_MIN = 128
 SHORT = 64  # tokens of context of the short streams
@@ -66,6 +92,7 @@ MIXED_CHUNK = 16
 PREFILL_BUDGET_S = 2.0  # per setting, for the long sequence's prompt
 PROBE_MEMORY_BYTES = 512 << 20  # KV cache of one probe context
 ROUNDS = 3  # at most; 2 at least, and no third once MEASURE_BUDGET_S has passed
+RECHECK_ROUNDS = 4  # more rounds, at most, of the shapes `decide` doubts (within MEASURE_BUDGET_S)
 MEASURE_BUDGET_S = 10.0
 # A hard limit: a measurement still running then (a busy machine: llama.cpp's threads spin
 # at barriers, and a step can take 10-100x its time) is given up: off, not cached.
@@ -75,17 +102,23 @@ STEPS = 5  # timed steps per shape and round (the prompt chunk: 1)
 
 @dataclass(frozen=True)
 class ShapeTiming:
-    """One step shape: best-round median seconds with flash attention off and on, and the
-    largest relative spread of its rounds (the noise of this measurement)."""
+    """One step shape: best-round median seconds with flash attention off and on, the noise
+    of that (the second-best round's relative distance from the best, the larger of the two
+    settings') and the shape's weight in the aggregate."""
 
     shape: str
     off_s: float
     on_s: float
     spread: float
+    weight: float = 1.0
 
     @property
     def ratio(self) -> float:
         return self.on_s / self.off_s
+
+    @property
+    def noise(self) -> float:
+        return max(NOISE_FLOOR, self.spread)
 
 
 @dataclass(frozen=True)
@@ -94,12 +127,14 @@ class FlashAttnChoice:
 
     source: "forced" (settings, or a quantized V cache that needs it), "default" (GPU
     offload, or tuning switched off), "measured" (at this load) or "cached" (measured
-    earlier on this machine for this model)."""
+    earlier on this machine for this model). `settled`: the measurement told the settings
+    apart (or found them level on a quiet machine); only a settled decision is stored."""
 
     mode: str  # "on", "off" or "auto"
     source: str
     reason: str
     table: tuple[ShapeTiming, ...] = ()
+    settled: bool = True
 
     @property
     def llama_type(self) -> int:
@@ -108,12 +143,16 @@ class FlashAttnChoice:
     def facts(self) -> dict[str, Any]:
         out: dict[str, Any] = {"mode": self.mode, "source": self.source, "reason": self.reason}
         if self.table:
+            ratio, noise = aggregate(self.table)
+            out.update(aggregate=round(ratio, 3), noise=round(noise, 3), settled=self.settled)
             out["table"] = [
                 {
                     "shape": t.shape,
                     "off_ms": round(t.off_s * 1000, 3),
                     "on_ms": round(t.on_s * 1000, 3),
                     "ratio": round(t.ratio, 3),
+                    "spread": round(t.spread, 3),
+                    "weight": t.weight,
                 }
                 for t in self.table
             ]
@@ -137,20 +176,60 @@ def static_choice(options: LlamaCppOptions, *, fresh: bool = False) -> FlashAttn
     return None
 
 
-def decide(table: tuple[ShapeTiming, ...]) -> tuple[str, str]:
-    """("on" | "off", why): on only when no shape is slower beyond its noise and at least one
-    is faster beyond it."""
+@dataclass(frozen=True)
+class Verdict:
+    """`decide`'s answer: the mode and why, whether it stands beyond the measurement's noise
+    (`settled`: only such a decision is stored), and the shapes worth more rounds."""
+
+    mode: str
+    reason: str
+    settled: bool
+    recheck: tuple[str, ...] = ()
+
+
+def aggregate(table: tuple[ShapeTiming, ...]) -> tuple[float, float]:
+    """The weighted geometric mean of the shapes' on/off ratios, and its noise: the weighted
+    mean of theirs."""
+    total = sum(t.weight for t in table)
+    ratio = math.exp(sum(t.weight * math.log(t.ratio) for t in table) / total)
+    return ratio, sum(t.weight * t.noise for t in table) / total
+
+
+def decide(table: tuple[ShapeTiming, ...]) -> Verdict:
+    """On or off by the weighted aggregate of the shapes' on/off ratios, beyond its noise;
+    off when a shape is over GUARD_RATIO slower (the module's docstring)."""
     if not table:
-        return "off", "nothing measured"
-    slower = [t for t in table if t.ratio > 1 + max(NOISE_FLOOR, t.spread)]
-    faster = [t for t in table if t.ratio < 1 - max(NOISE_FLOOR, t.spread)]
-    if slower:
-        worst = max(slower, key=lambda t: t.ratio)
-        return "off", f"flash attention is slower on {worst.shape} ({worst.ratio:.2f}x)"
-    if not faster:
-        return "off", "no shape is faster with flash attention beyond the noise"
-    best = min(faster, key=lambda t: t.ratio)
-    return "on", f"no shape slower; faster on {best.shape} ({best.ratio:.2f}x)"
+        return Verdict("off", "nothing measured", settled=False)
+    ratio, noise = aggregate(table)
+    against = tuple(  # the shapes that go against the aggregate
+        t.shape
+        for t in table
+        if (t.ratio > 1 + NOISE_FLOOR if ratio < 1 else t.ratio < 1 - NOISE_FLOOR)
+    )
+    noisy = tuple(t.shape for t in table if t.spread > NOISE_FLOOR)
+    doubtful = _union(against, noisy)
+    overall = f"on/off {ratio:.2f} weighted over {len(table)} shapes, noise {noise:.0%}"
+    worst = max(table, key=lambda t: t.ratio)
+    slow = f"{worst.shape} {worst.ratio:.2f}x slower"
+    if worst.ratio > GUARD_RATIO and worst.ratio > 1 + worst.noise:
+        # the guard; that shape is measured again where it goes against the rest
+        again = (worst.shape,) if worst.shape in against else ()
+        return Verdict("off", f"{slow}, over {GUARD_RATIO}x ({overall})", True, again)
+    if worst.ratio > GUARD_RATIO:
+        why = f"{slow}, within its noise ({overall}): not stored"
+        return Verdict("off", why, False, doubtful)
+    if ratio < 1 - noise:
+        why = f"faster: {overall}" + (f"; {slow}" if worst.ratio > 1 else "")
+        return Verdict("on", why, True, against)
+    if ratio > 1 + noise:
+        return Verdict("off", f"slower: {overall}", True, against)
+    if not noisy:  # a quiet measurement: the two are level, and off costs nothing
+        return Verdict("off", f"level: {overall}", True, against)
+    return Verdict("off", f"within the noise: {overall}: not stored", False, doubtful)
+
+
+def _union(a: tuple[str, ...], b: tuple[str, ...]) -> tuple[str, ...]:
+    return a + tuple(x for x in b if x not in a)
 
 
 # ---- the key and the cache ------------------------------------------------------------------
@@ -185,6 +264,7 @@ def tuning_key(path: Path, layout: StepLayout, options: LlamaCppOptions) -> dict
         "n_batch": layout.n_batch,
         "max_seqs": layout.kv.max_seqs,
         "cache_types": [options.cache_type_k, options.cache_type_v],
+        "rule": RULE_VERSION,
     }
 
 
@@ -234,7 +314,8 @@ def choose_flash_attn(
     measure: Callable[[Any, StepLayout, LlamaCppOptions], tuple[ShapeTiming, ...]] | None = None,
 ) -> FlashAttnChoice:
     """The flash attention for this model's context: a static choice where one applies,
-    else the cached decision for its key, else a measurement (stored for the next load).
+    else the cached decision for its key, else a measurement (stored for the next load when
+    it is settled).
     `fresh` measures even when a decision is cached (`inferd bench --tune`)."""
     static = static_choice(options, fresh=fresh)
     if static is not None:
@@ -251,10 +332,10 @@ def choose_flash_attn(
     except BackendError as exc:  # no memory for the probes, over time: off, not cached
         log.warning("flash attention not measured for %s: %s", path.name, exc)
         return FlashAttnChoice("off", "default", f"measurement failed: {exc}")
-    mode, reason = decide(table)
-    choice = FlashAttnChoice(mode, "measured", reason, table)
-    log.info("flash attention %s for %s: %s", mode, path.name, reason)
-    if cache is not None:
+    verdict = decide(table)
+    choice = FlashAttnChoice(verdict.mode, "measured", verdict.reason, table, verdict.settled)
+    log.info("flash attention %s for %s: %s", verdict.mode, path.name, verdict.reason)
+    if cache is not None and verdict.settled:
         cache.put(key, choice)
     return choice
 
@@ -299,8 +380,7 @@ class _Probe:
         return elapsed
 
     def close(self) -> None:
-        llama_cpp.llama_batch_free(self.batch)
-        llama_cpp.llama_free(self.ctx)
+        free_context(self.ctx, self.batch)
 
 
 @contextmanager
@@ -378,40 +458,83 @@ def measure_shapes(
         short = list(range(1, streams))
         mixed = short[:MIXED_DECODES]
         chunk = min(MIXED_CHUNK, n_batch - len(mixed))
-        shapes: dict[str, tuple[list[tuple[int, int, bool]], int]] = {
-            "decode 1 @short": ([(1, SHORT, True)], steps),
-            f"decode {len(short)} @short": ([(s, SHORT, True) for s in short], steps),
-            f"decode 1 @{filled}": ([(0, filled, True)], steps),
+        shapes: dict[str, tuple[list[tuple[int, int, bool]], int, float]] = {
+            "decode 1 @short": ([(1, SHORT, True)], steps, W_DECODE_ONE),
+            f"decode {len(short)} @short": (
+                [(s, SHORT, True) for s in short],
+                steps,
+                W_DECODE_MANY,
+            ),
+            f"decode 1 @{filled}": ([(0, filled, True)], steps, W_DECODE_LONG),
             f"mixed {len(mixed)}+{chunk} @{filled}": (
                 [(s, SHORT, True) for s in mixed] + [(0, filled + i, False) for i in range(chunk)],
                 steps,
+                W_MIXED,
             ),
             f"prompt {n_batch} @{filled}": (
                 [(0, filled + i, False) for i in range(n_batch)],
                 max(1, steps // 3),
+                W_PROMPT,
             ),
         }
         for probe in (off, on):  # warm-up: every shape's graph once
-            for tokens, _ in shapes.values():
+            for tokens, _, _ in shapes.values():
                 probe.step(tokens)
                 in_time()
-        rounds: dict[str, list[list[float]]] = {k: [[], []] for k in shapes}
-        for r in range(ROUNDS):
-            if r >= 2 and time.perf_counter() - started > MEASURE_BUDGET_S:
-                break
-            order = (0, 1) if r % 2 == 0 else (1, 0)
-            for setting in order:
-                probe = (off, on)[setting]
-                for name, (tokens, steps) in shapes.items():
-                    times = [probe.step(tokens) for _ in range(steps)]
-                    rounds[name][setting].append(statistics.median(times))
-                    in_time()
-    return tuple(_timing(name, off_r, on_r) for name, (off_r, on_r) in rounds.items())
+
+        def time_round(name: str, setting: int) -> float:
+            tokens, n, _ = shapes[name]
+            probe = (off, on)[setting]
+            times = [probe.step(tokens) for _ in range(n)]
+            in_time()
+            return statistics.median(times)
+
+        weights = {name: weight for name, (_, _, weight) in shapes.items()}
+        table = time_rounds(weights, time_round, started)
+    return table
 
 
-def _timing(shape: str, off: list[float], on: list[float]) -> ShapeTiming:
-    spread = max((max(r) - min(r)) / min(r) for r in (off, on))
-    return ShapeTiming(shape, min(off), min(on), spread)
+def time_rounds(
+    weights: dict[str, float],
+    time_round: Callable[[str, int], float],
+    started: float,
+    clock: Callable[[], float] = time.perf_counter,
+) -> tuple[ShapeTiming, ...]:
+    """Rounds of every shape (`weights`' keys), the settings (0 off, 1 on) alternating which
+    goes first: ROUNDS, two once MEASURE_BUDGET_S since `started` has passed; then up to
+    RECHECK_ROUNDS more of the shapes `decide` doubts, while the budget lasts. `time_round`
+    gives one round's step time of a shape in a setting."""
+    rounds: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in weights}
+
+    def run(r: int, names: tuple[str, ...]) -> None:
+        for setting in (0, 1) if r % 2 == 0 else (1, 0):
+            for name in names:
+                rounds[name][setting].append(time_round(name, setting))
+
+    def table() -> tuple[ShapeTiming, ...]:
+        return tuple(_timing(name, w, *rounds[name]) for name, w in weights.items())
+
+    for r in range(ROUNDS):
+        if r >= 2 and clock() - started > MEASURE_BUDGET_S:
+            break
+        run(r, tuple(weights))
+    for r in range(ROUNDS, ROUNDS + RECHECK_ROUNDS):
+        recheck = decide(table()).recheck
+        if not recheck or clock() - started > MEASURE_BUDGET_S:
+            break
+        log.info("flash attention: measuring %s again", ", ".join(recheck))
+        run(r, recheck)
+    return table()
+
+
+def _timing(shape: str, weight: float, off: list[float], on: list[float]) -> ShapeTiming:
+    """The best round of each setting, and how far the second best is from it."""
+
+    def gap(times: list[float]) -> float:
+        best, second = sorted(times)[:2]
+        return (second - best) / best
+
+    return ShapeTiming(shape, min(off), min(on), max(gap(off), gap(on)), weight)
 
 
 def tune(path: Path, options: LlamaCppOptions) -> FlashAttnChoice:

@@ -334,7 +334,7 @@ class TorchBackend:
         for i, (sampler, seq) in enumerate(zip(samplers, sampling, strict=True)):
             constraint = sampler.constraint
             if constraint is not None:
-                matcher = constraint.follow(seq.tokens[seq.n_prompt :])
+                matcher = constraint.follow(seq.tokens, seq.n_prompt)
                 if matcher is not None:
                     constrained.append((i, matcher))
         if constrained:

@@ -4,9 +4,11 @@ have a grammar (the others cost nothing).
 
 A sequence's matcher follows its generated tokens: it is fed each token as it is sampled,
 and rebuilt from the generated tokens whenever they are not the ones it was fed (a
-sequence whose tokens were rolled back or replaced), so the next token is always
-constrained by what the sequence holds. A preempted sequence keeps its tokens and its
-sampler, so it goes on where it was. A lazy grammar (tool_choice auto) costs nothing until
+sequence whose tokens were rolled back, or whose last one was replaced), so the next token
+is always constrained by what the sequence holds. Following costs the same at every step
+however long the answer: it compares how many tokens were fed and the last of them, never
+the whole answer. A preempted sequence keeps its tokens and its sampler, so it goes on
+where it was. A lazy grammar (tool_choice auto) costs nothing until
 its trigger text appears in the output: until then there is no matcher and no mask, and
 the output is free as on llama.cpp (special tokens included); from the token where the
 trigger begins, the matcher takes over.
@@ -17,7 +19,7 @@ from __future__ import annotations
 import bisect
 import re
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import llguidance
@@ -121,14 +123,16 @@ class Constraint:
         self._starts: list[int] = []  # ... and where each token's bytes start in it
         self._matcher = None if trigger else template.deep_copy()
 
-    def follow(self, generated: list[int]) -> llguidance.LLMatcher | None:
-        """Bring the state to the sequence's generated tokens. The matcher that constrains
-        the next token, or None while a lazy grammar's trigger has not appeared."""
-        if generated[: len(self._tokens)] != self._tokens:
+    def follow(self, tokens: Sequence[int], start: int = 0) -> llguidance.LLMatcher | None:
+        """Bring the state to the sequence's generated tokens, `tokens[start:]` (its prompt
+        before `start`). The matcher that constrains the next token, or None while a lazy
+        grammar's trigger has not appeared."""
+        fed = self._tokens
+        if len(tokens) - start < len(fed) or (fed and tokens[start + len(fed) - 1] != fed[-1]):
             self._tokens, self._text, self._starts = [], bytearray(), []
             self._matcher = None if self._trigger else self._template.deep_copy()
-        for token in generated[len(self._tokens) :]:
-            self._feed(token)
+        for i in range(start + len(self._tokens), len(tokens)):
+            self._feed(tokens[i])
         return self._matcher
 
     def accept(self, token: int, row: np.ndarray) -> int:
