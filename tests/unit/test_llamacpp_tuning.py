@@ -80,8 +80,11 @@ TABLES = {
     "slower everywhere": (_shapes((1.15, 1.12, 1.2, 1.1, 1.05)), "off", True),
     # level on a quiet machine: a tie, stored (off costs at most the 5 % floor)
     "level, quiet": (_shapes((0.98, 1.02, 0.97, 1.01, 0.99)), "off", True),
-    # a busy machine: 8 % faster, but the rounds 25 % apart: not a decision to store
-    "busy": (_shapes((0.9, 0.92, 0.93, 0.9, 0.95), spread=0.25), "off", False),
+    # a busy machine: 8 % faster, but the rounds 25 % apart: on for this load (the aggregate's
+    # side costs at most the noise), not a decision to store
+    "busy": (_shapes((0.9, 0.92, 0.93, 0.9, 0.95), spread=0.25), "on", False),
+    # and 8 % slower in the same noise: off, not stored
+    "busy, slower": (_shapes((1.1, 1.08, 1.07, 1.1, 1.05), spread=0.25), "off", False),
 }
 
 
@@ -92,8 +95,9 @@ def test_the_rule_on_real_and_noisy_tables(name: str) -> None:
     assert (verdict.mode, verdict.settled) == (mode, settled), verdict.reason
     ratio, noise = aggregate(table)
     assert f"{ratio:.2f}" in verdict.reason
-    if mode == "on":  # a pick on is faster overall beyond its noise, and nowhere much slower
-        assert ratio < 1 - noise and max(t.ratio for t in table) <= GUARD_RATIO
+    if mode == "on":  # a pick on is faster overall (beyond its noise when it is stored), and
+        # nowhere much slower
+        assert ratio < 1 - (noise if settled else 0) and max(t.ratio for t in table) <= GUARD_RATIO
 
 
 def test_the_aggregate_weighs_the_shapes() -> None:
@@ -223,10 +227,10 @@ def test_a_decision_is_measured_once_then_reused(tmp_path: Path, model_file: Pat
 
 
 def test_a_decision_within_the_noise_is_not_stored(tmp_path: Path, model_file: Path) -> None:
-    # a busy machine: 10 % faster, its rounds 30 % apart: off for this load, measured again
+    # a busy machine: 10 % faster, its rounds 30 % apart: on for this load, measured again
     measure = Counting((_t("decode", 10, 9, spread=0.3),))
     first = _choose(model_file, tmp_path, measure)
-    assert (first.mode, first.source, first.settled) == ("off", "measured", False)
+    assert (first.mode, first.source, first.settled) == ("on", "measured", False)
     assert "not stored" in first.reason and first.facts()["settled"] is False
     assert not list(tmp_path.glob("*.json"))
     measure.table = (_t("decode", 10, 9, spread=0.01),)  # a quiet load: stored
