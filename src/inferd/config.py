@@ -415,6 +415,14 @@ class Settings(BaseSettings):
         "is faster on this machine, when its flash_attn is not set (seconds; cached in "
         "data_dir/tuning); off: flash attention stays off on CPU",
     )
+    tune_when_idle: int = Field(
+        3,
+        ge=0,
+        description="How many times a flash attention pick that a load's measurement left "
+        "open (within its noise) is measured again while the model is idle, until one "
+        "settles and is stored for the next load (0: never; the probes' memory, up to 1 GB, "
+        "is held while one runs)",
+    )
     data_dir: Path = Field(
         default_factory=lambda: Path(platformdirs.user_data_dir("inferd")),
         description="Directory of the SQLite database and the usage spool file",

@@ -152,3 +152,61 @@ def test_a_measurement_over_its_time_limit_keeps_off_and_stores_nothing(
     assert (shown["mode"], shown["source"]) == ("off", "default")
     assert "took over 0 s" in shown["reason"]
     assert not _stored(tmp_path)
+
+
+async def test_an_open_pick_is_measured_again_while_idle_and_stored_for_the_next_load(
+    model_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The load's measurement is left open (its rounds 30 % apart: a busy machine); the
+    engine, idle, measures again on the real model (bounded, and taken as quiet) and stores
+    the pick; the running context keeps its kernel, the next load reuses the stored one."""
+    import asyncio
+
+    from inferd.engine import core
+
+    noisy = (tuning.ShapeTiming("decode 1 @short", 0.010, 0.0095, spread=0.3),)
+    monkeypatch.setattr(tuning, "measure_shapes", lambda *_args: noisy)
+    monkeypatch.setattr(tuning, "ROUNDS", 2)
+    real_steps = tuning.measure_steps
+
+    def bounded_steps(model: Any, layout: Any, options: Any) -> Any:
+        table = yield from real_steps(model, layout, options, long=tuning.LONG_MIN, steps=1)
+        return tuple(dataclasses.replace(t, spread=0.0) for t in table)
+
+    monkeypatch.setattr(tuning, "measure_steps", bounded_steps)
+    monkeypatch.setattr(core, "IDLE_AFTER_S", 0.2)
+    spec = bundled_spec(model_path, **{k: v for k, v in SMALL.items() if k != "n_ctx"})
+    registry = ModelRegistry([spec], llamacpp_factory(tune_dir=tmp_path))
+
+    async def flash_attn(handle: AppHandle) -> dict[str, Any]:
+        models = (await handle.client.get("/models")).json()["models"]
+        return dict(models[0]["config"]["flash_attn"])
+
+    async with AppHandle(Settings(), registry) as handle:
+        at_load = await flash_attn(handle)
+        assert (at_load["source"], at_load["settled"]) == ("measured", False)
+        assert at_load["idle"]["of"] == 3 and not _stored(tmp_path)
+        for _ in range(600):  # the bundled model: a few seconds
+            shown = await flash_attn(handle)
+            if shown["idle"].get("settled"):
+                break
+            await asyncio.sleep(0.1)
+        idle = shown["idle"]
+        assert idle["settled"] and idle["source"] == "idle" and idle["tries"] == 1
+        assert idle["reason"].startswith("measured while idle")
+        assert [row["shape"] for row in idle["table"]][:2] == ["decode 1 @short", "decode 3 @short"]
+        assert all(row["off_ms"] > 0 and row["on_ms"] > 0 for row in idle["table"])
+        assert shown["mode"] == at_load["mode"]  # the running context keeps its kernel
+        # and serves as before
+        body = {"model": spec.name, "prompt": "Hello", "max_tokens": 4}
+        assert (await handle.client.post("/v1/completions", json=body)).status_code == 200
+    assert len(_stored(tmp_path)) == 1
+
+    options = LlamaCppOptions(tune_dir=tmp_path, **SMALL)  # type: ignore[arg-type]
+    backend = LlamaCppBackend(model_path, options)
+    try:
+        later = backend.facts()["flash_attn"]
+    finally:
+        backend.close()
+    assert (later["source"], later["mode"]) == ("cached", idle["mode"])
+    assert later["reason"] == idle["reason"] and "idle" not in later

@@ -5,6 +5,7 @@ no test asserts which setting wins on this machine."""
 from __future__ import annotations
 
 import os
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +125,8 @@ def test_the_guard_names_the_slow_shape_and_the_doubted_shapes_are_rechecked() -
 
 class Script:
     """A stand-in for one round's timing: per (shape, setting) the times of its rounds in
-    turn (the last repeats), and a clock that advances `tick` seconds a round."""
+    turn (the last repeats), and a clock that advances `tick` seconds a round; a round yields
+    once, as a step of the real measurement does."""
 
     def __init__(self, times: dict[tuple[str, int], list[float]], tick: float = 0.1) -> None:
         self.times = times
@@ -132,12 +134,17 @@ class Script:
         self.now = 0.0
         self.calls: dict[tuple[str, int], int] = {k: 0 for k in times}
 
-    def __call__(self, name: str, setting: int) -> float:
+    def __call__(self, name: str, setting: int) -> Generator[None, None, float]:
         i = self.calls[name, setting]
         self.calls[name, setting] += 1
         self.now += self.tick
+        yield
         seq = self.times[name, setting]
         return seq[min(i, len(seq) - 1)]
+
+
+def _rounds(script: Script) -> tuple[ShapeTiming, ...]:
+    return tuning.to_end(tuning.time_rounds(WEIGHTS, script, clock=lambda: script.now))
 
 
 def _script(b_on: list[float], tick: float = 0.1) -> Script:
@@ -152,7 +159,7 @@ def test_a_shape_against_the_rest_is_measured_again_before_the_pick() -> None:
     # a busy moment through every first round of "b" with flash attention on: 1.45x slower,
     # the guard would keep off; measured again, it is as fast as the rest
     script = _script([1.5, 1.45, 1.5, 0.8])
-    table = tuning.time_rounds(WEIGHTS, script, 0.0, clock=lambda: script.now)
+    table = _rounds(script)
     assert script.calls["a", 0] == script.calls["a", 1] == tuning.ROUNDS  # the rest: no more
     assert tuning.ROUNDS < script.calls["b", 1] < tuning.ROUNDS + tuning.RECHECK_ROUNDS
     b = table[1]  # until its two best rounds agree
@@ -163,7 +170,7 @@ def test_a_shape_against_the_rest_is_measured_again_before_the_pick() -> None:
 
 def test_a_shape_that_stays_slow_keeps_off_after_its_rechecks() -> None:
     script = _script([1.5, 1.45])
-    table = tuning.time_rounds(WEIGHTS, script, 0.0, clock=lambda: script.now)
+    table = _rounds(script)
     assert script.calls["b", 1] == tuning.ROUNDS + tuning.RECHECK_ROUNDS
     assert script.calls["b", 0] == tuning.ROUNDS + tuning.RECHECK_ROUNDS
     verdict = decide(table)
@@ -173,7 +180,7 @@ def test_a_shape_that_stays_slow_keeps_off_after_its_rechecks() -> None:
 def test_rounds_and_rechecks_stop_at_the_budget() -> None:
     # a round of every shape takes past MEASURE_BUDGET_S: two rounds, no third, no recheck
     script = _script([1.5, 1.45, 1.5, 0.8], tick=tuning.MEASURE_BUDGET_S / 5)
-    table = tuning.time_rounds(WEIGHTS, script, 0.0, clock=lambda: script.now)
+    table = _rounds(script)
     assert set(script.calls.values()) == {2}
     assert decide(table).mode == "off"
 
@@ -330,7 +337,7 @@ def test_a_failed_measurement_keeps_the_safe_default_uncached(
 
     options = LlamaCppOptions(tune_dir=tmp_path / "tuning")
     choice = choose_flash_attn(None, model_file, options, LAYOUT, measure=fail)
-    assert (choice.mode, choice.source) == ("off", "default")
+    assert (choice.mode, choice.source, choice.settled) == ("off", "default", False)
     assert "no memory" in choice.reason
     assert not (tmp_path / "tuning").exists()
 
@@ -358,3 +365,65 @@ def test_bench_tune_measures_despite_a_setting_where_measuring_can_tell(
     assert (fresh(cache_type_v="q4_0").mode, fresh(cache_type_v="q4_0").source) == ("on", "forced")
     assert fresh(cache_type_v="q4_0", flash_attn="auto").mode == "auto"
     assert fresh(n_gpu_layers=-1).source == "default"
+
+
+def _steps(table: tuple[ShapeTiming, ...], n: int = 3) -> Any:
+    """A stand-in for measure_steps: `n` steps, then `table`."""
+
+    def measure(*_args: Any, **_kw: Any) -> Generator[None, None, tuple[ShapeTiming, ...]]:
+        for _ in range(n):
+            yield
+        return table
+
+    return measure
+
+
+def test_an_idle_measurement_that_settles_is_stored_for_the_next_load(
+    tmp_path: Path, model_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    options = LlamaCppOptions(tune_dir=tmp_path)
+    key = tuning.tuning_key(model_file, LAYOUT, options)
+    monkeypatch.setattr(tuning, "measure_steps", _steps((_t("decode", 10, 8),), n=3))
+    work = tuning.measure_when_idle(None, key, LAYOUT, options)
+    for _ in range(3):  # one step per resumption
+        next(work)
+    assert not list(tmp_path.glob("*.json"))
+    choice = tuning.to_end(work)
+    assert (choice.mode, choice.source, choice.settled) == ("on", "idle", True)
+    assert choice.reason.startswith("measured while idle: faster")
+    later = _choose(model_file, tmp_path, Refuse())  # the next load: no measurement
+    assert (later.mode, later.source) == ("on", "cached")
+    assert later.reason == choice.reason and later.table == choice.table
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_an_idle_measurement_left_open_or_failed_stores_nothing(
+    tmp_path: Path, model_file: Path, monkeypatch: pytest.MonkeyPatch, fails: bool
+) -> None:
+    def broken(*_args: Any, **_kw: Any) -> Generator[None, None, Any]:
+        yield
+        raise BackendError("the measurement took over 60 s")
+
+    measure = broken if fails else _steps((_t("decode", 10, 9, spread=0.3),))
+    monkeypatch.setattr(tuning, "measure_steps", measure)
+    options = LlamaCppOptions(tune_dir=tmp_path)
+    key = tuning.tuning_key(model_file, LAYOUT, options)
+    choice = tuning.to_end(tuning.measure_when_idle(None, key, LAYOUT, options))
+    assert (choice.source, choice.settled) == ("idle", False)
+    assert ("took over" in choice.reason) if fails else ("not stored" in choice.reason)
+    assert not list(tmp_path.glob("*.json"))
+
+
+def test_the_active_clock_leaves_out_the_pauses(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [100.0]
+    monkeypatch.setattr(tuning.time, "perf_counter", lambda: now[0])
+    clock = tuning.ActiveClock()
+    now[0] += 2
+    pause = clock.pause()
+    next(pause)  # paused: requests run
+    now[0] += 30
+    assert clock() == pytest.approx(2)
+    with pytest.raises(StopIteration):
+        next(pause)
+    now[0] += 1
+    assert clock() == pytest.approx(3)

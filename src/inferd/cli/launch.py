@@ -53,6 +53,7 @@ def build(settings: Settings, model_flags: dict[str, Any]) -> Launch:
             conversions=settings.convert_cache_dir,
             quantize=settings.quantize,
             tune_dir=tune_dir(settings),
+            idle_tunes=settings.tune_when_idle,
         ),
         default=settings.default_model,
         options=RegistryOptions.from_settings(settings),

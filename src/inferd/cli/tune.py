@@ -17,7 +17,8 @@ from inferd.models.spec import ModelSpec, specs_from_settings
 def tune_report(model_path: Path | None, console: Console, *, as_json: bool) -> None:
     """Measure flash attention off and on for `model_path` (default: the first model the
     settings serve, with its settings), print the table per shape and the pick, and store it
-    where `inferd serve` finds it (data_dir/tuning, even when tune_kernels is off)."""
+    where `inferd serve` finds it (data_dir/tuning, even when tune_kernels is off); also the
+    pick stored before, if any (a load's, or one a server settled while idle)."""
     from inferd.engine.backends.llamacpp.tuning import aggregate, tune
 
     settings = load_settings()
@@ -28,11 +29,15 @@ def tune_report(model_path: Path | None, console: Console, *, as_json: bool) -> 
     directory = tune_dir(settings.model_copy(update={"tune_kernels": True}))
     options = llamacpp_options(spec, tune_dir=directory)
     with console.status(f"measuring flash attention off and on for {spec.path.name}"):
-        choice = tune(spec.path, options)
+        choice, before = tune(spec.path, options)
     stored = str(directory) if choice.source == "measured" and choice.settled else None
     if as_json:
-        print(json.dumps({"model": str(spec.path), "stored_in": stored, **choice.facts()}))
+        doc = {"model": str(spec.path), "stored_in": stored, **choice.facts()}
+        doc["stored_before"] = before.facts() if before is not None else None
+        print(json.dumps(doc))
         return
+    if before is not None:  # what loads used until now: measured at a load, or while idle
+        console.print(f"stored before: flash attention {before.mode} ({before.reason})")
     console.print(f"pick: flash attention {choice.mode} ({choice.reason})")
     if not choice.table:
         return

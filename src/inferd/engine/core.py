@@ -7,7 +7,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
 from inferd.engine.backends.base import Backend, SequenceFailed
@@ -32,6 +32,9 @@ OutputSink = Callable[[list[GenerationOutput]], None]
 
 # Host memory for finished sequences' saved KV state (the prefix cache), unless configured.
 DEFAULT_PREFIX_CACHE_BYTES = 1 << 30
+# Seconds without a request queued, running or arriving before the backend's idle work
+# (Backend.idle_work) runs: a pause between a client's requests is not idleness.
+IDLE_AFTER_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +69,7 @@ class EngineCore:
         prefix_cache: bool = True,
         prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES,
         drafter: Drafter | None = None,
+        idle_after: float | None = None,
     ) -> None:
         info = backend.info
         if drafter is not None and not info.drafts:
@@ -94,6 +98,12 @@ class EngineCore:
         self._prompt_tokens = 0
         self._generated_tokens = 0
         self._submitted = 0  # requests handed to submit (written by the submitting thread only)
+        # the backend's idle work: after `_idle_after` s quiet (no message, no work) it is
+        # asked for once (`_idle_asked`) and run one resumption per loop turn
+        self._idle_after = IDLE_AFTER_S if idle_after is None else idle_after
+        self._quiet_since = time.monotonic()
+        self._idle_asked = False
+        self._idle: Generator[None, None, None] | None = None
 
     # ---- thread-safe API -------------------------------------------------------------------
 
@@ -149,20 +159,59 @@ class EngineCore:
     def _run(self) -> None:
         while True:
             try:
-                if not self._drain_inbox(block=not self._sched.has_work()):
+                if not self._drain_inbox(self._wait()):
                     break
                 if self._sched.has_work():
                     self._step()
+                    self._quiet_since = time.monotonic()
+                elif self._wait() == 0:  # quiet for long enough
+                    self._idle_step()
             except Exception:  # never let the thread die with requests hanging
                 log.exception("engine step failed")
                 self._fail_all("internal engine error")
+        self._stop_idle_work()
         self._fail_all(None)
 
-    def _drain_inbox(self, *, block: bool) -> bool:
-        """Apply pending submissions and aborts. False when asked to stop."""
+    def _wait(self) -> float:
+        """How long the loop may block on its inbox: not at all while there is work, idle
+        work running or due; until idle work is due; else half a second at a time."""
+        if self._sched.has_work() or self._idle is not None:
+            return 0.0
+        if self._idle_asked:
+            return 0.5
+        return max(0.0, self._quiet_since + self._idle_after - time.monotonic())
+
+    def _idle_step(self) -> None:
+        """One resumption of the backend's idle work (asked for once per quiet spell)."""
+        if self._idle is None:
+            self._idle_asked = True
+            self._idle = self.backend.idle_work()
+            if self._idle is None:
+                return
+        try:
+            next(self._idle)
+        except StopIteration:
+            self._idle = None
+        except Exception:
+            self._idle = None
+            log.exception("idle work failed")
+
+    def _stop_idle_work(self) -> None:
+        """Something to do: the idle work is closed (it frees what it holds) and asked for
+        again at the next quiet spell."""
+        self._quiet_since = time.monotonic()
+        self._idle_asked = False
+        if self._idle is not None:
+            idle, self._idle = self._idle, None
+            idle.close()
+
+    def _drain_inbox(self, wait: float) -> bool:
+        """Apply pending submissions and aborts, waiting up to `wait` s for the first. False
+        when asked to stop. Any message ends the engine's quiet spell."""
         outputs: list[GenerationOutput] = []
         try:
-            msg = self._inbox.get(timeout=0.5) if block else self._inbox.get_nowait()
+            msg = self._inbox.get(timeout=wait) if wait > 0 else self._inbox.get_nowait()
+            self._stop_idle_work()
             while True:
                 if isinstance(msg, _Stop):
                     return False

@@ -40,13 +40,15 @@ def engine_factory(
     conversions: Path | None = None,
     quantize: str | None = None,
     tune_dir: Path | None = None,
+    idle_tunes: int = 3,
 ) -> EngineFactories:
     """Every kind of engine this server can load models with, by kind (`engine_kind` picks
     one per model): a new kind is added here. Checkpoints for llama.cpp are converted into the cache
     at `conversions` (default: none served), at `quantize` unless their model sets a type.
     `tune_dir`: where llama.cpp kernel choices measured per machine and model are cached
-    (None: no measuring)."""
-    llamacpp = llamacpp_factory(verbose=verbose, tune_dir=tune_dir)
+    (None: no measuring); `idle_tunes`: how often a pick a load left open is measured again
+    while its engine is idle."""
+    llamacpp = llamacpp_factory(verbose=verbose, tune_dir=tune_dir, idle_tunes=idle_tunes)
     kinds: dict[str, EngineFactory] = {LLAMACPP: llamacpp, TRANSFORMERS: TransformersFactory()}
     if conversions is not None:
         kinds[CHECKPOINT] = ConvertingFactory(
@@ -68,16 +70,21 @@ def quantizer() -> Quantizer:
 
 
 def llamacpp_factory(
-    *, verbose: bool = False, tune_dir: Path | None = None
+    *, verbose: bool = False, tune_dir: Path | None = None, idle_tunes: int = 3
 ) -> BackendEngineFactory:
     """inferd's engine over llama.cpp, with the KV-aware memory estimate."""
     return BackendEngineFactory(
-        llamacpp_loader(verbose=verbose, tune_dir=tune_dir), llamacpp_footprint
+        llamacpp_loader(verbose=verbose, tune_dir=tune_dir, idle_tunes=idle_tunes),
+        llamacpp_footprint,
     )
 
 
 def llamacpp_options(
-    spec: ModelSpec, *, verbose: bool = False, tune_dir: Path | None = None
+    spec: ModelSpec,
+    *,
+    verbose: bool = False,
+    tune_dir: Path | None = None,
+    idle_tunes: int = 3,
 ) -> LlamaCppOptions:
     from inferd.engine.backends.llamacpp import LlamaCppOptions
 
@@ -97,6 +104,7 @@ def llamacpp_options(
         cache_type_v=c.cache_type_v,
         kv_overrides=tuple(c.kv_overrides.items()),
         tune_dir=tune_dir,
+        idle_tunes=idle_tunes,
         verbose=verbose,
         draft_model=(
             Path(c.speculative_draft) if c.speculative == "draft" and c.speculative_draft else None
@@ -105,7 +113,9 @@ def llamacpp_options(
     )
 
 
-def llamacpp_loader(*, verbose: bool = False, tune_dir: Path | None = None) -> BackendLoader:
+def llamacpp_loader(
+    *, verbose: bool = False, tune_dir: Path | None = None, idle_tunes: int = 3
+) -> BackendLoader:
     """Spec -> a loaded llama.cpp backend (blocking: seconds for a large model)."""
 
     def load(spec: ModelSpec) -> Backend:
@@ -113,7 +123,7 @@ def llamacpp_loader(*, verbose: bool = False, tune_dir: Path | None = None) -> B
 
         # a clean error for garbage, before llama.cpp parses (and allocates for) it
         read_header(spec.path)
-        options = llamacpp_options(spec, verbose=verbose, tune_dir=tune_dir)
+        options = llamacpp_options(spec, verbose=verbose, tune_dir=tune_dir, idle_tunes=idle_tunes)
         return LlamaCppBackend(spec.path, options)
 
     return load

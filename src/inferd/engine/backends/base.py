@@ -19,6 +19,7 @@ which the engine fails every running request.
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -226,6 +227,15 @@ class Backend(Protocol):
     def drop(self, seq: Sequence) -> None:
         """`seq` has left the engine for good: free its per-sequence state (the sampler).
         Its KV place is given back through the pool."""
+        ...
+
+    def idle_work(self) -> Generator[None, None, None] | None:
+        """Work this runtime wants done while the engine is idle (llama.cpp: a kernel pick
+        its load left open, measured again), or None. The core thread runs it one
+        resumption at a time, each bounded (one step's time), only while no request is
+        queued or running and after the engine has been quiet for a while; it closes the
+        generator when a request arrives (the work must then free what it holds) and asks
+        again at the next quiet spell."""
         ...
 
     def close(self) -> None: ...

@@ -14,6 +14,7 @@ for log probabilities.
 from __future__ import annotations
 
 import time
+from collections.abc import Generator
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
 from typing import Any
@@ -103,6 +104,18 @@ class FakeBackend:
     seq_id_batches: list[list[int]] = field(default_factory=list)  # each decode's seq ids
     sampling_seen: list[SamplingParams] = field(default_factory=list)
     embed_calls: list[int] = field(default_factory=list)  # inputs per embed call
+    # work while idle (`idle_work`), modelled on llama.cpp's idle measurement: a run is
+    # `idle_units` units of `idle_unit_delay` s; one cut short (closed) is lost and counts;
+    # at most `idle_max_runs` runs, none after one finished
+    idle_units: int = 0
+    idle_unit_delay: float = 0.0
+    idle_max_runs: int = 3
+    idle_runs: int = 0  # runs started
+    idle_closed: int = 0  # runs cut short
+    idle_finished: bool = False
+    idle_log: list[tuple[float, float, int]] = field(
+        default_factory=list
+    )  # per unit: (start, end, cells in use)
     _next_cell: int = 0
 
     def __post_init__(self) -> None:
@@ -313,6 +326,24 @@ class FakeBackend:
             cells[pos] = cell
         self.restores += 1
         return True
+
+    def idle_work(self) -> Generator[None, None, None] | None:
+        if not self.idle_units or self.idle_finished or self.idle_runs >= self.idle_max_runs:
+            return None
+        self.idle_runs += 1
+        return self._idle_run()
+
+    def _idle_run(self) -> Generator[None, None, None]:
+        try:
+            for _ in range(self.idle_units):
+                start = time.monotonic()
+                time.sleep(self.idle_unit_delay)
+                self.idle_log.append((start, time.monotonic(), self.pool.used))
+                yield
+            self.idle_finished = True
+        except GeneratorExit:
+            self.idle_closed += 1
+            raise
 
     def close(self) -> None:
         pass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import threading
 from array import array
+from collections.abc import Generator
 from collections.abc import Sequence as Seq
 from pathlib import Path
 from typing import Any, cast
@@ -29,7 +30,12 @@ from inferd.engine.backends.llamacpp.sampling import (
     Samplers,
     row_logits,
 )
-from inferd.engine.backends.llamacpp.tuning import choose_flash_attn
+from inferd.engine.backends.llamacpp.tuning import (
+    FlashAttnChoice,
+    choose_flash_attn,
+    measure_when_idle,
+    tuning_key,
+)
 from inferd.engine.backends.logprobs import prompt_positions, token_logprobs
 from inferd.engine.sequence import Chunk, Sequence
 from inferd.engine.types import SamplingParams
@@ -63,6 +69,14 @@ class LlamaCppBackend:
         self._n_threads = layout.n_threads
         # measured (or cached) for this CPU and model where nothing decides it (tuning.py)
         self.flash_attn = choose_flash_attn(model, path, options, layout)
+        # a pick the load left open is measured again while the engine is idle (idle_work)
+        self._idle_tuning = (
+            (tuning_key(path, layout, options), layout)
+            if not self.flash_attn.settled and options.tune_dir and options.idle_tunes
+            else None
+        )
+        self.idle_tunes = 0  # idle measurements started
+        self.idle_choice: FlashAttnChoice | None = None  # the latest one's pick
         cparams = context_params(
             split=split,
             cells=kv.cells,
@@ -143,14 +157,53 @@ class LlamaCppBackend:
         """The KV layout ("unified": one pool of cells shared by the slots; "split": a
         stream per slot), its cells and their size, the flash attention chosen (on/off/auto,
         forced/default/measured/cached, why, the timings) and the GGUF metadata."""
+        flash_attn = self.flash_attn.facts()
+        if self._idle_tuning is not None:
+            tries = {"tries": self.idle_tunes, "of": self._options.idle_tunes}
+            last = self.idle_choice.facts() if self.idle_choice is not None else {}
+            flash_attn["idle"] = tries | last
         return {
             "backend": "llama.cpp",
             "kv_layout": "split" if self._split else "unified",
             "kv_cells": self.pool.capacity,
             "kv_cell_bytes": self._cell_bytes,
-            "flash_attn": self.flash_attn.facts(),
+            "flash_attn": flash_attn,
             "metadata": dict(self._metadata),
         }
+
+    # ---- work while idle ------------------------------------------------------------------
+
+    def idle_work(self) -> Generator[None, None, None] | None:
+        """A flash-attention pick the load's measurement left open (within its noise, or
+        failed) measured again, at most `idle_tunes` times until one settles and is stored
+        for the next load: one probe step per resumption, each under the embeddings lock (an
+        embeddings batch and a step never overlap; one running makes this wait for it,
+        50 ms at a time). An interrupted measurement counts, and its probes are freed."""
+        todo = self._idle_tuning
+        if todo is None or self.idle_tunes >= self._options.idle_tunes:
+            return None
+        if self.idle_choice is not None and self.idle_choice.settled:
+            return None
+        self.idle_tunes += 1
+        key, layout = todo
+        return self._gated(measure_when_idle(self._model.model, key, layout, self._options))
+
+    def _gated(self, work: Generator[None, None, FlashAttnChoice]) -> Generator[None, None, None]:
+        try:
+            while True:
+                if not self._embed_lock.acquire(timeout=0.05):
+                    yield
+                    continue
+                try:
+                    next(work)
+                except StopIteration as done:
+                    self.idle_choice = done.value
+                    return
+                finally:
+                    self._embed_lock.release()
+                yield
+        finally:
+            work.close()  # its probes are freed here, on the core thread
 
     def metadata(self) -> dict[str, str]:
         """Every GGUF metadata key/value as strings, with the `kv_overrides` this model was

@@ -32,6 +32,9 @@ class LlamaCppOptions:
     flash_attn: str | None = None
     # Where per-machine kernel decisions are cached (tuning.py); None: no tuning
     tune_dir: Path | None = None
+    # How many times a pick the load's measurement left open is measured again while the
+    # engine is idle, until one settles and is stored for the next load (0: never)
+    idle_tunes: int = 3
     # One KV stream per sequence slot instead of one unified cache. Unified, llama.cpp's
     # attention (without flash attention) spans every occupied cell of every sequence, so a
     # step's cost grows with the total context in use; split, each sequence attends over its

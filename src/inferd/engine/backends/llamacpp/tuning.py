@@ -31,10 +31,12 @@ the aggregate is within the noise, gets up to RECHECK_ROUNDS more rounds before 
 MEASURE_BUDGET_S lasts. Only a decision that stands beyond the noise (or a tie measured on a
 quiet machine) is stored: one the noise leaves open takes the aggregate's side for this load
 (a wrong side costs no more than the noise; "off" there cost 25 % at 16 streams on the AMD
-EPYC, where the aggregate said 0.85) and the next load measures again. Stored decisions are
-keyed by the CPU (model name and flags), the model file (name, size, mtime), llama.cpp's
-version, the threads, the step layout and RULE_VERSION (`tuning_key`); a later load with the
-same key reuses one without measuring.
+EPYC, where the aggregate said 0.85) and it is measured again while the engine is idle
+(`measure_when_idle`: the same measurement, `measure_steps`, one probe step per resumption,
+cut short by any request; up to `idle_tunes` times) and, failing that, at the next load.
+Stored decisions are keyed by the CPU (model name and flags), the model file (name, size,
+mtime), llama.cpp's version, the threads, the step layout and RULE_VERSION (`tuning_key`); a
+later load with the same key reuses one without measuring.
 """
 
 from __future__ import annotations
@@ -48,11 +50,11 @@ import os
 import statistics
 import time
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import llama_cpp
 
@@ -72,6 +74,7 @@ from inferd.engine.backends.llamacpp.options import (
 from inferd.errors import BackendError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 NOISE_FLOOR = 0.05  # relative: differences below 5 % are never taken as real
 # A shape this much slower with flash attention keeps it off whatever the aggregate says: the
@@ -128,9 +131,11 @@ class FlashAttnChoice:
     """The flash attention a context gets, where the choice came from and why.
 
     source: "forced" (settings, or a quantized V cache that needs it), "default" (GPU
-    offload, or tuning switched off), "measured" (at this load) or "cached" (measured
-    earlier on this machine for this model). `settled`: the measurement told the settings
-    apart (or found them level on a quiet machine); only a settled decision is stored."""
+    offload, tuning switched off, or a measurement that failed), "measured" (at this load),
+    "cached" (measured earlier on this machine for this model) or "idle" (measured again
+    while the engine was idle, for the next load). `settled`: the measurement told the
+    settings apart (or found them level on a quiet machine); only a settled decision is
+    stored, and an unsettled one at a load is measured again while the engine is idle."""
 
     mode: str  # "on", "off" or "auto"
     source: str
@@ -336,12 +341,33 @@ def choose_flash_attn(
         table = (measure or measure_shapes)(model, layout, options)
     except BackendError as exc:  # no memory for the probes, over time: off, not cached
         log.warning("flash attention not measured for %s: %s", path.name, exc)
-        return FlashAttnChoice("off", "default", f"measurement failed: {exc}")
+        return FlashAttnChoice("off", "default", f"measurement failed: {exc}", settled=False)
     verdict = decide(table)
     choice = FlashAttnChoice(verdict.mode, "measured", verdict.reason, table, verdict.settled)
     log.info("flash attention %s for %s: %s", verdict.mode, path.name, verdict.reason)
     if cache is not None and verdict.settled:
         cache.put(key, choice)
+    return choice
+
+
+def measure_when_idle(
+    model: Any, key: dict[str, Any], layout: StepLayout, options: LlamaCppOptions
+) -> Generator[None, None, FlashAttnChoice]:
+    """One more measurement of a pick the load left open, made one step at a time while the
+    engine is idle (`LlamaCppBackend.idle_work`); its decision is stored under the load's
+    `key` when it settles, for the next load: the running context keeps its kernel."""
+    try:
+        table = yield from measure_steps(model, layout, options)
+    except BackendError as exc:
+        log.warning("flash attention not measured while idle: %s", exc)
+        return FlashAttnChoice("off", "idle", f"measurement failed: {exc}", settled=False)
+    verdict = decide(table)
+    choice = FlashAttnChoice(
+        verdict.mode, "idle", f"measured while idle: {verdict.reason}", table, verdict.settled
+    )
+    log.info("flash attention %s: %s", verdict.mode, choice.reason)
+    if options.tune_dir is not None and verdict.settled:
+        DecisionCache(options.tune_dir).put(key, choice)
     return choice
 
 
@@ -425,6 +451,34 @@ def long_context(layout: StepLayout, cell_bytes: int) -> int:
     return max(LONG_MIN, fits)
 
 
+def to_end(work: Generator[None, None, T]) -> T:
+    """Run `work` through at once (a load's measurement) and return its result."""
+    while True:
+        try:
+            next(work)
+        except StopIteration as done:
+            return cast(T, done.value)
+
+
+class ActiveClock:
+    """Seconds a measurement has run, not counting the pauses at its yields (requests
+    served between the steps of a measurement made while the engine is idle)."""
+
+    def __init__(self) -> None:
+        self._spent = 0.0
+        self._since: float | None = time.perf_counter()  # None: paused
+
+    def __call__(self) -> float:
+        running = 0.0 if self._since is None else time.perf_counter() - self._since
+        return self._spent + running
+
+    def pause(self) -> Generator[None, None, None]:
+        """A yield, off the clock."""
+        self._spent, self._since = self(), None
+        yield
+        self._since = time.perf_counter()
+
+
 def measure_shapes(
     model: Any,
     layout: StepLayout,
@@ -433,33 +487,52 @@ def measure_shapes(
     long: int | None = None,
     steps: int = STEPS,
 ) -> tuple[ShapeTiming, ...]:
-    """Time every shape with flash attention off and on (the module's docstring); `long`
-    and `steps` bound it further (tests)."""
-    started = time.perf_counter()
+    """Time every shape with flash attention off and on (the module's docstring), at once;
+    `long` and `steps` bound it further (tests)."""
+    return to_end(measure_steps(model, layout, options, long=long, steps=steps))
+
+
+def measure_steps(
+    model: Any,
+    layout: StepLayout,
+    options: LlamaCppOptions,
+    *,
+    long: int | None = None,
+    steps: int = STEPS,
+) -> Generator[None, None, tuple[ShapeTiming, ...]]:
+    """`measure_shapes` one llama.cpp step at a time: it yields after making the probes and
+    after every decode, and returns the table. Time limits count only its own time, not
+    its pauses; closing it frees the probes."""
+    clock = ActiveClock()
 
     def in_time() -> None:
-        if time.perf_counter() - started > MEASURE_LIMIT_S:
+        if clock() > MEASURE_LIMIT_S:
             raise BackendError(f"the measurement took over {MEASURE_LIMIT_S:.0f} s")
 
     long = long or long_context(layout, layout.cell_bytes)
     n_batch = layout.n_batch
     with _probes(model, layout, options, long) as (off, on, streams):
+        yield from clock.pause()
         # the long sequence's prompt, in n_batch chunks; its first chunk bounds its length
         filled = 0
         while filled < long:
             part = min(n_batch, long - filled)
-            t = time.perf_counter()
+            spent = 0.0
             for probe in (off, on):
+                t = time.perf_counter()
                 probe.decode([(0, filled + i, False) for i in range(part)])
+                spent += time.perf_counter() - t
                 in_time()
+                yield from clock.pause()
             filled += part
-            per_token = (time.perf_counter() - t) / (2 * part)
+            per_token = spent / (2 * part)
             long = min(long, max(LONG_MIN, int(PREFILL_BUDGET_S / per_token)))
         prompts = [(s, i, False) for s in range(1, streams) for i in range(SHORT)]
         for probe in (off, on):  # the short streams' prompts, n_batch tokens a decode
             for start in range(0, len(prompts), n_batch):
                 probe.decode(prompts[start : start + n_batch])
                 in_time()
+                yield from clock.pause()
         short = list(range(1, streams))
         mixed = short[:MIXED_DECODES]
         chunk = min(MIXED_CHUNK, n_batch - len(mixed))
@@ -486,49 +559,53 @@ def measure_shapes(
             for tokens, _, _ in shapes.values():
                 probe.step(tokens)
                 in_time()
+                yield from clock.pause()
 
-        def time_round(name: str, setting: int) -> float:
+        def time_round(name: str, setting: int) -> Generator[None, None, float]:
             tokens, n, _ = shapes[name]
             probe = (off, on)[setting]
-            times = [probe.step(tokens) for _ in range(n)]
-            in_time()
+            times = []
+            for _ in range(n):
+                times.append(probe.step(tokens))
+                in_time()
+                yield from clock.pause()
             return statistics.median(times)
 
         weights = {name: weight for name, (_, _, weight) in shapes.items()}
-        table = time_rounds(weights, time_round, started)
+        table = yield from time_rounds(weights, time_round, clock)
     return table
 
 
 def time_rounds(
     weights: dict[str, float],
-    time_round: Callable[[str, int], float],
-    started: float,
-    clock: Callable[[], float] = time.perf_counter,
-) -> tuple[ShapeTiming, ...]:
+    time_round: Callable[[str, int], Generator[None, None, float]],
+    clock: Callable[[], float],
+) -> Generator[None, None, tuple[ShapeTiming, ...]]:
     """Rounds of every shape (`weights`' keys), the settings (0 off, 1 on) alternating which
-    goes first: ROUNDS, two once MEASURE_BUDGET_S since `started` has passed; then up to
-    RECHECK_ROUNDS more of the shapes `decide` doubts, while the budget lasts. `time_round`
-    gives one round's step time of a shape in a setting."""
+    goes first: ROUNDS, two once the measurement's `clock` has passed MEASURE_BUDGET_S; then
+    up to RECHECK_ROUNDS more of the shapes `decide` doubts, while the budget lasts.
+    `time_round` gives one round's step time of a shape in a setting (yielding between
+    steps, as this does)."""
     rounds: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in weights}
 
-    def run(r: int, names: tuple[str, ...]) -> None:
+    def run(r: int, names: tuple[str, ...]) -> Generator[None, None, None]:
         for setting in (0, 1) if r % 2 == 0 else (1, 0):
             for name in names:
-                rounds[name][setting].append(time_round(name, setting))
+                rounds[name][setting].append((yield from time_round(name, setting)))
 
     def table() -> tuple[ShapeTiming, ...]:
         return tuple(_timing(name, w, *rounds[name]) for name, w in weights.items())
 
     for r in range(ROUNDS):
-        if r >= 2 and clock() - started > MEASURE_BUDGET_S:
+        if r >= 2 and clock() > MEASURE_BUDGET_S:
             break
-        run(r, tuple(weights))
+        yield from run(r, tuple(weights))
     for r in range(ROUNDS, ROUNDS + RECHECK_ROUNDS):
         recheck = decide(table()).recheck
-        if not recheck or clock() - started > MEASURE_BUDGET_S:
+        if not recheck or clock() > MEASURE_BUDGET_S:
             break
         log.info("flash attention: measuring %s again", ", ".join(recheck))
-        run(r, recheck)
+        yield from run(r, recheck)
     return table()
 
 
@@ -542,14 +619,17 @@ def _timing(shape: str, weight: float, off: list[float], on: list[float]) -> Sha
     return ShapeTiming(shape, min(off), min(on), max(gap(off), gap(on)), weight)
 
 
-def tune(path: Path, options: LlamaCppOptions) -> FlashAttnChoice:
+def tune(path: Path, options: LlamaCppOptions) -> tuple[FlashAttnChoice, FlashAttnChoice | None]:
     """Measure afresh for this model file and options (its cached decision, if any, is
-    replaced when options.tune_dir is set): `inferd bench --tune`."""
+    replaced when options.tune_dir is set): `inferd bench --tune`. Also the decision that
+    was stored before (at a load, or by a server while idle), if any."""
     loaded = LlamaModel(path, options)
     try:
         n_ctx_train = int(llama_cpp.llama_model_n_ctx_train(loaded.model))
         cell_bytes = kv_cell_bytes(loaded.model, options)
         layout = step_layout(options, n_ctx_train=n_ctx_train, cell_bytes=cell_bytes)
-        return choose_flash_attn(loaded.model, path, options, layout, fresh=True)
+        key = tuning_key(path, layout, options)
+        before = DecisionCache(options.tune_dir).get(key) if options.tune_dir else None
+        return choose_flash_attn(loaded.model, path, options, layout, fresh=True), before
     finally:
         loaded.close()

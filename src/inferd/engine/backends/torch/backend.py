@@ -373,6 +373,10 @@ class TorchBackend:
             seq.sampler.close()
             seq.sampler = None
 
+    def idle_work(self) -> None:
+        """Nothing to do while idle."""
+        return None
+
     # ---- embeddings -----------------------------------------------------------------------
 
     def embed(self, inputs: Seq[Seq[int]]) -> list[list[float]]:
