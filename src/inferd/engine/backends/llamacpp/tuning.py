@@ -50,8 +50,8 @@ import os
 import statistics
 import time
 from array import array
-from collections.abc import Callable, Generator, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Generator
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -414,32 +414,37 @@ class _Probe:
         free_context(self.ctx, self.batch)
 
 
-@contextmanager
 def _probes(
-    model: Any, layout: StepLayout, options: LlamaCppOptions, long: int
-) -> Iterator[tuple[_Probe, _Probe, int]]:
-    """Two probe contexts, flash attention off and on, in the model's layout; and the
-    streams they hold (the long sequence is 0, the short ones 1 ... streams - 1)."""
+    model: Any,
+    layout: StepLayout,
+    options: LlamaCppOptions,
+    long: int,
+    stack: ExitStack,
+    clock: ActiveClock,
+) -> Generator[None, None, tuple[_Probe, _Probe, int]]:
+    """Two probe contexts, flash attention off and on, in the model's layout, made one at a
+    time (a pause after each) and closed with `stack`; and the streams they hold (the long
+    sequence is 0, the short ones 1 ... streams - 1)."""
     streams = max(2, min(layout.kv.max_seqs, 16))
     room = -(-(long + layout.n_batch + 8) // 256) * 256  # llama.cpp pads a stream to 256
     cells = streams * room if layout.kv.split else room + streams * (SHORT + 8)
-    with ExitStack() as stack:
-        probes = []
-        for fa in (0, 1):
-            cparams = context_params(
-                split=layout.kv.split,
-                cells=cells,
-                batch=layout.n_batch,
-                seqs=streams,
-                threads=layout.n_threads,
-                flash_attn=fa,
-                type_k=options.cache_type_k,
-                type_v=options.cache_type_v,
-            )
-            probe = _Probe(model, cparams, layout.n_batch)
-            stack.callback(probe.close)
-            probes.append(probe)
-        yield probes[0], probes[1], streams
+    probes = []
+    for fa in (0, 1):
+        cparams = context_params(
+            split=layout.kv.split,
+            cells=cells,
+            batch=layout.n_batch,
+            seqs=streams,
+            threads=layout.n_threads,
+            flash_attn=fa,
+            type_k=options.cache_type_k,
+            type_v=options.cache_type_v,
+        )
+        probe = _Probe(model, cparams, layout.n_batch)
+        stack.callback(probe.close)
+        probes.append(probe)
+        yield from clock.pause()
+    return probes[0], probes[1], streams
 
 
 def long_context(layout: StepLayout, cell_bytes: int) -> int:
@@ -500,7 +505,7 @@ def measure_steps(
     long: int | None = None,
     steps: int = STEPS,
 ) -> Generator[None, None, tuple[ShapeTiming, ...]]:
-    """`measure_shapes` one llama.cpp step at a time: it yields after making the probes and
+    """`measure_shapes` one llama.cpp step at a time: it yields after making each probe and
     after every decode, and returns the table. Time limits count only its own time, not
     its pauses; closing it frees the probes."""
     clock = ActiveClock()
@@ -511,8 +516,8 @@ def measure_steps(
 
     long = long or long_context(layout, layout.cell_bytes)
     n_batch = layout.n_batch
-    with _probes(model, layout, options, long) as (off, on, streams):
-        yield from clock.pause()
+    with ExitStack() as stack:
+        off, on, streams = yield from _probes(model, layout, options, long, stack, clock)
         # the long sequence's prompt, in n_batch chunks; its first chunk bounds its length
         filled = 0
         while filled < long:
