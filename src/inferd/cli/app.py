@@ -102,9 +102,11 @@ def serve(
 ) -> None:
     """Start the HTTP server."""
     from inferd.cli import server
+    from inferd.cli.allocator import configure_malloc
     from inferd.cli.launch import build
     from inferd.observability.logging import configure_logging
 
+    configure_malloc()  # before the server's threads start
     err = Console(stderr=True)
     try:
         if model:
