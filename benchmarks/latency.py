@@ -228,11 +228,31 @@ async def measure(
         r.after_cancelled = await follow_up(client, cut, cancel=True)
         r.others_cpu["cancel"] = watch.others()
         if target == "inferd":
-            health = (await client.get("/health")).json()
-            stored = sum(m.get("prefix_cache_bytes", 0) for m in health["models"])
-            r.prefix_store_mb = stored / 2**20
-    r.rss_mb, r.peak_rss_mb = rss(pid)
+            r.prefix_store_mb, (r.rss_mb, r.peak_rss_mb) = await settled_memory(client, pid)
+    if r.rss_mb is None:
+        r.rss_mb, r.peak_rss_mb = rss(pid)
     return r
+
+
+async def settled_memory(client: httpx.AsyncClient, pid: int) -> tuple[float, tuple[float, float]]:
+    """inferd's prefix store (MB) and its RSS and peak, read together: a finished request's
+    prefix state is saved (resident) just after its last token is sent and only then counted
+    in the store (a 1,955-token prompt's 43 MB, read too early, counted as the server's own),
+    so the RSS is read between two equal reads of the store."""
+
+    async def stored() -> float:
+        health = (await client.get("/health")).json()
+        return sum(m.get("prefix_cache_bytes", 0) for m in health["models"]) / 2**20
+
+    before = await stored()
+    for _ in range(20):
+        await asyncio.sleep(0.5)
+        memory = rss(pid)
+        after = await stored()
+        if after == before:
+            break
+        before = after
+    return after, memory
 
 
 def fmt(x: float | None, spec: str = ".0f") -> str:
