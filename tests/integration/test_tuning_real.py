@@ -137,6 +137,7 @@ def test_bench_tune_prints_the_table_and_stores_the_pick(
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout.strip().splitlines()[-1])
     assert doc["source"] == "measured" and doc["mode"] in ("on", "off")
+    assert doc["stored_before"]["mode"] == stored[0]["mode"]  # what loads used until now
     assert len(doc["table"]) == 5 and len(bounded) == 2
 
 
