@@ -18,7 +18,15 @@ from inferd.models.loading import llamacpp_factory
 from inferd.models.registry import ModelRegistry
 from inferd.models.spec import ModelSpec, bundled_model_path
 from inferd.storage.store import Store
-from tests.live import TEST_N_CTX, AppHandle, LiveServer, bundled_app, bundled_spec, free_port
+from tests.live import (
+    SHORT_N_CTX,
+    TEST_N_CTX,
+    AppHandle,
+    LiveServer,
+    bundled_app,
+    bundled_spec,
+    free_port,
+)
 from tests.postgres import PostgresServer, postgres_bindir
 
 # the helpers many test modules import from here
@@ -32,7 +40,7 @@ os.environ.setdefault("INFERD_TUNE_KERNELS", "false")
 # or living under tests/e2e or tests/conformance (servers on the real model), is marked `model`.
 # `make test-fast` runs the rest (`-m "not model"`): unit tests and the fake backend.
 _MODEL_FIXTURES = frozenset(
-    {"model_path", "real", "live_server", "store_registry", "store_app", "tool_server"}
+    {"model_path", "real", "short_ctx", "live_server", "store_registry", "store_app", "tool_server"}
     # the checkpoints tests/checkpoints.py builds from the bundled model (transformers)
     | {"smollm2_dir", "moe_dir", "mixtral_dir", "tiny_llama_dir"}
 )
@@ -60,6 +68,14 @@ def model_path() -> Path:
 async def real(model_path: Path) -> AsyncIterator[AppHandle]:
     """The app on the real engine and the bundled model, shared by the integration tests."""
     async with bundled_app(model_path) as handle:
+        yield handle
+
+
+@pytest.fixture(scope="session")
+async def short_ctx(model_path: Path) -> AsyncIterator[AppHandle]:
+    """The app on the real engine with a context of SHORT_N_CTX tokens, for the tests that
+    fill one to its end."""
+    async with bundled_app(model_path, n_ctx=SHORT_N_CTX) as handle:
         yield handle
 
 

@@ -24,10 +24,12 @@ from inferd.storage.store import Store
 
 # Small enough to keep the tests quick, big enough for every test's prompts.
 TEST_N_CTX = 2048
+# For the tests that fill a whole context: a 2,048-token prefill takes seconds on a CPU.
+SHORT_N_CTX = 256
 
 
 def bundled_spec(path: Path, **config: object) -> ModelSpec:
-    cfg = ModelConfig(path=path, n_ctx=TEST_N_CTX, **config)  # type: ignore[arg-type]
+    cfg = ModelConfig(path=path, **{"n_ctx": TEST_N_CTX, **config})  # type: ignore[arg-type]
     return ModelSpec(BUNDLED_NAME, path, cfg, BUNDLED_ALIASES)
 
 

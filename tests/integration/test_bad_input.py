@@ -422,31 +422,31 @@ async def test_chat_max_tokens_beyond_the_remaining_context(real: AppHandle) -> 
         await assert_nothing_scheduled(real, before)
 
 
-async def test_near_the_end_of_the_context(real: AppHandle) -> None:
+async def test_near_the_end_of_the_context(short_ctx: AppHandle) -> None:
     """Omitted max_tokens fills the context and finishes with `length`; one more than fits
-    is a 400 with the numbers."""
-    n_ctx = real.engine().info.n_ctx
+    is a 400 with the numbers. (On a short context: filling 2,048 tokens proves no more.)"""
+    n_ctx = short_ctx.engine().info.n_ctx
     room = 3
-    prompt = await filler(real, n_ctx - room)
-    resp = await post(real, COMPLETIONS, {"prompt": prompt, "ignore_eos": True})
+    prompt = await filler(short_ctx, n_ctx - room)
+    resp = await post(short_ctx, COMPLETIONS, {"prompt": prompt, "ignore_eos": True})
     assert resp.status_code == 200, resp.text
     body = resp.json()
     assert body["choices"][0]["finish_reason"] == "length"
     assert body["usage"]["prompt_tokens"] == n_ctx - room
     assert body["usage"]["completion_tokens"] == room
 
-    before = await idle_stats(real)
+    before = await idle_stats(short_ctx)
     err = assert_error(
-        await post(real, COMPLETIONS, {"prompt": prompt, "max_tokens": room + 1}),
+        await post(short_ctx, COMPLETIONS, {"prompt": prompt, "max_tokens": room + 1}),
         400,
         param="max_tokens",
         code="context_length_exceeded",
     )
     for number in (n_ctx, n_ctx - room, room, room + 1):
         assert str(number) in err["message"], err
-    await assert_nothing_scheduled(real, before)
+    await assert_nothing_scheduled(short_ctx, before)
 
-    exact = await post(real, COMPLETIONS, {"prompt": prompt, "max_tokens": room})
+    exact = await post(short_ctx, COMPLETIONS, {"prompt": prompt, "max_tokens": room})
     assert exact.status_code == 200, exact.text
     assert exact.json()["usage"]["completion_tokens"] <= room
 

@@ -89,3 +89,29 @@ async def test_one_request_stream_is_the_flat_outputs(engine: AsyncEngine) -> No
     assert outs[-1].finish_reason is FinishReason.LENGTH
     await asyncio.sleep(0)
     assert engine.finished == [("one", FinishReason.LENGTH)]  # type: ignore[attr-defined]
+
+
+async def test_the_consumer_gets_each_end_once_as_the_finish_hook_does(
+    engine: AsyncEngine,
+) -> None:
+    """`on_end` hands the consumer the engine client's own accounting: each request's final
+    output, and for one left early an ABORT final with the usage of what was read."""
+    ends: list[tuple[GenerationOutput, float]] = []
+    short, long = request("short", 2), request("long", 10_000)
+    gen = engine.generate_many([short, long], on_end=lambda out, s: ends.append((out, s)))
+    long_read = 0
+    async for batch in gen:
+        long_read += sum(len(o.token_ids) for o in batch if o.request_id == "long")
+        if long_read >= 5 and any(o.request_id == "short" for o, _ in ends):
+            break
+    await gen.aclose()
+    assert [(o.request_id, o.finish_reason) for o, _ in ends] == [
+        ("short", FinishReason.LENGTH),
+        ("long", FinishReason.ABORT),
+    ]
+    assert [(o.request_id, o.finish_reason) for o, _ in ends] == engine.finished  # type: ignore[attr-defined]
+    left = ends[1][0]
+    assert left.usage.prompt_tokens == len(PROMPT)
+    assert left.usage.completion_tokens == long_read  # what was read, not what ran on
+    assert left.time_to_first_token is not None and left.time_to_first_token > 0
+    assert all(seconds > 0 for _, seconds in ends)

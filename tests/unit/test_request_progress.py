@@ -1,5 +1,5 @@
-"""RequestProgress: what the engine client and the pipeline account for a request they
-read, one left early included."""
+"""RequestProgress: what the engine client accounts for a request it streams, one left
+early included (its finish hook and its consumer's `on_end` get that final)."""
 
 from __future__ import annotations
 

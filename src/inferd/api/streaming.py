@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from sse_starlette import EventSourceResponse
@@ -24,16 +24,33 @@ T = TypeVar("T")
 
 DONE = b"data: [DONE]\r\n\r\n"  # the OpenAI stream's last event
 
+# Compact JSON with non-ASCII escaped (an echoed prompt may hold lone surrogates, which
+# UTF-8 cannot encode); one encoder for all (`json.dumps` with `separators` builds one a call).
+encode_json: Callable[[Any], str] = json.JSONEncoder(separators=(",", ":")).encode
+
+# An event of a stream: a JSON object, as a dict or already encoded (a filled `EventTemplate`).
+Event = dict[str, Any] | str
+
 # What a stream writes: lists of events, each list in one write (what one engine step, or
 # several when the loop lagged, brought to the connection; never held back for more).
-Batches = AsyncIterator[list[dict[str, Any]]]
+Batches = AsyncIterator[Sequence[Event]]
+
+_HOLE = "\x00hole\x00"
 
 
-def _encoder() -> Callable[[Any], str]:
-    """Compact JSON with non-ASCII escaped (an echoed prompt may hold lone surrogates,
-    which UTF-8 cannot encode). One encoder per stream: `json.dumps` with `separators`
-    builds a new one for every call."""
-    return json.JSONEncoder(separators=(",", ":")).encode
+class EventTemplate:
+    """An event of a fixed shape but for one string (a token's text), encoded once with
+    `EventTemplate.HOLE` in that string's place and filled per event: the same text as
+    encoding the filled event whole, for the cost of encoding the string alone."""
+
+    HOLE = _HOLE
+    __slots__ = ("_head", "_tail")
+
+    def __init__(self, event: dict[str, Any]) -> None:
+        self._head, self._tail = encode_json(event).split(encode_json(_HOLE))
+
+    def fill(self, value: str) -> str:
+        return f"{self._head}{encode_json(value)}{self._tail}"
 
 
 class _EventStream(EventSourceResponse):
@@ -61,11 +78,13 @@ async def _framed(
     """Each batch's events as `prefix + JSON + suffix` in one write; a failure after the
     stream started as the dialect's `error_event`; then `tail`."""
     dialect = dialect_of(request.scope) or Dialect.OPENAI
-    encode = _encoder()
+    encode = encode_json
     try:
         async for batch in batches:
             if batch:
-                yield "".join([f"{prefix}{encode(e)}{suffix}" for e in batch]).encode()
+                yield "".join(
+                    [f"{prefix}{e if e.__class__ is str else encode(e)}{suffix}" for e in batch]
+                ).encode()
     except InferdError as exc:
         yield f"{prefix}{encode(error_event(dialect, exc))}{suffix}".encode()
     if tail:

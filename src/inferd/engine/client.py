@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncGenerator, Callable, Sequence
@@ -27,9 +28,13 @@ _INLINE_TOKENIZE_CHARS = 8192
 log = logging.getLogger(__name__)
 
 # Called with (model name, the final output, seconds from submit to finish) when a request
-# finishes in the engine, in the task that consumed it (observability and usage records read
-# it there). A request its consumer left early gets a final ABORT output with the usage so far.
+# finishes in the engine, in the task that consumed it. A request its consumer left early gets
+# a final ABORT output with the usage so far.
 FinishHook = Callable[[str, GenerationOutput, float], None]
+
+# A consumer's own view of the same ends (`generate_many`'s `on_end`): each request's final
+# output, or the ABORT one of a request left early, and the seconds since it was submitted.
+EndHook = Callable[[GenerationOutput, float], None]
 
 
 class EngineClient(Protocol):
@@ -47,12 +52,18 @@ class EngineClient(Protocol):
     def generate(self, request: GenerateRequest) -> AsyncGenerator[GenerationOutput, None]: ...
 
     def generate_many(
-        self, requests: Sequence[GenerateRequest]
+        self, requests: Sequence[GenerateRequest], *, on_end: EndHook | None = None
     ) -> AsyncGenerator[list[GenerationOutput], None]:
         """The outputs of several requests (one HTTP request's choices) as they arrive: all
         that arrived by the time the consumer runs, in one list (each request's outputs in
         order), so a consumer wakes once per engine step, however many requests and tokens
-        that step brought. Leaving early aborts the requests not finished."""
+        that step brought. Leaving early aborts the requests not finished.
+
+        `on_end` is called once per request as it ends: with its final output, before the
+        batch holding it is yielded, or, for a request left early, with an ABORT output
+        holding its usage so far, as the iteration closes. The engine client tracks each
+        request's progress for this; its consumers track none. A stopped engine raises
+        EngineStopped on the first iteration, before any request is submitted (no end)."""
         ...
 
     def abort(self, request_id: str) -> None: ...
@@ -106,8 +117,9 @@ class AsyncEngine:
         drafter: Drafter | None = None,
     ) -> None:
         self._backend = backend
-        self._name = name
-        self._on_finish = on_finish
+        self._on_finish: EndHook | None = (
+            None if on_finish is None else functools.partial(on_finish, name)
+        )
         self._core = EngineCore(
             backend,
             self._on_outputs,
@@ -186,7 +198,7 @@ class AsyncEngine:
                     yield out
 
     async def generate_many(
-        self, requests: Sequence[GenerateRequest]
+        self, requests: Sequence[GenerateRequest], *, on_end: EndHook | None = None
     ) -> AsyncGenerator[list[GenerationOutput], None]:
         if self._stopped or self._loop is None:
             raise EngineStopped("the engine is not running")
@@ -203,25 +215,27 @@ class AsyncEngine:
             while unfinished:
                 batch = await inbox.take()
                 for out in batch:
-                    run = runs[out.request_id]
-                    run.seen(out)
-                    if out.finished:
+                    runs[out.request_id].seen(out)
+                    if out.finish_reason is not None:
                         unfinished -= 1
-                        self._finished(out, started)
+                        self._ended(out, started, on_end)
                 yield batch
         finally:
             for rid, run in runs.items():
                 self._inboxes.pop(rid, None)
                 if not run.ended:
                     self._core.abort(rid)
-                    self._finished(run.abandoned(), started)
+                    self._ended(run.abandoned(), started, on_end)
 
-    def _finished(self, out: GenerationOutput, started: float) -> None:
-        if self._on_finish is not None:
-            try:
-                self._on_finish(self._name, out, time.monotonic() - started)
-            except Exception:  # observing must never break a generation
-                log.exception("on_finish hook failed")
+    def _ended(self, out: GenerationOutput, started: float, on_end: EndHook | None) -> None:
+        """A request's end, to the engine's finish hook and the consumer's `on_end`."""
+        seconds = time.monotonic() - started
+        for hook in (self._on_finish, on_end):
+            if hook is not None:
+                try:
+                    hook(out, seconds)
+                except Exception:  # accounting must never break a generation nor leak one
+                    log.exception("a generation's end hook failed")
 
     def abort(self, request_id: str) -> None:
         self._core.abort(request_id)

@@ -1,8 +1,9 @@
-"""One request's progress as a consumer of its outputs reads it, for its accounting.
+"""One request's progress as its consumer reads it, for its accounting.
 
-The engine client (its finish hook) and the API pipeline (the request's record and the
-generation observer) each account for every request they read, a request left early
-included: this is the one place that knows what such a request's final output says.
+The engine client tracks every request it streams (`generate_many`) with one of these and
+reports each end once, a request left early included, to the engine's finish hook and to
+the consumer's `on_end` (the API pipeline: the request's record and the generation
+observer); this is the one place that knows what such a request's final output says.
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ from inferd.api.pipeline.request import (
 from inferd.api.pipeline.run import ChoiceResult, Run
 from inferd.api.pipeline.template_vars import template_variables
 from inferd.api.pipeline.tools import ToolOutput, ToolRequest, tool_request
+from inferd.api.streaming import Event, EventTemplate
 from inferd.api.structured import JSON_OBJECT, TEXT, OutputFormat, schema_format
 from inferd.config import Settings
 from inferd.engine.types import FinishReason, GenerationOutput, Usage
@@ -436,7 +437,7 @@ def completion(
 
 async def chat_chunks(
     rid: str, run: Run, n: int, *, include_usage: bool, legacy: bool = False
-) -> AsyncIterator[list[dict[str, Any]]]:
+) -> AsyncIterator[list[Event]]:
     """chat.completion.chunk objects, then the usage chunk if asked for; a list of them per
     batch of the engine's outputs (written together). With tools, text that may start a
     call is held back; each call then comes as OpenAI streams it: a delta with its index,
@@ -462,22 +463,30 @@ async def chat_chunks(
         for i in range(n)
     ]
     streams = [run.tools.stream() for _ in range(n)] if run.tools is not None else None
+    # a choice's text delta, the chunk of nearly every token: encoded once, filled per token
+    deltas = [
+        EventTemplate(
+            chunk([{"index": i, "delta": {"content": EventTemplate.HOLE}, "finish_reason": None}])
+        )
+        for i in range(n)
+    ]
 
-    def chunks_of(i: int, out: GenerationOutput) -> Iterator[dict[str, Any]]:
+    def chunks_of(i: int, out: GenerationOutput) -> Iterator[Event]:
         part = run.split(i, out)
         if part.reasoning:
             delta = {"reasoning_content": part.reasoning}
             yield chunk([{"index": i, "delta": delta, "finish_reason": None}])
         text = part.content if streams is None else streams[i].feed(part.content)
-        if text or (scoring and out.logprobs):
+        if scoring and (text or out.logprobs):
             choice: dict[str, Any] = {
                 "index": i,
                 "delta": {"content": text},
                 "finish_reason": None,
+                "logprobs": lp.chat_logprobs(describers[i], out.logprobs),
             }
-            if scoring:
-                choice["logprobs"] = lp.chat_logprobs(describers[i], out.logprobs)
             yield chunk([choice])
+        elif text:
+            yield deltas[i].fill(text)
         if out.finish_reason is not None:
             truncated = out.finish_reason is FinishReason.LENGTH
             tail = ToolOutput("") if streams is None else streams[i].finish(truncated=truncated)
@@ -516,7 +525,7 @@ def _tail_deltas(tail: ToolOutput, legacy: bool) -> list[dict[str, Any]]:
 
 async def completion_chunks(
     rid: str, run: Run, req: s.CompletionRequest, *, include_usage: bool
-) -> AsyncIterator[list[dict[str, Any]]]:
+) -> AsyncIterator[list[Event]]:
     """text_completion chunks (with `echo`, a choice's first one starts with its prompt),
     then the usage chunk if asked for; a list of them per batch of the engine's outputs."""
     created = now()
@@ -536,7 +545,17 @@ async def completion_chunks(
             body["usage"] = usage.model_dump() if usage else None
         return body
 
-    def chunks_of(i: int, out: GenerationOutput) -> Iterator[dict[str, Any]]:
+    # a choice's text, the chunk of nearly every token: encoded once, filled per token
+    texts = [
+        EventTemplate(
+            chunk(
+                [{"index": i, "text": EventTemplate.HOLE, "finish_reason": None, "logprobs": None}]
+            )
+        )
+        for i in range(len(run.requests))
+    ]
+
+    def chunks_of(i: int, out: GenerationOutput) -> Iterator[Event]:
         reason = finish_reason(out.finish_reason)
         text = out.text
         scored: list[ScoredToken] = []
@@ -552,7 +571,10 @@ async def completion_chunks(
                     )
         if scoring:
             scored += describer.scored(out.logprobs)
-        if text or reason or scored:
+        if not scoring and reason is None:
+            if text:
+                yield texts[i].fill(text)
+        elif text or reason or scored:
             logprobs = lp.completion_logprobs(scored) if scoring else None
             yield chunk([{"index": i, "text": text, "finish_reason": reason, "logprobs": logprobs}])
 

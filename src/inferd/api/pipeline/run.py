@@ -6,7 +6,7 @@ validate -> resolve model -> render/tokenize -> budget -> admit -> run -> stream
 `prepare` does everything up to admission (each failure a status, before any byte of the
 response); the `Run` it returns streams or collects the choices. Every sequence's end, or its
 abandonment, goes on the request's record and to the generation observer (metrics, spans),
-once, here.
+once, as the engine client reports it (`generate_many`'s `on_end`).
 """
 
 from __future__ import annotations
@@ -46,7 +46,6 @@ from inferd.api.sessions import Exchange, open_exchange, session_of
 from inferd.api.streaming import cancel_on_disconnect
 from inferd.api.structured import check_format
 from inferd.config import Settings
-from inferd.engine.progress import RequestProgress
 from inferd.engine.types import (
     FinishReason,
     GenerateRequest,
@@ -55,7 +54,7 @@ from inferd.engine.types import (
     TokenLogprob,
     Usage,
 )
-from inferd.errors import BackendError, EngineStopped, GenerationInterrupted
+from inferd.errors import BackendError, GenerationInterrupted
 from inferd.models.registry import LoadedModel
 
 if TYPE_CHECKING:
@@ -163,41 +162,29 @@ class Run:
 
     async def _outputs(self) -> AsyncIterator[list[tuple[int, GenerationOutput]]]:
         """Every choice's outputs, from one engine stream for all of them. Each sequence's
-        final output goes on the record (an ABORT one with the usage so far when it is left
-        early); an ERROR one raises BackendError, an ABORT one (its engine stopped: an
-        unload, a shutdown) GenerationInterrupted, after the outputs before it."""
-        started = time.monotonic()
-        choices = {
-            r.request_id: (i, RequestProgress(r, started)) for i, r in enumerate(self.requests)
-        }
-        try:
-            async with contextlib.aclosing(self.model.engine.generate_many(self.requests)) as gen:
-                async for batch in gen:
-                    tagged: list[tuple[int, GenerationOutput]] = []
-                    for out in batch:
-                        index, choice = choices[out.request_id]
-                        choice.seen(out)
-                        if out.finish_reason is not None:
-                            self._ended(out, started)
-                        if out.finish_reason in _FAILED:
-                            if tagged:
-                                yield tagged
-                            raise _failure(out)
-                        tagged.append((index, out))
-                    yield tagged
-        except EngineStopped:
-            for _, choice in choices.values():
-                choice.ended = True  # never submitted: nothing to account for
-            raise
-        finally:
-            for _, choice in choices.values():
-                if not choice.ended:
-                    self._ended(choice.abandoned(), started)
+        end goes on the record and to the observer as the engine client reports it (its
+        final output, or an ABORT one with the usage so far when it is left early); an
+        ERROR final raises BackendError, an ABORT one (its engine stopped: an unload, a
+        shutdown) GenerationInterrupted, after the outputs before it."""
+        index = {r.request_id: i for i, r in enumerate(self.requests)}
+        engine = self.model.engine
+        async with contextlib.aclosing(
+            engine.generate_many(self.requests, on_end=self._ended)
+        ) as gen:
+            async for batch in gen:
+                tagged: list[tuple[int, GenerationOutput]] = []
+                for out in batch:
+                    if out.finish_reason is not None and out.finish_reason in _FAILED:
+                        if tagged:
+                            yield tagged
+                        raise _failure(out)
+                    tagged.append((index[out.request_id], out))
+                yield tagged
 
-    def _ended(self, out: GenerationOutput, started: float) -> None:
+    def _ended(self, out: GenerationOutput, seconds: float) -> None:
         self.record.finished(out)
         if self.observe is not None:
-            self.observe(self.model.name, out, time.monotonic() - started)
+            self.observe(self.model.name, out, seconds)
 
 
 _FAILED = (FinishReason.ERROR, FinishReason.ABORT)
