@@ -449,11 +449,9 @@ async def test_concurrent_requests_with_and_without_drafts(engines) -> None:  # 
     assert spec.stats().kv_cells_used == 0
 
 
-async def test_drafting_stops_where_the_guesses_are_wrong(engines) -> None:  # type: ignore[no-untyped-def]
-    """Where a step's tokens cost time (as on a CPU) and the lookup's guesses are wrong, a
-    sequence drafts at most once (before a longer step's cost is measured, on the first
-    estimate) and never again: every guess counts, drafted or not, and there are no
-    probes."""
+async def test_drafting_pauses_when_drafts_keep_failing(engines) -> None:  # type: ignore[no-untyped-def]
+    """Where a step's tokens cost time (as on a CPU) and drafts after short matches are
+    rejected, a sequence soon stops drafting."""
     # "q" then a new letter each time: every 1-gram lookup of "q" guesses the letter that
     # followed the last "q", and is wrong
     # (never "q" itself as the letter: "qq" would make a guess right)
@@ -466,9 +464,9 @@ async def test_drafting_stops_where_the_guesses_are_wrong(engines) -> None:  # t
     assert summary(outs) == summary(await generate(plain, "hi", max_tokens=110))
     usage = outs[-1].usage
     assert usage.draft_accepted == 0
-    # the first lookup of "q" guesses two tokens ("A", then "q"): drafted on the first
-    # estimate while a three-token step's cost is the prior's, then nothing
-    assert usage.draft_tokens <= 2
+    # Every lookup of "q" found a match, each of one token (weak): a draft or two on the
+    # prior's estimate, then none (no probes after short matches)
+    assert 0 < usage.draft_tokens <= 2 * 8
 
 
 async def test_long_drafts_where_they_are_accepted_even_if_tokens_cost(engines) -> None:  # type: ignore[no-untyped-def]
