@@ -16,9 +16,7 @@ draft lengths are `--spec-ngram-simple-size-n` (12) and `-size-m` (48); `--draft
 A request's speed is its decode phase: (completion tokens - 1) / (last text - first text),
 from a streamed /v1/completions. At concurrency C, C copies of the request run together and
 their speeds are averaged. The table gives tokens/s per target and workload (median over the
-rounds), the ratio to inferd without speculation with its spread (each round's ratio is taken
-between the two targets' runs of that round, next to each other in time: the median of those
-paired ratios, and their least and greatest), and whether the greedy texts were the same.
+rounds), the ratio to inferd without speculation, and whether the greedy texts were the same.
 
     .venv/bin/python benchmarks/speculative.py --rounds 5
     .venv/bin/python benchmarks/speculative.py --concurrency 1 4 --llama-server /path/llama-server
@@ -162,7 +160,7 @@ async def run_cell(base: str, prompt: str, c: int, max_tokens: int, cell: Cell) 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--max-tokens", type=int, default=256)
     p.add_argument("--concurrency", type=int, nargs="+", default=[1])
     p.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), default=list(WORKLOADS))
@@ -225,48 +223,33 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def paired(cell: Cell, base: Cell) -> list[float]:
-    """The ratio of `cell`'s speed to `base`'s in each round (run next to each other)."""
-    return [v / b for v, b in zip(cell.speeds, base.speeds, strict=False) if v and b]
-
-
 def report(
     cells: dict[tuple[str, str, int], Cell],
     args: argparse.Namespace,
     labels: list[str],
     console: Console,
 ) -> list[dict[str, Any]]:
-    table = Table(
-        title=f"decode tokens/s (median of {args.rounds} rounds), ratio to inferd: median of "
-        "the rounds' paired ratios [least-greatest]"
-    )
+    table = Table(title=f"decode tokens/s (median of {args.rounds} rounds), ratio to inferd")
     for col in ("workload", "C", *labels, "same text"):
         table.add_column(col, justify="left" if col == "workload" else "right")
     rows = []
     for name in args.workloads:
         for c in args.concurrency:
-            base = cells[("inferd", name, c)]
+            base = cells[("inferd", name, c)].median
             row: dict[str, Any] = {"workload": name, "concurrency": c}
             shown = [name, str(c)]
             for label in labels:
                 cell = cells[(label, name, c)]
                 v = cell.median
-                ratios = paired(cell, base)
-                ratio = statistics.median(ratios) if ratios else None
+                ratio = v / base if v and base else None
                 row[label] = {
                     "tokens_per_s": v,
                     "ratio": ratio,
-                    "round_ratios": ratios,
                     "speeds": cell.speeds,
                     "completion_tokens": statistics.mean(cell.tokens) if cell.tokens else None,
                 }
-                if v is None or ratio is None:
-                    shown.append("—")
-                elif label == "inferd":
-                    shown.append(f"{v:.1f}")
-                else:
-                    shown.append(f"{v:.1f} ({ratio:.2f}x [{min(ratios):.2f}-{max(ratios):.2f}])")
-            same = base.texts == cells[("inferd ngram", name, c)].texts
+                shown.append("—" if v is None else f"{v:.1f} ({ratio or 0:.2f}x)")
+            same = cells[("inferd", name, c)].texts == cells[("inferd ngram", name, c)].texts
             row["same_text_inferd"] = same
             shown.append("yes" if same else "NO")
             rows.append(row)

@@ -2,13 +2,11 @@
 
 Drafting is deterministic given the answer: a draft's accepted tokens are its common prefix
 with the greedy answer. `record` writes the greedy answers of benchmarks/speculative.py's
-workloads (the bundled model, in process, C = 1), without drafting and with it (they may part
-at a near-tie: llama.cpp computes a multi-token step with other kernels), and the decode cost
-by tokens in a step; `replay` runs the engine's drafting rule (`NgramDrafter`, `StepCosts`
-learned from nothing as the engine learns them, or with `--warm` known from the start, as
-after a first request) over each answer and prints the ratio of the plain decode time to the
-drafted one by that cost table, the steps and the drafts, beside an oracle that drafts
-exactly what will be accepted (the bound for the table); `--trace` prints each step.
+workloads (the bundled model, in process, no drafting) and the decode cost by tokens in a
+step; `replay` runs the engine's drafting rule (`NgramDrafter`, `DraftState`, `StepCosts`
+learned from nothing as the engine learns them) over each answer and prints the ratio of
+the plain decode time to the drafted one by that cost table, the steps and the drafts,
+beside an oracle that drafts exactly what will be accepted (the bound for the table).
 
     PYTHONPATH=src .venv/bin/python benchmarks/speculative_replay.py record answers.json
     PYTHONPATH=src .venv/bin/python benchmarks/speculative_replay.py replay answers.json \\
@@ -47,27 +45,22 @@ async def record(max_tokens: int, threads: int) -> dict[str, object]:
 
     model = bundled_model_path()
     config = ModelConfig(path=model, n_ctx=4096, max_seqs=1, flash_attn="off", n_threads=threads)
-    spec = ModelSpec(BUNDLED_NAME, model, config, ())
-    plain = AsyncEngine(llamacpp_loader()(spec))
-    backend = cast("LlamaCppBackend", plain.backend)
+    engine = AsyncEngine(llamacpp_loader()(ModelSpec(BUNDLED_NAME, model, config, ())))
+    backend = cast("LlamaCppBackend", engine.backend)
+    answers: dict[str, dict[str, list[int]]] = {}
     prompt = backend.tokenize(chat(WORKLOADS["quote"]), add_special=False, parse_special=True)
     costs = step_costs(backend, prompt)  # before the engine's thread runs the backend
-    drafting = AsyncEngine(llamacpp_loader()(spec), drafter=NgramDrafter())
-    answers: dict[str, dict[str, list[int]]] = {}
-    plain.start()
-    drafting.start()
+    engine.start()
     try:
         for name, text in WORKLOADS.items():
-            tokens = await plain.tokenize(chat(text))
+            tokens = await engine.tokenize(chat(text))
             sampling = SamplingParams(temperature=0.0, max_tokens=max_tokens)
             req = GenerateRequest(name, tuple(tokens), sampling)
-            answer = [t async for out in plain.generate(req) for t in out.token_ids]
-            drafted = [t async for out in drafting.generate(req) for t in out.token_ids]
-            answers[name] = {"prompt": tokens, "answer": answer, "drafted": drafted}
+            answer = [t async for out in engine.generate(req) for t in out.token_ids]
+            answers[name] = {"prompt": tokens, "answer": answer}
             print(f"{name}: {len(tokens)} prompt tokens, {len(answer)} answer tokens")
     finally:
-        await plain.stop()
-        await drafting.stop()
+        await engine.stop()
     print("decode cost by tokens in a step:", " ".join(f"{n}:{c:.2f}" for n, c in costs.items()))
     return {"costs": costs, "answers": answers}
 
@@ -99,13 +92,12 @@ def table(costs: dict[int, float]) -> StepCosts:
 
 
 def replay(
-    prompt: list[int], answer: list[int], costs: StepCosts, max_draft: int, *, warm: bool
-) -> tuple[float, int, int, int, list[str]]:
-    """(plain time / drafted time, steps, draft tokens accepted, fed, a line per step) of
-    the drafted decode phase (from the answer's second token: the first is the prompt
-    step's); the step costs learnt from nothing, or with `warm` the table's from the start."""
+    prompt: list[int], answer: list[int], costs: StepCosts, max_draft: int
+) -> tuple[float, int, int, int]:
+    """(plain time / drafted time, steps, draft tokens accepted, fed) of the drafted decode
+    phase (from the answer's second token: the first is the prompt step's)."""
     drafter = NgramDrafter(max_draft=max_draft)
-    learned = costs if warm else StepCosts()
+    learned = StepCosts()
     state = drafter.start()
     seq = Sequence(
         GenerateRequest("r", tuple(prompt)),
@@ -115,32 +107,28 @@ def replay(
         n_prompt=len(prompt),
         drafting=state,
     )
-    i, seconds, trace = 1, 0.0, []
+    i, steps, seconds = 1, 0, 0.0
     while i < len(answer):
         draft = drafter.propose(seq, room_for(seq, 1 << 16), DraftStep(learned, 1, 1))
         accepted = _common(draft, answer[i:])
         if draft:
             state.record(len(draft), accepted)
         cost = costs.cost(1 + len(draft))
-        if not warm:
-            learned.observe(1 + len(draft), cost)
-        trace.append(f"{i:4d} match {state.match:3d} draft {len(draft)} accepted {accepted}")
+        learned.observe(1 + len(draft), cost)
         seq.tokens += answer[i : i + accepted + 1]
         i += accepted + 1
+        steps += 1
         seconds += cost
-    ratio = (len(answer) - 1) * costs.cost(1) / seconds
-    return ratio, len(trace), state.accepted, state.proposed, trace
+    return (len(answer) - 1) * costs.cost(1) / seconds, steps, state.accepted, state.proposed
 
 
 def oracle(prompt: list[int], answer: list[int], costs: StepCosts, max_draft: int) -> float:
-    """The ratio when each step drafts the best number of the tokens that will be accepted
-    (of those the drafter's lookup finds)."""
+    """The ratio when each step drafts the best number of the tokens that will be accepted."""
     drafter = NgramDrafter(max_draft=max_draft)
     state = drafter.start()
     tokens, i, seconds = [*prompt, answer[0]], 1, 0.0
     while i < len(answer):
-        source, _ = drafter.lookup(state, tokens)
-        found = tuple(tokens[source : source + max_draft]) if source >= 0 else ()
+        found, _ = drafter.lookup(state, tokens, max_draft)
         good = _common(found, answer[i:])
         k = max(range(good + 1), key=lambda k: (k + 1) / costs.cost(k + 1) if k != 1 else 0)
         tokens += answer[i : i + k + 1]
@@ -167,8 +155,6 @@ def main() -> None:
     rep.add_argument("path", type=Path)
     rep.add_argument("--max-draft", type=int, default=8)
     rep.add_argument("--costs", nargs="*", help="tokens:cost pairs instead of the recorded")
-    rep.add_argument("--warm", action="store_true", help="the step costs known from the start")
-    rep.add_argument("--trace", action="store_true", help="print each step")
     args = parser.parse_args()
     if args.command == "record":
         args.path.write_text(json.dumps(asyncio.run(record(args.max_tokens, args.threads))))
@@ -177,21 +163,13 @@ def main() -> None:
     pairs = [p.split(":") for p in args.costs] if args.costs else data["costs"].items()
     costs = table({int(n): float(c) for n, c in pairs})
     for name, run in data["answers"].items():
-        for kind in ("answer", "drafted"):
-            if kind not in run:
-                continue
-            prompt, answer = run["prompt"], run[kind]
-            ratio, steps, accepted, fed, trace = replay(
-                prompt, answer, costs, args.max_draft, warm=args.warm
-            )
-            bound = oracle(prompt, answer, costs, args.max_draft)
-            label = f"{name} ({'drafted' if kind == 'drafted' else 'plain'})"
-            print(
-                f"{label:18s} {ratio:.2f}x  {steps} steps for {len(answer) - 1} tokens, "
-                f"drafts {accepted}/{fed} accepted; oracle {bound:.2f}x"
-            )
-            if args.trace:
-                print("\n".join(trace))
+        prompt, answer = run["prompt"], run["answer"]
+        ratio, steps, accepted, fed = replay(prompt, answer, costs, args.max_draft)
+        bound = oracle(prompt, answer, costs, args.max_draft)
+        print(
+            f"{name:8s} {ratio:.2f}x  {steps} steps for {len(answer) - 1} tokens, "
+            f"drafts {accepted}/{fed} accepted; oracle {bound:.2f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -19,18 +19,13 @@ from inferd.engine.detokenizer import Detokenizer
 from inferd.engine.scheduler import Scheduler, StepPlan
 from inferd.engine.sequence import Chunk, Sequence
 from inferd.engine.speculative import (
-    MATCH_CAP,
-    MATCH_CLASSES,
+    LONG_MATCH,
     MAX_PAUSE,
     MIN_DRAFT,
-    MIN_GAIN,
     DraftStep,
     NgramDrafter,
     NgramState,
-    ProbingState,
     StepCosts,
-    match_class,
-    room_for,
 )
 from inferd.engine.types import GenerateRequest, GenerationOutput, SamplingParams
 from inferd.errors import ConfigError
@@ -93,14 +88,13 @@ def test_draft_follows_the_latest_occurrence_of_the_longest_ngram() -> None:
 
 def test_lookup_tells_how_long_the_match_is() -> None:
     drafter = NgramDrafter(max_draft=4, ngram_min=2, ngram_max=3)
-    # the 3-gram (3, 4, 5) matched, and before it 2 and 1 too: the whole start
+    state = drafter.start()
+    # the 3-gram (3, 4, 5) matched, and before it 2 (and 1) too: a match of LONG_MATCH
     tokens = [1, 2, 3, 4, 5, 6, 7, 1, 2, 3, 4, 5]
-    assert drafter.lookup(drafter.start(), tokens) == (5, 5)
+    assert drafter.lookup(state, tokens, 4) == ((6, 7, 1, 2), LONG_MATCH)
     # only the 2-gram (4, 5) matches, and the tokens before it differ (9 against 3)
-    assert drafter.lookup(drafter.start(), [*tokens[:7], 9, 4, 5]) == (5, 2)
-    assert drafter.lookup(drafter.start(), [1, 2, 3]) == (-1, 0)
-    text = list(range(100, 200))  # counted up to the longest class's least
-    assert drafter.lookup(drafter.start(), [*text, *text[:50]]) == (50, MATCH_CAP)
+    assert drafter.lookup(drafter.start(), [*tokens[:7], 9, 4, 5], 4) == ((6, 7, 9, 4), 2)
+    assert drafter.lookup(drafter.start(), [1, 2, 3], 4) == ((), 0)
 
 
 def test_the_index_grows_with_the_sequence_as_if_built_at_once() -> None:
@@ -110,12 +104,12 @@ def test_the_index_grows_with_the_sequence_as_if_built_at_once() -> None:
     grown = seq_of(tokens[:20], drafter)
     assert isinstance(grown.drafting, NgramState)
     for t in tokens[20:]:
-        drafter.lookup(grown.drafting, grown.tokens)
+        drafter.lookup(grown.drafting, grown.tokens, 8)
         grown.tokens.append(t)
     whole = seq_of(tokens, drafter)
     assert isinstance(whole.drafting, NgramState)
-    assert drafter.lookup(grown.drafting, grown.tokens) == drafter.lookup(
-        whole.drafting, whole.tokens
+    assert drafter.lookup(grown.drafting, grown.tokens, 8) == drafter.lookup(
+        whole.drafting, whole.tokens, 8
     )
     assert grown.drafting.index == whole.drafting.index
     for n, index in whole.drafting.index.items():  # each n-gram -> after its latest occurrence
@@ -147,130 +141,29 @@ def test_step_costs_are_measured_per_size_and_interpolated() -> None:
 def test_draft_length_weighs_acceptance_against_the_cost_of_tokens() -> None:
     cheap = costs(t1=0.010, t17=0.012)  # a GPU: tokens in a step are almost free
     cpu = costs(t1=0.010, t9=0.030)  # a CPU: a token costs a quarter of a step
-    assert DraftStep(cheap, 1, 1).choose([0.9] * 16)[0] == 16
-    assert DraftStep(cheap, 1, 1).choose([0.5] * 16)[0] >= 4  # a token more still worth it
-    assert DraftStep(cpu, 1, 1).choose([0.97] * 16)[0] >= 8  # quoting: long drafts pay
-    k, gain = DraftStep(cpu, 1, 1).choose([0.8] * 16)
+    assert DraftStep(cheap, 1, 1).choose(0.9, 16)[0] == 16
+    assert DraftStep(cheap, 1, 1).choose(0.5, 16)[0] >= 4  # where a token more is still worth it
+    assert DraftStep(cpu, 1, 1).choose(0.97, 16)[0] >= 8  # quoting: long drafts pay
+    k, gain = DraftStep(cpu, 1, 1).choose(0.8, 16)
     assert 2 <= k <= 5 and gain > 1.3  # short ones when more are rejected
-    assert DraftStep(cpu, 1, 1).choose([0.3] * 16)[1] < 1  # free writing: none pays
-    # the chance of each token: a draft stops before a token unlikely to be accepted
-    assert DraftStep(cpu, 1, 1).choose([0.97] * 5 + [0.1] * 11)[0] == 5
-    assert DraftStep(cpu, 1, 1).choose([0.9])[1] == 0  # too few for a draft
+    assert DraftStep(cpu, 1, 1).choose(0.3, 16)[1] < 1  # free writing: none pays
     # beside seven other decoding sequences a draft slows all eight: it pays less
     busy = costs(t8=0.020, t16=0.040)
-    assert DraftStep(busy, 8, 8).choose([0.8] * 8)[1] < MIN_GAIN
-    assert DraftStep(cpu, 1, 1).choose([0.8] * 8)[1] > MIN_GAIN
-    step = DraftStep(cpu, 1, 1)
-    assert step.take([0.3] * 8) == 0 and (step.tokens, step.expected) == (1, 1)
-    assert step.take([0.97] * 8) == 8 and step.tokens == 9
-    assert step.expected == pytest.approx(1 + sum(0.97**i for i in range(1, 9)))
+    assert DraftStep(busy, 8, 8).choose(0.8, 8)[1] < 1.05 < DraftStep(cpu, 1, 1).choose(0.8, 8)[1]
 
 
-# what a step costs by its tokens on a 2-core CPU (SmolLM2-135M Q4_1, measured): a token
-# more costs about half a one-token step
-CPU = costs(t1=0.0100, t2=0.0158, t3=0.0209, t4=0.0218, t5=0.0269, t7=0.0357, t9=0.0405, t13=0.0617)
-
-
-def decode(
-    drafter: NgramDrafter, seq: Sequence, answer: list[int], step_costs: StepCosts
-) -> list[tuple[int, int]]:
-    """Decode `answer` after `seq.tokens` as the engine would, each draft verified against
-    it: (draft tokens, accepted) per step."""
+def test_a_sequence_probes_after_longer_pauses_while_drafts_do_not_pay() -> None:
+    drafter = NgramDrafter(max_draft=8, ngram_min=1, ngram_max=1)
+    cpu = costs(t1=0.010, t9=0.030)
+    seq = seq_of([*range(1, 10), *range(1, 10), 1], drafter)  # every lookup: 8 tokens
     state = seq.drafting
     assert state is not None
-    steps = []
-    i = 0
-    while i < len(answer):
-        draft = drafter.propose(seq, room_for(seq, 64), DraftStep(step_costs, 1, 1))
-        accepted = 0
-        while accepted < len(draft) and i + accepted < len(answer):
-            if draft[accepted] != answer[i + accepted]:
-                break
-            accepted += 1
-        if draft:
-            state.record(len(draft), accepted)
-        seq.tokens += answer[i : i + accepted + 1]
-        i += accepted + 1
-        steps.append((len(draft), accepted))
-    return steps
-
-
-def test_match_classes_double() -> None:
-    assert [match_class(m) for m in (1, 2, 3, 4, 7, 8, 15, 16, 31)] == [0, 1, 1, 2, 2, 3, 3, 4, 4]
-    assert match_class(MATCH_CAP) == match_class(10_000) == MATCH_CLASSES - 1
-
-
-def test_free_writing_learns_from_its_guesses_and_never_drafts() -> None:
-    """Free text: short chance matches whose guesses are wrong. Every guess counts, drafted
-    or not, so nothing is drafted, not even a probe, and no draft's cost is paid to learn
-    that (where a token more in a step costs half a step, the first estimate does not
-    draft either)."""
-    rng = random.Random(3)
-    drafter = NgramDrafter(max_draft=8)
-    seq = seq_of([rng.randrange(1, 1000) for _ in range(50)], drafter)
-    state = seq.drafting
-    assert isinstance(state, NgramState)
-    steps = decode(drafter, seq, [rng.randrange(1000, 1030) for _ in range(400)], CPU)
-    assert len(steps) == 400 and state.proposed == 0
-    short = match_class(2)  # (the counts decay: about the last twenty weigh)
-    assert state.guesses.misses[short] > 10 > 5 * state.guesses.hits[short]
-    assert state.guesses.chances(2, 8)[0] < 0.2
-
-
-def test_a_copied_run_drafts_once_its_guesses_come_true_and_longer_as_its_match_grows() -> None:
-    """After free text whose guesses failed, the answer copies 150 tokens of its prompt:
-    the first guesses of the copy are not drafted (short matches, and longer ones start
-    from the short ones' estimate), but they come true and teach, so drafting starts a few
-    tokens in and grows to max_draft as the match grows; every draft is accepted."""
-    rng = random.Random(4)
-    drafter = NgramDrafter(max_draft=8)
-    prompt = [rng.randrange(1, 1000) for _ in range(300)]
-    seq = seq_of(prompt, drafter)
-    state = seq.drafting
-    assert isinstance(state, NgramState)
-    decode(drafter, seq, [rng.randrange(1000, 1030) for _ in range(200)], CPU)
-    assert state.proposed == 0 and state.guesses.chances(2, 8)[0] < 0.2
-    steps = decode(drafter, seq, prompt[50:200], CPU)
-    first = next(i for i, (k, _) in enumerate(steps) if k)
-    assert 2 <= first <= 12  # a few plain steps: the guesses of the copy are learnt
-    drafts = [k for k, _ in steps[first:-1]]
-    assert all(k for k in drafts) and drafts[-1] == 8 and drafts == sorted(drafts)
-    assert all(a == k for k, a in steps[:-1])  # every draft wholly accepted
-    assert len(steps) < 150 / 3
-    drafter.follow(state, seq.tokens)
-    assert state.match >= MATCH_CAP and state.source == 200  # aligned with the prompt
-
-
-def test_the_alignment_follows_the_copy_and_is_looked_up_afresh_where_it_breaks() -> None:
-    drafter = NgramDrafter(max_draft=8)
-    prompt = list(range(10, 40))
-    seq = seq_of([*prompt, 10, 11], drafter)
-    state = seq.drafting
-    assert isinstance(state, NgramState)
-    drafter.follow(state, seq.tokens)
-    assert (state.source, state.match) == (2, 2)  # guesses 12 after (10, 11)
-    seq.tokens += [12, 13, 14, 15]  # a draft of three accepted, and the token after it
-    drafter.follow(state, seq.tokens)
-    assert (state.source, state.match) == (6, 6)
-    assert state.guesses.hits[match_class(2)] == pytest.approx(1.95)  # (2 and 3: 0.95 + 1)
-    seq.tokens += [99]  # the model writes 99 where the text has 16: no n-gram of it before
-    drafter.follow(state, seq.tokens)
-    assert (state.source, state.match) == (-1, 0)
-    assert state.guesses.misses[match_class(6)] == sum(state.guesses.misses) == 1
-    seq.tokens += [17, 18]  # and goes on with the text after 16
-    drafter.follow(state, seq.tokens)
-    assert (state.source, state.match) == (9, 2)  # found again: (17, 18), then 19
-
-
-def test_a_draft_models_sequence_probes_after_longer_pauses_while_drafts_do_not_pay() -> None:
-    cpu = costs(t1=0.010, t9=0.030)
-    state = ProbingState()
     made: list[tuple[int, int, bool]] = []  # (step, tokens, a probe)
     for i in range(210):  # every draft wholly rejected
-        if not state.paused():
-            k = state.decide(8, DraftStep(cpu, 1, 1))
-            made.append((i, k, state.probing))
-            state.record(k, 0)
+        draft = drafter.propose(seq, 8, DraftStep(cpu, 1, 1))
+        if draft:
+            made.append((i, len(draft), state.probing))
+            state.record(len(draft), 0)
     assert made[0][1] > MIN_DRAFT and not made[0][2]  # the prior: a draft worth making
     probes = [(i, n) for i, n, probe in made if probe]
     assert len(made) - len(probes) <= 2  # the estimate soon says no
@@ -280,24 +173,51 @@ def test_a_draft_models_sequence_probes_after_longer_pauses_while_drafts_do_not_
     # probes wholly accepted: the estimate recovers, drafts are no longer probes, and grow
     lengths = []
     while len(lengths) < 20:
-        if not state.paused():
-            k = state.decide(8, DraftStep(cpu, 1, 1))
-            lengths.append(k)
-            state.record(k, k)
-    assert lengths[-1] == 8 and state.probes == 0 and state.estimate.rate > 0.9
+        draft = drafter.propose(seq, 8, DraftStep(cpu, 1, 1))
+        if draft:
+            lengths.append(len(draft))
+            state.record(len(draft), len(draft))
+    assert lengths[-1] == 8 and state.probes == 0 and state.strong.rate > 0.9
     assert lengths == sorted(lengths)
+
+
+def test_after_short_matches_drafts_stop_once_they_fail_and_long_ones_still_draft() -> None:
+    """Free text: a two-token match is chance. Once drafts after short matches are seen
+    to fail, none are made after them, not even probes; a long match is drafted on its
+    own estimate."""
+    drafter = NgramDrafter(max_draft=8, ngram_min=2, ngram_max=4)
+    cpu = costs(t1=0.010, t9=0.030)
+    seq = seq_of([50, 1, 2, 3], drafter)
+    state = seq.drafting
+    assert state is not None
+    made = []
+    for i in range(200):  # "... x 1 2": the 2-gram (1, 2) again after a new token x
+        seq.tokens += [100 + i, 1, 2]
+        draft = drafter.propose(seq, 8, DraftStep(cpu, 1, 1))
+        if draft:
+            made.append(i)
+            state.record(len(draft), 0)
+        seq.tokens.append(200 + i)  # not what was drafted
+    assert 1 <= len(made) <= 2 and made == list(range(len(made)))  # the prior's, then none
+    assert state.weak.rate < 0.5 and state.pause == 0
+    seq.tokens += [50, 1, 2, 3]  # the prompt's first four tokens again: a long match
+    draft = drafter.propose(seq, 8, DraftStep(cpu, 1, 1))
+    assert draft == (100, 1, 2, 200, 101, 1, 2, 201)[: len(draft)] and len(draft) >= MIN_DRAFT
+    assert not state.probing  # the long matches' estimate is still the prior's: worth it
 
 
 def test_rare_probes_where_tokens_cost_more_than_a_draft_could_give() -> None:
     # a token more in a step costs more than a step: not even drafts wholly accepted pay
+    drafter = NgramDrafter(max_draft=8, ngram_min=1, ngram_max=1)
     dear = costs(t1=0.010, t9=0.100)
-    state = ProbingState()
+    seq = seq_of([*range(1, 10), *range(1, 10), 1], drafter)
     made = []
     for i in range(200):
-        if not state.paused():
-            k = state.decide(8, DraftStep(dear, 1, 1))
-            made.append((i, k))
-            state.record(k, k)  # wholly accepted, yet not worth it
+        draft = drafter.propose(seq, 8, DraftStep(dear, 1, 1))
+        if draft:
+            made.append((i, len(draft)))
+            assert seq.drafting is not None
+            seq.drafting.record(len(draft), len(draft))  # wholly accepted, yet not worth it
     assert [i for i, _ in made] == [0, 2, 5, 10, 19, 36, 69, 134, 199]  # waits 1, 2, 4 ... 64
     assert {n for _, n in made} == {MIN_DRAFT}
 

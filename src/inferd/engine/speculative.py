@@ -16,22 +16,17 @@ drafts' KV is removed when the step is committed (`KVPool.commit`).
 
 A draft costs compute: on a CPU a step's time grows with its tokens, so a draft pays only
 when enough of it is accepted. Each draft is weighed: the engine keeps a running measure of
-a decode step's time by its token count (`StepCosts`), each sequence an estimate of the
-chance that each draft token is accepted once the ones before it were, and a sequence
-drafts the length that gives the step the most expected tokens per second, only when that
-beats the step without it (`DraftStep.take`).
-
-Prompt lookup learns from every token, drafted or not (`NgramState`): the sequence keeps
-its alignment with the earlier text it matched (`source`, the position whose token is the
-guess of the next one, and `match`, how many tokens before that equal the sequence's last
-ones), follows it through each new token, and counts whether the guess was right by the
-length of the match behind it (`GuessRates`: a two-token match in free text is chance, a
-run of twenty copied tokens goes on). A guess not drafted costs nothing and teaches as much
-as a drafted one, so free writing, whose matches are short and wrong, never drafts (no
-probes), and a copied run drafts as soon as its guesses come true, longer as its match
-grows; where the copy breaks (the model paraphrasing) the alignment is lost and looked up
-afresh. A draft model's guesses cost its run, so its sequences learn from their drafts only
-and, while their estimate says no, probe with a short draft now and then (`ProbingState`).
+a decode step's time by its token count (`StepCosts`), each sequence a running estimate of
+the chance that a draft token is accepted after the one before it was (`Acceptance`:
+accepted tokens against rejections, recent drafts weighing most), and a sequence drafts the
+length that gives the step the most expected tokens per second, only when that beats the
+step without it (`DraftStep.choose`, `DraftState.decide`). A sequence whose estimate says
+no still tries a short draft now and then (a probe, after 1, 2, 4 ... 64 steps after
+failed ones or ones that could not pay), so a copying run later in a free answer starts
+drafting again. Prompt lookup keeps two estimates: drafts after a match of LONG_MATCH
+tokens or more (strong: a copied run) and after a shorter one (weak: in free text a two-
+or three-token match is chance), and probes only after a long match. Free writing thus
+stops drafting after a draft or two (unless it repeats itself); quoting drafts long.
 
 A draft is at least MIN_DRAFT tokens: with llama.cpp's split KV cache a step is cut into
 micro-batches of equal tokens per sequence, so a drafted sequence's tokens beyond the
@@ -53,27 +48,18 @@ MIN_DRAFT = 2
 # Steps a sequence whose estimate says "do not draft" waits between probes: 1, 2, 4, ... up
 # to this, doubling with each probe in a row.
 MAX_PAUSE = 64
-# A draft model's sequence's first estimate of the chance a draft token is accepted after
-# the one before it, as if from PRIOR_WEIGHT tokens of evidence; each draft's evidence then
-# counts for DECAY of itself at the next draft (about the last ten drafts weigh).
+# A sequence's first estimate of the chance a draft token is accepted after the one before
+# it, as if from PRIOR_WEIGHT tokens of evidence; each draft's evidence then counts for
+# DECAY of itself at the next draft (about the last ten drafts weigh).
 PRIOR_RATE = 0.75
 PRIOR_WEIGHT = 2.0
 DECAY = 0.9
-# Prompt lookup's first estimate of the chance a guess is right, for the shortest matches
-# (longer ones start from the estimate of the next shorter class), as if from GUESS_WEIGHT
-# guesses; each guess's evidence counts for GUESS_DECAY of itself at the next guess of its
-# class (about the last twenty weigh). Even odds: nothing is drafted on the first estimate
-# where a token more in a step costs half a step (a CPU), the guesses decide.
-GUESS_PRIOR = 0.5
-GUESS_WEIGHT = 2.0
-GUESS_DECAY = 0.95
-# Classes of match length, each twice as long as the one before: 1, 2-3, 4-7, 8-15, 16-31
-# and 32 tokens or more (`match_class`).
-MATCH_CLASSES = 6
-MATCH_CAP = 1 << (MATCH_CLASSES - 1)  # the least match of the longest class
 # Until steps of two sizes are measured, a token more in a step costs this fraction of a
 # one-token step.
 PRIOR_TOKEN_COST = 0.25
+# A prompt-lookup draft after a match of this many tokens or more is a strong one: weaker
+# ones are never probes (in free text a match of two or three tokens is chance).
+LONG_MATCH = 4
 # How much a step's expected tokens per second must gain for a draft to be made.
 MIN_GAIN = 1.05
 # Weight of a new measurement in a step size's running mean (until it has 1/ALPHA of them,
@@ -138,51 +124,26 @@ class DraftStep:
     tokens: int
     expected: float
 
-    def choose(self, chances: list[float]) -> tuple[int, float]:
-        """The draft length (MIN_DRAFT to len(chances)) that gives the step the most expected
-        tokens per second, where draft token i is accepted with chance `chances[i]` once the
-        ones before it were, and that gain: the step's expected tokens per second with it
-        over without it (0 when chances are too few for a draft)."""
+    def choose(self, rate: float, most: int) -> tuple[int, float]:
+        """The draft length (MIN_DRAFT to `most`) that gives the step the most expected
+        tokens per second for a sequence whose draft tokens are each accepted with chance
+        `rate` after the one before, and that gain: the step's expected tokens per second
+        with it over without it."""
         costs, tokens, expected = self.costs, self.tokens, self.expected
         best, gain = MIN_DRAFT, 0.0
-        accepted, term = 0.0, 1.0  # expected accepted tokens of a draft of k
-        for k, chance in enumerate(chances, 1):
-            term *= chance
+        accepted = sum(rate**i for i in range(1, MIN_DRAFT))  # expected accepted, k - 1 drafts
+        term = rate ** (MIN_DRAFT - 1)
+        for k in range(MIN_DRAFT, most + 1):
+            term *= rate
             accepted += term
-            if k >= MIN_DRAFT:
-                g = (expected + accepted) / expected / costs.ratio(tokens, k)
-                if g > gain:
-                    best, gain = k, g
+            g = (expected + accepted) / expected / costs.ratio(tokens, k)
+            if g > gain:
+                best, gain = k, g
         return best, gain
 
-    def add(self, drafted: int, chances: list[float]) -> None:
+    def add(self, drafted: int, rate: float) -> None:
         self.tokens += drafted
-        term = 1.0
-        for chance in chances[:drafted]:
-            term *= chance
-            self.expected += term
-
-    def take(self, chances: list[float]) -> int:
-        """The draft length worth most by `chances`, added to the step, when it is worth
-        its cost (else 0, and the step is unchanged)."""
-        k, gain = self.choose(chances)
-        if gain < MIN_GAIN:
-            return 0
-        self.add(k, chances)
-        return k
-
-
-@dataclass(slots=True)
-class DraftState:
-    """A sequence's drafting counts (a drafter's own state for the sequence extends it)."""
-
-    proposed: int = 0  # draft tokens fed, in all
-    accepted: int = 0  # of them, accepted
-
-    def record(self, proposed: int, accepted: int) -> None:
-        """A draft of `proposed` tokens was verified, its first `accepted` kept."""
-        self.proposed += proposed
-        self.accepted += accepted
+        self.expected += sum(rate**i for i in range(1, drafted + 1))
 
 
 @dataclass(slots=True)
@@ -203,19 +164,22 @@ class Acceptance:
 
 
 @dataclass(slots=True)
-class ProbingState(DraftState):
-    """The drafting state of a sequence whose guesses are learnt only by drafting them (a
-    draft model's: each guess costs its run): its estimate of acceptance, and its probes.
-    While the estimate says that no draft is worth its cost, the sequence still drafts
-    MIN_DRAFT tokens now and then (the estimate is only as good as the last drafts, the
-    costs of longer steps only as good as their last measure), after 1, 2, 4 ... MAX_PAUSE
-    steps while probes fail or could not pay even wholly accepted."""
+class DraftState:
+    """One sequence's drafting history: its estimates of acceptance, its probes, its counts
+    (a drafter's own state for the sequence extends it). Drafts come in two kinds, each
+    with its own estimate: strong ones (a draft model's; prompt lookup's after a match of
+    LONG_MATCH tokens or more) and weak ones (prompt lookup's after a shorter match, which
+    in free text is chance)."""
 
-    estimate: Acceptance = field(default_factory=Acceptance)
+    strong: Acceptance = field(default_factory=Acceptance)
+    weak: Acceptance = field(default_factory=Acceptance)
+    verifying: Acceptance | None = None  # the estimate of the draft being verified
     pause: int = 0  # steps left before the next probe
     probes: int = 0  # probes in a row (drafts made although the estimate said no)
     probing: bool = False  # the draft being verified is a probe
     hopeless: bool = False  # ... that would not pay even if wholly accepted
+    proposed: int = 0  # draft tokens fed, in all
+    accepted: int = 0  # of them, accepted
 
     def paused(self) -> bool:
         """Whether this step is one of a pause between probes (counting it down)."""
@@ -224,72 +188,50 @@ class ProbingState(DraftState):
             return True
         return False
 
-    def decide(self, most: int, step: DraftStep) -> int:
+    def decide(self, most: int, step: DraftStep, *, strong: bool = True) -> int:
         """How many tokens (MIN_DRAFT to `most`) to draft in `step`, added to it: the length
-        worth most by the estimate, or a probe of MIN_DRAFT when none is worth its cost."""
-        chances = [self.estimate.rate] * most
-        k = step.take(chances)
-        self.probing = not k
-        if self.probing:
+        worth most by the estimate of the draft's kind, or, when none is worth its cost, a
+        probe of MIN_DRAFT if the draft is a strong one (the estimate is only as good as the
+        last drafts, the costs of longer steps only as good as their last measure), else
+        none (0)."""
+        estimate = self.strong if strong else self.weak
+        rate = estimate.rate
+        k, gain = step.choose(rate, most)
+        probing = gain < MIN_GAIN
+        if probing and not strong:
+            return 0
+        self.probing, self.verifying = probing, estimate
+        if probing:
             k = MIN_DRAFT
             # were it wholly accepted, would a probe pay? if not, wait after it in any case
-            self.hopeless = step.choose([1.0] * most)[1] < MIN_GAIN
-            step.add(k, chances)
+            self.hopeless = step.choose(1.0, most)[1] < MIN_GAIN
         else:
             self.probes = 0
+        step.add(k, rate)
         return k
 
+    def _wait(self) -> None:
+        """Pause before the next probe, twice as long as before the last."""
+        self.pause = min(MAX_PAUSE, 1 << self.probes)
+        self.probes += 1
+
     def record(self, proposed: int, accepted: int) -> None:
-        DraftState.record(self, proposed, accepted)
-        self.estimate.record(proposed, accepted)
+        """A draft of `proposed` tokens was verified, its first `accepted` kept."""
+        self.proposed += proposed
+        self.accepted += accepted
+        if self.verifying is not None:
+            self.verifying.record(proposed, accepted)
         if self.probing and (accepted < proposed or self.hopeless):
-            # pause before the next probe, twice as long as before the last
-            self.pause = min(MAX_PAUSE, 1 << self.probes)
-            self.probes += 1
-
-
-def match_class(match: int) -> int:
-    """The class of a match of `match` tokens (>= 1): 0 for 1, 1 for 2-3, 2 for 4-7 ..."""
-    return min(match.bit_length(), MATCH_CLASSES) - 1
-
-
-@dataclass(slots=True)
-class GuessRates:
-    """Prompt lookup's running estimate of the chance that its guess of a sequence's next
-    token is right, by the class of the match length behind the guess: right guesses
-    against wrong ones, recent ones weighing most. A class's estimate starts from the next
-    shorter class's (a longer match is at least as good a guide until shown otherwise)."""
-
-    hits: list[float] = field(default_factory=lambda: [0.0] * MATCH_CLASSES)
-    misses: list[float] = field(default_factory=lambda: [0.0] * MATCH_CLASSES)
-
-    def observe(self, match: int, hit: bool) -> None:
-        c = match_class(match)
-        self.hits[c] = self.hits[c] * GUESS_DECAY + hit
-        self.misses[c] = self.misses[c] * GUESS_DECAY + (not hit)
-
-    def chances(self, match: int, most: int) -> list[float]:
-        """The chance of each of `most` draft tokens after a match of `match` tokens (each
-        one's match is a token longer than the one before's)."""
-        rates, rate = [], GUESS_PRIOR
-        for hits, misses in zip(self.hits, self.misses, strict=True):
-            rate = (hits + GUESS_WEIGHT * rate) / (hits + misses + GUESS_WEIGHT)
-            rates.append(rate)
-        return [rates[match_class(m)] for m in range(match, match + most)]
+            self._wait()
 
 
 @dataclass(slots=True)
 class NgramState(DraftState):
-    """A sequence's prompt-lookup index, its alignment with the text it matched, and its
-    estimates of the alignment's guesses."""
+    """A sequence's prompt-lookup index, beside its history."""
 
     # per n-gram size n: the n tokens -> the position after their latest occurrence
     index: dict[int, dict[tuple[int, ...], int]] = field(default_factory=dict)
     indexed: int = 0  # the n-grams followed by a token at or before this index are in
-    source: int = -1  # the earlier position whose token is the guess of the next (-1: none)
-    match: int = 0  # the sequence's last tokens that equal those before `source`
-    followed: int = 0  # the tokens the alignment has been followed through
-    guesses: GuessRates = field(default_factory=GuessRates)
 
 
 class Drafter(Protocol):
@@ -302,8 +244,8 @@ class Drafter(Protocol):
 
     def draft(self, chunks: list[Chunk], spare: int, step: DraftStep) -> None:
         """Set the `draft` of these decoding chunks, in order, each worth its cost (or a
-        draft model's probe), of `spare` tokens in all (what the step's token budget and KV
-        room leave), none reaching past its sequence's max_len."""
+        probe), of `spare` tokens in all (what the step's token budget and KV room leave),
+        none reaching past its sequence's max_len."""
         ...
 
     def drop(self, seq: Sequence) -> None:
@@ -345,41 +287,22 @@ class NgramDrafter:
 
     def propose(self, seq: Sequence, limit: int, step: DraftStep) -> tuple[int, ...]:
         """A draft of at most `limit` tokens to follow `seq.tokens` (empty: none), added to
-        `step` when it is worth its cost; the alignment is followed first."""
+        `step` when it is worth its cost (or is a probe)."""
         state = seq.drafting
-        if not isinstance(state, NgramState):
+        if not isinstance(state, NgramState) or limit < MIN_DRAFT or state.paused():
             return ()
-        tokens = seq.tokens
-        self.follow(state, tokens)
-        source = state.source
-        if source < 0:
+        found, match = self.lookup(state, seq.tokens, min(limit, self.max_draft))
+        if len(found) < MIN_DRAFT:
             return ()
-        most = min(limit, self.max_draft, len(tokens) - source)
-        if most < MIN_DRAFT:
-            return ()
-        k = step.take(state.guesses.chances(state.match, most))
-        return tuple(tokens[source : source + k])
+        return found[: state.decide(len(found), step, strong=match >= LONG_MATCH)]
 
-    def follow(self, state: NgramState, tokens: list[int]) -> None:
-        """Follow the alignment through the tokens added since the last call, counting its
-        guesses right or wrong, and look it up afresh where it broke (or there was none)."""
-        source, match = state.source, state.match
-        for token in tokens[state.followed :]:
-            if source < 0:
-                break
-            hit = tokens[source] == token
-            state.guesses.observe(match, hit)
-            source, match = (source + 1, match + 1) if hit else (-1, 0)
-        state.followed = len(tokens)
-        if source < 0:
-            source, match = self.lookup(state, tokens)
-        state.source, state.match = source, match
-
-    def lookup(self, state: NgramState, tokens: list[int]) -> tuple[int, int]:
-        """The position after the latest earlier occurrence of the longest n-gram ending
-        `tokens` that is followed by MIN_DRAFT tokens or more, and how long the match is:
-        the tokens ending `tokens` that equal those before that position (the n-gram's, and
-        on, counted up to the longest class's least); (-1, 0) when there is none."""
+    def lookup(
+        self, state: NgramState, tokens: list[int], most: int
+    ) -> tuple[tuple[int, ...], int]:
+        """The up to `most` tokens that followed the latest earlier occurrence of the
+        longest n-gram ending `tokens`, and how long the match is: the tokens ending
+        `tokens` that equal those before that occurrence (the n-gram's, and on up to
+        LONG_MATCH)."""
         self._index(state, tokens)
         n_tokens = len(tokens)
         for n in self.sizes:
@@ -389,13 +312,13 @@ class NgramDrafter:
             if after is not None and after + MIN_DRAFT <= n_tokens:
                 match = n
                 while (
-                    match < MATCH_CAP
+                    match < LONG_MATCH
                     and match < after
                     and tokens[after - match - 1] == tokens[n_tokens - match - 1]
                 ):
                     match += 1
-                return after, match
-        return -1, 0
+                return tuple(tokens[after : after + most]), match
+        return (), 0
 
     def _index(self, state: NgramState, tokens: list[int]) -> None:
         """Add the n-grams that gained a successor since the last call (a whole prompt at

@@ -10,9 +10,8 @@ of the last step) and takes the argmax of the last row as the first draft token,
 more one-token rows per sequence, batched across sequences, the argmax of each the next.
 The tokens its KV holds per sequence are remembered (`ModelState`): what the served model
 rejected is removed (`llama_memory_seq_rm`) before the sequence's next draft, the accepted
-drafts stay. Whether and how much a sequence drafts is the same cost rule as prompt lookup's,
-on an estimate learnt from its drafts, with probes (`ProbingState.decide`); the step's
-measured time includes the draft model's."""
+drafts stay. Whether and how much a sequence drafts is the same cost rule as prompt lookup's
+(`DraftState.decide`); the step's measured time includes the draft model's."""
 
 from __future__ import annotations
 
@@ -29,12 +28,12 @@ import numpy as np
 from inferd.engine.backends.llamacpp.loading import LlamaModel, context_params, free_context
 from inferd.engine.backends.llamacpp.options import FLASH_ATTN, LlamaCppOptions
 from inferd.engine.sequence import Chunk, Sequence
-from inferd.engine.speculative import MIN_DRAFT, DraftStep, ProbingState, room_for
+from inferd.engine.speculative import MIN_DRAFT, DraftState, DraftStep, room_for
 from inferd.errors import BackendError
 
 
 @dataclass(slots=True)
-class ModelState(ProbingState):
+class ModelState(DraftState):
     """What the draft context holds for a sequence: its first `n_fed` tokens at `slot` (the
     sequence's tokens, then the drafts of its last step: `tail`)."""
 
