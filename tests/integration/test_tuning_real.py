@@ -89,12 +89,7 @@ async def test_a_load_measures_stores_and_the_next_reuses(
     assert all(row["off_ms"] > 0 and row["on_ms"] > 0 for row in shown["table"])
     assert len(bounded) == 1 and len(_stored(tmp_path)) == 1
 
-    options = LlamaCppOptions(tune_dir=tmp_path, **SMALL)  # type: ignore[arg-type]
-    backend = LlamaCppBackend(model_path, options)
-    try:
-        again = backend.facts()["flash_attn"]
-    finally:
-        backend.close()
+    again = _next_load(model_path, tmp_path)
     assert len(bounded) == 1  # not measured again
     assert again["source"] == "cached"
     assert (again["mode"], again["table"]) == (shown["mode"], shown["table"])
@@ -204,11 +199,16 @@ async def test_an_open_pick_is_measured_again_while_idle_and_stored_for_the_next
         assert (await handle.client.post("/v1/completions", json=body)).status_code == 200
     assert len(_stored(tmp_path)) == 1
 
-    options = LlamaCppOptions(tune_dir=tmp_path, **SMALL)  # type: ignore[arg-type]
-    backend = LlamaCppBackend(model_path, options)
-    try:
-        later = backend.facts()["flash_attn"]
-    finally:
-        backend.close()
+    later = _next_load(model_path, tmp_path)
     assert (later["source"], later["mode"]) == ("cached", idle["mode"])
     assert later["reason"] == idle["reason"] and "idle" not in later
+
+
+def _next_load(model_path: Path, tune_dir: Path) -> dict[str, Any]:
+    """The flash-attention facts of a fresh load with the same tuning cache."""
+    options = LlamaCppOptions(tune_dir=tune_dir, **SMALL)  # type: ignore[arg-type]
+    backend = LlamaCppBackend(model_path, options)
+    try:
+        return backend.facts()["flash_attn"]  # type: ignore[no-any-return]
+    finally:
+        backend.close()
