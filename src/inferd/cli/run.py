@@ -6,6 +6,7 @@ is this machine, it serves the app itself for the session, in this process (cli/
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -129,6 +130,10 @@ def run(
             )
             chat.load()
             if text is None:
+                # Ctrl-C belongs to the chat (stop an answer, say how to leave), also when a
+                # parent started it with SIGINT ignored (a background job of a shell script,
+                # pytest-xdist's workers), which Python otherwise keeps ignoring
+                signal.signal(signal.SIGINT, signal.default_int_handler)
                 with _history():
                     interact(chat, input)
             else:
